@@ -1,0 +1,60 @@
+"""The ``appliance`` command line.
+
+Each sub-command lives in its own module with a ``register(subparsers)``
+function that adds its parser and sets ``handler`` to a function taking the
+parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from appliance import __version__, logs
+from appliance.cli import ask, bench, config_cmd, doctor, models
+from appliance.config import Settings, load_settings
+from appliance.errors import ApplianceError
+
+_COMMANDS = (ask, config_cmd, doctor, models, bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="Offline AI appliance: local LLM, speech, MQTT and GPIO.")
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("--config", metavar="PATH",
+                        help="config file (default: $APPLIANCE_CONFIG, "
+                             "/etc/appliance/config.yaml, ./config.yaml)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override log.level (interactive commands default to warning)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def load(args: argparse.Namespace, *, service: bool = False) -> Settings:
+    """Load the settings named by ``args`` and configure logging for this command.
+
+    Interactive commands log at ``warning`` unless ``--log-level`` says otherwise,
+    so that their own output stays readable; ``service`` commands use ``log.level``.
+    """
+    settings = load_settings(args.config)
+    level = args.log_level or (settings.log.level if service else "warning")
+    logs.configure(level, settings.log.format)
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level or "warning")
+    try:
+        return int(args.handler(args))
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,106 @@
+"""Health checks for ``appliance doctor``: each returns a :class:`Check` row."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from appliance.catalog import resolve_llm
+from appliance.config import Settings
+from appliance.download import is_verified
+from appliance.errors import ApplianceError
+from appliance.hardware import mem_available_bytes
+from appliance.thermal import SensorError, read_celsius
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check."""
+
+    name: str
+    status: Status
+    detail: str
+
+
+def check_model(settings: Settings) -> Check:
+    """The configured model file exists and matches its catalog sha256."""
+    model = resolve_llm(settings)
+    if model.entry is None or not model.entry.sha256:
+        return Check("model", "ok", f"{model.path} (no catalog hash to check)")
+    if is_verified(model.path, model.entry.sha256):
+        return Check("model", "ok", f"{model.name}: sha256 verified")
+    return Check("model", "warn", f"{model.name}: present but not verified; "
+                 f"run: appliance models verify {model.name}")
+
+
+def check_memory(settings: Settings) -> Check:
+    """There is room for the model in ``MemAvailable``."""
+    size = resolve_llm(settings).path.stat().st_size
+    available = mem_available_bytes()
+    detail = f"{available / 2**30:.1f} GiB available for a {size / 2**30:.2f} GiB model"
+    if available < size:
+        return Check("memory", "fail", detail)
+    return Check("memory", "warn" if available < 1.5 * size else "ok", detail)
+
+
+def check_temperature(settings: Settings) -> Check:
+    """The CPU temperature is readable (a warning only: the watchdog then assumes ``warm``)."""
+    try:
+        celsius = read_celsius(settings.thermal.zone_path)
+    except SensorError as exc:
+        return Check("temperature", "warn", str(exc))
+    return Check("temperature", "warn" if celsius >= 80 else "ok", f"{celsius:.1f} °C")
+
+
+def check_vosk(settings: Settings) -> Check:
+    """The speech model is present when voice is on."""
+    if not settings.voice.enabled:
+        return Check("speech model", "ok", "voice disabled")
+    path = settings.voice.model_path
+    if path is None or not (path / "am" / "final.mdl").is_file():
+        return Check("speech model", "fail", f"no vosk model at {path}")
+    return Check("speech model", "ok", str(path))
+
+
+def check_audio(settings: Settings, cards: Path = Path("/proc/asound/cards")) -> Check:
+    """ALSA has a sound card (needed for the microphone and speech)."""
+    text = cards.read_text() if cards.exists() else ""
+    if "no soundcards" in text or not text.strip():
+        status: Status = "fail" if settings.voice.enabled else "warn"
+        return Check("audio", status, "no ALSA sound card")
+    return Check("audio", "ok", f"{len(text.strip().splitlines()) // 2} sound card(s)")
+
+
+def check_broker(settings: Settings) -> Check:
+    """The MQTT broker accepts TCP connections."""
+    where = f"{settings.mqtt.host}:{settings.mqtt.port}"
+    try:
+        with socket.create_connection((settings.mqtt.host, settings.mqtt.port), timeout=2):
+            return Check("broker", "ok", f"{where} reachable")
+    except OSError as exc:
+        return Check("broker", "fail", f"{where}: {exc.strerror or exc}")
+
+
+CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
+    ("model", check_model),
+    ("memory", check_memory),
+    ("temperature", check_temperature),
+    ("speech model", check_vosk),
+    ("audio", check_audio),
+    ("broker", check_broker),
+)
+
+
+def run_checks(settings: Settings) -> Iterator[Check]:
+    """Every check in turn; one that raises becomes a ``fail`` row naming the problem."""
+    yield Check("config", "ok", settings.source)
+    for name, check in CHECKS:
+        try:
+            yield check(settings)
+        except (ApplianceError, OSError) as exc:
+            yield Check(name, "fail", str(exc))

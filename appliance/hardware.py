@@ -1,0 +1,32 @@
+"""Facts about the machine we run on, read from ``/proc`` and ``/sys``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from appliance.errors import ApplianceError
+
+
+def physical_cores(sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Number of physical cores (SMT siblings counted once); falls back to the logical count."""
+    cores: set[tuple[str, str]] = set()
+    for topo in sys_cpu.glob("cpu[0-9]*/topology"):
+        try:
+            package = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+        except OSError:
+            continue
+        cores.add((package, core))
+    return len(cores) or os.cpu_count() or 1
+
+
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """``MemAvailable`` from ``/proc/meminfo``, in bytes."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError) as exc:
+        raise ApplianceError(f"{meminfo}: cannot read MemAvailable: {exc}") from exc
+    raise ApplianceError(f"{meminfo}: has no MemAvailable line")

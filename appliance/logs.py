@@ -1,0 +1,99 @@
+"""Structured logging, configured once for the whole process.
+
+structlog and the standard library share one pipeline: our own events and
+those of paho, llama.cpp and friends all pass the same processors and come out
+as JSON lines (under systemd, or when stderr is not a terminal) or as coloured
+console lines (on a terminal). Every event carries a ``component``; a request
+id bound with :func:`bind_request` follows a request through every component
+that logs while it is handled.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import structlog
+
+_HANDLER_NAME = "appliance"
+
+# Standard-library loggers that are too chatty at INFO for a device's journal.
+_QUIET_LIBRARIES = ("paho", "urllib3", "asyncio")
+
+
+def _component_from_logger_name(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+    """Give events from standard-library loggers a component: the logger's name."""
+    record = event.get("_record")
+    if "component" not in event and record is not None:
+        event["component"] = record.name
+    return event
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up logging for this process; calling it again replaces the earlier setup.
+
+    ``fmt`` is ``json``, ``console`` or ``auto`` (JSON under systemd, when
+    ``$JOURNAL_STREAM`` is set, or off a terminal).
+    """
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        on_tty = hasattr(stream, "isatty") and stream.isatty()
+        fmt = "json" if os.environ.get("JOURNAL_STREAM") or not on_tty else "console"
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=True))
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _component_from_logger_name],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    numeric = logging.getLevelName(level.upper())
+    root.setLevel(numeric)
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(component: str) -> structlog.stdlib.BoundLogger:
+    """A logger whose every event names ``component``."""
+    # Initial values, not .bind(): binding now would freeze the configuration of import time.
+    return structlog.stdlib.get_logger(f"appliance.{component}", component=component)
+
+
+@contextmanager
+def bind_request(request_id: str, **extra: Any) -> Iterator[None]:
+    """Bind ``request_id`` (and ``extra``) to every event logged in this context."""
+    tokens = structlog.contextvars.bind_contextvars(request_id=request_id, **extra)
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)

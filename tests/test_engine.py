@@ -1,0 +1,128 @@
+"""The model engine on the real SmolLM2 GGUF: streaming, budgets, cancel, prefix cache."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.catalog import ResolvedModel
+from appliance.errors import ModelError
+from appliance.llm import ChatRequest, Chunk, Engine
+from tests.conftest import make_settings
+
+STORY = "Tell me a long story about a dragon and a knight."
+
+
+def test_streamed_chunks_join_to_the_answer(engine: Engine) -> None:
+    chunks: list[Chunk] = []
+    result = engine.complete(ChatRequest("What is two plus two?"), on_chunk=chunks.append)
+    assert result.tokens > 0
+    assert [c.seq for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.delta for c in chunks).strip() == result.text
+    assert result.finish_reason in ("stop", "length")
+    assert result.ttft_ms > 0 and result.model == "smollm2-135m-instruct-q4_1"
+
+
+def test_greedy_decoding_is_repeatable(engine: Engine) -> None:
+    first = engine.complete(ChatRequest("Name a colour."))
+    engine.complete(ChatRequest("Something else entirely, please."))
+    again = engine.complete(ChatRequest("Name a colour."))
+    assert first.text == again.text and first.tokens == again.tokens
+
+
+def test_max_tokens_gives_length(engine: Engine) -> None:
+    result = engine.complete(ChatRequest(STORY, max_tokens=7))
+    assert result.tokens == 7 and result.finish_reason == "length"
+
+
+def test_live_budget_cuts_a_running_generation(engine: Engine) -> None:
+    seen: list[int] = []
+    budget = {"tokens": 200}
+
+    def on_chunk(chunk: Chunk) -> None:
+        seen.append(chunk.seq)
+        if len(seen) == 12:  # the watchdog lowers the budget mid-stream
+            budget["tokens"] = 15
+
+    result = engine.complete(ChatRequest(STORY, max_tokens=200), on_chunk=on_chunk,
+                             budget=lambda: budget["tokens"])
+    assert result.finish_reason == "throttled"
+    assert 15 <= result.tokens <= 16  # within one token of the new budget
+
+
+def test_budget_already_below_output_stops_at_the_next_token(engine: Engine) -> None:
+    calls = {"n": 0}
+
+    def budget() -> int:
+        calls["n"] += 1
+        return 200 if calls["n"] < 20 else 3  # lowered after 19 tokens were made
+
+    result = engine.complete(ChatRequest(STORY, max_tokens=200), budget=budget)
+    assert result.finish_reason == "throttled" and result.tokens == 20
+
+
+def test_cancel_from_another_thread(engine: Engine) -> None:
+    cancel = threading.Event()
+    started = threading.Event()
+    tokens_at_cancel: list[int] = []
+
+    def on_chunk(chunk: Chunk) -> None:
+        started.set()
+
+    def canceller() -> None:
+        started.wait(30)
+        tokens_at_cancel.append(1)
+        cancel.set()
+
+    t = threading.Thread(target=canceller)
+    t.start()
+    result = engine.complete(ChatRequest(STORY, max_tokens=400), on_chunk=on_chunk,
+                             cancel=cancel)
+    t.join()
+    assert result.finish_reason == "cancelled"
+    assert result.tokens < 400
+
+
+def test_cancelled_before_start_generates_nothing(engine: Engine) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    result = engine.complete(ChatRequest(STORY), cancel=cancel)
+    assert result.finish_reason == "cancelled" and result.tokens == 0
+
+
+def test_prefix_cache_reuses_the_system_prompt(engine: Engine) -> None:
+    system = "You are a kiosk in a garden centre. " * 20
+    engine.complete(ChatRequest("Hello.", system_prompt=system))
+    engine.complete(ChatRequest("Other prompt.", system_prompt="Be terse."))
+    result = engine.complete(ChatRequest("Where are the roses?", system_prompt=system))
+    assert result.cached_tokens > 100  # restored from the cache, not evaluated again
+    assert result.cached_tokens < result.prompt_tokens
+
+
+def test_cached_and_uncached_answers_are_identical(engine: Engine, model_path: Path) -> None:
+    settings = make_settings(model_path, "  prefix_cache_entries: 0\n")
+    uncached = Engine(settings.llm, ResolvedModel(model_path, "smollm2", None))
+    engine.warm_up()
+    try:
+        for question in ("Why is the sky blue?", "How do I water tomatoes?"):
+            cold = uncached.complete(ChatRequest(question))
+            warm = engine.complete(ChatRequest(question))
+            assert cold.cached_tokens == 0 and warm.cached_tokens > 0
+            assert cold.text == warm.text
+    finally:
+        uncached.close()
+
+
+def test_prompt_longer_than_the_context_is_refused(engine: Engine) -> None:
+    with pytest.raises(ModelError, match=r"more than llm\.n_ctx"):
+        engine.complete(ChatRequest("word " * 2000))
+
+
+def test_unloadable_model_is_a_model_error(tmp_path: Path, model_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all" * 100)
+    settings = make_settings(model_path)
+    with pytest.raises(ModelError, match="cannot load the model"):
+        Engine(settings.llm, ResolvedModel(junk, "junk", None))

@@ -23,6 +23,8 @@ import yaml
 
 from appliance.config.schema import Settings, nearest_line
 from appliance.errors import ConfigError
+from appliance.rules.expr import ExpressionError, parse_condition
+from appliance.rules.template import parse_template
 
 SEARCH_PATH = (Path("/etc/appliance/config.yaml"), Path("config.yaml"))
 """Where the config is looked for after ``--config`` and ``$APPLIANCE_CONFIG``."""
@@ -242,6 +244,16 @@ def _finish(settings: Settings, file: str, lines: dict[str, int]) -> Settings:
         if high.from_c <= low.from_c:
             raise fail(f"thermal.levels[{i}].from_c",
                        f"levels must rise: {high.from_c} is not above {low.from_c}")
+    for i, rule in enumerate(settings.rules):
+        try:
+            if rule.when is not None:
+                parse_condition(rule.when)
+        except ExpressionError as exc:
+            raise fail(f"rules[{i}].when", str(exc)) from None
+        try:
+            parse_template(rule.prompt)
+        except ExpressionError as exc:
+            raise fail(f"rules[{i}].prompt", str(exc)) from None
     _unique(settings.thermal.levels, "thermal.levels", fail)
     _unique(settings.rules, "rules", fail)
     _unique(settings.gpio.inputs, "gpio.inputs", fail)

@@ -1,0 +1,131 @@
+"""The MQTT contract (docs/mqtt.md): topic names, and parsing of every inbound payload.
+
+Parsing is pure and strict: any payload that is not what the contract says
+raises :class:`InputError` with a one-line reason, which the bridge publishes
+on ``<base>/error``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import ApplianceError
+
+MAX_ID_LENGTH = 64
+
+
+class InputError(ApplianceError):
+    """An inbound message breaks the contract; ``request_id`` when one could be read."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Topics:
+    """All topic names under one base topic (see docs/mqtt.md)."""
+
+    base: str
+    status: str
+    ask: str
+    answer: str
+    stream: str
+    events: str
+    alert: str
+    error: str
+    state: str
+    cancel: str
+    heard: str
+    heard_partial: str
+
+    @classmethod
+    def under(cls, base: str) -> Topics:
+        """The topics of the appliance whose base topic is ``base``."""
+        return cls(base, status=f"{base}/status", ask=f"{base}/ask", answer=f"{base}/answer",
+                   stream=f"{base}/answer/stream", events=f"{base}/event/+",
+                   alert=f"{base}/alert", error=f"{base}/error", state=f"{base}/state",
+                   cancel=f"{base}/cmd/cancel", heard=f"{base}/heard",
+                   heard_partial=f"{base}/heard/partial")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A parsed question."""
+
+    text: str
+    id: str | None = None
+    max_tokens: int | None = None
+
+
+def _decode(payload: bytes, max_bytes: int) -> str:
+    if len(payload) > max_bytes:
+        raise InputError(f"payload of {len(payload)} bytes is over the limit of {max_bytes}")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"payload is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                         ) from None
+    if not isinstance(value, dict):
+        raise InputError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _request_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise InputError(f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return value
+
+
+def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
+    """A question: a JSON object ``{"id"?, "text", "max_tokens"?}`` or plain UTF-8 text."""
+    text = _decode(payload, max_bytes)
+    if not text.lstrip().startswith("{"):
+        if not text.strip():
+            raise InputError("the question is empty")
+        return Ask(text.strip())
+    data = _json_object(text)
+    raw_id = data.get("id")
+    request_id = raw_id if isinstance(raw_id, str) else None
+    try:
+        request_id = _request_id(raw_id)
+        unknown = set(data) - {"id", "text", "max_tokens"}
+        if unknown:
+            raise InputError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        question = data.get("text")
+        if not isinstance(question, str):
+            raise InputError("text must be a string")
+        if not question.strip():
+            raise InputError("the question is empty")
+        max_tokens = data.get("max_tokens")
+        if max_tokens is not None and (
+                isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                or not 1 <= max_tokens <= max_tokens_limit):
+            raise InputError(f"max_tokens must be an integer from 1 to {max_tokens_limit}")
+    except InputError as exc:
+        raise InputError(str(exc), request_id) from None
+    return Ask(question.strip(), request_id, max_tokens)
+
+
+def parse_event(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """A sensor event: a JSON object."""
+    return _json_object(_decode(payload, max_bytes))
+
+
+def parse_cancel(payload: bytes, max_bytes: int) -> str:
+    """A cancel command ``{"id"}``; returns the id."""
+    request_id = _request_id(_json_object(_decode(payload, max_bytes)).get("id"))
+    if request_id is None:
+        raise InputError("cancel needs an id")
+    return request_id

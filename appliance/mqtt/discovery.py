@@ -1,0 +1,55 @@
+"""Home Assistant MQTT discovery: one device-based config message.
+
+Published retained on ``<prefix>/device/<device_id>/config`` at every
+connection and whenever Home Assistant announces ``online`` on
+``<prefix>/status``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from appliance import __version__
+from appliance.mqtt.contract import Topics
+from appliance.service.requests import Outgoing
+
+
+def discovery_topic(prefix: str, device_id: str) -> str:
+    """Where the device's discovery config goes."""
+    return f"{prefix}/device/{device_id}/config"
+
+
+def discovery_message(prefix: str, device_id: str, topics: Topics) -> Outgoing:
+    """The retained discovery config: state, temperature, throttle, queue, last answer, ask."""
+    uid = device_id.replace("-", "_")
+
+    def state_sensor(key: str, name: str, **extra: object) -> dict[str, object]:
+        return {"p": "sensor", "name": name, "unique_id": f"{uid}_{key}",
+                "state_topic": topics.state, "value_template": f"{{{{ value_json.{key} }}}}",
+                **extra}
+
+    components = {
+        "state": state_sensor("state", "State", icon="mdi:robot"),
+        "temp_c": state_sensor("temp_c", "SoC temperature", device_class="temperature",
+                               unit_of_measurement="°C", state_class="measurement"),
+        "throttle_level": state_sensor("throttle_level", "Throttle level",
+                                       icon="mdi:thermometer-alert"),
+        "queue_depth": state_sensor("queue_depth", "Queue depth", state_class="measurement"),
+        "answer": {"p": "sensor", "name": "Last answer", "unique_id": f"{uid}_answer",
+                   "state_topic": topics.answer,
+                   "value_template": "{{ value_json.text[:255] }}",
+                   "json_attributes_topic": topics.answer, "icon": "mdi:message-text"},
+        "ask": {"p": "text", "name": "Ask", "unique_id": f"{uid}_ask",
+                "command_topic": topics.ask, "max": 255, "icon": "mdi:chat-question"},
+    }
+    config = {
+        "dev": {"ids": [device_id], "name": f"Appliance {device_id}", "mf": "appliance",
+                "mdl": "Offline AI appliance", "sw": __version__},
+        "o": {"name": "appliance", "sw": __version__},
+        "availability": [{"topic": topics.status, "payload_available": "online",
+                          "payload_not_available": "offline"}],
+        "cmps": components,
+        "qos": 1,
+    }
+    return Outgoing(discovery_topic(prefix, device_id), json.dumps(config).encode(),
+                    retain=True)

@@ -1,0 +1,242 @@
+"""A small, safe condition language for sensor rules (never ``eval``).
+
+Grammar::
+
+    expr    := and ("or" and)*
+    and     := not ("and" not)*
+    not     := "not" not | compare
+    compare := value (("<" | "<=" | ">" | ">=" | "==" | "!=") value)?
+    value   := NUMBER | STRING | true | false | null | PATH | "(" expr ")"
+             | ("present" | "changed" | "delta") "(" PATH ")"
+    PATH    := NAME ("." NAME | "[" INT "]")*
+
+``temperature > 40``, ``sensor.temp >= 30 and not door.open``,
+``changed(state)``, ``delta(temperature) > 2``, ``present(motion)``.
+A path missing from the event, or a comparison of unlike types, is simply
+false: a sensor that omits a field does not crash the bridge.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+_TOKEN = re.compile(r"""
+    \s*(?:
+      (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+    | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+    | (?P<op><=|>=|==|!=|<|>|\(|\)|\[|\]|\.)
+    | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+    )""", re.VERBOSE)
+
+_CONSTANTS = {"true": True, "false": False, "null": None}
+_FUNCTIONS = ("present", "changed", "delta")
+_COMPARE = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+_MISSING = object()
+
+
+class ExpressionError(ValueError):
+    """A condition that does not parse; the message says where."""
+
+
+@dataclass(frozen=True)
+class Path:
+    """A field path such as ``sensor.readings[0]``."""
+
+    parts: tuple[str | int, ...]
+
+    def lookup(self, data: Any) -> Any:
+        """The value at this path in ``data``, or the private missing marker."""
+        for part in self.parts:
+            if isinstance(part, int):
+                if not isinstance(data, list) or not -len(data) <= part < len(data):
+                    return _MISSING
+                data = data[part]
+            elif isinstance(data, Mapping) and part in data:
+                data = data[part]
+            else:
+                return _MISSING
+        return data
+
+    def __str__(self) -> str:
+        return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.parts)[1:]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a parsed condition: ``op`` and its arguments."""
+
+    op: str
+    args: tuple[Any, ...]
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise ExpressionError(f"unexpected {text[pos:].strip()[:10]!r} at column {pos + 1}")
+        kind = match.lastgroup
+        assert kind is not None
+        tokens.append((kind, match.group(kind)))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self, value: str | None = None) -> tuple[str, str]:
+        token = self.peek()
+        if token is None or (value is not None and token[1] != value):
+            found = "the end" if token is None else repr(token[1])
+            wanted = repr(value) if value else "a value"
+            raise ExpressionError(f"expected {wanted}, found {found}")
+        self.i += 1
+        return token
+
+    def parse(self) -> Node | Path | Any:
+        node = self.expr()
+        if self.peek() is not None:
+            extra = self.tokens[self.i][1]
+            raise ExpressionError(f"unexpected {extra!r} after a complete condition")
+        return node
+
+    def expr(self) -> Any:
+        node = self.conj()
+        while self.peek() == ("name", "or"):
+            self.take()
+            node = Node("or", (node, self.conj()))
+        return node
+
+    def conj(self) -> Any:
+        node = self.neg()
+        while self.peek() == ("name", "and"):
+            self.take()
+            node = Node("and", (node, self.neg()))
+        return node
+
+    def neg(self) -> Any:
+        if self.peek() == ("name", "not"):
+            self.take()
+            return Node("not", (self.neg(),))
+        left = self.value()
+        token = self.peek()
+        if token is not None and token[1] in _COMPARE:
+            self.take()
+            return Node(token[1], (left, self.value()))
+        return left
+
+    def value(self) -> Any:
+        kind, text = self.take()
+        if kind == "num":
+            return float(text)
+        if kind == "str":
+            return re.sub(r"\\(.)", r"\1", text[1:-1])
+        if text == "(":
+            node = self.expr()
+            self.take(")")
+            return node
+        if kind != "name" or text in ("and", "or", "not"):
+            raise ExpressionError(f"expected a value, found {text!r}")
+        if text in _CONSTANTS:
+            return _CONSTANTS[text]
+        if text in _FUNCTIONS and self.peek() == ("op", "("):
+            self.take("(")
+            path = self.path(self.take()[1])
+            self.take(")")
+            return Node(text, (path,))
+        return self.path(text)
+
+    def path(self, first: str) -> Path:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", first):
+            raise ExpressionError(f"expected a field name, found {first!r}")
+        parts: list[str | int] = [first]
+        while self.peek() in (("op", "."), ("op", "[")):
+            if self.take()[1] == ".":
+                parts.append(self.take()[1])
+            else:
+                index = self.take()[1]
+                if not re.fullmatch(r"-?\d+", index):
+                    raise ExpressionError(f"expected a list index, found {index!r}")
+                parts.append(int(index))
+                self.take("]")
+        return Path(tuple(parts))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A parsed condition, evaluated against an event and the previous one."""
+
+    source: str
+    tree: Any
+
+    def __call__(self, event: Mapping[str, Any], previous: Mapping[str, Any] | None = None,
+                 ) -> bool:
+        """Whether ``event`` meets the condition (``previous``: the rule's last event)."""
+        return _truthy(_eval(self.tree, event, previous or {}))
+
+
+def parse_condition(text: str) -> Condition:
+    """Parse ``text``; raises :class:`ExpressionError` with a precise message."""
+    if not text.strip():
+        raise ExpressionError("the condition is empty")
+    return Condition(text, _Parser(text).parse())
+
+
+def _truthy(value: Any) -> bool:
+    return value is not _MISSING and bool(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _eval(node: Any, event: Mapping[str, Any], previous: Mapping[str, Any]) -> Any:
+    if isinstance(node, Path):
+        return node.lookup(event)
+    if not isinstance(node, Node):
+        return node
+    op, args = node.op, node.args
+    if op == "and":
+        return _truthy(_eval(args[0], event, previous)) and _truthy(
+            _eval(args[1], event, previous))
+    if op == "or":
+        return _truthy(_eval(args[0], event, previous)) or _truthy(
+            _eval(args[1], event, previous))
+    if op == "not":
+        return not _truthy(_eval(args[0], event, previous))
+    if op == "present":
+        return args[0].lookup(event) is not _MISSING
+    if op in ("changed", "delta"):
+        now, before = args[0].lookup(event), args[0].lookup(previous)
+        if op == "changed":
+            return now is not _MISSING and before is not _MISSING and now != before
+        a, b = _number(now), _number(before)
+        return _MISSING if a is None or b is None else a - b
+    left, right = _eval(args[0], event, previous), _eval(args[1], event, previous)
+    if left is _MISSING or right is _MISSING:
+        return False
+    ln, rn = _number(left), _number(right)
+    if ln is not None and rn is not None:
+        return _COMPARE[op](ln, rn)
+    if type(left) is not type(right):
+        return op == "!="
+    try:
+        return _COMPARE[op](left, right)
+    except TypeError:
+        return False

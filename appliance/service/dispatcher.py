@@ -1,0 +1,216 @@
+"""The dispatcher: one model, one generation at a time, nothing lost.
+
+Requests arrive from the bridge (questions, sensor rules) and later from
+voice; they are journaled, queued by priority and run on the model worker one
+at a time. A voice request preempts a running sensor generation, which is
+requeued. A request whose worker dies is retried once, then answered with
+``finish_reason: "error"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+from typing import Any, Protocol
+
+from appliance.llm import ChatRequest, Chunk, Completion, new_request_id
+from appliance.logs import bind_request, get_logger
+from appliance.mqtt.contract import Topics
+from appliance.rules import RuleSet
+from appliance.service.journal import Journal
+from appliance.service.model_worker import GenerationFailed, ModelWorker, WorkerCrashed
+from appliance.service.requests import Outgoing, Request
+from appliance.service.status import Status
+from appliance.service.work_queue import WorkQueue
+
+log = get_logger("dispatcher")
+
+MAX_ATTEMPTS = 2
+
+
+class Outlet(Protocol):
+    """Where the dispatcher's messages go (the MQTT bridge)."""
+
+    def publish(self, message: Outgoing) -> None:
+        """Send now, best effort (stream chunks)."""
+
+    def deliver(self, request_id: str | None, messages: list[Outgoing]) -> None:
+        """Retire ``request_id`` and send ``messages`` through the outbox."""
+
+
+class Rejected(Exception):
+    """A request was refused (queue full); the message is the public error text."""
+
+
+def _json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+class Dispatcher:
+    """Queues requests and runs them on ``worker``, publishing through ``outlet``."""
+
+    def __init__(self, *, worker: ModelWorker, outlet: Outlet, journal: Journal,
+                 topics: Topics, rules: RuleSet, status: Status, queue_size: int,
+                 stream: bool) -> None:
+        self.worker, self.outlet, self.journal = worker, outlet, journal
+        self.topics, self.rules, self.status = topics, rules, status
+        self.stream = stream
+        self.queue_size = queue_size
+        self.queue = WorkQueue()
+        self.closing = False
+        self.running: Request | None = None
+        self._preempted = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- intake ----------------------------------------------------------------------------
+    def restore(self) -> int:
+        """Queue every journaled request of an earlier run; returns how many."""
+        pending = self.journal.pending()
+        for request in pending:
+            self.queue.put(request)
+        self._queue_changed()
+        return len(pending)
+
+    def submit(self, request: Request) -> bool:
+        """Journal and queue ``request``; ``False`` if its id is already journaled.
+
+        Raises :class:`Rejected` when the queue is full.
+        """
+        if len(self.queue) >= self.queue_size:
+            raise Rejected(f"queue full ({self.queue_size} requests waiting)")
+        if not self.journal.add(request):
+            return False
+        self.queue.put(request)
+        running = self.running
+        if running is not None and running.source == "sensor" and request.source == "voice":
+            log.info("preempting", running=running.id, by=request.id)
+            self._preempted = True
+            self.worker.cancel(running.id)
+        self._queue_changed()
+        return True
+
+    def on_event(self, topic: str, event: dict[str, Any], now: float | None = None) -> int:
+        """Apply the sensor rules to ``event``; returns how many generations it queued."""
+        queued = 0
+        now = time.monotonic() if now is None else now
+        for trigger in self.rules.match(topic, event):
+            waiting = self.queue.queued_for_rule(trigger.rule)
+            if waiting is not None:  # coalesce: the latest event wins
+                self.queue.replace(replace(waiting, text=trigger.prompt))
+                self.journal.update_text(waiting.id, trigger.prompt)
+                continue
+            if not self.rules.due(trigger, now):
+                continue
+            request = Request(id=new_request_id(), source="sensor", text=trigger.prompt,
+                              reply_topic=trigger.publish, rule=trigger.rule)
+            try:
+                self.submit(request)
+                queued += 1
+            except Rejected as exc:
+                log.warning("rule_dropped", rule=trigger.rule, reason=str(exc))
+        return queued
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a queued or running request; ``False`` if there is none with that id."""
+        if self.running is not None and self.running.id == request_id:
+            self.worker.cancel(request_id)
+            return True
+        request = self.queue.remove(request_id)
+        if request is None:
+            return False
+        self._answer(request, {"text": "", "tokens": 0, "finish_reason": "cancelled"})
+        self._queue_changed()
+        return True
+
+    # --- the work loop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Take requests one at a time until :meth:`drain`."""
+        while not self.closing:
+            request = await self.queue.get()
+            if self.closing:
+                self.queue.put(request, front=True)
+                return
+            self.running = request
+            self._idle.clear()
+            self.status.update(state="thinking", queue_depth=len(self.queue))
+            try:
+                with bind_request(request.id, source=request.source):
+                    await self._run_one(request)
+            finally:
+                self.running = None
+                self._preempted = False
+                self._idle.set()
+                self.status.update(state="idle" if not len(self.queue) else "thinking",
+                                   queue_depth=len(self.queue))
+
+    async def _run_one(self, request: Request) -> None:
+        self.journal.count_attempt(request.id)
+        on_chunk = self._streamer(request) if self.stream and request.source != "sensor" \
+            else None
+        chat = ChatRequest(request.text, max_tokens=request.max_tokens, id=request.id)
+        try:
+            result = await self.worker.generate(chat, on_chunk)
+        except WorkerCrashed as exc:
+            if request.attempts + 1 < MAX_ATTEMPTS:
+                log.warning("retrying", error=str(exc))
+                self.queue.put(replace(request, attempts=request.attempts + 1), front=True)
+                return
+            self._answer(request, {"text": "", "tokens": 0, "finish_reason": "error",
+                                   "error": str(exc)})
+            return
+        except GenerationFailed as exc:
+            self._answer(request, {"text": "", "tokens": 0, "finish_reason": "error",
+                                   "error": str(exc)})
+            return
+        if self._preempted and result.finish_reason == "cancelled":
+            self.queue.put(request, front=True)  # a voice request came first; run it later
+            return
+        self._answer(request, self._fields(result))
+
+    def _streamer(self, request: Request) -> Any:
+        def on_chunk(chunk: Chunk) -> None:
+            self.outlet.publish(Outgoing(self.topics.stream, _json(
+                {"id": request.id, "seq": chunk.seq, "delta": chunk.delta})))
+        return on_chunk
+
+    def _fields(self, result: Completion) -> dict[str, Any]:
+        fields = result.as_dict()
+        del fields["id"]
+        return fields
+
+    def _answer(self, request: Request, fields: dict[str, Any]) -> None:
+        payload = {"id": request.id, **fields, "throttle_level": self.status.throttle_level,
+                   "source": request.source,
+                   "model": fields.get("model", self.status.model)}
+        if request.rule is not None:
+            payload["rule"] = request.rule
+        default = self.topics.alert if request.source == "sensor" else self.topics.answer
+        self.outlet.deliver(request.id, [Outgoing(request.reply_topic or default,
+                                                  _json(payload),
+                                                  correlation=request.correlation)])
+        log.info("answered", finish_reason=payload["finish_reason"],
+                 tokens=payload.get("tokens"), topic=request.reply_topic or default)
+
+    def _queue_changed(self) -> None:
+        self.status.update(queue_depth=len(self.queue))
+
+    async def drain(self, finish_s: float) -> None:
+        """Let the running generation finish for up to ``finish_s``, then cancel it.
+
+        No new generation starts after this. A cancelled request stays in the
+        journal and is answered after restart.
+        """
+        self.closing = True
+        running = self.running
+        if running is None:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), finish_s)
+        except TimeoutError:
+            log.info("cancelling_for_shutdown", id=running.id)
+            self._preempted = True  # requeued, not answered: the journal keeps it
+            self.worker.cancel(running.id)
+            await self._idle.wait()

@@ -1,0 +1,47 @@
+"""The unit of work of the dispatcher, and what goes out on MQTT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Source = Literal["voice", "mqtt", "sensor"]
+
+PRIORITY: dict[Source, int] = {"voice": 0, "mqtt": 1, "sensor": 2}
+"""Lower runs first: voice, then questions, then sensor rules."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """A question for the model, from any source, with where its answer goes.
+
+    ``reply_topic`` is ``None`` for the default (``<base>/answer``, or the
+    rule's alert topic); ``correlation`` is the MQTT v5 Correlation Data to
+    echo; ``rule`` names the sensor rule that made it.
+    """
+
+    id: str
+    source: Source
+    text: str
+    max_tokens: int | None = None
+    reply_topic: str | None = None
+    correlation: bytes | None = None
+    rule: str | None = None
+    client: str = ""
+    attempts: int = 0
+
+    @property
+    def priority(self) -> int:
+        """Queue priority (lower first)."""
+        return PRIORITY[self.source]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to publish; ``correlation`` becomes MQTT v5 Correlation Data."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+    correlation: bytes | None = None

@@ -1,0 +1,149 @@
+"""``appliance run``: the supervisor, a thin wire between the parts.
+
+It starts the model worker (a child process), the MQTT bridge and the
+dispatcher on one asyncio loop, keeps systemd informed, publishes the state,
+and shuts everything down cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from pathlib import Path
+
+from appliance.config import Settings
+from appliance.logs import get_logger
+from appliance.mqtt.bridge import Bridge, Inbound
+from appliance.mqtt.contract import Topics
+from appliance.mqtt.discovery import discovery_message
+from appliance.rules import RuleSet
+from appliance.service.dispatcher import Dispatcher
+from appliance.service.intake import Intake
+from appliance.service.journal import Journal
+from appliance.service.model_worker import ModelWorker
+from appliance.service.notify import Notifier
+from appliance.service.requests import Outgoing
+from appliance.service.status import Status
+from appliance.thermal import SensorError, read_celsius
+
+log = get_logger("supervisor")
+
+STATE_EVERY_S = 30.0
+FINISH_ON_STOP_S = 4.0
+
+
+class Supervisor:
+    """Owns the parts of one running appliance."""
+
+    def __init__(self, settings: Settings, config_path: Path | None) -> None:
+        self.settings = settings
+        self.topics = Topics.under(settings.base_topic)
+        self.status = Status(max_tokens=settings.llm.max_tokens)
+        self.notifier = Notifier()
+        self.journal = Journal(settings.data_dir / "journal.sqlite3")
+        self.worker = ModelWorker(config_path)
+        self.rules = RuleSet(settings.rules, settings.base_topic)
+        self.stop = asyncio.Event()
+        self._state_scheduled = False
+
+    async def run(self) -> int:
+        """Run until SIGTERM or SIGINT; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        self.bridge = bridge = Bridge(self.settings, self.journal, [], self._on_message,
+                                      self._on_connected)
+        self.dispatcher = Dispatcher(
+            worker=self.worker, outlet=bridge, journal=self.journal, topics=self.topics,
+            rules=self.rules, status=self.status, queue_size=self.settings.mqtt.queue_size,
+            stream=self.settings.mqtt.stream_answers)
+        self.intake = Intake(self.settings, self.topics, self.rules, self.dispatcher, bridge,
+                             bridge.ack, self._publish_discovery)
+        bridge.subscriptions = self.intake.subscriptions()
+        self.status.listeners.append(self._schedule_state)
+        restored = self.dispatcher.restore()
+        if restored:
+            log.info("restored_requests", count=restored)
+        tasks = [asyncio.create_task(self.worker.run(), name="worker"),
+                 asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+                 asyncio.create_task(self._keep_alive(), name="keep-alive")]
+        bridge.start()
+        self.notifier.status("loading the model and connecting to the broker")
+        ready = asyncio.create_task(self._wait_ready())
+        await self.stop.wait()
+        ready.cancel()
+        await self._shutdown(tasks)
+        return 0
+
+    def _on_message(self, inbound: Inbound) -> None:
+        self.intake(inbound)
+
+    async def _wait_ready(self) -> None:
+        await self.worker.ready.wait()
+        await self.bridge.connected.wait()
+        self.status.update(model=self.worker.model, state="idle" if not self.dispatcher.running
+                           else "thinking")
+        self.notifier.ready(f"ready: {self.worker.model}")
+        log.info("ready", model=self.worker.model, base_topic=self.topics.base)
+
+    def _on_connected(self) -> None:
+        self._publish_discovery()
+        self._publish_state()
+
+    def _publish_discovery(self) -> None:
+        discovery = self.settings.mqtt.discovery
+        if discovery.enabled:
+            self.bridge.publish(discovery_message(discovery.prefix, self.settings.device_id,
+                                                  self.topics))
+
+    def _schedule_state(self) -> None:
+        """Publish the state once per loop turn however many fields changed in it."""
+        if not self._state_scheduled:
+            self._state_scheduled = True
+            asyncio.get_running_loop().call_soon(self._publish_state)
+
+    def _publish_state(self) -> None:
+        self._state_scheduled = False
+        try:
+            self.status.temp_c = read_celsius(self.settings.thermal.zone_path)
+        except SensorError:
+            self.status.temp_c = None
+        self.bridge.publish(Outgoing(self.topics.state, json.dumps(self.status.as_dict())
+                                     .encode(), retain=True))
+
+    async def _keep_alive(self) -> None:
+        """Ping systemd's watchdog while healthy; publish the state every 30 s."""
+        interval = (self.notifier.watchdog_s or STATE_EVERY_S) / 2
+        since_state = 0.0
+        while True:
+            await asyncio.sleep(min(interval, STATE_EVERY_S))
+            if self.worker.healthy:
+                self.notifier.watchdog()
+            since_state += min(interval, STATE_EVERY_S)
+            if since_state >= STATE_EVERY_S:
+                since_state = 0.0
+                self._publish_state()
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        log.info("stopping")
+        self.notifier.stopping()
+        await self.dispatcher.drain(FINISH_ON_STOP_S)
+        await self.worker.stop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.bridge.close()
+        self.journal.close()
+        log.info("stopped")
+
+
+def run(settings: Settings, config_path: Path | None) -> int:
+    """Run the supervisor in a fresh event loop."""
+    async def main() -> int:
+        return await Supervisor(settings, config_path).run()
+
+    return asyncio.run(main())

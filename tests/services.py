@@ -1,0 +1,231 @@
+"""Real services for tests: a mosquitto broker, paho peers, and ``appliance run`` itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts TCP connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Broker:
+    """A real mosquitto on a free loopback port, with persistence so sessions survive restarts."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {workdir}/\n"
+            f"log_dest file {workdir}/mosquitto.log\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start (or restart) the broker and wait for its port."""
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        """Stop it cleanly (it saves its persistence file)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message a test peer received."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation: bytes | None
+
+    def json(self) -> Any:
+        """The payload as JSON."""
+        return json.loads(self.payload)
+
+
+class Peer:
+    """A real paho MQTT v5 client that records what it receives."""
+
+    def __init__(self, port: int, subscribe: list[str], client_id: str | None = None) -> None:
+        self.messages: queue.Queue[Message] = queue.Queue()
+        self.seen: list[Message] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                                  client_id=client_id or f"peer-{os.getpid()}-{id(self)}")
+        self._subscribed = queue.Queue[int]()
+
+        def on_connect(c: paho.Client, *_: object) -> None:
+            for topic in subscribe:
+                c.subscribe(topic, qos=1)
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.put(1)
+        self.client.on_message = lambda _c, _u, m: self.messages.put(Message(
+            m.topic, m.payload, m.retain, getattr(m.properties, "CorrelationData", None)))
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 300
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.loop_start()
+        for _ in subscribe:
+            self._subscribed.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes | str, *, response_topic: str | None = None,
+                correlation: bytes | None = None, client: str | None = None) -> None:
+        """Publish QoS 1 with optional v5 properties, and wait until the broker has it."""
+        props = Properties(PacketTypes.PUBLISH)
+        if response_topic:
+            props.ResponseTopic = response_topic
+        if correlation is not None:
+            props.CorrelationData = correlation
+        if client:
+            props.UserProperty = [("client", client)]
+        info = self.client.publish(topic, payload, qos=1, properties=props)
+        info.wait_for_publish(10)
+
+    def wait_for(self, predicate: Callable[[Message], bool], timeout: float = 60) -> Message:
+        """The first received message (old or new) that meets ``predicate``."""
+        for message in self.seen:
+            if predicate(message):
+                return message
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no matching message; saw: "
+                                   + ", ".join(f"{m.topic}={m.payload[:80]!r}"
+                                               for m in self.seen[-10:]))
+            try:
+                message = self.messages.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.seen.append(message)
+            if predicate(message):
+                return message
+
+    def drain(self, seconds: float) -> list[Message]:
+        """Collect everything that arrives within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self.seen.append(self.messages.get(timeout=left))
+            except queue.Empty:
+                break
+        return self.seen
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's ``$NOTIFY_SOCKET``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.received: list[str] = []
+
+    def wait_for(self, line: str, timeout: float = 60) -> None:
+        """Wait until a datagram containing ``line`` (a whole ``KEY=value`` line) arrives."""
+        deadline = time.monotonic() + timeout
+        while not any(line in d.splitlines() for d in self.received):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {line!r}; got {self.received}")
+            self.sock.settimeout(left)
+            try:
+                self.received.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    def close(self) -> None:
+        """Close and remove the socket."""
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+class ApplianceProcess:
+    """``python -m appliance run`` as systemd would start it, with a notify socket."""
+
+    def __init__(self, workdir: Path, config: Path, env: dict[str, str] | None = None) -> None:
+        self.workdir, self.config = workdir, config
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.notify: NotifySocket | None = None
+        self.runs = 0
+
+    def start(self, wait_ready: bool = True) -> None:
+        """Start it; by default wait for ``READY=1``."""
+        self.runs += 1
+        self.notify = NotifySocket(self.workdir / f"notify-{self.runs}.sock")
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.extra_env}
+        self.log = (self.workdir / f"run-{self.runs}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(self.config), "run"],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_ready:
+            self.notify.wait_for("READY=1")
+
+    def worker_pid(self) -> int:
+        """The pid of the model worker child."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return int(children.split()[0])
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and its worker, as a crash would."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM, as systemd stops it; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        """Make sure nothing is left running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        if self.notify is not None:
+            self.notify.close()

@@ -1,0 +1,240 @@
+"""``appliance run`` against a real mosquitto, with real paho peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import ApplianceProcess, Broker, Message, Peer
+
+BASE = "appliance/t1"
+STORY = "Tell me a very long story about a dragon, a knight and a castle."
+
+
+def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "") -> Path:
+    (tmp_path / "temp").write_text("51000\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"device_id: t1\ndata_dir: {tmp_path / 'data'}\n"
+        f"llm:\n  model_path: {model_path}\n  temperature: 0\n  max_tokens: 400\n"
+        f"  n_ctx: 1024\n"
+        f"mqtt:\n  port: {port}\n  keepalive_s: 5\n{extra}"
+        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
+        "rules:\n"
+        "  - name: greenhouse_hot\n    source: greenhouse\n    when: temperature > 40\n"
+        "    prompt: The greenhouse is at {temperature} degrees. Give one short safety tip.\n"
+        "    min_interval_s: 0\n")
+    return cfg
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def peer(broker: Broker) -> Iterator[Peer]:
+    p = Peer(broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path, model_path: Path, broker: Broker,
+          ) -> Iterator[Callable[..., ApplianceProcess]]:
+    started: list[ApplianceProcess] = []
+
+    def make(extra: str = "", wait_ready: bool = True, **env: str) -> ApplianceProcess:
+        app = ApplianceProcess(tmp_path, _config(tmp_path, model_path, broker.port, extra), env)
+        app.start(wait_ready)
+        started.append(app)
+        return app
+
+    yield make
+    for app in started:
+        app.close()
+
+
+def _answer(peer: Peer, request_id: str, topic: str = f"{BASE}/answer",
+            timeout: float = 60) -> Message:
+    return peer.wait_for(lambda m: m.topic == topic and m.json().get("id") == request_id,
+                         timeout)
+
+
+def _stream_text(peer: Peer, request_id: str) -> tuple[list[int], str]:
+    chunks = [m.json() for m in peer.seen if m.topic == f"{BASE}/answer/stream"
+              and m.json()["id"] == request_id]
+    return [c["seq"] for c in chunks], "".join(c["delta"] for c in chunks)
+
+
+def test_response_topic_and_correlation_data(start: Callable[..., ApplianceProcess],
+                                             peer: Peer) -> None:
+    start()
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "q1", "text": "What is two plus two?"}),
+                 response_topic="replies/me", correlation=b"\x00corr-42")
+    reply = _answer(peer, "q1", "replies/me")
+    assert reply.correlation == b"\x00corr-42"
+    body = reply.json()
+    assert body["tokens"] > 0 and body["source"] == "mqtt"
+    assert body["finish_reason"] in ("stop", "length")
+    assert {"id", "text", "tokens", "finish_reason", "ttft_ms", "tokens_per_s",
+            "throttle_level", "source", "model"} <= set(body)
+
+
+def test_plain_text_ask_streams_in_order(start: Callable[..., ApplianceProcess],
+                                         peer: Peer) -> None:
+    start()
+    peer.publish(f"{BASE}/ask", "What is the capital of France?")
+    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+    seqs, text = _stream_text(peer, answer["id"])
+    assert seqs == list(range(len(seqs))) and seqs
+    assert text.strip() == answer["text"]
+    assert peer.wait_for(lambda m: m.topic == f"{BASE}/status").payload == b"online"
+    state = peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["state"] == "idle")
+    assert state.retain or state.json()["model"]
+    discovery = peer.wait_for(lambda m: m.topic == "homeassistant/device/t1/config").json()
+    assert discovery["availability"][0]["topic"] == f"{BASE}/status"
+    assert {"state", "temp_c", "throttle_level", "answer", "ask"} <= set(discovery["cmps"])
+
+
+def test_every_bad_input_gets_an_error_and_service_goes_on(
+        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    start("  ask_rate_per_min: 3\n  queue_size: 1\n")
+    bad = [
+        (f"{BASE}/ask", b"{not json", "invalid JSON"),
+        (f"{BASE}/ask", b"\xff\xfe bad", "not valid UTF-8"),
+        (f"{BASE}/ask", b"x" * 5000, "over the limit of 4096"),
+        (f"{BASE}/ask", b"   ", "the question is empty"),
+        (f"{BASE}/ask", json.dumps({"id": "w1", "text": 5}).encode(), "text must be a string"),
+        (f"{BASE}/ask", json.dumps({"id": "w2", "text": "hi", "max_tokens": "many"}).encode(),
+         "max_tokens must be an integer"),
+        (f"{BASE}/event/unknown", b"{}", "unknown event 'unknown'"),
+        (f"{BASE}/event/greenhouse", b"[1, 2]", "expected a JSON object"),
+        (f"{BASE}/cmd/cancel", b'{"id": "nope"}', "no queued or running request"),
+    ]
+    for topic, payload, _ in bad:
+        peer.publish(topic, payload)
+    errors = [peer.wait_for(lambda m, w=want: m.topic == f"{BASE}/error"
+                            and w in m.json()["error"], 30).json() for _, _, want in bad]
+    assert [e["topic"] for e in errors] == [t for t, _, _ in bad]
+    assert errors[4]["id"] == "w1" and errors[5]["id"] == "w2"
+    # queue full: one running, one queued, the third is refused
+    for i in range(3):
+        peer.publish(f"{BASE}/ask", json.dumps({"id": f"f{i}", "text": STORY,
+                                                "max_tokens": 48}), client="flood")
+        if i == 0:
+            peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    full = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
+                         and "queue full" in m.payload.decode())
+    assert full.json()["id"] == "f2"
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "f3", "text": "hi"}), client="flood")
+    limited = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
+                            and "rate limited" in m.payload.decode())
+    assert limited.json()["id"] == "f3"
+    _answer(peer, "f0")
+    _answer(peer, "f1")
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "good", "text": "Name a colour."}))
+    assert _answer(peer, "good").json()["tokens"] > 0
+
+
+def test_cancel_a_running_request(start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    start()
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "long", "text": STORY, "max_tokens": 400}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    peer.publish(f"{BASE}/cmd/cancel", json.dumps({"id": "long"}))
+    assert _answer(peer, "long").json()["finish_reason"] == "cancelled"
+
+
+def test_broker_restart_during_generation_loses_no_answer(
+        start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
+    start()
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "outage", "text": STORY, "max_tokens": 200}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    broker.stop()
+    time.sleep(2)
+    broker.start()
+    answer = _answer(peer, "outage", timeout=90).json()
+    assert answer["tokens"] > 0
+
+
+def test_worker_killed_mid_generation_is_restarted_and_answers(
+        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    app = start()
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "crash", "text": STORY, "max_tokens": 200}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    first_worker = app.worker_pid()
+    os.kill(first_worker, signal.SIGKILL)
+    answer = _answer(peer, "crash", timeout=90).json()
+    assert answer["finish_reason"] in ("stop", "length") and answer["tokens"] > 0
+    assert app.worker_pid() != first_worker
+
+
+def test_supervisor_killed_with_a_journaled_request_answers_once(
+        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    app = start()
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "once", "text": STORY, "max_tokens": 300}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    app.kill()
+    assert peer.wait_for(lambda m: m.topic == f"{BASE}/status"
+                         and m.payload == b"offline", 30)  # the Last Will
+    app.start()
+    _answer(peer, "once", timeout=90)
+    peer.drain(3)
+    answers = [m for m in peer.seen if m.topic == f"{BASE}/answer" and m.json()["id"] == "once"]
+    assert len(answers) == 1
+
+
+def test_sigterm_shuts_down_cleanly(start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    app = start()
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "late", "text": STORY, "max_tokens": 400}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    began = time.monotonic()
+    assert app.terminate() == 0
+    assert time.monotonic() - began < 10
+    offline = peer.wait_for(lambda m: m.topic == f"{BASE}/status" and m.payload == b"offline")
+    assert offline is not None
+    assert app.notify is not None
+    app.notify.wait_for("STOPPING=1", 5)
+
+
+def test_sensor_rules_threshold_and_burst(start: Callable[..., ApplianceProcess],
+                                          peer: Peer) -> None:
+    start()
+    peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 30}))
+    peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 45}))
+    alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()
+    assert alert["source"] == "sensor" and alert["rule"] == "greenhouse_hot"
+    peer.drain(2)
+    assert len([m for m in peer.seen if m.topic == f"{BASE}/alert"]) == 1  # 30 was below
+    # keep the model busy, then send a burst: the rule's events coalesce into one generation
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "busy", "text": STORY, "max_tokens": 120}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    for i in range(1000):
+        peer.client.publish(f"{BASE}/event/greenhouse",
+                            json.dumps({"temperature": 41 + i % 50}), qos=1)
+    _answer(peer, "busy")
+    peer.drain(8)
+    alerts = [m for m in peer.seen if m.topic == f"{BASE}/alert"]
+    assert len(alerts) == 2  # the first alert, and exactly one for the whole burst
+    assert not [m for m in peer.seen if m.topic == f"{BASE}/error"]
+    depths = [m.json()["queue_depth"] for m in peer.seen if m.topic == f"{BASE}/state"]
+    assert max(depths) <= 1
+
+
+def test_systemd_notify_ready_status_and_watchdog(start: Callable[..., ApplianceProcess],
+                                                  peer: Peer) -> None:
+    app = start(WATCHDOG_USEC="1000000")
+    assert app.notify is not None
+    app.notify.wait_for("READY=1")
+    app.notify.wait_for("WATCHDOG=1", 5)
+    assert any(line.startswith("STATUS=") for d in app.notify.received
+               for line in d.splitlines())

@@ -50,6 +50,10 @@ class Topics:
                    cancel=f"{base}/cmd/cancel", heard=f"{base}/heard",
                    heard_partial=f"{base}/heard/partial")
 
+    def event(self, name: str) -> str:
+        """The topic of sensor event ``name``."""
+        return f"{self.base}/event/{name}"
+
 
 @dataclass(frozen=True)
 class Ask:

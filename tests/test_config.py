@@ -110,10 +110,9 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     bad.write_text("llm:\n  temperature: 0\n  bogus: 1\n")
     result = run_cli("--config", str(bad), "config", "check")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"appliance: {bad}:3: llm.bogus: unknown key; expected one of: "
-        "model, model_path, n_ctx, n_threads, n_threads_batch, n_batch, max_tokens, "
-        "temperature, top_p, top_k, seed, system_prompt, prefix_cache_entries"]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"appliance: {bad}:3: llm.bogus: unknown key; expected one of: "
+                           "model, model_path, n_ctx, ")
     assert "Traceback" not in result.stderr
 
 

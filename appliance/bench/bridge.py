@@ -3,8 +3,9 @@
 * Ingest: N sensor events (QoS 1) published as fast as one client can, received
   by our bridge (paho thread, hand-over to the loop, validation, rule match,
   manual ack), against a bare paho subscriber on the same broker.
-* Latency: round trips of ``<base>/ask`` through ``appliance run`` against
-  :meth:`Engine.complete` alone, same model, same questions, greedy.
+* Latency: round trips of ``<base>/ask`` through ``appliance run``, interleaved
+  with :meth:`Engine.complete` alone (same model, questions, greedy). What the
+  bridge adds is each round trip less that generation's own ``total_ms``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance.bench.broker import LocalBroker, wait_port
+from appliance.bench.broker import LocalBroker
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
 from appliance.llm import ChatRequest, Engine
@@ -49,15 +50,14 @@ def _client(port: int, name: str) -> paho.Client:
 
 
 def _publish_events(port: int, topic: str, count: int) -> float:
-    """Publish ``count`` events at QoS 1 from a fresh client; returns when it started."""
-    client = _client(port, "bench-publisher")
-    payload = json.dumps({"temperature": 21.5, "humidity": 40}).encode()
+    """Publish ``count`` events at QoS 1 with ``mosquitto_pub -l``; returns when it started.
+
+    A C publisher, so that the publisher is not what limits the rate measured.
+    """
+    line = json.dumps({"temperature": 21.5, "humidity": 40}) + "\n"
     started = time.perf_counter()
-    infos = [client.publish(topic, payload, qos=1) for _ in range(count)]
-    for info in infos:
-        info.wait_for_publish(60)
-    client.disconnect()
-    client.loop_stop()
+    subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
+                    "-t", topic, "-l"], input=(line * count).encode(), check=True)
     return started
 
 
@@ -134,41 +134,54 @@ class BridgeBench:
     events: int
     ingest_errors: int
     engine_p50_ms: float
-    engine_p95_ms: float
     mqtt_p50_ms: float
-    mqtt_p95_ms: float
-
-    @property
-    def added_p50_ms(self) -> float:
-        """What the bridge adds to the engine's own time, at the median."""
-        return self.mqtt_p50_ms - self.engine_p50_ms
-
-    @property
-    def added_p95_ms(self) -> float:
-        """The same at the 95th percentile."""
-        return self.mqtt_p95_ms - self.engine_p95_ms
+    added_p50_ms: float
+    added_p95_ms: float
 
 
-def _ask_roundtrips(port: int, base: str, rounds: int, max_tokens: int) -> list[float]:
-    answers: dict[str, threading.Event] = {}
-    peer = _client(port, "bench-asker")
-    peer.on_message = lambda _c, _u, m: answers[json.loads(m.payload)["id"]].set()
-    peer.subscribe(f"{base}/answer", qos=1)
-    time.sleep(0.3)
-    times = []
-    for i in range(rounds * len(QUESTIONS)):
-        request_id = f"b{i}"
-        answers[request_id] = threading.Event()
-        text = QUESTIONS[i % len(QUESTIONS)]
+class _Asker:
+    """A paho peer that asks ``appliance run`` and times the answers."""
+
+    def __init__(self, port: int, base: str) -> None:
+        self.base = base
+        self.answers: dict[str, dict[str, object]] = {}
+        self.arrived: dict[str, threading.Event] = {}
+        self.online = threading.Event()
+        self.client = _client(port, "bench-asker")
+        self.client.on_message = self._on_message
+        self.client.subscribe([(f"{base}/answer", 1), (f"{base}/status", 1),
+                               (f"{base}/error", 1)])
+        if not self.online.wait(60):
+            raise RuntimeError("the appliance did not come online")
+
+    def _on_message(self, _c: object, _u: object, m: paho.MQTTMessage) -> None:
+        if m.topic.endswith("/status"):
+            if m.payload == b"online":
+                self.online.set()
+            return
+        body = json.loads(m.payload)
+        request_id = str(body.get("id", ""))
+        self.answers[request_id] = body
+        if request_id in self.arrived:
+            self.arrived[request_id].set()
+
+    def ask(self, request_id: str, text: str, max_tokens: int) -> tuple[float, float]:
+        """Round trip in ms, and the generation's own ``total_ms`` from the answer."""
+        self.arrived[request_id] = threading.Event()
         started = time.perf_counter()
-        peer.publish(f"{base}/ask", json.dumps({"id": request_id, "text": text,
-                                                "max_tokens": max_tokens}), qos=1)
-        if not answers[request_id].wait(120):
+        self.client.publish(f"{self.base}/ask", json.dumps(
+            {"id": request_id, "text": text, "max_tokens": max_tokens}), qos=1)
+        if not self.arrived[request_id].wait(60):
             raise RuntimeError(f"no answer to {request_id}")
-        times.append((time.perf_counter() - started) * 1000)
-    peer.disconnect()
-    peer.loop_stop()
-    return times
+        roundtrip = (time.perf_counter() - started) * 1000
+        body = self.answers[request_id]
+        if "total_ms" not in body:
+            raise RuntimeError(f"{request_id} was refused: {body}")
+        return roundtrip, float(body["total_ms"])  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def run_bridge_bench(settings: Settings, model: ResolvedModel, events: int = 20000,
@@ -186,38 +199,49 @@ def run_bridge_bench(settings: Settings, model: ResolvedModel, events: int = 200
                 f"  n_ctx: {settings.llm.n_ctx}\n"
                 + (f"  n_threads: {settings.llm.n_threads}\n" if settings.llm.n_threads else "")
                 + f"mqtt:\n  port: {broker.port}\n  discovery: {{enabled: false}}\n"
+                "  ask_rate_per_min: 100000\n"
                 f"thermal:\n  zone_path: {settings.thermal.zone_path}\n"
                 "rules:\n  - {name: bench, source: bench, when: temperature > 1000, "
                 "prompt: 'It is {temperature} degrees.'}\n")
             bench_settings = parse_settings(config.read_text(), str(config))
             topic = Topics.under(bench_settings.base_topic).event("bare")
             bare = _bare_ingest(broker.port, topic, events)
-            ours, errors = asyncio.run(_our_ingest(bench_settings, work, events))
+            ingest_settings = replace(bench_settings, mqtt=replace(bench_settings.mqtt,
+                                                                   client_id="bench-ingest"))
+            ours, errors = asyncio.run(_our_ingest(ingest_settings, work, events))
 
             engine = Engine(bench_settings.llm, model)
             engine.warm_up()
-            alone = []
-            for i in range(rounds * len(QUESTIONS)):
-                started = time.perf_counter()
-                engine.complete(ChatRequest(QUESTIONS[i % len(QUESTIONS)],
-                                            max_tokens=max_tokens))
-                alone.append((time.perf_counter() - started) * 1000)
-            engine.close()
-
             proc = subprocess.Popen(
                 [sys.executable, "-m", "appliance", "--config", str(config), "run"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL, stderr=(work / "run.log").open("wb"))
+            alone: list[float] = []
+            via_mqtt: list[float] = []
+            added: list[float] = []
             try:
-                wait_port(broker.port)
-                _ask_roundtrips(broker.port, bench_settings.base_topic, 1, max_tokens)  # warm
-                via_mqtt = _ask_roundtrips(broker.port, bench_settings.base_topic, rounds,
-                                           max_tokens)
+                asker = _Asker(broker.port, bench_settings.base_topic)
+                asker.ask("warm", QUESTIONS[0], max_tokens)
+                for i in range(rounds * len(QUESTIONS)):  # interleaved, so drift hits both
+                    question = QUESTIONS[i % len(QUESTIONS)]
+                    started = time.perf_counter()
+                    engine.complete(ChatRequest(question, max_tokens=max_tokens))
+                    alone.append((time.perf_counter() - started) * 1000)
+                    time.sleep(0.05)  # let llama.cpp's spinning threads settle
+                    roundtrip, generation = asker.ask(f"b{i}", question, max_tokens)
+                    via_mqtt.append(roundtrip)
+                    added.append(roundtrip - generation)
+                    time.sleep(0.05)
+                asker.close()
+            except RuntimeError as exc:
+                log = (work / "run.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc}; appliance run said:\n{log}") from exc
             finally:
+                engine.close()
                 proc.terminate()
                 proc.wait(15)
         finally:
             broker.stop()
     return BridgeBench(
         ours_events_per_s=ours, bare_events_per_s=bare, events=events, ingest_errors=errors,
-        engine_p50_ms=statistics.median(alone), engine_p95_ms=_percentile(alone, 0.95),
-        mqtt_p50_ms=statistics.median(via_mqtt), mqtt_p95_ms=_percentile(via_mqtt, 0.95))
+        engine_p50_ms=statistics.median(alone), mqtt_p50_ms=statistics.median(via_mqtt),
+        added_p50_ms=statistics.median(added), added_p95_ms=_percentile(added, 0.95))

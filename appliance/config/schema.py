@@ -70,6 +70,7 @@ class LlmSettings:
     seed: int = field(default=42, metadata=bounds(0, 2**31 - 1))
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     prefix_cache_entries: int = field(default=2, metadata=bounds(0, 16))
+    stream_interval_ms: int = field(default=100, metadata=bounds(0, 5000))
 
 
 @dataclass(frozen=True)

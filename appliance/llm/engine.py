@@ -166,6 +166,7 @@ class Engine:
         return Completion(
             id=request.id, text=text.strip(), tokens=n, finish_reason=finish,
             ttft_ms=(first - started) * 1000, tokens_per_s=rate, model=self.model_name,
+            total_ms=(ended - started) * 1000,
             prompt_tokens=prompt_tokens, cached_tokens=cached,
         )
 

@@ -48,6 +48,7 @@ class Completion:
     ttft_ms: float
     tokens_per_s: float
     model: str
+    total_ms: float = 0.0
     prompt_tokens: int = 0
     cached_tokens: int = 0
 
@@ -56,5 +57,6 @@ class Completion:
         return {
             "id": self.id, "text": self.text, "tokens": self.tokens,
             "finish_reason": self.finish_reason, "ttft_ms": round(self.ttft_ms, 1),
-            "tokens_per_s": round(self.tokens_per_s, 2), "model": self.model,
+            "tokens_per_s": round(self.tokens_per_s, 2), "total_ms": round(self.total_ms, 1),
+            "model": self.model,
         }

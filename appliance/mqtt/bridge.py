@@ -1,15 +1,17 @@
 """The MQTT bridge: paho-mqtt on its own network thread, handed over to our asyncio loop.
 
-Every paho callback does nothing but ``loop.call_soon_threadsafe``; all logic
-runs on the loop. Inbound QoS 1 messages are acknowledged manually, only once
-the handler has journaled them (see :meth:`Bridge.ack`). Answers are written to
-the journal's outbox first and removed when their PUBACK arrives, so neither a
-broker restart nor a killed supervisor loses one.
+Every paho callback only hands over to the loop (inbound messages through a
+deque, so that a burst costs one wake-up); all logic runs on the loop. Inbound
+QoS 1 messages are acknowledged manually, only once the handler has journaled
+them (see :meth:`Bridge.ack`). Answers are written to the journal's outbox
+first and removed when their PUBACK arrives, so neither a broker restart nor a
+killed supervisor loses one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import ssl
 from collections.abc import Callable
@@ -86,6 +88,8 @@ class Bridge:
         self.received = 0
         self._loop = asyncio.get_running_loop()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox key
+        # Handed over in batches: one loop wake-up per burst, not per message.
+        self._inbox: collections.deque[Inbound] = collections.deque()
         self._delivered = asyncio.Event()
         mqtt = settings.mqtt
         client_id = mqtt.client_id or f"appliance-{settings.device_id}"
@@ -118,7 +122,9 @@ class Bridge:
         inbound = Inbound(msg.topic, msg.payload, msg.qos, msg.mid,
                           getattr(props, "ResponseTopic", None),
                           getattr(props, "CorrelationData", None), _client_key(props))
-        self._loop.call_soon_threadsafe(self._message, inbound)
+        self._inbox.append(inbound)
+        if len(self._inbox) == 1:  # otherwise a drain is already due and will take this too
+            self._loop.call_soon_threadsafe(self._drain_inbox)
 
     def _paho_publish(self, _c: paho.Client, _u: object, mid: int, _r: ReasonCode,
                       _p: Properties) -> None:
@@ -141,9 +147,10 @@ class Bridge:
             log.warning("disconnected", reason=str(reason))
         self.connected.clear()
 
-    def _message(self, inbound: Inbound) -> None:
-        self.received += 1
-        self.on_message(inbound)
+    def _drain_inbox(self) -> None:
+        while self._inbox:
+            self.received += 1
+            self.on_message(self._inbox.popleft())
 
     def _published(self, mid: int) -> None:
         key = self._inflight.pop(mid, None)

@@ -82,7 +82,9 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise ExpressionError(f"unexpected {text[pos:].strip()[:10]!r} at column {pos + 1}")
+            rest = text[pos:]
+            column = pos + len(rest) - len(rest.lstrip()) + 1
+            raise ExpressionError(f"unexpected {rest.strip()[:10]!r} at column {column}")
         kind = match.lastgroup
         assert kind is not None
         tokens.append((kind, match.group(kind)))

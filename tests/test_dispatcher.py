@@ -1,0 +1,69 @@
+"""The dispatcher with a real model worker, a real bridge and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from appliance.bench.broker import LocalBroker
+from appliance.config import load_settings
+from appliance.mqtt.bridge import Bridge
+from appliance.mqtt.contract import Topics
+from appliance.rules import RuleSet
+from appliance.service.dispatcher import Dispatcher
+from appliance.service.journal import Journal
+from appliance.service.model_worker import ModelWorker
+from appliance.service.requests import Request
+from appliance.service.status import Status
+from tests.services import Peer
+
+
+def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) -> None:
+    broker = LocalBroker(tmp_path / "broker")
+    broker.start()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"device_id: d1\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
+        "  temperature: 0\n  max_tokens: 300\n  n_ctx: 1024\n"
+        f"mqtt:\n  port: {broker.port}\n"
+        "rules:\n  - name: hot\n    source: greenhouse\n    when: temperature > 40\n"
+        "    prompt: Write a very long story about a greenhouse at {temperature} degrees.\n")
+    settings = load_settings(cfg)
+    topics = Topics.under(settings.base_topic)
+    peer = Peer(broker.port, [f"{topics.base}/#"])
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "journal.sqlite3")
+        worker = ModelWorker(cfg)
+        bridge = Bridge(settings, journal, [], lambda _m: None)
+        dispatcher = Dispatcher(worker=worker, outlet=bridge, journal=journal, topics=topics,
+                                rules=RuleSet(settings.rules, settings.base_topic),
+                                status=Status(), queue_size=4, stream=True)
+        tasks = [asyncio.create_task(worker.run()), asyncio.create_task(dispatcher.run())]
+        bridge.start()
+        await asyncio.wait_for(worker.ready.wait(), 60)
+        assert dispatcher.on_event(topics.event("greenhouse"), {"temperature": 45}) == 1
+        while dispatcher.running is None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the sensor generation is under way
+        dispatcher.submit(Request(id="v1", source="voice", text="Say hello."))
+        while dispatcher.running is not None or len(dispatcher.queue):
+            await asyncio.sleep(0.05)
+        assert journal.pending() == []
+        await worker.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await bridge.close()
+
+    try:
+        asyncio.run(scenario())
+        voice = peer.wait_for(lambda m: m.topic == topics.answer)
+        alert = peer.wait_for(lambda m: m.topic == topics.alert)
+        order = [m.topic for m in peer.seen if m.topic in (topics.answer, topics.alert)]
+        assert order == [topics.answer, topics.alert]  # voice first, the sensor rule after
+        assert voice.json()["source"] == "voice" and voice.json()["id"] == "v1"
+        assert alert.json()["finish_reason"] in ("stop", "length")  # rerun, not cancelled
+    finally:
+        peer.close()
+        broker.stop()

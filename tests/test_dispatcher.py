@@ -38,7 +38,8 @@ def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) ->
         bridge = Bridge(settings, journal, [], lambda _m: None)
         dispatcher = Dispatcher(worker=worker, outlet=bridge, journal=journal, topics=topics,
                                 rules=RuleSet(settings.rules, settings.base_topic),
-                                status=Status(), queue_size=4, stream=True)
+                                status=Status(), queue_size=4, stream=True,
+                                llm=settings.llm)
         tasks = [asyncio.create_task(worker.run()), asyncio.create_task(dispatcher.run())]
         bridge.start()
         await asyncio.wait_for(worker.ready.wait(), 60)

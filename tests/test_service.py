@@ -17,7 +17,8 @@ BASE = "appliance/t1"
 STORY = "Tell me a very long story about a dragon, a knight and a castle."
 
 
-def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "") -> Path:
+def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "",
+            thermal: str = "") -> Path:
     (tmp_path / "temp").write_text("51000\n")
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
@@ -25,7 +26,7 @@ def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "") -> Pat
         f"llm:\n  model_path: {model_path}\n  temperature: 0\n  max_tokens: 400\n"
         f"  n_ctx: 1024\n"
         f"mqtt:\n  port: {port}\n  keepalive_s: 5\n{extra}"
-        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
+        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n{thermal}"
         "rules:\n"
         "  - name: greenhouse_hot\n    source: greenhouse\n    when: temperature > 40\n"
         "    prompt: The greenhouse is at {temperature} degrees. Give one short safety tip.\n"
@@ -53,8 +54,10 @@ def start(tmp_path: Path, model_path: Path, broker: Broker,
           ) -> Iterator[Callable[..., ApplianceProcess]]:
     started: list[ApplianceProcess] = []
 
-    def make(extra: str = "", wait_ready: bool = True, **env: str) -> ApplianceProcess:
-        app = ApplianceProcess(tmp_path, _config(tmp_path, model_path, broker.port, extra), env)
+    def make(extra: str = "", wait_ready: bool = True, thermal: str = "",
+             **env: str) -> ApplianceProcess:
+        config = _config(tmp_path, model_path, broker.port, extra, thermal)
+        app = ApplianceProcess(tmp_path, config, env)
         app.start(wait_ready)
         started.append(app)
         return app
@@ -238,3 +241,56 @@ def test_systemd_notify_ready_status_and_watchdog(start: Callable[..., Appliance
     app.notify.wait_for("WATCHDOG=1", 5)
     assert any(line.startswith("STATUS=") for d in app.notify.received
                for line in d.splitlines())
+
+
+
+def _state_at(peer: Peer, level: str) -> dict[str, object]:
+    return peer.wait_for(lambda m: m.topic == f"{BASE}/state"
+                         and m.json()["throttle_level"] == level, 20).json()
+
+
+def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: Peer,
+                                 tmp_path: Path) -> None:
+    zone = tmp_path / "temp"
+    start(thermal="  interval_s: 0.1\n")
+
+    def heat(celsius: float) -> None:
+        zone.write_text(f"{round(celsius * 1000)}\n")
+
+    heat(60)
+    assert _state_at(peer, "normal")["max_tokens"] == 400
+    heat(72)
+    assert _state_at(peer, "warm")["max_tokens"] == 160
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 400}))
+    warm = _answer(peer, "w").json()
+    assert warm["tokens"] <= 160 and warm["throttle_level"] == "warm"
+    heat(77)
+    assert _state_at(peer, "hot")["max_tokens"] == 96
+    mark = len(peer.drain(0.3))
+    heat(73)  # within the hysteresis: still hot
+    later = peer.drain(0.6)[mark:]
+    assert all(m.json()["throttle_level"] == "hot" for m in later
+               if m.topic == f"{BASE}/state")
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "cut", "text": STORY}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream" and m.json()["id"] == "cut")
+    heat(82)  # a generation under way is cut to the critical budget
+    cut = _answer(peer, "cut").json()
+    assert cut["finish_reason"] == "throttled" and cut["tokens"] < 96
+    assert _state_at(peer, "critical")["max_tokens"] == 48
+    peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 45}))
+    deferred = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
+                             and m.json()["queue_depth"] == 1).json()
+    assert deferred["throttle_level"] == "critical"
+    heat(86)
+    assert _state_at(peer, "emergency")["max_tokens"] == 0
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "hot", "text": "Hello?"}))
+    fixed = _answer(peer, "hot").json()
+    assert fixed["finish_reason"] == "throttled" and fixed["tokens"] == 0
+    assert fixed["text"] == "I'm cooling down, please ask again in a minute."
+    assert not [m for m in peer.seen if m.topic == f"{BASE}/alert"]  # still deferred
+    heat(78)
+    assert _state_at(peer, "hot")
+    alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()  # answered once cooler
+    assert alert["rule"] == "greenhouse_hot" and alert["tokens"] <= 96
+    heat(65)
+    assert _state_at(peer, "normal")["max_tokens"] == 400

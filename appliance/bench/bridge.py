@@ -95,7 +95,7 @@ async def _our_ingest(settings: Settings, workdir: Path, count: int) -> tuple[fl
     bridge = Bridge(settings, journal, [topics.events], lambda m: holder["i"](m))
     dispatcher = Dispatcher(worker=ModelWorker(None), outlet=bridge, journal=journal,
                             topics=topics, rules=rules, status=Status(), queue_size=8,
-                            stream=False)
+                            stream=False, llm=settings.llm)
     intake = Intake(settings, topics, rules, dispatcher, bridge, bridge.ack, lambda: None)
     original_error = intake._error
 

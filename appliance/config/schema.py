@@ -113,21 +113,28 @@ class MqttSettings:
 
 @dataclass(frozen=True)
 class ThermalLevel:
-    """One row of the thermal policy: from ``from_c`` upwards these limits hold."""
+    """One row of the thermal policy: from ``from_c`` upwards these limits hold.
+
+    ``max_tokens``: the answer budget (``null``: ``llm.max_tokens``; 0: no
+    generation, a fixed "cooling down" reply). ``brief`` adds a brief-answer
+    instruction to the system prompt, ``defer_rules`` holds sensor rules back
+    until it is cooler (kept, not dropped), ``pause_s`` waits between generations.
+    """
 
     name: str
     from_c: float = field(metadata=bounds(-40.0, 150.0))
-    max_tokens: int = field(metadata=bounds(0, 32768))
+    max_tokens: int | None = field(default=None, metadata=bounds(0, 32768))
     brief: bool = False
+    defer_rules: bool = False
     pause_s: float = field(default=0.0, metadata=bounds(0.0, 600.0))
 
 
 DEFAULT_THERMAL_LEVELS = (
-    ThermalLevel("normal", 0.0, 256),
+    ThermalLevel("normal", 0.0),
     ThermalLevel("warm", 70.0, 160),
     ThermalLevel("hot", 75.0, 96, brief=True),
-    ThermalLevel("critical", 80.0, 48, brief=True),
-    ThermalLevel("emergency", 85.0, 0),
+    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True),
+    ThermalLevel("emergency", 85.0, 0, defer_rules=True),
 )
 
 
@@ -139,6 +146,10 @@ class ThermalSettings:
     interval_s: float = field(default=1.0, metadata=bounds(0.05, 60.0))
     hysteresis_c: float = field(default=3.0, metadata=bounds(0.0, 20.0))
     levels: tuple[ThermalLevel, ...] = DEFAULT_THERMAL_LEVELS
+    # After this long without a reading the last level is no longer trusted: warm is assumed.
+    stale_after_s: float = field(default=30.0, metadata=bounds(1.0, 3600.0))
+    vcgencmd: str = "vcgencmd"
+    vcgencmd_every_s: float = field(default=10.0, metadata=bounds(1.0, 3600.0))
 
 
 @dataclass(frozen=True)

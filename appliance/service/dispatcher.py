@@ -5,6 +5,11 @@ voice; they are journaled, queued by priority and run on the model worker one
 at a time. A voice request preempts a running sensor generation, which is
 requeued. A request whose worker dies is retried once, then answered with
 ``finish_reason: "error"``.
+
+The thermal level (:meth:`Dispatcher.set_level`) caps each answer's tokens,
+may ask for brief answers, defers sensor rules (kept in the journal, run when
+cooler), pauses between generations, and at ``max_tokens: 0`` answers with a
+fixed reply instead of generating.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any, Protocol
 
+from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
 from appliance.llm import ChatRequest, Chunk, Completion, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
@@ -22,12 +28,14 @@ from appliance.rules import RuleSet
 from appliance.service.journal import Journal
 from appliance.service.model_worker import GenerationFailed, ModelWorker, WorkerCrashed
 from appliance.service.requests import Outgoing, Request
-from appliance.service.status import Status
+from appliance.service.status import State, Status
 from appliance.service.work_queue import WorkQueue
 
 log = get_logger("dispatcher")
 
 MAX_ATTEMPTS = 2
+COOLING_REPLY = "I'm cooling down, please ask again in a minute."
+BRIEF_INSTRUCTION = " Keep the answer to one short sentence."
 
 
 class Outlet(Protocol):
@@ -53,8 +61,12 @@ class Dispatcher:
 
     def __init__(self, *, worker: ModelWorker, outlet: Outlet, journal: Journal,
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
-                 stream: bool) -> None:
+                 stream: bool, llm: LlmSettings) -> None:
         self.worker, self.outlet, self.journal = worker, outlet, journal
+        self.llm = llm
+        self.level: ThermalLevel = DEFAULT_THERMAL_LEVELS[0]
+        self._deferred: list[Request] = []
+        self._idle_state: State = "idle"
         self.topics, self.rules, self.status = topics, rules, status
         self.stream = stream
         self.queue_size = queue_size
@@ -125,6 +137,22 @@ class Dispatcher:
         self._queue_changed()
         return True
 
+    def set_level(self, level: ThermalLevel, throttled: bool) -> None:
+        """Apply a new thermal level to the requests that start from now on.
+
+        ``throttled``: the level is above the lowest, so idle reads ``throttled``.
+        """
+        self.level = level
+        self._idle_state = "throttled" if throttled else "idle"
+        if self.running is None:
+            self.status.update(state=self._idle_state)
+        if not level.defer_rules and self._deferred:
+            log.info("rules_resumed", count=len(self._deferred))
+            for request in self._deferred:
+                self.queue.put(request)
+            self._deferred.clear()
+        self._queue_changed()
+
     # --- the work loop --------------------------------------------------------------------------
     async def run(self) -> None:
         """Take requests one at a time until :meth:`drain`."""
@@ -133,24 +161,41 @@ class Dispatcher:
             if self.closing:
                 self.queue.put(request, front=True)
                 return
+            level = self.level
+            if request.source == "sensor" and level.defer_rules:
+                self._deferred.append(request)
+                log.info("rule_deferred", id=request.id, level=level.name)
+                continue
+            if level.max_tokens == 0:
+                self._answer(request, {"text": COOLING_REPLY, "tokens": 0,
+                                       "finish_reason": "throttled"})
+                self._queue_changed()
+                continue
             self.running = request
             self._idle.clear()
             self.status.update(state="thinking", queue_depth=len(self.queue))
             try:
                 with bind_request(request.id, source=request.source):
-                    await self._run_one(request)
+                    await self._run_one(request, level)
+                if level.pause_s:
+                    await asyncio.sleep(level.pause_s)
             finally:
                 self.running = None
                 self._preempted = False
                 self._idle.set()
-                self.status.update(state="idle" if not len(self.queue) else "thinking",
-                                   queue_depth=len(self.queue))
+                self.status.update(state=self._idle_state if not len(self.queue)
+                                   else "thinking")
+                self._queue_changed()
 
-    async def _run_one(self, request: Request) -> None:
+    async def _run_one(self, request: Request, level: ThermalLevel) -> None:
         self.journal.count_attempt(request.id)
         on_chunk = self._streamer(request) if self.stream and request.source != "sensor" \
             else None
-        chat = ChatRequest(request.text, max_tokens=request.max_tokens, id=request.id)
+        budget = level.max_tokens if level.max_tokens is not None else self.llm.max_tokens
+        chat = ChatRequest(
+            request.text, id=request.id,
+            max_tokens=min(request.max_tokens or self.llm.max_tokens, budget),
+            system_prompt=self.llm.system_prompt + BRIEF_INSTRUCTION if level.brief else None)
         try:
             result = await self.worker.generate(chat, on_chunk)
         except WorkerCrashed as exc:
@@ -195,7 +240,7 @@ class Dispatcher:
                  tokens=payload.get("tokens"), topic=request.reply_topic or default)
 
     def _queue_changed(self) -> None:
-        self.status.update(queue_depth=len(self.queue))
+        self.status.update(queue_depth=len(self.queue) + len(self._deferred))
 
     async def drain(self, finish_s: float) -> None:
         """Let the running generation finish for up to ``finish_s``, then cancel it.

@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 from appliance.config import Settings
+from appliance.config.schema import ThermalLevel
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound
 from appliance.mqtt.contract import Topics
@@ -26,7 +27,7 @@ from appliance.service.model_worker import ModelWorker
 from appliance.service.notify import Notifier
 from appliance.service.requests import Outgoing
 from appliance.service.status import Status
-from appliance.thermal import SensorError, read_celsius
+from appliance.thermal import ThermalWatchdog
 
 log = get_logger("supervisor")
 
@@ -45,6 +46,7 @@ class Supervisor:
         self.journal = Journal(settings.data_dir / "journal.sqlite3")
         self.worker = ModelWorker(config_path)
         self.rules = RuleSet(settings.rules, settings.base_topic)
+        self.watchdog = ThermalWatchdog(settings.thermal, self._on_level)
         self.stop = asyncio.Event()
         self._state_scheduled = False
 
@@ -58,7 +60,7 @@ class Supervisor:
         self.dispatcher = Dispatcher(
             worker=self.worker, outlet=bridge, journal=self.journal, topics=self.topics,
             rules=self.rules, status=self.status, queue_size=self.settings.mqtt.queue_size,
-            stream=self.settings.mqtt.stream_answers)
+            stream=self.settings.mqtt.stream_answers, llm=self.settings.llm)
         self.intake = Intake(self.settings, self.topics, self.rules, self.dispatcher, bridge,
                              bridge.ack, self._publish_discovery)
         bridge.subscriptions = self.intake.subscriptions()
@@ -66,7 +68,9 @@ class Supervisor:
         restored = self.dispatcher.restore()
         if restored:
             log.info("restored_requests", count=restored)
+        self.watchdog.observe()
         tasks = [asyncio.create_task(self.worker.run(), name="worker"),
+                 asyncio.create_task(self.watchdog.run(), name="thermal"),
                  asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
                  asyncio.create_task(self._keep_alive(), name="keep-alive")]
         bridge.start()
@@ -83,10 +87,18 @@ class Supervisor:
     async def _wait_ready(self) -> None:
         await self.worker.ready.wait()
         await self.bridge.connected.wait()
-        self.status.update(model=self.worker.model, state="idle" if not self.dispatcher.running
-                           else "thinking")
+        self.status.update(model=self.worker.model)
+        if self.status.state == "starting":
+            self.status.update(state="idle")
         self.notifier.ready(f"ready: {self.worker.model}")
         log.info("ready", model=self.worker.model, base_topic=self.topics.base)
+
+    def _on_level(self, level: ThermalLevel) -> None:
+        llm_max = self.settings.llm.max_tokens
+        budget = level.max_tokens if level.max_tokens is not None else llm_max
+        self.worker.set_budget(budget)
+        self.dispatcher.set_level(level, throttled=self.watchdog.index > 0)
+        self.status.update(throttle_level=level.name, max_tokens=budget)
 
     def _on_connected(self) -> None:
         self._publish_discovery()
@@ -106,10 +118,7 @@ class Supervisor:
 
     def _publish_state(self) -> None:
         self._state_scheduled = False
-        try:
-            self.status.temp_c = read_celsius(self.settings.thermal.zone_path)
-        except SensorError:
-            self.status.temp_c = None
+        self.status.temp_c = self.watchdog.celsius
         self.bridge.publish(Outgoing(self.topics.state, json.dumps(self.status.as_dict())
                                      .encode(), retain=True))
 

@@ -1,5 +1,9 @@
-"""Temperature: reading the SoC's thermal zone."""
+"""Temperature: the thermal zone, the firmware's throttling report, the policy and watchdog."""
 
+from appliance.thermal.policy import ThermalPolicy
+from appliance.thermal.vcgencmd import ThrottleFlags, parse_get_throttled, read_throttled
+from appliance.thermal.watchdog import ThermalWatchdog
 from appliance.thermal.zone import SensorError, read_celsius
 
-__all__ = ["SensorError", "read_celsius"]
+__all__ = ["SensorError", "ThermalPolicy", "ThermalWatchdog", "ThrottleFlags",
+           "parse_get_throttled", "read_celsius", "read_throttled"]

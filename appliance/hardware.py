@@ -30,3 +30,22 @@ def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     except (OSError, ValueError, IndexError) as exc:
         raise ApplianceError(f"{meminfo}: cannot read MemAvailable: {exc}") from exc
     raise ApplianceError(f"{meminfo}: has no MemAvailable line")
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (``VmRSS``), 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def load_average() -> float:
+    """The one-minute load average."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from appliance.catalog import ResolvedModel
-from appliance.errors import ModelError
+from appliance.errors import ModelError, ResourceError
 from appliance.llm import ChatRequest, Chunk, Engine
+from appliance.llm.memory import check_fits, plan
 from tests.conftest import make_settings
 
 STORY = "Tell me a long story about a dragon and a knight."
@@ -124,5 +125,17 @@ def test_unloadable_model_is_a_model_error(tmp_path: Path, model_path: Path) -> 
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf at all" * 100)
     settings = make_settings(model_path)
-    with pytest.raises(ModelError, match="cannot load the model"):
+    with pytest.raises(ModelError, match="not a GGUF file"):
         Engine(settings.llm, ResolvedModel(junk, "junk", None))
+
+
+def test_oversized_context_is_refused_before_loading(tmp_path: Path, model_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 8000000 kB\nMemAvailable: 1048576 kB\n")  # 1 GiB
+    assert check_fits(model_path, 2048, meminfo).total_bytes < 1 << 30
+    with pytest.raises(ResourceError) as info:
+        check_fits(model_path, 131072, meminfo)
+    message = str(info.value)
+    fits = plan(model_path, 0).largest_n_ctx(1 << 30)
+    assert f"the largest llm.n_ctx that fits is {fits}" in message
+    assert "llm.n_ctx 131072" in message and 2048 < fits < 131072

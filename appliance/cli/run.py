@@ -6,6 +6,7 @@ import argparse
 
 from appliance.catalog import resolve_llm
 from appliance.config import find_config
+from appliance.llm.memory import check_fits
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,5 +21,6 @@ def run(args: argparse.Namespace) -> int:
     from appliance.service.supervisor import run as supervise
 
     settings = load(args, service=True)
-    resolve_llm(settings)  # a missing model is a config error now, not a crash loop later
+    model = resolve_llm(settings)  # a missing model is a config error now, not a crash loop
+    check_fits(model.path, settings.llm.n_ctx)  # and so is one that cannot fit in memory
     return supervise(settings, find_config(args.config))

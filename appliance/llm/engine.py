@@ -25,6 +25,7 @@ from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
 from appliance.errors import ModelError
 from appliance.hardware import physical_cores
+from appliance.llm.memory import check_fits
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache
 from appliance.llm.prompt import ChatPrompt
@@ -46,6 +47,7 @@ class Engine:
 
     def __init__(self, settings: LlmSettings, model: ResolvedModel) -> None:
         route_native_logs()
+        check_fits(model.path, settings.n_ctx)
         self.settings = settings
         self.model_name = model.name
         threads = settings.n_threads or physical_cores()

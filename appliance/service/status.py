@@ -22,6 +22,8 @@ class Status:
     queue_depth: int = 0
     temp_c: float | None = None
     throttle_level: str = "normal"
+    rss_mb: float = 0.0
+    load_1m: float = 0.0
     started: float = field(default_factory=time.monotonic)
     listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
@@ -43,5 +45,5 @@ class Status:
             "temp_c": None if self.temp_c is None else round(self.temp_c, 1),
             "throttle_level": self.throttle_level, "max_tokens": self.max_tokens,
             "model": self.model, "uptime_s": round(time.monotonic() - self.started),
-            "version": __version__,
+            "version": __version__, "rss_mb": round(self.rss_mb, 1), "load_1m": self.load_1m,
         }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
+from appliance.hardware import load_average, rss_bytes
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound
 from appliance.mqtt.contract import Topics
@@ -119,6 +120,9 @@ class Supervisor:
     def _publish_state(self) -> None:
         self._state_scheduled = False
         self.status.temp_c = self.watchdog.celsius
+        worker = self.worker.pid
+        self.status.rss_mb = (rss_bytes() + (rss_bytes(worker) if worker else 0)) / (1 << 20)
+        self.status.load_1m = load_average()
         self.bridge.publish(Outgoing(self.topics.state, json.dumps(self.status.as_dict())
                                      .encode(), retain=True))
 

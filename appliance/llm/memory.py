@@ -1,0 +1,61 @@
+"""The resource guard: check that a model and its KV cache fit in memory before loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.errors import ResourceError
+from appliance.hardware import mem_available_bytes
+from appliance.llm.gguf import read_metadata
+
+HEADROOM_BYTES = 256 << 20  # compute buffers, Python, the supervisor
+KV_BYTES_PER_VALUE = 2  # f16 cache
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What loading a model with a context of ``n_ctx`` tokens needs."""
+
+    model_bytes: int
+    kv_bytes_per_token: int
+    n_ctx: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Model, KV cache and headroom."""
+        return self.model_bytes + self.kv_bytes_per_token * self.n_ctx + HEADROOM_BYTES
+
+    def largest_n_ctx(self, available: int) -> int:
+        """The largest context that fits in ``available`` bytes (0 if none)."""
+        room = available - self.model_bytes - HEADROOM_BYTES
+        return max(0, room // self.kv_bytes_per_token) if self.kv_bytes_per_token else 0
+
+
+def plan(model: Path, n_ctx: int) -> MemoryPlan:
+    """Estimate from the GGUF header: K and V per layer, per KV head, per token."""
+    meta = read_metadata(model)
+    arch = meta.get("general.architecture", "llama")
+    layers = int(meta.get(f"{arch}.block_count", 0))
+    heads = int(meta.get(f"{arch}.attention.head_count", 1)) or 1
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    embd = int(meta.get(f"{arch}.embedding_length", 0))
+    per_token = 2 * layers * kv_heads * (embd // heads) * KV_BYTES_PER_VALUE
+    return MemoryPlan(model.stat().st_size, per_token, n_ctx)
+
+
+def check_fits(model: Path, n_ctx: int, meminfo: Path = Path("/proc/meminfo")) -> MemoryPlan:
+    """Refuse (with the largest ``n_ctx`` that fits) rather than be killed by the OOM killer."""
+    need = plan(model, n_ctx)
+    available = mem_available_bytes(meminfo)
+    if need.total_bytes > available:
+        mib = 1 << 20
+        fits = need.largest_n_ctx(available)
+        hint = (f"the largest llm.n_ctx that fits is {fits}" if fits >= 256
+                else "no context fits: use a smaller model or free memory")
+        raise ResourceError(
+            f"{model.name} with llm.n_ctx {n_ctx} needs about {need.total_bytes // mib} MiB "
+            f"(model {need.model_bytes // mib} MiB, KV cache "
+            f"{need.kv_bytes_per_token * n_ctx // mib} MiB) but only {available // mib} MiB "
+            f"is available; {hint}")
+    return need

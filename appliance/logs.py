@@ -68,6 +68,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     root.addHandler(handler)
     numeric = logging.getLevelName(level.upper())
     root.setLevel(numeric)
+    logging.captureWarnings(True)  # library warnings (gpiozero's fallbacks) join the pipeline
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     structlog.configure(

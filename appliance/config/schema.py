@@ -185,6 +185,8 @@ class GpioSettings:
     inputs: tuple[GpioInput, ...] = ()
     status_led: str | int | None = None
     fan: str | int | None = None
+    fan_on_c: float = field(default=65.0, metadata=bounds(0.0, 120.0))
+    fan_off_c: float = field(default=55.0, metadata=bounds(0.0, 120.0))
     buzzer: str | int | None = None
 
 

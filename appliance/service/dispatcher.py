@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -61,8 +62,10 @@ class Dispatcher:
 
     def __init__(self, *, worker: ModelWorker, outlet: Outlet, journal: Journal,
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
-                 stream: bool, llm: LlmSettings) -> None:
+                 stream: bool, llm: LlmSettings,
+                 on_alert: Callable[[], None] = lambda: None) -> None:
         self.worker, self.outlet, self.journal = worker, outlet, journal
+        self.on_alert = on_alert
         self.llm = llm
         self.level: ThermalLevel = DEFAULT_THERMAL_LEVELS[0]
         self._deferred: list[Request] = []
@@ -236,6 +239,8 @@ class Dispatcher:
         self.outlet.deliver(request.id, [Outgoing(request.reply_topic or default,
                                                   _json(payload),
                                                   correlation=request.correlation)])
+        if request.source == "sensor" and payload["finish_reason"] != "error":
+            self.on_alert()
         log.info("answered", finish_reason=payload["finish_reason"],
                  tokens=payload.get("tokens"), topic=request.reply_topic or default)
 

@@ -34,6 +34,8 @@ class Intake:
         self.limiter = RateLimiter(settings.mqtt.ask_rate_per_min)
         self.discovery_status = f"{settings.mqtt.discovery.prefix}/status"
         self.event_prefix = f"{topics.base}/event/"
+        # Our own GPIO inputs publish events; those no rule uses are not errors.
+        self.local_events = {topics.event(spec.name) for spec in settings.gpio.inputs}
 
     def subscriptions(self) -> list[str]:
         """Every topic we listen to."""
@@ -83,6 +85,8 @@ class Intake:
             raise InputError(str(exc), request.id) from None
 
     def _event(self, inbound: Inbound) -> None:
+        if not self.rules.knows(inbound.topic) and inbound.topic in self.local_events:
+            return
         if not self.rules.knows(inbound.topic):
             name = inbound.topic.removeprefix(self.event_prefix)
             raise InputError(f"unknown event {name!r}: no rule listens to it")

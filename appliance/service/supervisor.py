@@ -13,8 +13,11 @@ import json
 import signal
 from pathlib import Path
 
+from gpiozero.pins import Factory
+
 from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
+from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.hardware import load_average, rss_bytes
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound
@@ -39,15 +42,19 @@ FINISH_ON_STOP_S = 4.0
 class Supervisor:
     """Owns the parts of one running appliance."""
 
-    def __init__(self, settings: Settings, config_path: Path | None) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None,
+                 pin_factory: Factory | None = None) -> None:
         self.settings = settings
+        self.pin_factory = pin_factory
+        self.gpio: GpioParts | None = None
         self.topics = Topics.under(settings.base_topic)
         self.status = Status(max_tokens=settings.llm.max_tokens)
         self.notifier = Notifier()
         self.journal = Journal(settings.data_dir / "journal.sqlite3")
         self.worker = ModelWorker(config_path)
         self.rules = RuleSet(settings.rules, settings.base_topic)
-        self.watchdog = ThermalWatchdog(settings.thermal, self._on_level)
+        self.watchdog = ThermalWatchdog(settings.thermal, self._on_level,
+                                        on_reading=self._show_temperature)
         self.stop = asyncio.Event()
         self._state_scheduled = False
 
@@ -61,7 +68,8 @@ class Supervisor:
         self.dispatcher = Dispatcher(
             worker=self.worker, outlet=bridge, journal=self.journal, topics=self.topics,
             rules=self.rules, status=self.status, queue_size=self.settings.mqtt.queue_size,
-            stream=self.settings.mqtt.stream_answers, llm=self.settings.llm)
+            stream=self.settings.mqtt.stream_answers, llm=self.settings.llm,
+            on_alert=lambda: self.gpio.alert() if self.gpio else None)
         self.intake = Intake(self.settings, self.topics, self.rules, self.dispatcher, bridge,
                              bridge.ack, self._publish_discovery)
         bridge.subscriptions = self.intake.subscriptions()
@@ -69,6 +77,7 @@ class Supervisor:
         restored = self.dispatcher.restore()
         if restored:
             log.info("restored_requests", count=restored)
+        self._start_gpio(loop)
         self.watchdog.observe()
         tasks = [asyncio.create_task(self.worker.run(), name="worker"),
                  asyncio.create_task(self.watchdog.run(), name="thermal"),
@@ -93,6 +102,24 @@ class Supervisor:
             self.status.update(state="idle")
         self.notifier.ready(f"ready: {self.worker.model}")
         log.info("ready", model=self.worker.model, base_topic=self.topics.base)
+
+    def _start_gpio(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.settings.gpio.enabled:
+            log.info("gpio_disabled")
+            return
+
+        def on_event(name: str, event: dict[str, object]) -> None:  # gpiozero's thread
+            loop.call_soon_threadsafe(self.bridge.publish, Outgoing(
+                self.topics.event(name), json.dumps(event).encode()))
+
+        try:
+            self.gpio = GpioParts(self.settings.gpio, on_event, self.pin_factory)
+        except GpioUnavailable as exc:
+            log.warning("running_without_gpio", reason=str(exc))
+
+    def _show_temperature(self) -> None:
+        if self.gpio is not None:
+            self.gpio.show_level(self.watchdog.index, self.watchdog.celsius)
 
     def _on_level(self, level: ThermalLevel) -> None:
         llm_max = self.settings.llm.max_tokens
@@ -151,6 +178,8 @@ class Supervisor:
                 await task
         await self.bridge.close()
         self.journal.close()
+        if self.gpio is not None:
+            self.gpio.close()
         log.info("stopped")
 
 

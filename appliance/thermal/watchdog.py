@@ -25,13 +25,19 @@ log = get_logger("thermal")
 
 
 class ThermalWatchdog:
-    """Tracks the thermal level; ``on_change(level)`` runs on every level change."""
+    """Tracks the thermal level.
+
+    ``on_change(level)`` runs on every level change, ``on_reading()`` after
+    every reading (for the fan, which has its own hysteresis).
+    """
 
     def __init__(self, settings: ThermalSettings, on_change: Callable[[ThermalLevel], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_reading: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.policy = ThermalPolicy(settings.levels, settings.hysteresis_c)
         self.on_change = on_change
+        self.on_reading = on_reading
         self.clock = clock
         self.index = 0
         self.celsius: float | None = None
@@ -75,6 +81,7 @@ class ThermalWatchdog:
             log.warning("level_changed", level=self.level.name, was=before,
                         celsius=self.celsius, firmware_limiting=limiting)
             self.on_change(self.level)
+        self.on_reading()
         return self.level
 
     async def _firmware(self) -> ThrottleFlags | None:

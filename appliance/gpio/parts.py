@@ -1,0 +1,105 @@
+"""GPIO through gpiozero: inputs that publish events, outputs that show the thermal level.
+
+The pin factory is gpiozero's choice (lgpio on a Pi 5) unless one is passed
+in; tests pass gpiozero's ``MockFactory``. gpiozero runs input callbacks on its
+own threads, so ``on_event`` must be thread-safe (the supervisor hands it to
+its loop with ``call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gpiozero import (
+    LED,
+    Button,
+    Buzzer,
+    Device,
+    DigitalInputDevice,
+    GPIOZeroError,
+    MotionSensor,
+    OutputDevice,
+)
+from gpiozero.pins import Factory
+
+from appliance.config.schema import GpioInput, GpioSettings
+from appliance.errors import ApplianceError
+from appliance.logs import get_logger
+
+log = get_logger("gpio")
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+_STATES = {"button": ("pressed", "released"), "motion": ("motion", "no_motion"),
+           "digital": ("active", "inactive")}
+
+
+class GpioUnavailable(ApplianceError):
+    """No usable GPIO on this machine (or the pins are busy)."""
+
+
+class GpioParts:
+    """The configured GPIO devices.
+
+    ``on_event(name, event)`` receives ``{"state", "value"}`` for every input
+    change; :meth:`show_level` drives the fan (with its own hysteresis) and the
+    status LED; :meth:`alert` beeps the buzzer.
+    """
+
+    def __init__(self, settings: GpioSettings, on_event: EventCallback,
+                 pin_factory: Factory | None = None) -> None:
+        self.settings = settings
+        self._devices: list[Device] = []
+        try:
+            self.inputs = {spec.name: self._input(spec, on_event, pin_factory)
+                           for spec in settings.inputs}
+            self.led = self._output(LED, settings.status_led, pin_factory)
+            self.fan = self._output(OutputDevice, settings.fan, pin_factory)
+            self.buzzer = self._output(Buzzer, settings.buzzer, pin_factory)
+        except GPIOZeroError as exc:
+            self.close()
+            raise GpioUnavailable(f"GPIO unavailable: {exc}") from exc
+
+    def _input(self, spec: GpioInput, on_event: EventCallback,
+               factory: Factory | None) -> Device:
+        if spec.kind == "motion":
+            device: Any = MotionSensor(spec.pin, pin_factory=factory)
+        elif spec.kind == "button":
+            device = Button(spec.pin, pull_up=spec.pull_up, pin_factory=factory)
+        else:
+            device = DigitalInputDevice(spec.pin, pull_up=spec.pull_up, pin_factory=factory)
+        on, off = _STATES[spec.kind]
+        device.when_activated = lambda: on_event(spec.name, {"state": on, "value": 1})
+        device.when_deactivated = lambda: on_event(spec.name, {"state": off, "value": 0})
+        self._devices.append(device)
+        return device
+
+    def _output(self, cls: type[Any], pin: str | int | None,
+                factory: Factory | None) -> Any:
+        if pin is None:
+            return None
+        device = cls(pin, pin_factory=factory)
+        self._devices.append(device)
+        return device
+
+    def show_level(self, index: int, celsius: float | None) -> None:
+        """LED lit above the lowest level; fan on from ``fan_on_c``, off below ``fan_off_c``."""
+        if self.led is not None:
+            self.led.value = index > 0
+        if self.fan is not None and celsius is not None:
+            if celsius >= self.settings.fan_on_c:
+                self.fan.on()
+            elif celsius < self.settings.fan_off_c:
+                self.fan.off()
+
+    def alert(self) -> None:
+        """Two short beeps."""
+        if self.buzzer is not None:
+            self.buzzer.beep(on_time=0.1, off_time=0.1, n=2)
+
+    def close(self) -> None:
+        """Release every pin."""
+        for device in self._devices:
+            device.close()
+        self._devices.clear()

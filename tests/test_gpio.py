@@ -1,0 +1,119 @@
+"""GPIO on gpiozero's MockFactory: inputs become events and alerts, outputs follow the heat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+from appliance.bench.broker import LocalBroker
+from appliance.config import load_settings, parse_settings
+from appliance.gpio import GpioParts, GpioUnavailable
+from appliance.service.supervisor import Supervisor
+from tests.services import Peer
+
+GPIO_YAML = """gpio:
+  enabled: true
+  inputs:
+    - {name: kiosk_button, pin: 17, kind: button}
+    - {name: hall_motion, pin: 4, kind: motion, pull_up: false}
+  status_led: 22
+  fan: 23
+  buzzer: 24
+  fan_on_c: 65
+  fan_off_c: 55
+"""
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    f = MockFactory(pin_class=MockPWMPin)
+    yield f
+    f.reset()
+
+
+def test_inputs_become_events_and_outputs_follow(factory: MockFactory) -> None:
+    events: list[tuple[str, dict[str, object]]] = []
+    parts = GpioParts(parse_settings(GPIO_YAML).gpio,
+                      lambda name, event: events.append((name, event)), factory)
+    try:
+        factory.pin(17).drive_low()  # pressed (pull-up)
+        factory.pin(17).drive_high()
+        assert events == [("kiosk_button", {"state": "pressed", "value": 1}),
+                          ("kiosk_button", {"state": "released", "value": 0})]
+        factory.pin(4).drive_high()
+        motion = parts.inputs["hall_motion"]
+        deadline = time.monotonic() + 5
+        while not motion.is_active and time.monotonic() < deadline:  # sampled on a thread
+            time.sleep(0.02)
+        assert motion.is_active
+        fan, led = factory.pin(23), factory.pin(22)
+        parts.show_level(0, 60.0)
+        assert not fan.state and not led.state
+        parts.show_level(1, 66.0)
+        assert fan.state and led.state
+        parts.show_level(0, 58.0)  # between off and on: the fan keeps running
+        assert fan.state and not led.state
+        parts.show_level(0, 54.0)
+        assert not fan.state
+        parts.alert()
+        assert parts.buzzer is not None
+        parts.buzzer._blink_thread.join(2)  # gpiozero beeps on its own thread
+        states = [s.state for s in factory.pin(24).states]
+        assert states == [False, True, False, True, False]
+    finally:
+        parts.close()
+
+
+def test_no_gpio_is_a_clear_error() -> None:
+    with pytest.raises(GpioUnavailable, match="GPIO unavailable"):
+        GpioParts(parse_settings(GPIO_YAML).gpio, lambda *_: None)
+
+
+def test_button_press_raises_an_alert_and_fan_follows_heat(
+        tmp_path: Path, model_path: Path, factory: MockFactory) -> None:
+    broker = LocalBroker(tmp_path / "broker")
+    broker.start()
+    zone = tmp_path / "temp"
+    zone.write_text("50000\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"device_id: g1\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
+        "  temperature: 0\n  max_tokens: 24\n  n_ctx: 512\n"
+        f"mqtt:\n  port: {broker.port}\nthermal:\n  zone_path: {zone}\n  interval_s: 0.1\n"
+        "rules:\n  - name: visitor\n    source: kiosk_button\n    when: state == 'pressed'\n"
+        "    prompt: A visitor pressed the help button. Greet them in one sentence.\n"
+        + GPIO_YAML)
+    settings = load_settings(cfg)
+    peer = Peer(broker.port, ["appliance/g1/#"])
+
+    async def scenario() -> None:
+        supervisor = Supervisor(settings, cfg, pin_factory=factory)
+        running = asyncio.create_task(supervisor.run())
+        while supervisor.status.state != "idle":
+            await asyncio.sleep(0.05)
+        factory.pin(17).drive_low()
+        factory.pin(17).drive_high()
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/g1/alert")
+        assert not factory.pin(23).state
+        zone.write_text("72000\n")
+        while not factory.pin(23).state:
+            await asyncio.sleep(0.05)
+        assert factory.pin(22).state  # warm: the status LED is lit
+        supervisor.stop.set()
+        assert await running == 0
+
+    try:
+        asyncio.run(scenario())
+        alert = peer.wait_for(lambda m: m.topic == "appliance/g1/alert").json()
+        assert alert["rule"] == "visitor" and alert["source"] == "sensor"
+        pressed = peer.wait_for(lambda m: m.topic == "appliance/g1/event/kiosk_button").json()
+        assert pressed == {"state": "pressed", "value": 1}
+        assert not [m for m in peer.seen if m.topic == "appliance/g1/error"]
+    finally:
+        peer.close()
+        broker.stop()

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bridge.add_argument("--rounds", type=int, default=4, help="rounds over the question set")
     bridge.add_argument("--json", action="store_true", help="print the figures as JSON")
     bridge.set_defaults(handler=run_bridge)
+    thermal = cmds.add_parser("thermal", help="watchdog CPU cost and heat-to-cut delay")
+    thermal.add_argument("--rounds", type=int, default=5, help="heat steps to time")
+    thermal.add_argument("--json", action="store_true", help="print the figures as JSON")
+    thermal.set_defaults(handler=run_thermal)
 
 
 def run_llm(args: argparse.Namespace) -> int:
@@ -68,4 +72,23 @@ def run_bridge(args: argparse.Namespace) -> int:
           f"{r.mqtt_p50_ms:6.1f} ms (interleaved)")
     print(f"added    round trip less generation: p50 {r.added_p50_ms:6.1f} ms   "
           f"p95 {r.added_p95_ms:6.1f} ms  (target p50 <= 15 ms)")
+    return 0
+
+
+def run_thermal(args: argparse.Namespace) -> int:
+    """Measure the thermal watchdog."""
+    from appliance.bench.thermal import run_thermal_bench
+    from appliance.cli import load
+
+    settings = load(args)
+    r = run_thermal_bench(settings, resolve_llm(settings), rounds=args.rounds)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(r), "core_share": r.core_share}))
+        return 0
+    print(f"cost      {r.tick_cpu_us:7.1f} us CPU per tick   bare read {r.bare_read_cpu_us:7.1f} us"
+          f"   ratio {r.tick_cpu_us / r.bare_read_cpu_us:5.1f}x   at {r.interval_s:g} s: "
+          f"{r.core_share:.4%} of a core  (target < 0.1 %)")
+    print(f"reaction  heat step to throttled answer: p50 {r.reaction_p50_s:.2f} s   max "
+          f"{r.reaction_max_s:.2f} s   = {r.reaction_max_s / r.interval_s:.2f} x the interval"
+          "  (target < 1.5 x)")
     return 0

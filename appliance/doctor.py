@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import grp
+import pwd
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +90,47 @@ def check_broker(settings: Settings) -> Check:
         return Check("broker", "fail", f"{where}: {exc.strerror or exc}")
 
 
+def _systemctl(*args: str) -> str:
+    done = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=10,
+                          check=False)
+    return done.stdout.strip()
+
+
+def check_service(_settings: Settings) -> Check:
+    """The systemd unit is active, with its watchdog on."""
+    if shutil.which("systemctl") is None or not Path("/run/systemd/system").is_dir():
+        return Check("service", "warn", "not running under systemd")
+    state = _systemctl("is-active", "appliance.service")
+    if state != "active":
+        return Check("service", "warn", f"appliance.service is {state or 'not installed'}")
+    watchdog = _systemctl("show", "-p", "WatchdogUSec", "--value", "appliance.service")
+    if watchdog in ("", "0", "infinity"):
+        return Check("service", "warn", "appliance.service runs without its watchdog")
+    return Check("service", "ok", f"active, watchdog {watchdog}")
+
+
+def check_user(_settings: Settings) -> Check:
+    """The service user exists and is in the gpio, audio and video groups."""
+    try:
+        user = pwd.getpwnam("appliance")
+    except KeyError:
+        return Check("user", "warn", "no system user 'appliance' (install.sh creates it)")
+    groups = {g.gr_name for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    wanted = {name for name in ("gpio", "audio", "video") if _group_exists(name)}
+    missing = wanted - groups
+    if missing:
+        return Check("user", "fail", f"appliance is not in {', '.join(sorted(missing))}")
+    return Check("user", "ok", f"appliance in {', '.join(sorted(wanted)) or 'no device groups'}")
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("model", check_model),
     ("memory", check_memory),
@@ -93,6 +138,8 @@ CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("speech model", check_vosk),
     ("audio", check_audio),
     ("broker", check_broker),
+    ("service", check_service),
+    ("user", check_user),
 )
 
 

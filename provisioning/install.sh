@@ -18,6 +18,8 @@
 set -euo pipefail
 
 SOURCE=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=provisioning/apt.sh
+. "$SOURCE/provisioning/apt.sh"
 ROOT=""
 WITH_BROKER=0
 MODEL=""
@@ -61,15 +63,7 @@ apt_packages() {
     if grep -qs "Raspberry Pi" /proc/device-tree/model; then
         pkgs+=(python3-lgpio)  # gpiozero's pin factory on a Pi 5; PyPI's wheels break it
     fi
-    local missing=()
-    for pkg in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        step "apt-get install ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
+    apt_install_missing "${pkgs[@]}"
 }
 
 system_user() {

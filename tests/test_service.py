@@ -6,65 +6,11 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
+from tests.conftest import BASE, STORY
 from tests.services import ApplianceProcess, Broker, Message, Peer
-
-BASE = "appliance/t1"
-STORY = "Tell me a very long story about a dragon, a knight and a castle."
-
-
-def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "",
-            thermal: str = "") -> Path:
-    (tmp_path / "temp").write_text("51000\n")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        f"device_id: t1\ndata_dir: {tmp_path / 'data'}\n"
-        f"llm:\n  model_path: {model_path}\n  temperature: 0\n  max_tokens: 400\n"
-        f"  n_ctx: 1024\n"
-        f"mqtt:\n  port: {port}\n  keepalive_s: 5\n{extra}"
-        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n{thermal}"
-        "rules:\n"
-        "  - name: greenhouse_hot\n    source: greenhouse\n    when: temperature > 40\n"
-        "    prompt: The greenhouse is at {temperature} degrees. Give one short safety tip.\n"
-        "    min_interval_s: 0\n")
-    return cfg
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def peer(broker: Broker) -> Iterator[Peer]:
-    p = Peer(broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
-    yield p
-    p.close()
-
-
-@pytest.fixture
-def start(tmp_path: Path, model_path: Path, broker: Broker,
-          ) -> Iterator[Callable[..., ApplianceProcess]]:
-    started: list[ApplianceProcess] = []
-
-    def make(extra: str = "", wait_ready: bool = True, thermal: str = "",
-             **env: str) -> ApplianceProcess:
-        config = _config(tmp_path, model_path, broker.port, extra, thermal)
-        app = ApplianceProcess(tmp_path, config, env)
-        app.start(wait_ready)
-        started.append(app)
-        return app
-
-    yield make
-    for app in started:
-        app.close()
 
 
 def _answer(peer: Peer, request_id: str, topic: str = f"{BASE}/answer",

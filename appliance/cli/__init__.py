@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__, logs
-from appliance.cli import ask, bench, config_cmd, doctor, models, run
+from appliance.cli import ask, bench, config_cmd, doctor, listen, models, run
 from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
 
-_COMMANDS = (run, ask, config_cmd, doctor, models, bench)
+_COMMANDS = (run, ask, listen, config_cmd, doctor, models, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,12 +158,19 @@ class VoiceSettings:
 
     enabled: bool = False
     model_path: Path | None = None
+    source: str = "mic"
+    device: str | None = None
     activation: Literal["button", "wake", "always"] = "always"
     wake_phrase: str = "hey kiosk"
+    wake_window_s: float = field(default=8.0, metadata=bounds(1.0, 120.0))
+    button: str | int | None = None
     grammar: tuple[str, ...] = ()
     intents: Mapping[str, str] = field(default_factory=dict)
+    max_utterance_s: float = field(default=15.0, metadata=bounds(1.0, 120.0))
     tts: Literal["espeak-ng", "piper", "none"] = "espeak-ng"
+    tts_voice: str = "en"
     kid_safe: bool = False
+    block_list: tuple[str, ...] = ()
     keep_transcripts: bool = False
 
 

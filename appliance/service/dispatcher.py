@@ -31,6 +31,7 @@ from appliance.service.model_worker import GenerationFailed, ModelWorker, Worker
 from appliance.service.requests import Outgoing, Request
 from appliance.service.status import State, Status
 from appliance.service.work_queue import WorkQueue
+from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT
 
 log = get_logger("dispatcher")
 
@@ -49,6 +50,16 @@ class Outlet(Protocol):
         """Retire ``request_id`` and send ``messages`` through the outbox."""
 
 
+class VoiceOut(Protocol):
+    """Where voice answers are spoken (the speaker)."""
+
+    def feed(self, request_id: str, delta: str) -> None:
+        """Answer text as it streams."""
+
+    def finish(self, request_id: str) -> None:
+        """The answer is complete."""
+
+
 class Rejected(Exception):
     """A request was refused (queue full); the message is the public error text."""
 
@@ -63,9 +74,12 @@ class Dispatcher:
     def __init__(self, *, worker: ModelWorker, outlet: Outlet, journal: Journal,
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
                  stream: bool, llm: LlmSettings,
-                 on_alert: Callable[[], None] = lambda: None) -> None:
+                 on_alert: Callable[[], None] = lambda: None,
+                 speaker: VoiceOut | None = None, kid_safe: bool = False) -> None:
         self.worker, self.outlet, self.journal = worker, outlet, journal
         self.on_alert = on_alert
+        self.speaker = speaker
+        self.kid_safe = kid_safe
         self.llm = llm
         self.level: ThermalLevel = DEFAULT_THERMAL_LEVELS[0]
         self._deferred: list[Request] = []
@@ -192,13 +206,15 @@ class Dispatcher:
 
     async def _run_one(self, request: Request, level: ThermalLevel) -> None:
         self.journal.count_attempt(request.id)
-        on_chunk = self._streamer(request) if self.stream and request.source != "sensor" \
-            else None
+        on_chunk = self._streamer(request) if request.source != "sensor" else None
         budget = level.max_tokens if level.max_tokens is not None else self.llm.max_tokens
+        system = self.llm.system_prompt
+        if request.source == "voice" and self.kid_safe:
+            system, budget = KID_SYSTEM_PROMPT, min(budget, KID_MAX_TOKENS)
         chat = ChatRequest(
             request.text, id=request.id,
             max_tokens=min(request.max_tokens or self.llm.max_tokens, budget),
-            system_prompt=self.llm.system_prompt + BRIEF_INSTRUCTION if level.brief else None)
+            system_prompt=system + BRIEF_INSTRUCTION if level.brief else system)
         try:
             result = await self.worker.generate(chat, on_chunk)
         except WorkerCrashed as exc:
@@ -219,9 +235,15 @@ class Dispatcher:
         self._answer(request, self._fields(result))
 
     def _streamer(self, request: Request) -> Any:
+        speaker = self.speaker if request.source == "voice" else None
+        publish = self.stream and not (request.source == "voice" and self.kid_safe)
+
         def on_chunk(chunk: Chunk) -> None:
-            self.outlet.publish(Outgoing(self.topics.stream, _json(
-                {"id": request.id, "seq": chunk.seq, "delta": chunk.delta})))
+            if publish:
+                self.outlet.publish(Outgoing(self.topics.stream, _json(
+                    {"id": request.id, "seq": chunk.seq, "delta": chunk.delta})))
+            if speaker is not None:
+                speaker.feed(request.id, chunk.delta)
         return on_chunk
 
     def _fields(self, result: Completion) -> dict[str, Any]:
@@ -236,9 +258,11 @@ class Dispatcher:
         if request.rule is not None:
             payload["rule"] = request.rule
         default = self.topics.alert if request.source == "sensor" else self.topics.answer
-        self.outlet.deliver(request.id, [Outgoing(request.reply_topic or default,
-                                                  _json(payload),
-                                                  correlation=request.correlation)])
+        if request.source == "voice" and self.speaker is not None:
+            self.speaker.finish(request.id)
+        private = request.source == "voice" and self.kid_safe  # toy mode: nothing leaves
+        self.outlet.deliver(request.id, [] if private else [Outgoing(
+            request.reply_topic or default, _json(payload), correlation=request.correlation)])
         if request.source == "sensor" and payload["finish_reason"] != "error":
             self.on_alert()
         log.info("answered", finish_reason=payload["finish_reason"],

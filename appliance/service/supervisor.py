@@ -19,19 +19,23 @@ from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
 from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.hardware import load_average, rss_bytes
+from appliance.llm import new_request_id
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound
 from appliance.mqtt.contract import Topics
 from appliance.mqtt.discovery import discovery_message
 from appliance.rules import RuleSet
-from appliance.service.dispatcher import Dispatcher
+from appliance.service.dispatcher import Dispatcher, Rejected
 from appliance.service.intake import Intake
 from appliance.service.journal import Journal
 from appliance.service.model_worker import ModelWorker
 from appliance.service.notify import Notifier
-from appliance.service.requests import Outgoing
+from appliance.service.requests import Outgoing, Request
 from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
+from appliance.voice.activation import Activation, match_intent
+from appliance.voice.recognizer import Heard
+from appliance.voice.service import Speaker, VoiceInput, source_name
 
 log = get_logger("supervisor")
 
@@ -47,6 +51,10 @@ class Supervisor:
         self.settings = settings
         self.pin_factory = pin_factory
         self.gpio: GpioParts | None = None
+        voice = settings.voice
+        self.activation = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
+        self.speaker = Speaker(voice) if voice.enabled and voice.tts != "none" else None
+        self.voice_in: VoiceInput | None = None
         self.topics = Topics.under(settings.base_topic)
         self.status = Status(max_tokens=settings.llm.max_tokens)
         self.notifier = Notifier()
@@ -69,7 +77,8 @@ class Supervisor:
             worker=self.worker, outlet=bridge, journal=self.journal, topics=self.topics,
             rules=self.rules, status=self.status, queue_size=self.settings.mqtt.queue_size,
             stream=self.settings.mqtt.stream_answers, llm=self.settings.llm,
-            on_alert=lambda: self.gpio.alert() if self.gpio else None)
+            on_alert=lambda: self.gpio.alert() if self.gpio else None,
+            speaker=self.speaker, kid_safe=self.settings.voice.kid_safe)
         self.intake = Intake(self.settings, self.topics, self.rules, self.dispatcher, bridge,
                              bridge.ack, self._publish_discovery)
         bridge.subscriptions = self.intake.subscriptions()
@@ -78,6 +87,10 @@ class Supervisor:
         if restored:
             log.info("restored_requests", count=restored)
         self._start_gpio(loop)
+        if self.settings.voice.enabled:
+            self.voice_in = VoiceInput(self.settings.voice, loop, self._on_heard,
+                                       self._on_voice_error)
+            self.voice_in.start()
         self.watchdog.observe()
         tasks = [asyncio.create_task(self.worker.run(), name="worker"),
                  asyncio.create_task(self.watchdog.run(), name="thermal"),
@@ -116,6 +129,47 @@ class Supervisor:
             self.gpio = GpioParts(self.settings.gpio, on_event, self.pin_factory)
         except GpioUnavailable as exc:
             log.warning("running_without_gpio", reason=str(exc))
+
+    def _on_heard(self, heard: Heard) -> None:
+        voice = self.settings.voice
+        private = voice.kid_safe  # toy mode: transcripts never leave the device
+        if not heard.final:
+            if not private:
+                self.bridge.publish(Outgoing(self.topics.heard_partial, json.dumps(
+                    {"text": heard.text, "source": source_name(voice)},
+                    ensure_ascii=False).encode(), qos=0))
+            return
+        if not private:
+            self.bridge.publish(Outgoing(self.topics.heard, json.dumps(
+                {"text": heard.text, "ms": heard.ms, "source": source_name(voice)},
+                ensure_ascii=False).encode()))
+        request = self.activation.admit(heard.text)
+        if request is None:
+            return
+        action = match_intent(request, voice.intents)
+        if action is not None:
+            self._act(action)
+            return
+        try:
+            self.dispatcher.submit(Request(id=new_request_id(), source="voice", text=request))
+        except Rejected as exc:
+            log.warning("voice_request_dropped", reason=str(exc))
+
+    def _act(self, action: str) -> None:
+        """An intent: act without the model."""
+        log.info("intent", action=action)
+        if action == "stop":  # barge-in
+            if self.speaker is not None:
+                self.speaker.stop()
+            if self.dispatcher.running is not None:
+                self.dispatcher.cancel(self.dispatcher.running.id)
+        elif action == "repeat" and self.speaker is not None:
+            self.speaker.say(self.speaker.last_answer)
+
+    def _on_voice_error(self, message: str) -> None:
+        log.error("voice_unavailable", error=message)
+        self.bridge.publish(Outgoing(self.topics.error, json.dumps(
+            {"topic": "voice", "error": message}).encode()))
 
     def _show_temperature(self) -> None:
         if self.gpio is not None:
@@ -180,6 +234,10 @@ class Supervisor:
         self.journal.close()
         if self.gpio is not None:
             self.gpio.close()
+        if self.voice_in is not None:
+            self.voice_in.stop()
+        if self.speaker is not None:
+            self.speaker.close()
         log.info("stopped")
 
 

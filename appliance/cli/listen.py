@@ -1,0 +1,48 @@
+"""``appliance listen --wav FILE``: the voice pipeline on a file."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from appliance.catalog import resolve_llm
+from appliance.errors import UsageError
+from appliance.llm import Engine
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``listen`` command."""
+    p = sub.add_parser("listen", help="recognize speech in a WAV file and answer it",
+                       description="Recognize a WAV file (any rate and channels), answer "
+                                   "the request, optionally speak the answer to a WAV.")
+    p.add_argument("--wav", required=True, help="the speech to recognize")
+    p.add_argument("--json", action="store_true",
+                   help='print {"transcript", "answer", "ms_recognize", "ms_first_token", '
+                        '"ms_first_audio"}')
+    p.add_argument("--say", action="store_true", help="synthesize the answer (needs --out)")
+    p.add_argument("--out", help="where --say writes the spoken answer (WAV)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Recognize, answer, print."""
+    from pathlib import Path
+
+    from appliance.cli import load
+    from appliance.voice.listen import listen
+
+    if args.say and not args.out:
+        raise UsageError("listen: --say needs --out REPLY.wav")
+    settings = load(args)
+    engine = Engine(settings.llm, resolve_llm(settings))
+    result = listen(settings, Path(args.wav), engine, Path(args.out) if args.say else None)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
+        return 0
+    print(f"heard:  {result.transcript or '(nothing)'}")
+    if result.intent:
+        print(f"intent: {result.intent}")
+    elif result.answer:
+        print(f"answer: {result.answer}")
+    return 0

@@ -1,0 +1,67 @@
+"""Which utterances are meant for the appliance: always, after a wake phrase, or push-to-talk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+
+def normalize(text: str) -> str:
+    """Lower case, single spaces, no surrounding punctuation."""
+    return " ".join(text.lower().strip(" .,!?;:").split())
+
+
+class Activation:
+    """Decides whether an utterance is addressed to us, and what of it to answer.
+
+    ``always``: every utterance. ``wake``: an utterance that starts with the wake
+    phrase (its rest is the request), or the wake phrase alone, which opens a
+    window of ``window_s`` for the next utterance. ``button``: only utterances
+    heard while the button is held (:meth:`press` / :meth:`release`).
+    """
+
+    def __init__(self, mode: str, wake_phrase: str = "", window_s: float = 8.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.mode, self.wake, self.window_s, self.clock = mode, normalize(wake_phrase), \
+            window_s, clock
+        self._open_until = float("-inf")
+        self._held = False
+
+    def press(self) -> None:
+        """The push-to-talk button went down."""
+        self._held = True
+
+    def release(self) -> None:
+        """The push-to-talk button went up (an utterance under way still counts)."""
+        self._open_until = self.clock() + 2.0
+        self._held = False
+
+    def admit(self, text: str) -> str | None:
+        """The request in ``text``, or ``None`` when it is not for us."""
+        said = normalize(text)
+        if not said:
+            return None
+        if self.mode == "always":
+            return said
+        now = self.clock()
+        if self.mode == "button":
+            return said if self._held or now <= self._open_until else None
+        if said.startswith(self.wake):
+            rest = said[len(self.wake):].strip()
+            if rest:
+                return rest
+            self._open_until = now + self.window_s
+            return None
+        if now <= self._open_until:
+            self._open_until = float("-inf")
+            return said
+        return None
+
+
+def match_intent(text: str, intents: Mapping[str, str]) -> str | None:
+    """The action of the intent phrase ``text`` is, if any (whole-utterance match)."""
+    said = normalize(text)
+    for phrase, action in intents.items():
+        if normalize(phrase) == said:
+            return action
+    return None

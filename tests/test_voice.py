@@ -1,0 +1,142 @@
+"""Voice with the real Korean vosk model, espeak-ng speech and the real LLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from appliance.voice.activation import Activation, match_intent
+from appliance.voice.audio import AudioError, read_wav
+from appliance.voice.kid_safe import REFUSAL, KidFilter
+from appliance.voice.speech_out import SentenceSplitter
+from tests.conftest import BASE, run_cli
+from tests.services import ApplianceProcess, Peer
+from tests.speech import PHRASES, korean_model, sequence, speak
+
+GRAMMAR = "[" + ", ".join(PHRASES) + "]"
+
+
+def _voice_yaml(extra: str = "") -> str:
+    return (f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
+            "  intents: {불 꺼: stop}\n  tts_voice: ko\n" + extra)
+
+
+def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "listen.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
+                   "  temperature: 0\n  max_tokens: 40\n  n_ctx: 512\n" + _voice_yaml(extra))
+    return cfg
+
+
+@pytest.mark.parametrize("phrase", [p for p in PHRASES if p != "불 꺼"])
+def test_listen_recognizes_each_phrase_and_answers(tmp_path: Path, model_path: Path,
+                                                   phrase: str) -> None:
+    wav = speak(phrase, tmp_path / "in.wav", rate=None)  # 22.05 kHz: resampled on the way in
+    out = tmp_path / "reply.wav"
+    result = run_cli("--config", str(_listen_config(tmp_path, model_path)), "listen",
+                     "--wav", str(wav), "--json", "--say", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["transcript"] == phrase
+    assert body["answer"] and body["intent"] is None
+    assert body["ms_first_token"] > 0 and body["ms_first_audio"] >= body["ms_first_token"]
+    with wave.open(str(out)) as reply:
+        assert reply.getnframes() > reply.getframerate() // 10  # some real speech
+
+
+def test_intent_acts_without_the_model(tmp_path: Path, model_path: Path) -> None:
+    wav = speak("불 꺼", tmp_path / "stop.wav")
+    result = run_cli("--config", str(_listen_config(tmp_path, model_path)), "listen",
+                     "--wav", str(wav), "--json")
+    body = json.loads(result.stdout)
+    assert body["intent"] == "stop" and body["answer"] == "" and body["ms_first_token"] is None
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("missing_model", "not a vosk model"),
+    ("not_audio", "not a WAV audio file"),
+])
+def test_bad_voice_inputs_are_one_line_errors(tmp_path: Path, model_path: Path, setup: str,
+                                              message: str) -> None:
+    wav = speak("날씨", tmp_path / "ok.wav")
+    cfg = _listen_config(tmp_path, model_path)
+    if setup == "missing_model":
+        cfg.write_text(cfg.read_text().replace(str(korean_model()), str(tmp_path / "nope")))
+    else:
+        wav.write_bytes(b"this is not audio at all")
+    result = run_cli("--config", str(cfg), "listen", "--wav", str(wav))
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("appliance:")]
+    assert message in line and "Traceback" not in result.stderr
+
+
+def test_any_rate_and_channels_are_converted(tmp_path: Path) -> None:
+    stereo = tmp_path / "stereo.wav"
+    speak("날씨", tmp_path / "mono.wav")
+    subprocess.run(["sox", str(tmp_path / "mono.wav"), "-r", "44100", "-c", "2", str(stereo)],
+                   check=True)
+    pcm = read_wav(stereo)
+    mono = read_wav(tmp_path / "mono.wav")
+    assert abs(len(pcm) - len(mono)) <= 4  # same duration at 16 kHz mono
+    with pytest.raises(AudioError, match="no such file"):
+        read_wav(tmp_path / "absent.wav")
+
+
+def test_wake_phrase_gate() -> None:
+    now = [0.0]
+    gate = Activation("wake", "hey kiosk", window_s=8, clock=lambda: now[0])
+    assert gate.admit("what is the weather") is None
+    assert gate.admit("hey kiosk what is the weather") == "what is the weather"
+    assert gate.admit("Hey kiosk!") is None
+    now[0] = 3.0
+    assert gate.admit("turn on the light") == "turn on the light"
+    assert gate.admit("and the radio") is None  # the window closes after one request
+    assert match_intent("Stop!", {"stop": "stop"}) == "stop"
+
+
+def test_kid_filter_replaces_an_injected_sentence() -> None:
+    kid, splitter = KidFilter(["dragon"]), SentenceSplitter()
+    stream = ["Cats are soft", ". You could play with a g", "un at night! Dragons",
+              " are big. Bye."]
+    spoken = [kid.sentence(s) for chunk in stream for s in splitter.feed(chunk)]
+    spoken += [kid.sentence(s) for s in splitter.flush()]
+    assert spoken == ["Cats are soft.", REFUSAL, REFUSAL, "Bye."]
+
+
+def test_run_hears_a_wav_and_answers_with_source_voice(
+        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
+    wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
+    start(root=_voice_yaml(f"  source: {wav}\n  tts: none\n"))
+    heard = peer.wait_for(lambda m: m.topic == f"{BASE}/heard").json()
+    assert heard["text"] == "날씨" and heard["source"] == "wav" and heard["ms"] >= 0
+    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+    assert answer["source"] == "voice" and answer["tokens"] > 0
+
+
+def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], peer: Peer,
+                                      tmp_path: Path) -> None:
+    parts = [speak(p, tmp_path / f"{i}.wav") for i, p in enumerate(["날씨", "안녕하세요", "온도"])]
+    wav = sequence(parts, tmp_path / "seq.wav")
+    start(root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
+                           "  wake_phrase: 안녕하세요\n"))
+    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+    heard = [m.json()["text"] for m in peer.seen if m.topic == f"{BASE}/heard"]
+    assert heard == ["날씨", "안녕하세요", "온도"]  # all heard, only the last one answered
+    peer.drain(2)
+    assert len([m for m in peer.seen if m.topic == f"{BASE}/answer"]) == 1
+    assert answer["source"] == "voice"
+
+
+def test_run_missing_microphone_is_an_error_and_asks_still_work(
+        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    start(root=_voice_yaml("  source: mic\n  device: hw:99\n  tts: none\n"))
+    error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
+                          and m.json()["topic"] == "voice").json()
+    assert "microphone" in error["error"] or "arecord" in error["error"]
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "still", "text": "Hi"}))
+    assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["id"] == "still"

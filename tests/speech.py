@@ -29,13 +29,18 @@ def speak(text: str, out: Path, rate: int | None = 16000) -> Path:
     return out
 
 
+def silence(out: Path, seconds: float) -> Path:
+    """``seconds`` of 16 kHz mono silence."""
+    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(out), "trim", "0",
+                    str(seconds)], check=True)
+    return out
+
+
 def sequence(parts: list[Path], out: Path, gap_s: float = 1.0) -> Path:
     """Utterances one after another with ``gap_s`` of silence between (and after)."""
-    silence = out.with_name("silence.wav")
-    subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(silence), "trim", "0",
-                    str(gap_s)], check=True)
+    pause = silence(out.with_name("pause.wav"), gap_s)
     files: list[str] = []
     for part in parts:
-        files += [str(part), str(silence)]
+        files += [str(part), str(pause)]
     subprocess.run(["sox", *files, str(out)], check=True)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import wave
@@ -9,14 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 
+from appliance.bench.broker import LocalBroker
+from appliance.config import load_settings
+from appliance.service.requests import Request
+from appliance.service.supervisor import Supervisor
 from appliance.voice.activation import Activation, match_intent
 from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL, KidFilter
+from appliance.voice.recognizer import Heard
 from appliance.voice.speech_out import SentenceSplitter
-from tests.conftest import BASE, run_cli
+from tests.conftest import BASE, STORY, run_cli
 from tests.services import ApplianceProcess, Peer
-from tests.speech import PHRASES, korean_model, sequence, speak
+from tests.speech import PHRASES, korean_model, sequence, silence, speak
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 
@@ -140,3 +147,44 @@ def test_run_missing_microphone_is_an_error_and_asks_still_work(
     assert "microphone" in error["error"] or "arecord" in error["error"]
     peer.publish(f"{BASE}/ask", json.dumps({"id": "still", "text": "Hi"}))
     assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["id"] == "still"
+
+
+@pytest.mark.parametrize("how", ["stop intent", "talk button"])
+def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
+                                             how: str) -> None:
+    factory = MockFactory()
+    broker = LocalBroker(tmp_path / "broker")
+    broker.start()
+    quiet = silence(tmp_path / "silence.wav", 0.5)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"device_id: v1\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
+                   "  temperature: 0\n  max_tokens: 400\n  n_ctx: 1024\n"
+                   f"mqtt:\n  port: {broker.port}\nthermal:\n  zone_path: {tmp_path / 't'}\n"
+                   + _voice_yaml(f"  source: {quiet}\n  activation: button\n  button: 5\n"))
+    settings = load_settings(cfg)
+    peer = Peer(broker.port, ["appliance/v1/#"])
+
+    async def scenario() -> None:
+        supervisor = Supervisor(settings, cfg, pin_factory=factory)
+        running = asyncio.create_task(supervisor.run())
+        while supervisor.status.state != "idle":
+            await asyncio.sleep(0.05)
+        supervisor.dispatcher.submit(Request(id="long", source="voice", text=STORY))
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer/stream")
+        if how == "stop intent":
+            supervisor._on_heard(Heard("불 꺼", True, 1.0))
+        else:
+            factory.pin(5).drive_low()
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer")
+        supervisor.stop.set()
+        assert await running == 0
+
+    try:
+        asyncio.run(scenario())
+        answer = peer.wait_for(lambda m: m.topic == "appliance/v1/answer").json()
+        assert answer["id"] == "long" and answer["finish_reason"] == "cancelled"
+        assert answer["source"] == "voice" and answer["tokens"] < 400
+    finally:
+        peer.close()
+        broker.stop()
+        factory.reset()

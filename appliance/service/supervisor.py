@@ -13,6 +13,7 @@ import json
 import signal
 from pathlib import Path
 
+from gpiozero import Button, GPIOZeroError
 from gpiozero.pins import Factory
 
 from appliance.config import Settings
@@ -55,6 +56,7 @@ class Supervisor:
         self.activation = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
         self.speaker = Speaker(voice) if voice.enabled and voice.tts != "none" else None
         self.voice_in: VoiceInput | None = None
+        self.talk_button: Button | None = None
         self.topics = Topics.under(settings.base_topic)
         self.status = Status(max_tokens=settings.llm.max_tokens)
         self.notifier = Notifier()
@@ -88,6 +90,7 @@ class Supervisor:
             log.info("restored_requests", count=restored)
         self._start_gpio(loop)
         if self.settings.voice.enabled:
+            self._start_talk_button(loop)
             self.voice_in = VoiceInput(self.settings.voice, loop, self._on_heard,
                                        self._on_voice_error)
             self.voice_in.start()
@@ -130,6 +133,24 @@ class Supervisor:
         except GpioUnavailable as exc:
             log.warning("running_without_gpio", reason=str(exc))
 
+    def _start_talk_button(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Push-to-talk: pressing interrupts (barge-in) and opens the gate until release."""
+        pin = self.settings.voice.button
+        if pin is None:
+            return
+        try:
+            button = Button(pin, pin_factory=self.pin_factory)
+        except GPIOZeroError as exc:
+            log.warning("no_talk_button", reason=str(exc))
+            return
+        button.when_pressed = lambda: loop.call_soon_threadsafe(self._talk_pressed)
+        button.when_released = lambda: loop.call_soon_threadsafe(self.activation.release)
+        self.talk_button = button
+
+    def _talk_pressed(self) -> None:
+        self._act("stop")
+        self.activation.press()
+
     def _on_heard(self, heard: Heard) -> None:
         voice = self.settings.voice
         private = voice.kid_safe  # toy mode: transcripts never leave the device
@@ -143,12 +164,15 @@ class Supervisor:
             self.bridge.publish(Outgoing(self.topics.heard, json.dumps(
                 {"text": heard.text, "ms": heard.ms, "source": source_name(voice)},
                 ensure_ascii=False).encode()))
-        request = self.activation.admit(heard.text)
-        if request is None:
-            return
-        action = match_intent(request, voice.intents)
+        # An intent works without the wake phrase or button: "stop" must interrupt at once.
+        action = match_intent(heard.text, voice.intents)
+        request = self.activation.admit(heard.text) if action is None else None
+        if request is not None:
+            action = match_intent(request, voice.intents)
         if action is not None:
             self._act(action)
+            return
+        if request is None:
             return
         try:
             self.dispatcher.submit(Request(id=new_request_id(), source="voice", text=request))
@@ -236,6 +260,8 @@ class Supervisor:
             self.gpio.close()
         if self.voice_in is not None:
             self.voice_in.stop()
+        if self.talk_button is not None:
+            self.talk_button.close()
         if self.speaker is not None:
             self.speaker.close()
         log.info("stopped")

@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     thermal.add_argument("--rounds", type=int, default=5, help="heat steps to time")
     thermal.add_argument("--json", action="store_true", help="print the figures as JSON")
     thermal.set_defaults(handler=run_thermal)
+    voice = cmds.add_parser("voice", help="recognition real-time factor, spoken-answer latency")
+    voice.add_argument("--rounds", type=int, default=3, help="recognition rounds")
+    voice.add_argument("--json", action="store_true", help="print the figures as JSON")
+    voice.set_defaults(handler=run_voice)
 
 
 def run_llm(args: argparse.Namespace) -> int:
@@ -91,4 +95,26 @@ def run_thermal(args: argparse.Namespace) -> int:
     print(f"reaction  heat step to throttled answer: p50 {r.reaction_p50_s:.2f} s   max "
           f"{r.reaction_max_s:.2f} s   = {r.reaction_max_s / r.interval_s:.2f} x the interval"
           "  (target < 1.5 x)")
+    return 0
+
+
+def run_voice(args: argparse.Namespace) -> int:
+    """Measure speech in and out."""
+    from appliance.bench.voice import run_voice_bench
+    from appliance.cli import load
+
+    settings = load(args)
+    engine = Engine(settings.llm, resolve_llm(settings))
+    r = run_voice_bench(settings, engine, rounds=args.rounds)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(r), "audio_budget_ms": r.audio_budget_ms}))
+        return 0
+    print(f"recognition  real-time factor {r.rtf:.3f}   bare vosk {r.bare_rtf:.3f}   ratio "
+          f"{r.rtf / r.bare_rtf:5.2f}x  (target < 0.3)")
+    print(f"answer       end of speech to first token p50 {r.first_token_p50_ms:7.1f} ms, "
+          f"to first full sentence {r.first_sentence_p50_ms:7.1f} ms, to first audio "
+          f"{r.first_audio_p50_ms:7.1f} ms")
+    print(f"             budget 1.5 x first token + one sentence of TTS "
+          f"({r.tts_sentence_ms:.0f} ms) = {r.audio_budget_ms:7.1f} ms  "
+          f"({'met' if r.first_audio_p50_ms <= r.audio_budget_ms else 'NOT met'})")
     return 0

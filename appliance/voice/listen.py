@@ -32,6 +32,7 @@ class ListenResult:
     ms_recognize: float
     ms_first_token: float | None
     ms_first_audio: float | None
+    ms_first_sentence: float | None = None
 
 
 def listen(settings: Settings, wav: Path, engine: Engine | None,
@@ -64,10 +65,13 @@ def listen(settings: Settings, wav: Path, engine: Engine | None,
     sentences: list[str] = []
     speaking: list[Future[Path]] = []
     first_token: list[float] = []
+    first_sentence: list[float] = []
     first_audio: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as tts:
 
         def speak(sentence: str) -> None:
+            if not first_sentence:
+                first_sentence.append(time.perf_counter())
             sentence = kid.sentence(sentence) if kid else sentence
             sentences.append(sentence)
             if voice.tts == "none":
@@ -99,4 +103,5 @@ def listen(settings: Settings, wav: Path, engine: Engine | None,
             join_wavs(parts, say_to)
     return ListenResult(transcript, " ".join(sentences), None, recognize_ms,
                         ms(first_token[0] if first_token else None),
-                        ms(first_audio[0] if first_audio else None))
+                        ms(first_audio[0] if first_audio else None),
+                        ms(first_sentence[0] if first_sentence else None))

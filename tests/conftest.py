@@ -82,7 +82,9 @@ def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "",
         "rules:\n"
         "  - name: greenhouse_hot\n    source: greenhouse\n    when: temperature > 40\n"
         "    prompt: The greenhouse is at {temperature} degrees. Give one short safety tip.\n"
-        "    min_interval_s: 0\n" + root)
+        "    min_interval_s: 0\n"
+        "  - name: burst\n    source: burst\n    when: temperature > 40\n"
+        "    prompt: It is {temperature} degrees.\n    min_interval_s: 600\n" + root)
     return cfg
 
 

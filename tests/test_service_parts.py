@@ -5,11 +5,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from appliance.config import parse_settings
 from appliance.llm import Chunk
 from appliance.llm.batching import ChunkBatcher
+from appliance.mqtt.bridge import Bridge
+from appliance.mqtt.contract import Topics
+from appliance.rules import RuleSet
+from appliance.service.dispatcher import Dispatcher
 from appliance.service.journal import Journal
+from appliance.service.model_worker import ModelWorker
 from appliance.service.ratelimit import RateLimiter
 from appliance.service.requests import Outgoing, Request
+from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
 
 
@@ -68,3 +75,29 @@ def test_chunk_batcher_first_at_once_then_by_interval_and_sentence() -> None:
     batcher.flush()
     assert [c.delta for c in out] == ["Hel", "lo world.", " Bye now", "!"]
     assert [c.seq for c in out] == [0, 1, 2, 3]
+
+
+def test_rule_events_coalesce_while_queued_latest_wins(tmp_path: Path) -> None:
+    settings = parse_settings(
+        f"data_dir: {tmp_path}\nrules:\n  - name: hot\n    source: greenhouse\n"
+        "    when: temperature > 40\n    prompt: It is {temperature} degrees.\n")
+    topics = Topics.under(settings.base_topic)
+
+    async def scenario() -> None:
+        journal = Journal(tmp_path / "j.sqlite3")
+        dispatcher = Dispatcher(
+            worker=ModelWorker(None), journal=journal, topics=topics,
+            outlet=Bridge(settings, journal, [], lambda _m: None),  # never started: no broker
+            rules=RuleSet(settings.rules, settings.base_topic), status=Status(), queue_size=4,
+            stream=False, llm=settings.llm)
+        topic = topics.event("greenhouse")
+        assert dispatcher.on_event(topic, {"temperature": 45}) == 1
+        for t in range(46, 60):
+            assert dispatcher.on_event(topic, {"temperature": t}) == 0
+        (pending,) = journal.pending()
+        assert pending.text == "It is 59 degrees."
+        assert len(dispatcher.queue) == 1
+        assert (await dispatcher.queue.get()).text == "It is 59 degrees."
+        journal.close()
+
+    asyncio.run(scenario())

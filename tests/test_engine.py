@@ -10,6 +10,7 @@ import pytest
 from appliance.catalog import ResolvedModel
 from appliance.errors import ModelError, ResourceError
 from appliance.llm import ChatRequest, Chunk, Engine
+from appliance.llm.engine import _end_at_sentence
 from appliance.llm.memory import check_fits, plan
 from tests.conftest import make_settings
 
@@ -139,3 +140,9 @@ def test_oversized_context_is_refused_before_loading(tmp_path: Path, model_path:
     fits = plan(model_path, 0).largest_n_ctx(1 << 30)
     assert f"the largest llm.n_ctx that fits is {fits}" in message
     assert "llm.n_ctx 131072" in message and 2048 < fits < 131072
+
+
+def test_a_throttled_answer_ends_at_a_near_sentence_end() -> None:
+    assert _end_at_sentence("One two three four five. Six") == "One two three four five."
+    assert _end_at_sentence("Short. Then a long tail that goes on and on") == \
+        "Short. Then a long tail that goes on and on"

@@ -254,6 +254,8 @@ def _finish(settings: Settings, file: str, lines: dict[str, int]) -> Settings:
             parse_template(rule.prompt)
         except ExpressionError as exc:
             raise fail(f"rules[{i}].prompt", str(exc)) from None
+    if settings.voice.tts == "piper":
+        raise fail("voice.tts", "piper is not available in this version; use espeak-ng or none")
     if settings.gpio.fan_off_c >= settings.gpio.fan_on_c:
         raise fail("gpio.fan_off_c", f"must be below gpio.fan_on_c ({settings.gpio.fan_on_c})")
     _unique(settings.thermal.levels, "thermal.levels", fail)

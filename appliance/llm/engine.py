@@ -153,7 +153,10 @@ class Engine:
             if on_chunk is not None:
                 on_chunk(Chunk(request.id, len(parts), tail))
             parts.append(tail)
-        result = self._result(request, "".join(parts), len(out), finish, started, first_at,
+        text = "".join(parts)
+        if finish == "throttled":
+            text = _end_at_sentence(text)
+        result = self._result(request, text, len(out), finish, started, first_at,
                               time.monotonic(), len(tokens), cached)
         log.info("completed", tokens=result.tokens, finish_reason=finish,
                  ttft_ms=round(result.ttft_ms), tokens_per_s=round(result.tokens_per_s, 2),
@@ -175,3 +178,9 @@ class Engine:
     def close(self) -> None:
         """Free the model's memory."""
         self._llm.close()
+
+
+def _end_at_sentence(text: str, near: float = 0.6) -> str:
+    """A cut answer ends at its last sentence end when that is near the cut (past ``near``)."""
+    end = max(text.rfind(mark) for mark in (". ", "! ", "? ", ".\n", "!\n", "?\n"))
+    return text[: end + 1] if end >= near * len(text.rstrip()) else text

@@ -42,12 +42,15 @@ class Message:
 class Peer:
     """A real paho MQTT v5 client that records what it receives."""
 
-    def __init__(self, port: int, subscribe: list[str], client_id: str | None = None) -> None:
+    def __init__(self, port: int, subscribe: list[str], client_id: str | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         self.messages: queue.Queue[Message] = queue.Queue()
         self.seen: list[Message] = []
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
                                   client_id=client_id or f"peer-{os.getpid()}-{id(self)}")
         self._subscribed = queue.Queue[int]()
+        if auth is not None:
+            self.client.username_pw_set(*auth)
 
         def on_connect(c: paho.Client, *_: object) -> None:
             for topic in subscribe:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import BASE, STORY
+from tests.conftest import BASE, STORY, _config
 from tests.services import ApplianceProcess, Broker, Message, Peer
 
 
@@ -240,3 +241,28 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
     assert alert["rule"] == "greenhouse_hot" and alert["tokens"] <= 96
     heat(65)
     assert _state_at(peer, "normal")["max_tokens"] == 400
+
+
+def test_password_from_a_file_and_never_logged(tmp_path: Path, model_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "t1", "s3cret-pw"],
+                   check=True, capture_output=True)
+    passwd.chmod(0o600)
+    secured = Broker(tmp_path / "secure", f"allow_anonymous false\npassword_file {passwd}\n")
+    secured.start()
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text("s3cret-pw\n")
+    config = _config(tmp_path, model_path, secured.port,
+                     f"  username: t1\n  password_file: {secret}\n")
+    app = ApplianceProcess(tmp_path, config, {})
+    try:
+        app.start()
+        peer = Peer(secured.port, [f"{BASE}/answer"], auth=("t1", "s3cret-pw"))
+        peer.publish(f"{BASE}/ask", json.dumps({"id": "auth", "text": "Hi"}))
+        assert _answer(peer, "auth").json()["tokens"] > 0
+        peer.close()
+        app.terminate()
+        assert "s3cret-pw" not in (tmp_path / "run-1.log").read_text()
+    finally:
+        app.close()
+        secured.stop()

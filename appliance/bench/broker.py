@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -31,18 +32,24 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 class LocalBroker:
-    """mosquitto on 127.0.0.1 with persistence in ``workdir``, so sessions survive restarts."""
+    """mosquitto on 127.0.0.1 with persistence in ``workdir``, so sessions survive restarts.
 
-    def __init__(self, workdir: Path) -> None:
+    ``extra`` is appended to its configuration (a password file, say).
+    """
+
+    def __init__(self, workdir: Path, extra: str = "") -> None:
         if shutil.which("mosquitto") is None:
             raise ApplianceError("mosquitto is not installed (apt-get install mosquitto)")
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.port} 127.0.0.1\n"
+            + ("" if "allow_anonymous" in extra else "allow_anonymous true\n") +
             f"persistence true\npersistence_location {workdir}/\nmax_queued_messages 0\n"
-            f"log_dest file {workdir}/mosquitto.log\n")
+            f"log_dest file {workdir}/mosquitto.log\n"
+            # As root (CI), stay root: the files live in private temporary directories.
+            + ("user root\n" if os.geteuid() == 0 else "") + extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

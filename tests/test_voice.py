@@ -123,6 +123,7 @@ def test_run_hears_a_wav_and_answers_with_source_voice(
     assert heard["text"] == "날씨" and heard["source"] == "wav" and heard["ms"] >= 0
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     assert answer["source"] == "voice" and answer["tokens"] > 0
+    assert not (tmp_path / "data" / "transcripts.jsonl").exists()  # nothing kept by default
 
 
 def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], peer: Peer,
@@ -130,13 +131,15 @@ def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], pe
     parts = [speak(p, tmp_path / f"{i}.wav") for i, p in enumerate(["날씨", "안녕하세요", "온도"])]
     wav = sequence(parts, tmp_path / "seq.wav")
     start(root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
-                           "  wake_phrase: 안녕하세요\n"))
+                           "  wake_phrase: 안녕하세요\n  keep_transcripts: true\n"))
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     heard = [m.json()["text"] for m in peer.seen if m.topic == f"{BASE}/heard"]
     assert heard == ["날씨", "안녕하세요", "온도"]  # all heard, only the last one answered
     peer.drain(2)
     assert len([m for m in peer.seen if m.topic == f"{BASE}/answer"]) == 1
     assert answer["source"] == "voice"
+    kept = (tmp_path / "data" / "transcripts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in kept] == heard
 
 
 def test_run_missing_microphone_is_an_error_and_asks_still_work(

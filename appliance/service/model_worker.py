@@ -60,7 +60,6 @@ class ModelWorker:
         self._last_pong = 0.0
         self._budget: int | None = None
         self._stopping = False
-        self.fatal: str | None = None
 
     @property
     def healthy(self) -> bool:
@@ -137,8 +136,7 @@ class ModelWorker:
             self.ready.set()
             log.info("worker_ready", model=self.model)
         elif kind == "fatal":
-            self.fatal = event["error"]
-            log.error("worker_fatal", error=self.fatal)
+            log.error("worker_fatal", error=event["error"])
 
     def _resolve(self, request_id: str, outcome: Completion | ApplianceError) -> None:
         pending = self._pending.pop(request_id, None)

@@ -160,10 +160,13 @@ class Supervisor:
                     {"text": heard.text, "source": source_name(voice)},
                     ensure_ascii=False).encode(), qos=0))
             return
+        record = json.dumps({"text": heard.text, "ms": heard.ms, "source": source_name(voice)},
+                            ensure_ascii=False)
         if not private:
-            self.bridge.publish(Outgoing(self.topics.heard, json.dumps(
-                {"text": heard.text, "ms": heard.ms, "source": source_name(voice)},
-                ensure_ascii=False).encode()))
+            self.bridge.publish(Outgoing(self.topics.heard, record.encode()))
+        if voice.keep_transcripts and not private:
+            with (self.settings.data_dir / "transcripts.jsonl").open("a") as kept:
+                kept.write(record + "\n")
         # An intent works without the wake phrase or button: "stop" must interrupt at once.
         action = match_intent(heard.text, voice.intents)
         request = self.activation.admit(heard.text) if action is None else None

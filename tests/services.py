@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -10,17 +11,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from gpiozero.pins import Factory
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance.bench.broker import LocalBroker as Broker
+from appliance.config import Settings
+from appliance.service.supervisor import Supervisor
 
 __all__ = ["ApplianceProcess", "Broker", "Message", "NotifySocket", "Peer"]
 
@@ -190,3 +194,19 @@ class ApplianceProcess:
             self.kill()
         if self.notify is not None:
             self.notify.close()
+
+
+def run_supervisor(settings: Settings, config: Path, pin_factory: Factory | None,
+                   action: Callable[[Supervisor], Awaitable[None]]) -> None:
+    """Run a real supervisor in this process until it is idle, do ``action``, stop it."""
+
+    async def scenario() -> None:
+        supervisor = Supervisor(settings, config, pin_factory=pin_factory)
+        running = asyncio.create_task(supervisor.run())
+        while supervisor.status.state != "idle":
+            await asyncio.sleep(0.05)
+        await action(supervisor)
+        supervisor.stop.set()
+        assert await running == 0
+
+    asyncio.run(scenario())

@@ -14,7 +14,7 @@ from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings, parse_settings
 from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.service.supervisor import Supervisor
-from tests.services import Peer
+from tests.services import Peer, run_supervisor
 
 GPIO_YAML = """gpio:
   enabled: true
@@ -91,11 +91,7 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
     settings = load_settings(cfg)
     peer = Peer(broker.port, ["appliance/g1/#"])
 
-    async def scenario() -> None:
-        supervisor = Supervisor(settings, cfg, pin_factory=factory)
-        running = asyncio.create_task(supervisor.run())
-        while supervisor.status.state != "idle":
-            await asyncio.sleep(0.05)
+    async def press_then_heat(_supervisor: Supervisor) -> None:
         factory.pin(17).drive_low()
         factory.pin(17).drive_high()
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/g1/alert")
@@ -104,11 +100,9 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
         while not factory.pin(23).state:
             await asyncio.sleep(0.05)
         assert factory.pin(22).state  # warm: the status LED is lit
-        supervisor.stop.set()
-        assert await running == 0
 
     try:
-        asyncio.run(scenario())
+        run_supervisor(settings, cfg, factory, press_then_heat)
         alert = peer.wait_for(lambda m: m.topic == "appliance/g1/alert").json()
         assert alert["rule"] == "visitor" and alert["source"] == "sensor"
         pressed = peer.wait_for(lambda m: m.topic == "appliance/g1/event/kiosk_button").json()

@@ -22,7 +22,7 @@ from appliance.voice.kid_safe import REFUSAL, KidFilter
 from appliance.voice.recognizer import Heard
 from appliance.voice.speech_out import SentenceSplitter
 from tests.conftest import BASE, STORY, run_cli
-from tests.services import ApplianceProcess, Peer
+from tests.services import ApplianceProcess, Peer, run_supervisor
 from tests.speech import PHRASES, korean_model, sequence, silence, speak
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
@@ -167,11 +167,7 @@ def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
     settings = load_settings(cfg)
     peer = Peer(broker.port, ["appliance/v1/#"])
 
-    async def scenario() -> None:
-        supervisor = Supervisor(settings, cfg, pin_factory=factory)
-        running = asyncio.create_task(supervisor.run())
-        while supervisor.status.state != "idle":
-            await asyncio.sleep(0.05)
+    async def interrupt(supervisor: Supervisor) -> None:
         supervisor.dispatcher.submit(Request(id="long", source="voice", text=STORY))
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer/stream")
         if how == "stop intent":
@@ -179,11 +175,9 @@ def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
         else:
             factory.pin(5).drive_low()
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer")
-        supervisor.stop.set()
-        assert await running == 0
 
     try:
-        asyncio.run(scenario())
+        run_supervisor(settings, cfg, factory, interrupt)
         answer = peer.wait_for(lambda m: m.topic == "appliance/v1/answer").json()
         assert answer["id"] == "long" and answer["finish_reason"] == "cancelled"
         assert answer["source"] == "voice" and answer["tokens"] < 400

@@ -119,3 +119,14 @@ def start(tmp_path: Path, model_path: Path, broker: Broker,
     yield make
     for app in started:
         app.close()
+
+
+def device_config(tmp_path: Path, model_path: Path, port: int, device_id: str,
+                  max_tokens: int, rest: str = "", n_ctx: int = 1024) -> Path:
+    """A config file for an in-process supervisor: greedy test model, broker, ``rest`` YAML."""
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"device_id: {device_id}\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
+        f"  temperature: 0\n  max_tokens: {max_tokens}\n  n_ctx: {n_ctx}\n"
+        f"mqtt:\n  port: {port}\n{rest}")
+    return cfg

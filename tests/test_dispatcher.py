@@ -15,17 +15,15 @@ from appliance.service.journal import Journal
 from appliance.service.model_worker import ModelWorker
 from appliance.service.requests import Request
 from appliance.service.status import Status
+from tests.conftest import device_config
 from tests.services import Peer
 
 
 def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) -> None:
     broker = LocalBroker(tmp_path / "broker")
     broker.start()
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        f"device_id: d1\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-        "  temperature: 0\n  max_tokens: 300\n  n_ctx: 1024\n"
-        f"mqtt:\n  port: {broker.port}\n"
+    cfg = device_config(
+        tmp_path, model_path, broker.port, "d1", 300,
         "rules:\n  - name: hot\n    source: greenhouse\n    when: temperature > 40\n"
         "    prompt: Write a very long story about a greenhouse at {temperature} degrees.\n")
     settings = load_settings(cfg)

@@ -13,8 +13,11 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings, parse_settings
 from appliance.gpio import GpioParts, GpioUnavailable
+from appliance.service.requests import Request
 from appliance.service.supervisor import Supervisor
+from tests.conftest import STORY, device_config
 from tests.services import Peer, run_supervisor
+from tests.speech import korean_model
 
 GPIO_YAML = """gpio:
   enabled: true
@@ -80,11 +83,9 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
     broker.start()
     zone = tmp_path / "temp"
     zone.write_text("50000\n")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        f"device_id: g1\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-        "  temperature: 0\n  max_tokens: 24\n  n_ctx: 512\n"
-        f"mqtt:\n  port: {broker.port}\nthermal:\n  zone_path: {zone}\n  interval_s: 0.1\n"
+    cfg = device_config(
+        tmp_path, model_path, broker.port, "g1", 24,
+        f"thermal:\n  zone_path: {zone}\n  interval_s: 0.1\n"
         "rules:\n  - name: visitor\n    source: kiosk_button\n    when: state == 'pressed'\n"
         "    prompt: A visitor pressed the help button. Greet them in one sentence.\n"
         + GPIO_YAML)
@@ -108,6 +109,37 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
         pressed = peer.wait_for(lambda m: m.topic == "appliance/g1/event/kiosk_button").json()
         assert pressed == {"state": "pressed", "value": 1}
         assert not [m for m in peer.seen if m.topic == "appliance/g1/error"]
+    finally:
+        peer.close()
+        broker.stop()
+
+
+def test_state_leds_follow_thinking_and_voice_errors(
+        tmp_path: Path, model_path: Path, factory: MockFactory) -> None:
+    broker = LocalBroker(tmp_path / "broker")
+    broker.start()
+    cfg = device_config(
+        tmp_path, model_path, broker.port, "s1", 300,
+        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
+        f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  source: mic\n"
+        "  device: hw:99\n  tts: none\n"
+        "gpio:\n  enabled: true\n  state_leds: {listening: 5, thinking: 6, speaking: 13, "
+        "error: 19}\n")
+    peer = Peer(broker.port, ["appliance/s1/#"])
+
+    async def think(supervisor: Supervisor) -> None:
+        while not factory.pin(19).state:  # no microphone here: the error LED comes on
+            await asyncio.sleep(0.05)
+        supervisor.dispatcher.submit(Request(id="t", source="mqtt", text=STORY))
+        while not factory.pin(6).state:
+            await asyncio.sleep(0.01)
+        assert not factory.pin(5).state and not factory.pin(13).state
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/s1/answer")
+        await asyncio.sleep(0.1)
+        assert not factory.pin(6).state and factory.pin(19).state
+
+    try:
+        run_supervisor(load_settings(cfg), cfg, factory, think)
     finally:
         peer.close()
         broker.stop()

@@ -21,7 +21,7 @@ from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL, KidFilter
 from appliance.voice.recognizer import Heard
 from appliance.voice.speech_out import SentenceSplitter
-from tests.conftest import BASE, STORY, run_cli
+from tests.conftest import BASE, STORY, device_config, run_cli
 from tests.services import ApplianceProcess, Peer, run_supervisor
 from tests.speech import PHRASES, korean_model, sequence, silence, speak
 
@@ -124,6 +124,8 @@ def test_run_hears_a_wav_and_answers_with_source_voice(
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     assert answer["source"] == "voice" and answer["tokens"] > 0
     assert not (tmp_path / "data" / "transcripts.jsonl").exists()  # nothing kept by default
+    states = {m.json()["state"] for m in peer.seen if m.topic == f"{BASE}/state"}
+    assert "listening" in states  # partial results while the phrase was being spoken
 
 
 def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], peer: Peer,
@@ -159,17 +161,16 @@ def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
     broker = LocalBroker(tmp_path / "broker")
     broker.start()
     quiet = silence(tmp_path / "silence.wav", 0.5)
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"device_id: v1\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-                   "  temperature: 0\n  max_tokens: 400\n  n_ctx: 1024\n"
-                   f"mqtt:\n  port: {broker.port}\nthermal:\n  zone_path: {tmp_path / 't'}\n"
-                   + _voice_yaml(f"  source: {quiet}\n  activation: button\n  button: 5\n"))
+    voice = _voice_yaml(f"  source: {quiet}\n  activation: button\n  button: 5\n")
+    cfg = device_config(tmp_path, model_path, broker.port, "v1", 400,
+                        f"thermal:\n  zone_path: {tmp_path / 't'}\n" + voice)
     settings = load_settings(cfg)
     peer = Peer(broker.port, ["appliance/v1/#"])
 
     async def interrupt(supervisor: Supervisor) -> None:
         supervisor.dispatcher.submit(Request(id="long", source="voice", text=STORY))
-        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer/stream")
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/state"
+                                and m.json()["state"] == "speaking")  # the first sentence
         if how == "stop intent":
             supervisor._on_heard(Heard("불 꺼", True, 1.0))
         else:

@@ -184,6 +184,10 @@ class GpioInput:
     pull_up: bool = True
 
 
+STATE_LED_NAMES = ("listening", "thinking", "speaking", "error")
+"""What ``gpio.state_leds`` can show, one LED each."""
+
+
 @dataclass(frozen=True)
 class GpioSettings:
     """Buttons, sensors, LEDs and the fan, through gpiozero."""
@@ -195,6 +199,7 @@ class GpioSettings:
     fan_on_c: float = field(default=65.0, metadata=bounds(0.0, 120.0))
     fan_off_c: float = field(default=55.0, metadata=bounds(0.0, 120.0))
     buzzer: str | int | None = None
+    state_leds: Mapping[str, str | int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ class GpioParts:
 
     ``on_event(name, event)`` receives ``{"state", "value"}`` for every input
     change; :meth:`show_level` drives the fan (with its own hysteresis) and the
-    status LED; :meth:`alert` beeps the buzzer.
+    status LED; :meth:`show_state` the state LEDs; :meth:`alert` beeps the buzzer.
     """
 
     def __init__(self, settings: GpioSettings, on_event: EventCallback,
@@ -57,6 +57,8 @@ class GpioParts:
             self.led = self._output(LED, settings.status_led, pin_factory)
             self.fan = self._output(OutputDevice, settings.fan, pin_factory)
             self.buzzer = self._output(Buzzer, settings.buzzer, pin_factory)
+            self.state_leds = {name: self._output(LED, pin, pin_factory)
+                               for name, pin in settings.state_leds.items()}
         except GPIOZeroError as exc:
             self.close()
             raise GpioUnavailable(f"GPIO unavailable: {exc}") from exc
@@ -92,6 +94,11 @@ class GpioParts:
                 self.fan.on()
             elif celsius < self.settings.fan_off_c:
                 self.fan.off()
+
+    def show_state(self, state: str, error: bool) -> None:
+        """Light the LED of ``state`` (and the error LED while ``error``), the others off."""
+        for name, led in self.state_leds.items():
+            led.value = name == state or (name == "error" and error)
 
     def alert(self) -> None:
         """Two short beeps."""

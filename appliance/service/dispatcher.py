@@ -74,11 +74,10 @@ class Dispatcher:
     def __init__(self, *, worker: ModelWorker, outlet: Outlet, journal: Journal,
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
                  stream: bool, llm: LlmSettings,
-                 on_alert: Callable[[], None] = lambda: None,
-                 speaker: VoiceOut | None = None, kid_safe: bool = False) -> None:
+                 on_alert: Callable[[], None] = lambda: None, kid_safe: bool = False) -> None:
         self.worker, self.outlet, self.journal = worker, outlet, journal
         self.on_alert = on_alert
-        self.speaker = speaker
+        self.speaker: VoiceOut | None = None  # set when voice answers are spoken
         self.kid_safe = kid_safe
         self.llm = llm
         self.level: ThermalLevel = DEFAULT_THERMAL_LEVELS[0]
@@ -153,6 +152,11 @@ class Dispatcher:
         self._answer(request, {"text": "", "tokens": 0, "finish_reason": "cancelled"})
         self._queue_changed()
         return True
+
+    @property
+    def idle_state(self) -> State:
+        """What the state reads when nothing runs: ``idle``, or ``throttled`` when hot."""
+        return self._idle_state
 
     def set_level(self, level: ThermalLevel, throttled: bool) -> None:
         """Apply a new thermal level to the requests that start from now on.

@@ -54,7 +54,8 @@ class Supervisor:
         self.gpio: GpioParts | None = None
         voice = settings.voice
         self.activation = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
-        self.speaker = Speaker(voice) if voice.enabled and voice.tts != "none" else None
+        self.speaker: Speaker | None = None
+        self._voice_failed = False
         self.voice_in: VoiceInput | None = None
         self.talk_button: Button | None = None
         self.topics = Topics.under(settings.base_topic)
@@ -80,7 +81,7 @@ class Supervisor:
             rules=self.rules, status=self.status, queue_size=self.settings.mqtt.queue_size,
             stream=self.settings.mqtt.stream_answers, llm=self.settings.llm,
             on_alert=lambda: self.gpio.alert() if self.gpio else None,
-            speaker=self.speaker, kid_safe=self.settings.voice.kid_safe)
+            kid_safe=self.settings.voice.kid_safe)
         self.intake = Intake(self.settings, self.topics, self.rules, self.dispatcher, bridge,
                              bridge.ack, self._publish_discovery)
         bridge.subscriptions = self.intake.subscriptions()
@@ -89,6 +90,11 @@ class Supervisor:
         if restored:
             log.info("restored_requests", count=restored)
         self._start_gpio(loop)
+        self.status.listeners.append(self._show_state)
+        if self.settings.voice.enabled and self.settings.voice.tts != "none":
+            self.speaker = Speaker(self.settings.voice, lambda on: loop.call_soon_threadsafe(
+                self._speaking, on))
+            self.dispatcher.speaker = self.speaker
         if self.settings.voice.enabled:
             self._start_talk_button(loop)
             self.voice_in = VoiceInput(self.settings.voice, loop, self._on_heard,
@@ -154,6 +160,10 @@ class Supervisor:
     def _on_heard(self, heard: Heard) -> None:
         voice = self.settings.voice
         private = voice.kid_safe  # toy mode: transcripts never leave the device
+        if not heard.final and self.status.state == self.dispatcher.idle_state:
+            self.status.update(state="listening")
+        elif heard.final and self.status.state == "listening":
+            self.status.update(state=self.dispatcher.idle_state)
         if not heard.final:
             if not private:
                 self.bridge.publish(Outgoing(self.topics.heard_partial, json.dumps(
@@ -193,8 +203,21 @@ class Supervisor:
         elif action == "repeat" and self.speaker is not None:
             self.speaker.say(self.speaker.last_answer)
 
+    def _speaking(self, on: bool) -> None:
+        if on:
+            self.status.update(state="speaking")
+        elif self.status.state == "speaking":
+            self.status.update(state="thinking" if self.dispatcher.running
+                               else self.dispatcher.idle_state)
+
+    def _show_state(self) -> None:
+        if self.gpio is not None:
+            self.gpio.show_state(self.status.state, self._voice_failed)
+
     def _on_voice_error(self, message: str) -> None:
         log.error("voice_unavailable", error=message)
+        self._voice_failed = True
+        self._show_state()
         self.bridge.publish(Outgoing(self.topics.error, json.dumps(
             {"topic": "voice", "error": message}).encode()))
 

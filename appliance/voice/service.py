@@ -83,10 +83,16 @@ class VoiceInput:
 
 
 class Speaker:
-    """Speaks streamed answers with espeak-ng, one sentence at a time, on its own thread."""
+    """Speaks streamed answers with espeak-ng, one sentence at a time, on its own thread.
 
-    def __init__(self, settings: VoiceSettings) -> None:
+    ``on_speaking(True)`` runs (on that thread) when speech starts, ``(False)``
+    when the queue has run dry.
+    """
+
+    def __init__(self, settings: VoiceSettings,
+                 on_speaking: Callable[[bool], None] = lambda _speaking: None) -> None:
         self.settings = settings
+        self.on_speaking = on_speaking
         self.kid = KidFilter(settings.block_list) if settings.kid_safe else None
         self.last_answer = ""
         self._splitters: dict[str, SentenceSplitter] = {}
@@ -130,6 +136,7 @@ class Speaker:
 
     def _run(self) -> None:
         while (sentence := self._queue.get()) is not None:
+            self.on_speaking(True)
             try:
                 self._current = subprocess.Popen(
                     espeak_command(sentence, self.settings.tts_voice),
@@ -142,3 +149,5 @@ class Speaker:
                 if not self._failed:
                     log.warning("speech_failed", error=str(exc))
                 self._failed = True
+            if self._queue.empty():
+                self.on_speaking(False)

@@ -121,7 +121,7 @@ class Supervisor:
         await self.bridge.connected.wait()
         self.status.update(model=self.worker.model)
         if self.status.state == "starting":
-            self.status.update(state="idle")
+            self.status.update(state=self.dispatcher.idle_state)
         self.notifier.ready(f"ready: {self.worker.model}")
         log.info("ready", model=self.worker.model, base_topic=self.topics.base)
 

@@ -66,7 +66,7 @@ async def _reaction(settings: Settings, config: Path, zone: Path, rounds: int) -
     llm_max = settings.llm.max_tokens
 
     def on_change(level: ThermalLevel) -> None:
-        worker.set_budget(level.max_tokens if level.max_tokens is not None else llm_max)
+        worker.set_budget(level.budget(llm_max))
 
     dog = ThermalWatchdog(settings.thermal, on_change)
     tasks = [asyncio.create_task(worker.run()), asyncio.create_task(dog.run())]

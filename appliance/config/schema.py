@@ -128,6 +128,10 @@ class ThermalLevel:
     defer_rules: bool = False
     pause_s: float = field(default=0.0, metadata=bounds(0.0, 600.0))
 
+    def budget(self, llm_max_tokens: int) -> int:
+        """The answer budget at this level, given ``llm.max_tokens``."""
+        return self.max_tokens if self.max_tokens is not None else llm_max_tokens
+
 
 DEFAULT_THERMAL_LEVELS = (
     ThermalLevel("normal", 0.0),

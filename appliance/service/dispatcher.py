@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
-from appliance.llm import ChatRequest, Chunk, Completion, new_request_id
+from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
 from appliance.rules import RuleSet
@@ -62,6 +62,11 @@ class VoiceOut(Protocol):
 
 class Rejected(Exception):
     """A request was refused (queue full); the message is the public error text."""
+
+
+def _unanswered(finish_reason: FinishReason, text: str = "", **extra: str) -> dict[str, Any]:
+    """The fields of an answer that no generation produced."""
+    return {"text": text, "tokens": 0, "finish_reason": finish_reason, **extra}
 
 
 def _json(data: dict[str, Any]) -> bytes:
@@ -149,7 +154,7 @@ class Dispatcher:
         request = self.queue.remove(request_id)
         if request is None:
             return False
-        self._answer(request, {"text": "", "tokens": 0, "finish_reason": "cancelled"})
+        self._answer(request, _unanswered("cancelled"))
         self._queue_changed()
         return True
 
@@ -188,13 +193,13 @@ class Dispatcher:
                 log.info("rule_deferred", id=request.id, level=level.name)
                 continue
             if level.max_tokens == 0:
-                self._answer(request, {"text": COOLING_REPLY, "tokens": 0,
-                                       "finish_reason": "throttled"})
+                self._answer(request, _unanswered("throttled", text=COOLING_REPLY))
                 self._queue_changed()
                 continue
             self.running = request
             self._idle.clear()
-            self.status.update(state="thinking", queue_depth=len(self.queue))
+            self.status.update(state="thinking")
+            self._queue_changed()
             try:
                 with bind_request(request.id, source=request.source):
                     await self._run_one(request, level)
@@ -211,7 +216,7 @@ class Dispatcher:
     async def _run_one(self, request: Request, level: ThermalLevel) -> None:
         self.journal.count_attempt(request.id)
         on_chunk = self._streamer(request) if request.source != "sensor" else None
-        budget = level.max_tokens if level.max_tokens is not None else self.llm.max_tokens
+        budget = level.budget(self.llm.max_tokens)
         system = self.llm.system_prompt
         if request.source == "voice" and self.kid_safe:
             system, budget = KID_SYSTEM_PROMPT, min(budget, KID_MAX_TOKENS)
@@ -226,17 +231,15 @@ class Dispatcher:
                 log.warning("retrying", error=str(exc))
                 self.queue.put(replace(request, attempts=request.attempts + 1), front=True)
                 return
-            self._answer(request, {"text": "", "tokens": 0, "finish_reason": "error",
-                                   "error": str(exc)})
+            self._answer(request, _unanswered("error", error=str(exc)))
             return
         except GenerationFailed as exc:
-            self._answer(request, {"text": "", "tokens": 0, "finish_reason": "error",
-                                   "error": str(exc)})
+            self._answer(request, _unanswered("error", error=str(exc)))
             return
         if self._preempted and result.finish_reason == "cancelled":
             self.queue.put(request, front=True)  # a voice request came first; run it later
             return
-        self._answer(request, self._fields(result))
+        self._answer(request, result.as_dict())
 
     def _streamer(self, request: Request) -> Any:
         speaker = self.speaker if request.source == "voice" else None
@@ -249,11 +252,6 @@ class Dispatcher:
             if speaker is not None:
                 speaker.feed(request.id, chunk.delta)
         return on_chunk
-
-    def _fields(self, result: Completion) -> dict[str, Any]:
-        fields = result.as_dict()
-        del fields["id"]
-        return fields
 
     def _answer(self, request: Request, fields: dict[str, Any]) -> None:
         payload = {"id": request.id, **fields, "throttle_level": self.status.throttle_level,

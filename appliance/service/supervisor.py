@@ -226,8 +226,7 @@ class Supervisor:
             self.gpio.show_level(self.watchdog.index, self.watchdog.celsius)
 
     def _on_level(self, level: ThermalLevel) -> None:
-        llm_max = self.settings.llm.max_tokens
-        budget = level.max_tokens if level.max_tokens is not None else llm_max
+        budget = level.budget(self.settings.llm.max_tokens)
         self.worker.set_budget(budget)
         self.dispatcher.set_level(level, throttled=self.watchdog.index > 0)
         self.status.update(throttle_level=level.name, max_tokens=budget)
@@ -259,13 +258,13 @@ class Supervisor:
 
     async def _keep_alive(self) -> None:
         """Ping systemd's watchdog while healthy; publish the state every 30 s."""
-        interval = (self.notifier.watchdog_s or STATE_EVERY_S) / 2
+        tick = min((self.notifier.watchdog_s or STATE_EVERY_S) / 2, STATE_EVERY_S)
         since_state = 0.0
         while True:
-            await asyncio.sleep(min(interval, STATE_EVERY_S))
+            await asyncio.sleep(tick)
             if self.worker.healthy:
                 self.notifier.watchdog()
-            since_state += min(interval, STATE_EVERY_S)
+            since_state += tick
             if since_state >= STATE_EVERY_S:
                 since_state = 0.0
                 self._publish_state()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,17 +117,17 @@ class _Parser:
         return node
 
     def expr(self) -> Any:
-        node = self.conj()
-        while self.peek() == ("name", "or"):
-            self.take()
-            node = Node("or", (node, self.conj()))
-        return node
+        return self.chain("or", self.conj)
 
     def conj(self) -> Any:
-        node = self.neg()
-        while self.peek() == ("name", "and"):
+        return self.chain("and", self.neg)
+
+    def chain(self, word: str, operand: Callable[[], Any]) -> Any:
+        """``operand (word operand)*``, left-associative."""
+        node = operand()
+        while self.peek() == ("name", word):
             self.take()
-            node = Node("and", (node, self.neg()))
+            node = Node(word, (node, operand()))
         return node
 
     def neg(self) -> Any:

@@ -16,7 +16,7 @@ from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings
 from appliance.service.requests import Request
 from appliance.service.supervisor import Supervisor
-from appliance.voice.activation import Activation, match_intent
+from appliance.voice.activation import Activation, match_intent, route
 from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL, KidFilter
 from appliance.voice.recognizer import Heard
@@ -104,6 +104,11 @@ def test_wake_phrase_gate() -> None:
     assert gate.admit("turn on the light") == "turn on the light"
     assert gate.admit("and the radio") is None  # the window closes after one request
     assert match_intent("Stop!", {"stop": "stop"}) == "stop"
+    intents = {"stop": "stop"}
+    assert route(gate, "stop", intents) == ("stop", None)  # no wake phrase needed
+    assert route(gate, "hey kiosk stop", intents) == ("stop", None)
+    assert route(gate, "hey kiosk what time is it", intents) == (None, "what time is it")
+    assert route(gate, "what time is it", intents) == (None, None)
 
 
 def test_kid_filter_replaces_an_injected_sentence() -> None:

@@ -34,7 +34,7 @@ from appliance.service.notify import Notifier
 from appliance.service.requests import Outgoing, Request
 from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
-from appliance.voice.activation import Activation, match_intent
+from appliance.voice.activation import Activation, route
 from appliance.voice.recognizer import Heard
 from appliance.voice.service import Speaker, VoiceInput, source_name
 
@@ -177,14 +177,9 @@ class Supervisor:
         if voice.keep_transcripts and not private:
             with (self.settings.data_dir / "transcripts.jsonl").open("a") as kept:
                 kept.write(record + "\n")
-        # An intent works without the wake phrase or button: "stop" must interrupt at once.
-        action = match_intent(heard.text, voice.intents)
-        request = self.activation.admit(heard.text) if action is None else None
-        if request is not None:
-            action = match_intent(request, voice.intents)
+        action, request = route(self.activation, heard.text, voice.intents)
         if action is not None:
             self._act(action)
-            return
         if request is None:
             return
         try:

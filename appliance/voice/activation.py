@@ -65,3 +65,20 @@ def match_intent(text: str, intents: Mapping[str, str]) -> str | None:
         if normalize(phrase) == said:
             return action
     return None
+
+
+def route(gate: Activation, text: str, intents: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """``(action, request)`` for an utterance: an intent's action, or a request for the model.
+
+    An intent works without the wake phrase or button ("stop" must interrupt at
+    once); an intent after the wake phrase works too. Both are ``None`` when the
+    utterance is not for us.
+    """
+    action = match_intent(text, intents)
+    if action is not None:
+        return action, None
+    request = gate.admit(text)
+    if request is None:
+        return None, None
+    action = match_intent(request, intents)
+    return (action, None) if action is not None else (None, request)

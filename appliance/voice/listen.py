@@ -15,7 +15,7 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.llm import ChatRequest, Chunk, Engine
-from appliance.voice.activation import Activation, match_intent
+from appliance.voice.activation import Activation, route
 from appliance.voice.audio import wav_chunks
 from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT, KidFilter
 from appliance.voice.recognizer import load_model, transcribe
@@ -48,16 +48,14 @@ def listen(settings: Settings, wav: Path, engine: Engine | None,
     gate = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
     if voice.activation == "button":
         gate.press()  # a file given to `listen` is what the button recorded
-    request = next((r for r in map(gate.admit, finals) if r), None)
+    intent, request = next((r for r in (route(gate, f, voice.intents) for f in finals)
+                            if r != (None, None)), (None, None))
 
     def ms(at: float | None) -> float | None:
         return None if at is None else round((at - speech_end) * 1000, 1)
 
     recognize_ms = round((speech_end - started) * 1000, 1)
-    if request is None:
-        return ListenResult(transcript, "", None, recognize_ms, None, None)
-    intent = match_intent(request, voice.intents)
-    if intent is not None or engine is None:
+    if request is None or engine is None:
         return ListenResult(transcript, "", intent, recognize_ms, None, None)
 
     kid = KidFilter(voice.block_list) if voice.kid_safe else None

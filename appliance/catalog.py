@@ -37,6 +37,12 @@ class CatalogEntry:
     chat_format: str | None = None
     n_ctx: int | None = None
     notes: str = ""
+    companion_sha256: str | None = None
+
+    @property
+    def companion_suffix(self) -> str | None:
+        """A piper voice's settings file sits beside it as ``<file>.json`` (from ``<url>.json``)."""
+        return ".json" if self.kind == "piper" else None
 
     def location(self, models_dir: Path) -> Path:
         """Where this model's file (or directory) is once installed."""

@@ -18,6 +18,7 @@ from appliance.download import is_verified
 from appliance.errors import ApplianceError
 from appliance.hardware import mem_available_bytes
 from appliance.thermal import SensorError, read_celsius
+from appliance.voice.tts import DEFAULT_VOICES, check_tts
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -69,6 +70,19 @@ def check_vosk(settings: Settings) -> Check:
     if path is None or not (path / "am" / "final.mdl").is_file():
         return Check("speech model", "fail", f"no vosk model at {path}")
     return Check("speech model", "ok", str(path))
+
+
+def check_speech_out(settings: Settings) -> Check:
+    """The TTS engine and its voice are there (a config error names what to pull)."""
+    voice = settings.voice
+    if not voice.enabled or voice.tts == "none":
+        return Check("speech out", "ok", "off")
+    check_tts(settings)
+    if voice.tts == "espeak-ng" and shutil.which("espeak-ng") is None:
+        return Check("speech out", "fail", "espeak-ng is not installed (apt-get install espeak-ng)")
+    if shutil.which("aplay") is None:
+        return Check("speech out", "fail", "aplay is not installed (apt-get install alsa-utils)")
+    return Check("speech out", "ok", f"{voice.tts} {voice.tts_voice or DEFAULT_VOICES[voice.tts]}")
 
 
 def check_audio(settings: Settings, cards: Path = Path("/proc/asound/cards")) -> Check:
@@ -136,6 +150,7 @@ CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("memory", check_memory),
     ("temperature", check_temperature),
     ("speech model", check_vosk),
+    ("speech out", check_speech_out),
     ("audio", check_audio),
     ("broker", check_broker),
     ("service", check_service),

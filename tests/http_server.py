@@ -16,27 +16,29 @@ class Served:
     body: bytes
     cut_at: int | None = None  # close the connection after this many bytes, once
     ranges: list[str | None] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # other paths, e.g. /voice.onnx
 
 
 @contextmanager
 def serve(served: Served) -> Iterator[str]:
-    """Serve ``served.body`` at ``http://127.0.0.1:PORT/model``; yields the URL."""
+    """Serve ``served.body`` at ``http://127.0.0.1:PORT/model`` (and ``served.files``)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             header = self.headers.get("Range")
             served.ranges.append(header)
             start = int(header.removeprefix("bytes=").split("-")[0]) if header else 0
-            if start >= len(served.body):
+            body = served.files.get(self.path, served.body)
+            if start >= len(body):
                 self.send_response(416)
                 self.end_headers()
                 return
-            payload = served.body[start:]
+            payload = body[start:]
             self.send_response(206 if header else 200)
             self.send_header("Content-Length", str(len(payload)))
             if header:
                 self.send_header("Content-Range",
-                                 f"bytes {start}-{len(served.body) - 1}/{len(served.body)}")
+                                 f"bytes {start}-{len(body) - 1}/{len(body)}")
             self.end_headers()
             if served.cut_at is not None:
                 self.wfile.write(payload[: served.cut_at - start])

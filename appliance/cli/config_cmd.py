@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from appliance.catalog import resolve_llm
+from appliance.voice.tts import check_tts
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,6 +41,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     settings = load(args)
     model = resolve_llm(settings)
+    check_tts(settings)
     print(f"# config: {settings.source}")
     print(f"# model: {model.name} -> {model.path}")
     print(yaml.safe_dump(plain(settings), sort_keys=False, allow_unicode=True), end="")

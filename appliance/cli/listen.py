@@ -9,6 +9,7 @@ import json
 from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
 from appliance.llm import Engine
+from appliance.voice.tts import check_tts
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         '"ms_first_audio"}')
     p.add_argument("--say", action="store_true", help="synthesize the answer (needs --out)")
     p.add_argument("--out", help="where --say writes the spoken answer (WAV)")
+    p.add_argument("--realtime", action="store_true",
+                   help="feed the file at the pace of a microphone (latencies then count from "
+                        "the end of the last word, as a person hears them)")
     p.set_defaults(handler=run)
 
 
@@ -30,13 +34,17 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from appliance.cli import load
-    from appliance.voice.listen import listen
+    from appliance.voice.listen import Listener
 
     if args.say and not args.out:
         raise UsageError("listen: --say needs --out REPLY.wav")
     settings = load(args)
+    if args.say and settings.voice.tts == "none":
+        raise UsageError("listen: --say needs voice.tts espeak-ng or piper, not none")
+    check_tts(settings)
     engine = Engine(settings.llm, resolve_llm(settings))
-    result = listen(settings, Path(args.wav), engine, Path(args.out) if args.say else None)
+    result = Listener(settings, engine).listen(
+        Path(args.wav), Path(args.out) if args.say else None, realtime=args.realtime)
     if args.json:
         print(json.dumps(dataclasses.asdict(result), ensure_ascii=False))
         return 0

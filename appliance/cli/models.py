@@ -59,6 +59,15 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _files(entry: CatalogEntry, path: Path) -> list[tuple[Path, str | None, str | None]]:
+    """``(path, url, sha256)`` of the model's file and of its companion, if it has one."""
+    files = [(path, entry.url, entry.sha256)]
+    if entry.companion_suffix:
+        files.append((path.with_name(path.name + entry.companion_suffix),
+                      entry.url and entry.url + entry.companion_suffix, entry.companion_sha256))
+    return files
+
+
 def run_pull(args: argparse.Namespace) -> int:
     """Download one model into ``<data_dir>/models``."""
     entry = lookup(args.name)
@@ -71,32 +80,41 @@ def run_pull(args: argparse.Namespace) -> int:
         raise DownloadError(f"{entry.name}: the catalog has no sha256 for it yet; pass "
                             "--allow-unverified to accept it unchecked")
     target = entry.location(models_dir)
-    if target.exists() and (entry.sha256 is None or target.is_dir()
-                            or verify(target, entry.sha256)):
+    if target.is_dir():
         print(f"{entry.name}: already at {target}")
         return 0
-    archive = entry.url.endswith(".zip")
-    dest = target.with_name(target.name + ".zip") if archive else target
-    download(entry.url, dest, entry.sha256, progress=Progress(entry.name))
-    if archive:
-        unpack_zip(dest, target)
-        dest.unlink()
-    print(f"{entry.name}: {'verified and ' if entry.sha256 else ''}installed at {target}")
+    fetched = False
+    for path, url, sha256 in _files(entry, target):
+        if path.exists() and (sha256 is None or verify(path, sha256)):
+            continue
+        assert url is not None
+        archive = url.endswith(".zip")
+        dest = path.with_name(path.name + ".zip") if archive else path
+        download(url, dest, sha256, progress=Progress(entry.name))
+        if archive:
+            unpack_zip(dest, path)
+            dest.unlink()
+        fetched = True
+    if not fetched:
+        print(f"{entry.name}: already at {target}")
+    else:
+        print(f"{entry.name}: {'verified and ' if entry.sha256 else ''}installed at {target}")
     return 0
 
 
 def run_verify_one(entry: CatalogEntry, models_dir: Path) -> int:
-    """Verify one installed model file; 0 when it matches, 1 otherwise."""
-    path = entry.location(models_dir)
-    if entry.sha256 is None or path.is_dir():
-        print(f"{entry.name}: present at {path} (no file hash to check)")
+    """Verify one installed model (and its companion file); 0 when it matches, 1 otherwise."""
+    target = entry.location(models_dir)
+    if entry.sha256 is None or target.is_dir():
+        print(f"{entry.name}: present at {target} (no file hash to check)")
         return 0
-    if verify(path, entry.sha256, force=True):
-        print(f"{entry.name}: ok ({path})")
-        return 0
-    print(f"{entry.name}: sha256 MISMATCH at {path}; do not use it, pull it again",
-          file=sys.stderr)
-    return 1
+    for path, _url, sha256 in _files(entry, target):
+        if sha256 is not None and not verify(path, sha256, force=True):
+            print(f"{entry.name}: sha256 MISMATCH at {path}; do not use it, pull it again",
+                  file=sys.stderr)
+            return 1
+    print(f"{entry.name}: ok ({target})")
+    return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import argparse
 from appliance.catalog import resolve_llm
 from appliance.config import find_config
 from appliance.llm.memory import check_fits
+from appliance.voice.tts import check_tts
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,4 +24,5 @@ def run(args: argparse.Namespace) -> int:
     settings = load(args, service=True)
     model = resolve_llm(settings)  # a missing model is a config error now, not a crash loop
     check_fits(model.path, settings.llm.n_ctx)  # and so is one that cannot fit in memory
+    check_tts(settings)  # and a piper voice that is not there
     return supervise(settings, find_config(args.config))

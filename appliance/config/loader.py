@@ -258,8 +258,6 @@ def _finish(settings: Settings, file: str, lines: dict[str, int]) -> Settings:
         if name not in STATE_LED_NAMES:
             raise fail(f"gpio.state_leds.{name}",
                        f"unknown state; expected one of {', '.join(STATE_LED_NAMES)}")
-    if settings.voice.tts == "piper":
-        raise fail("voice.tts", "piper is not available in this version; use espeak-ng or none")
     if settings.gpio.fan_off_c >= settings.gpio.fan_on_c:
         raise fail("gpio.fan_off_c", f"must be below gpio.fan_on_c ({settings.gpio.fan_on_c})")
     _unique(settings.thermal.levels, "thermal.levels", fail)

@@ -171,8 +171,12 @@ class VoiceSettings:
     grammar: tuple[str, ...] = ()
     intents: Mapping[str, str] = field(default_factory=dict)
     max_utterance_s: float = field(default=15.0, metadata=bounds(1.0, 120.0))
+    end_silence_s: float = field(default=0.5, metadata=bounds(0.1, 5.0))
     tts: Literal["espeak-ng", "piper", "none"] = "espeak-ng"
-    tts_voice: str = "en"
+    # espeak-ng: a voice such as en or ko; piper: a catalog voice or an .onnx path
+    tts_voice: str | None = None
+    output_device: str | None = None
+    early_words: int = field(default=3, metadata=bounds(0, 50))
     kid_safe: bool = False
     block_list: tuple[str, ...] = ()
     keep_transcripts: bool = False

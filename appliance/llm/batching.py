@@ -2,9 +2,10 @@
 
 Publishing every token costs a wake-up of every process on the path, and on a
 board where llama.cpp uses every core that CPU comes straight out of the
-generation. A :class:`ChunkBatcher` passes the first piece on at once (time to
-first token is what a display shows), then at most one chunk per interval,
-and always at the end of a sentence, so speech can start without waiting.
+generation. A :class:`ChunkBatcher` passes the first few pieces on at once
+(the first token is what a display shows, the first words are what speech
+waits for), then at most one chunk per interval, and always at the end of a
+sentence, so speech can go on without waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from appliance.llm.types import Chunk
 
 SENTENCE_END = (".", "!", "?", "\n", "。", "！", "？")
+EAGER_CHUNKS = 8
+"""How many pieces at the start of an answer pass unbatched: enough for its first words."""
 
 
 class ChunkBatcher:
@@ -33,7 +36,7 @@ class ChunkBatcher:
         self._request_id = chunk.request_id
         self._parts.append(chunk.delta)
         now = self.clock()
-        if (self._last is None or now - self._last >= self.interval_s
+        if (self._seq < EAGER_CHUNKS or now - self._last >= self.interval_s
                 or chunk.delta.rstrip(" ").endswith(SENTENCE_END)):
             self.flush(now)
 

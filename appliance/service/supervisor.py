@@ -92,8 +92,9 @@ class Supervisor:
         self._start_gpio(loop)
         self.status.listeners.append(self._show_state)
         if self.settings.voice.enabled and self.settings.voice.tts != "none":
-            self.speaker = Speaker(self.settings.voice, lambda on: loop.call_soon_threadsafe(
-                self._speaking, on))
+            self.speaker = Speaker(
+                self.settings, lambda on: loop.call_soon_threadsafe(self._speaking, on),
+                lambda message: loop.call_soon_threadsafe(self._on_voice_error, message))
             self.dispatcher.speaker = self.speaker
         if self.settings.voice.enabled:
             self._start_talk_button(loop)

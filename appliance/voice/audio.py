@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
+import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,6 +59,21 @@ def wav_chunks(path: Path) -> Iterator[bytes]:
     pcm = read_wav(path)
     for start in range(0, len(pcm), CHUNK_BYTES):
         yield pcm[start:start + CHUNK_BYTES]
+
+
+def paced(chunks: Iterable[bytes], stop: threading.Event | None = None) -> Iterator[bytes]:
+    """Chunks at the pace a microphone delivers them: each when its audio has been spoken.
+
+    The schedule is absolute, so time spent by the consumer does not add up.
+    Ends early when ``stop`` is set.
+    """
+    stop = stop or threading.Event()
+    started, sent = time.perf_counter(), 0
+    for chunk in chunks:
+        sent += len(chunk)
+        if stop.wait(max(0.0, started + sent / (RATE * 2) - time.perf_counter())):
+            return
+        yield chunk
 
 
 def stream_chunks(stream: BinaryIO) -> Iterator[bytes]:

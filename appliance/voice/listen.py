@@ -1,13 +1,18 @@
 """``appliance listen``: the whole voice pipeline on one WAV file.
 
 Speech is recognized, the first utterance addressed to us is answered by the
-model (or by an intent, without it), and the answer is spoken sentence by
-sentence while it is still being generated.
+model (or by an intent, without it), and the answer is synthesized piece by
+piece while it is still being generated.
+
+Latencies count from the end of speech. With ``realtime`` the file is fed at
+the pace of a microphone and the end of speech is where its last word ended,
+so the recognizer's wait for trailing silence is part of them, as it is for a
+person talking to the device. Without it the file is recognized as fast as
+possible and they count from the recognizer's result: our processing only.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,10 +21,11 @@ from pathlib import Path
 from appliance.config import Settings
 from appliance.llm import ChatRequest, Chunk, Engine
 from appliance.voice.activation import Activation, route
-from appliance.voice.audio import wav_chunks
+from appliance.voice.audio import paced, wav_chunks
 from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT, KidFilter
+from appliance.voice.pieces import SentenceSplitter, for_speech
 from appliance.voice.recognizer import load_model, transcribe
-from appliance.voice.speech_out import SentenceSplitter, join_wavs, synthesize
+from appliance.voice.tts import Audio, Synthesizer, load_synthesizer, write_wav
 
 
 @dataclass(frozen=True)
@@ -32,74 +38,106 @@ class ListenResult:
     ms_recognize: float
     ms_first_token: float | None
     ms_first_audio: float | None
-    ms_first_sentence: float | None = None
+    ms_first_piece: float | None = None
 
 
-def listen(settings: Settings, wav: Path, engine: Engine | None,
-           say_to: Path | None = None) -> ListenResult:
-    """Run the pipeline; ``engine`` may be ``None`` when only an intent can answer."""
-    voice = settings.voice
-    model = load_model(voice.model_path)
-    started = time.perf_counter()
-    finals = [h.text for h in transcribe(model, wav_chunks(wav), voice.grammar,
-                                         voice.max_utterance_s) if h.final]
-    speech_end = time.perf_counter()
-    transcript = " ".join(finals)
-    gate = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
-    if voice.activation == "button":
-        gate.press()  # a file given to `listen` is what the button recorded
-    intent, request = next((r for r in (route(gate, f, voice.intents) for f in finals)
-                            if r != (None, None)), (None, None))
+class Listener:
+    """The speech model, the voice and the engine, loaded once for many files.
 
-    def ms(at: float | None) -> float | None:
-        return None if at is None else round((at - speech_end) * 1000, 1)
+    ``engine`` may be ``None`` when only intents can answer.
+    """
 
-    recognize_ms = round((speech_end - started) * 1000, 1)
-    if request is None or engine is None:
-        return ListenResult(transcript, "", intent, recognize_ms, None, None)
+    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+        voice = settings.voice
+        self.settings, self.engine = settings, engine
+        self.model = load_model(voice.model_path, voice.end_silence_s)
+        self.synthesizer: Synthesizer | None = (
+            load_synthesizer(settings) if voice.tts != "none" else None)
 
-    kid = KidFilter(voice.block_list) if voice.kid_safe else None
-    splitter = SentenceSplitter()
-    sentences: list[str] = []
-    speaking: list[Future[Path]] = []
-    first_token: list[float] = []
-    first_sentence: list[float] = []
-    first_audio: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as tts:
+    def listen(self, wav: Path, say_to: Path | None = None, *, realtime: bool = False,
+               early_words: int | None = None) -> ListenResult:
+        """Recognize ``wav``, answer its first request, synthesize the answer (to ``say_to``).
 
-        def speak(sentence: str) -> None:
-            if not first_sentence:
-                first_sentence.append(time.perf_counter())
-            sentence = kid.sentence(sentence) if kid else sentence
-            sentences.append(sentence)
-            if voice.tts == "none":
-                return
-            part = Path(tmp) / f"{len(speaking)}.wav"
+        ``early_words`` overrides ``voice.early_words``.
+        """
+        voice = self.settings.voice
+        gate = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
+        if voice.activation == "button":
+            gate.press()  # a file given to `listen` is what the button recorded
+        chunks = paced(wav_chunks(wav)) if realtime else wav_chunks(wav)
+        started = time.perf_counter()
+        finals: list[str] = []
+        intent = request = None
+        speech_end = started
+        for heard in transcribe(self.model, chunks, voice.grammar, voice.max_utterance_s):
+            if not heard.final:
+                continue
+            finals.append(heard.text)
+            speech_end = time.perf_counter()
+            if realtime and heard.speech_end_s is not None:
+                speech_end = min(speech_end, started + heard.speech_end_s)
+            intent, request = route(gate, heard.text, voice.intents)
+            if intent is not None or request is not None:
+                break
+        transcript = " ".join(finals)
+        recognize_ms = round((time.perf_counter() - started) * 1000, 1)
+        if request is None or self.engine is None:
+            return ListenResult(transcript, "", intent, recognize_ms, None, None)
+        answer, token_ms, audio_ms, piece_ms = self._answer(
+            request, speech_end, say_to, voice.early_words if early_words is None else early_words)
+        return ListenResult(transcript, answer, None, recognize_ms, token_ms, audio_ms, piece_ms)
 
-            def run() -> Path:
-                out = synthesize(sentence, voice.tts_voice, part)
-                if not first_audio:
-                    first_audio.append(time.perf_counter())
-                return out
+    def _answer(self, request: str, speech_end: float, say_to: Path | None, early_words: int,
+                ) -> tuple[str, float | None, float | None, float | None]:
+        """``(answer, ms to first token, ms to first audio, ms to first piece)``."""
+        assert self.engine is not None
+        settings = self.settings
+        kid = KidFilter(settings.voice.block_list) if settings.voice.kid_safe else None
+        splitter = SentenceSplitter(0 if kid else early_words)
+        synthesizer = self.synthesizer
+        pieces: list[str] = []
+        speaking: list[Future[Audio]] = []
+        first_token: list[float] = []
+        first_piece: list[float] = []
+        first_audio: list[float] = []
 
-            speaking.append(tts.submit(run))
+        def ms(times: list[float]) -> float | None:
+            return round((times[0] - speech_end) * 1000, 1) if times else None
 
-        def on_chunk(chunk: Chunk) -> None:
-            if not first_token:
-                first_token.append(time.perf_counter())
-            for sentence in splitter.feed(chunk.delta):
-                speak(sentence)
+        with ThreadPoolExecutor(1) as tts:
 
-        engine.complete(ChatRequest(
-            request, system_prompt=KID_SYSTEM_PROMPT if kid else None,
-            max_tokens=min(KID_MAX_TOKENS, settings.llm.max_tokens) if kid else None),
-            on_chunk=on_chunk)
-        for sentence in splitter.flush():
-            speak(sentence)
-        parts = [f.result() for f in speaking]
-        if say_to is not None and parts:
-            join_wavs(parts, say_to)
-    return ListenResult(transcript, " ".join(sentences), None, recognize_ms,
-                        ms(first_token[0] if first_token else None),
-                        ms(first_audio[0] if first_audio else None),
-                        ms(first_sentence[0] if first_sentence else None))
+            def speak(piece: str) -> None:
+                if not first_piece:
+                    first_piece.append(time.perf_counter())
+                piece = for_speech(kid.sentence(piece) if kid else piece)
+                if not piece:
+                    return
+                pieces.append(piece)
+                if synthesizer is None:
+                    return
+
+                def run() -> Audio:
+                    assert synthesizer is not None
+                    audio = synthesizer.synthesize(piece)
+                    if not first_audio:
+                        first_audio.append(time.perf_counter())
+                    return audio
+
+                speaking.append(tts.submit(run))
+
+            def on_chunk(chunk: Chunk) -> None:
+                if not first_token:
+                    first_token.append(time.perf_counter())
+                for piece in splitter.feed(chunk.delta):
+                    speak(piece)
+
+            self.engine.complete(ChatRequest(
+                request, system_prompt=KID_SYSTEM_PROMPT if kid else None,
+                max_tokens=min(KID_MAX_TOKENS, settings.llm.max_tokens) if kid else None),
+                on_chunk=on_chunk)
+            for piece in splitter.flush():
+                speak(piece)
+            audio = [f.result() for f in speaking]
+        if say_to is not None:
+            write_wav(audio, say_to)
+        return " ".join(pieces), ms(first_token), ms(first_audio), ms(first_piece)

@@ -2,27 +2,28 @@
 
 :class:`VoiceInput` reads the configured source (microphone, stdin or a WAV
 file), recognizes it with vosk and hands every result to the loop.
-:class:`Speaker` speaks answers sentence by sentence as they stream in, and
-stops at once on barge-in.
+:class:`Speaker` speaks answers piece by piece as they stream in, and stops
+at once on barge-in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import queue
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from appliance.config.schema import VoiceSettings
+from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
-from appliance.voice.audio import RATE, mic_chunks, stream_chunks, wav_chunks
+from appliance.voice.audio import mic_chunks, paced, stream_chunks, wav_chunks
 from appliance.voice.kid_safe import KidFilter
+from appliance.voice.pieces import SentenceSplitter, for_speech
+from appliance.voice.playback import Playback
 from appliance.voice.recognizer import Heard, Recognizer, load_model
-from appliance.voice.speech_out import SentenceSplitter, espeak_command
+from appliance.voice.tts import Audio, Synthesizer, load_synthesizer
 
 log = get_logger("voice")
 
@@ -30,14 +31,6 @@ log = get_logger("voice")
 def source_name(settings: VoiceSettings) -> str:
     """``mic``, ``stdin`` or ``wav``, as published in ``<base>/heard``."""
     return settings.source if settings.source in ("mic", "stdin") else "wav"
-
-
-def _real_time(chunks: Iterator[bytes], stop: threading.Event) -> Iterator[bytes]:
-    """Pace a file like a microphone would deliver it (a WAV source stands in for one)."""
-    for chunk in chunks:
-        yield chunk
-        if stop.wait(len(chunk) / (RATE * 2)):
-            return
 
 
 class VoiceInput:
@@ -64,12 +57,13 @@ class VoiceInput:
             return mic_chunks(self.settings.device)
         if source == "stdin":
             return stream_chunks(sys.stdin.buffer)
-        return _real_time(wav_chunks(Path(source)), self._stop)
+        return paced(wav_chunks(Path(source)), self._stop)  # a WAV stands in for a mic
 
     def _run(self) -> None:
         try:
-            recognizer = Recognizer(load_model(self.settings.model_path), self.settings.grammar,
-                                    self.settings.max_utterance_s)
+            voice = self.settings
+            recognizer = Recognizer(load_model(voice.model_path, voice.end_silence_s),
+                                    voice.grammar, voice.max_utterance_s)
             for chunk in self._chunks():
                 if self._stop.is_set():
                     return
@@ -83,71 +77,133 @@ class VoiceInput:
 
 
 class Speaker:
-    """Speaks streamed answers with espeak-ng, one sentence at a time, on its own thread.
+    """Speaks answers while they are still being generated, on two threads.
 
-    ``on_speaking(True)`` runs (on that thread) when speech starts, ``(False)``
-    when the queue has run dry.
+    The ``tts`` thread synthesizes pieces in order; the ``audio-out`` thread
+    plays them through one stream per answer, so the next piece is being
+    synthesized while the current one plays. ``on_speaking(True)`` runs when
+    sound starts and ``(False)`` when the answer has played out or was cut;
+    ``on_error`` gets one line, once, when speech cannot work (answers still
+    go out on MQTT). Callbacks run on those threads.
     """
 
-    def __init__(self, settings: VoiceSettings,
-                 on_speaking: Callable[[bool], None] = lambda _speaking: None) -> None:
+    def __init__(self, settings: Settings,
+                 on_speaking: Callable[[bool], None] = lambda _speaking: None,
+                 on_error: Callable[[str], None] = lambda _message: None) -> None:
+        voice = settings.voice
         self.settings = settings
-        self.on_speaking = on_speaking
-        self.kid = KidFilter(settings.block_list) if settings.kid_safe else None
+        self.on_speaking, self.on_error = on_speaking, on_error
+        self.kid = KidFilter(voice.block_list) if voice.kid_safe else None
+        # toy mode filters whole sentences, so it never speaks the start of one early
+        self.early_words = 0 if voice.kid_safe else voice.early_words
         self.last_answer = ""
         self._splitters: dict[str, SentenceSplitter] = {}
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._current: subprocess.Popen[bytes] | None = None
+        self._spoken: dict[str, list[str]] = {}
+        self._texts: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
+        self._sounds: queue.Queue[tuple[int, Audio | None] | None] = queue.Queue()
+        self._playback = Playback(voice.output_device)
+        self._epoch = 0  # raised by stop(): whatever was queued before is dropped
+        self._lock = threading.Lock()
+        self._speaking = False
         self._failed = False
-        self._thread = threading.Thread(target=self._run, name="speaker", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._synthesize, name="tts", daemon=True),
+                         threading.Thread(target=self._play, name="audio-out", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def feed(self, request_id: str, delta: str) -> None:
-        """Streamed answer text; whole sentences are queued for speech at once."""
-        splitter = self._splitters.setdefault(request_id, SentenceSplitter())
-        for sentence in splitter.feed(delta):
-            self.say(sentence)
+        """Streamed answer text; each completed piece is queued for speech at once."""
+        if request_id not in self._splitters:
+            self._splitters[request_id] = SentenceSplitter(self.early_words)
+            self._spoken[request_id] = []
+        for piece in self._splitters[request_id].feed(delta):
+            self._queue(self._spoken[request_id], piece)
 
     def finish(self, request_id: str) -> None:
-        """The answer is complete: speak what is left."""
+        """The answer is complete: speak what is left, then close its stream."""
         splitter = self._splitters.pop(request_id, None)
-        if splitter is not None:
-            for sentence in splitter.flush():
-                self.say(sentence)
+        spoken = self._spoken.pop(request_id, [])
+        if splitter is None:
+            return
+        for piece in splitter.flush():
+            self._queue(spoken, piece)
+        self.last_answer = " ".join(spoken)
+        self._texts.put((self._epoch, None))
 
-    def say(self, sentence: str) -> None:
-        """Queue one sentence (filtered in toy mode)."""
-        sentence = self.kid.sentence(sentence) if self.kid else sentence
-        self.last_answer = sentence
-        self._queue.put(sentence)
+    def say(self, text: str) -> None:
+        """Speak a whole text, such as the last answer again."""
+        self.feed("say", text)
+        self.finish("say")
 
     def stop(self) -> None:
-        """Barge-in: drop what is queued and cut the sentence being spoken."""
+        """Barge-in: drop what is queued and cut the sound at once."""
+        with self._lock:
+            self._epoch += 1
+            self._playback.cut()
         self._splitters.clear()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        if self._current is not None and self._current.poll() is None:
-            self._current.kill()
+        self._spoken.clear()
+        self._set_speaking(False)
 
     def close(self) -> None:
-        """Stop the speaking thread."""
+        """Stop speaking and end both threads."""
         self.stop()
-        self._queue.put(None)
+        self._texts.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
-    def _run(self) -> None:
-        while (sentence := self._queue.get()) is not None:
-            self.on_speaking(True)
+    def _queue(self, spoken: list[str], piece: str) -> None:
+        piece = for_speech(piece)
+        if self.kid is not None:
+            piece = self.kid.sentence(piece)
+        if piece:
+            spoken.append(piece)
+            self._texts.put((self._epoch, piece))
+
+    def _synthesize(self) -> None:
+        try:
+            synthesizer: Synthesizer | None = load_synthesizer(self.settings)
+        except ApplianceError as exc:
+            synthesizer = None
+            self._report(str(exc))
+        while (item := self._texts.get()) is not None:
+            epoch, text = item
+            if epoch != self._epoch or synthesizer is None:
+                continue
+            if text is None:
+                self._sounds.put((epoch, None))
+                continue
             try:
-                self._current = subprocess.Popen(
-                    espeak_command(sentence, self.settings.tts_voice),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                _, err = self._current.communicate()
-                if self._current.returncode > 0 and not self._failed:
-                    log.warning("speech_failed", error=err.decode(errors="replace").strip())
-                    self._failed = True
+                self._sounds.put((epoch, synthesizer.synthesize(text)))
             except ApplianceError as exc:
-                if not self._failed:
-                    log.warning("speech_failed", error=str(exc))
-                self._failed = True
-            if self._queue.empty():
-                self.on_speaking(False)
+                self._report(str(exc))
+        self._sounds.put(None)
+
+    def _play(self) -> None:
+        while (item := self._sounds.get()) is not None:
+            epoch, audio = item
+            try:
+                with self._lock:
+                    if epoch != self._epoch:
+                        continue
+                    if audio is not None:
+                        self._playback.open(audio.rate)
+                if audio is None:  # the answer is complete: let it play out
+                    self._playback.end()
+                    self._set_speaking(False)
+                    continue
+                self._set_speaking(True)
+                self._playback.write(audio.pcm)
+            except ApplianceError as exc:
+                self._report(str(exc))
+        self._playback.end()
+
+    def _set_speaking(self, speaking: bool) -> None:
+        if speaking != self._speaking:
+            self._speaking = speaking
+            self.on_speaking(speaking)
+
+    def _report(self, message: str) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("speech_failed", error=message)
+            self.on_error(message)

@@ -1,0 +1,123 @@
+"""Speech out: pieces of a streamed answer, espeak-ng and piper voices, the catalog voice."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import pytest
+import yaml
+
+from appliance.config import load_settings
+from appliance.voice.audio import read_wav
+from appliance.voice.pieces import SentenceSplitter, for_speech
+from appliance.voice.recognizer import Recognizer, load_model
+from appliance.voice.tts import Espeak, Piper, SpeechError
+from tests.conftest import run_cli
+from tests.http_server import Served, serve
+from tests.speech import PHRASES, korean_model, piper_voice, sequence, speak
+
+
+def _pieces(stream: list[str], early_words: int) -> list[str]:
+    splitter = SentenceSplitter(early_words)
+    return [p for delta in stream for p in splitter.feed(delta)] + list(splitter.flush())
+
+
+def test_first_piece_is_early_then_whole_sentences() -> None:
+    stream = ["The", " weather", " today", " is", " sunny", ". It", " is", " warm. Bye", "."]
+    assert _pieces(stream, 3) == ["The weather today", "is sunny.", "It is warm.", "Bye."]
+    assert _pieces(stream, 0) == ["The weather today is sunny.", "It is warm.", "Bye."]
+    assert _pieces(["Well,", " I", " think", " so."], 3) == ["Well,", "I think so."]
+    assert _pieces(["Yes. It", " is."], 3) == ["Yes.", "It is."]  # a whole sentence wins
+    assert _pieces(["It costs 3", ".5 yen", ".\nNext line"], 0) == [
+        "It costs 3.5 yen.", "Next line"]
+    assert for_speech("**Bold** and `code`") == "Bold and code"
+
+
+def test_espeak_and_piper_synthesize_pcm() -> None:
+    said = Espeak("en").synthesize("Hello there.")
+    voice = Piper(piper_voice())
+    spoken = voice.synthesize("Hello there. How are you?")
+    assert said.rate == 22050 and said.seconds > 0.3
+    assert spoken.rate == 22050 and 1.0 < spoken.seconds < 5.0
+    assert max(abs(int.from_bytes(spoken.pcm[i:i + 2], "little", signed=True))
+               for i in range(0, len(spoken.pcm), 2)) > 1000  # sound, not silence
+
+
+def test_broken_voices_are_one_line_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    (tmp_path / "bad.onnx.json").write_text(piper_voice().with_suffix(".onnx.json").read_text())
+    with pytest.raises(SpeechError, match="not a usable piper voice") as info:
+        Piper(bad)
+    assert "\n" not in str(info.value)
+    (tmp_path / "bad.onnx.json").unlink()
+    with pytest.raises(SpeechError, match=r"not a usable piper voice.*No such file"):
+        Piper(bad)
+
+
+def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
+                                                              model_path: Path) -> None:
+    onnx = piper_voice()
+    files = {"/joe.onnx": onnx.read_bytes(), "/joe.onnx.json": onnx.with_suffix(
+        ".onnx.json").read_bytes()}
+    shipped = yaml.safe_load(Path("models/catalog.yaml").read_text())["models"]
+    entry = {**shipped["piper-en-us-joe-medium"]}
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {model_path}\n  temperature: 0\n"
+        f"  max_tokens: 40\n  n_ctx: 512\nvoice:\n  enabled: true\n"
+        f"  model_path: {korean_model()}\n  grammar: [날씨, 온도]\n  tts: piper\n"
+        "  tts_voice: joe\n")
+    catalog = tmp_path / "catalog.yaml"
+    with serve(Served(b"", files=files)) as url:
+        entry["url"] = url.rsplit("/", 1)[0] + "/joe.onnx"
+        catalog.write_text(yaml.safe_dump({"models": {"joe": entry}}))
+        env = {"APPLIANCE_CATALOG": str(catalog)}
+        missing = run_cli("--config", str(cfg), "config", "check", env=env)
+        assert missing.returncode == 2
+        assert f"{cfg}:12: voice.tts_voice:" in missing.stderr
+        assert "appliance models pull joe" in missing.stderr
+        pulled = run_cli("--config", str(cfg), "models", "pull", "joe", env=env)
+        assert pulled.returncode == 0, pulled.stderr
+    voices = tmp_path / "data" / "models"
+    assert (voices / "en_US-joe-medium.onnx.json").read_bytes() == files["/joe.onnx.json"]
+    out = tmp_path / "reply.wav"
+    heard = speak("날씨", tmp_path / "in.wav")
+    result = run_cli("--config", str(cfg), "listen", "--wav", str(heard), "--json", "--say",
+                     "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["transcript"] == "날씨" and body["answer"]
+    assert body["ms_first_audio"] >= body["ms_first_piece"] >= body["ms_first_token"] > 0
+    with wave.open(str(out)) as reply:
+        assert reply.getframerate() == 22050 and reply.getnframes() > 22050 // 2
+    (voices / "en_US-joe-medium.onnx.json").write_text("{}")
+    check = run_cli("--config", str(cfg), "models", "verify", "joe", env=env)
+    assert check.returncode == 1 and "MISMATCH" in check.stderr and ".onnx.json" in check.stderr
+
+
+def test_end_silence_ends_an_utterance_sooner(tmp_path: Path) -> None:
+    pcm = read_wav(sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav", gap_s=2.5))
+    ends = []
+    for end_silence_s in (0.5, 0.15):
+        recognizer = Recognizer(load_model(korean_model(), end_silence_s), PHRASES)
+        finals = [h for i in range(0, len(pcm), 3200) for h in recognizer.feed(pcm[i:i + 3200])
+                  if h.final]
+        assert [h.text for h in finals] == ["날씨"]
+        assert finals[0].speech_end_s is not None and finals[0].speech_end_s < finals[0].end_s
+        ends.append(finals[0].end_s)
+    assert ends[1] < ends[0]  # the shorter trailing silence ended it earlier
+
+
+def test_settings_for_piper_speech(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("voice:\n  tts: piper\n  early_words: 0\n  end_silence_s: 0.3\n"
+                   "  output_device: plughw:1,0\n")
+    voice = load_settings(cfg).voice
+    assert (voice.tts, voice.tts_voice, voice.early_words) == ("piper", None, 0)
+    assert voice.output_device == "plughw:1,0" and voice.end_silence_s == 0.3
+    cfg.write_text("voice:\n  early_words: -1\n")
+    result = run_cli("--config", str(cfg), "config", "check")
+    assert result.returncode == 2 and f"{cfg}:2: voice.early_words:" in result.stderr

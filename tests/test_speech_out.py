@@ -6,13 +6,14 @@ import json
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from appliance.config import load_settings
 from appliance.voice.audio import read_wav
 from appliance.voice.pieces import SentenceSplitter, for_speech
-from appliance.voice.recognizer import Recognizer, load_model
+from appliance.voice.recognizer import Recognizer, SilenceTracker, load_model
 from appliance.voice.tts import Espeak, Piper, SpeechError
 from tests.conftest import run_cli
 from tests.http_server import Served, serve
@@ -98,17 +99,40 @@ def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
     assert check.returncode == 1 and "MISMATCH" in check.stderr and ".onnx.json" in check.stderr
 
 
-def test_end_silence_ends_an_utterance_sooner(tmp_path: Path) -> None:
+def test_end_silence_ends_an_utterance_sooner_than_vosk(tmp_path: Path) -> None:
     pcm = read_wav(sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav", gap_s=2.5))
-    ends = []
-    for end_silence_s in (0.5, 0.15):
-        recognizer = Recognizer(load_model(korean_model(), end_silence_s), PHRASES)
+    model = load_model(korean_model())
+    waited = {}
+    for end_silence_s in (10.0, 0.3):  # 10 s: vosk's own endpoint alone
+        recognizer = Recognizer(model, PHRASES, end_silence_s=end_silence_s)
         finals = [h for i in range(0, len(pcm), 3200) for h in recognizer.feed(pcm[i:i + 3200])
                   if h.final]
         assert [h.text for h in finals] == ["날씨"]
-        assert finals[0].speech_end_s is not None and finals[0].speech_end_s < finals[0].end_s
-        ends.append(finals[0].end_s)
-    assert ends[1] < ends[0]  # the shorter trailing silence ended it earlier
+        assert finals[0].speech_end_s is not None
+        waited[end_silence_s] = finals[0].end_s - finals[0].speech_end_s
+    assert waited[0.3] < 0.3 + 0.25 < waited[10.0]  # quiet + a chunk, before vosk's endpoint
+
+
+def test_silence_tracker_learns_the_noise_floor() -> None:
+    rng = np.random.default_rng(7)
+
+    def chunk(amplitude: float) -> bytes:
+        return (rng.normal(0, amplitude, 1600)).astype(np.int16).tobytes()
+
+    tracker = SilenceTracker()
+    for _ in range(120):
+        tracker.feed(chunk(300))  # a fan at -41 dBFS is learned as the room's floor
+    tracker.reset()
+    for _ in range(20):
+        tracker.feed(chunk(300))
+    assert not tracker.heard_speech
+    tracker.feed(chunk(6000))
+    assert tracker.heard_speech and tracker.quiet_s == 0
+    for _ in range(5):
+        tracker.feed(chunk(300))
+    assert tracker.quiet_s == pytest.approx(0.5)
+    tracker.reset()
+    assert not tracker.heard_speech and tracker.quiet_s == 0
 
 
 def test_settings_for_piper_speech(tmp_path: Path) -> None:

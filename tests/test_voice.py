@@ -66,6 +66,7 @@ def test_intent_acts_without_the_model(tmp_path: Path, model_path: Path) -> None
 
 @pytest.mark.parametrize(("setup", "message"), [
     ("missing_model", "not a vosk model"),
+    ("corrupt_model", "the vosk model cannot be loaded"),
     ("not_audio", "not a WAV audio file"),
 ])
 def test_bad_voice_inputs_are_one_line_errors(tmp_path: Path, model_path: Path, setup: str,
@@ -74,6 +75,16 @@ def test_bad_voice_inputs_are_one_line_errors(tmp_path: Path, model_path: Path, 
     cfg = _listen_config(tmp_path, model_path)
     if setup == "missing_model":
         cfg.write_text(cfg.read_text().replace(str(korean_model()), str(tmp_path / "nope")))
+    elif setup == "corrupt_model":  # the real model's files, but a damaged acoustic model
+        corrupt = tmp_path / "corrupt"
+        for part in korean_model().rglob("*"):
+            if part.is_file():
+                (corrupt / part.relative_to(korean_model())).parent.mkdir(parents=True,
+                                                                         exist_ok=True)
+                (corrupt / part.relative_to(korean_model())).symlink_to(part)
+        (corrupt / "am" / "final.mdl").unlink()
+        (corrupt / "am" / "final.mdl").write_bytes(b"\x00garbage" * 1000)
+        cfg.write_text(cfg.read_text().replace(str(korean_model()), str(corrupt)))
     else:
         wav.write_bytes(b"this is not audio at all")
     result = run_cli("--config", str(cfg), "listen", "--wav", str(wav))

@@ -27,7 +27,7 @@ from appliance.config import Settings
 from appliance.llm import Engine
 from appliance.voice.audio import RATE, read_wav, wav_chunks
 from appliance.voice.listen import Listener, ListenResult
-from appliance.voice.recognizer import transcribe
+from appliance.voice.recognizer import Recognizer, transcribe
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ class VoiceBench:
 
 
 def _speak(text: str, voice: str, out: Path) -> Path:
+    """``text`` spoken, then silence as a microphone would go on hearing it."""
     raw = out.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), "--", text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out)],
-                   check=True)
+    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out),
+                    "pad", "0", "2"], check=True)
     return out
 
 
@@ -92,7 +93,7 @@ def run_voice_bench(settings: Settings, engine: Engine, speech_voice: str,
         started = time.perf_counter()
         for _ in range(rounds):
             for wav in wavs:
-                list(transcribe(model, wav_chunks(wav), voice.grammar))
+                list(transcribe(Recognizer.for_voice(model, voice), wav_chunks(wav)))
         ours = (time.perf_counter() - started) / audio_s
         grammar = json.dumps([*voice.grammar, "[unk]"], ensure_ascii=False)
         started = time.perf_counter()

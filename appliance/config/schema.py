@@ -171,7 +171,7 @@ class VoiceSettings:
     grammar: tuple[str, ...] = ()
     intents: Mapping[str, str] = field(default_factory=dict)
     max_utterance_s: float = field(default=15.0, metadata=bounds(1.0, 120.0))
-    end_silence_s: float = field(default=0.5, metadata=bounds(0.1, 5.0))
+    end_silence_s: float = field(default=0.7, metadata=bounds(0.1, 10.0))
     tts: Literal["espeak-ng", "piper", "none"] = "espeak-ng"
     # espeak-ng: a voice such as en or ko; piper: a catalog voice or an .onnx path
     tts_voice: str | None = None

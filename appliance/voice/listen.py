@@ -24,7 +24,7 @@ from appliance.voice.activation import Activation, route
 from appliance.voice.audio import paced, wav_chunks
 from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT, KidFilter
 from appliance.voice.pieces import SentenceSplitter, for_speech
-from appliance.voice.recognizer import load_model, transcribe
+from appliance.voice.recognizer import Recognizer, load_model, transcribe
 from appliance.voice.tts import Audio, Synthesizer, load_synthesizer, write_wav
 
 
@@ -50,7 +50,7 @@ class Listener:
     def __init__(self, settings: Settings, engine: Engine | None) -> None:
         voice = settings.voice
         self.settings, self.engine = settings, engine
-        self.model = load_model(voice.model_path, voice.end_silence_s)
+        self.model = load_model(voice.model_path)
         self.synthesizer: Synthesizer | None = (
             load_synthesizer(settings) if voice.tts != "none" else None)
 
@@ -69,7 +69,7 @@ class Listener:
         finals: list[str] = []
         intent = request = None
         speech_end = started
-        for heard in transcribe(self.model, chunks, voice.grammar, voice.max_utterance_s):
+        for heard in transcribe(Recognizer.for_voice(self.model, voice), chunks):
             if not heard.final:
                 continue
             finals.append(heard.text)

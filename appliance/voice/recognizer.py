@@ -1,24 +1,26 @@
 """Speech to text with vosk: a model loaded once, a recognizer per audio stream.
 
-An utterance ends when Kaldi's endpointer sees enough trailing silence. Its
-rules come from the model's ``conf/model.conf`` and vosk 0.3.45 has no call to
-change them, so a different ``end_silence_s`` loads the model through a
-temporary view of its directory (the files linked, ``model.conf`` rewritten).
+An utterance ends at vosk's own endpoint, after ``end_silence_s`` of quiet
+that follows speech, or after ``max_utterance_s``. Vosk's endpoint alone
+waits about a second past the last word (measured with the Korean model), and
+that wait is part of every spoken answer's latency; the quiet is judged by
+:class:`SilenceTracker` against the room's own noise floor.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import vosk
 
+from appliance.config.schema import VoiceSettings
 from appliance.errors import ApplianceError
 from appliance.voice.audio import RATE
 
@@ -46,66 +48,81 @@ class Heard:
     speech_end_s: float | None = None
 
 
-VOSK_END_SILENCE_S = 0.5
-"""The trailing silence of vosk's own first endpoint rule (its others wait 2x and 4x that)."""
-
-
-def load_model(path: Path | None, end_silence_s: float = VOSK_END_SILENCE_S) -> vosk.Model:
-    """Load a vosk model directory; a missing or broken one is a one-line error.
-
-    ``end_silence_s`` is the trailing silence that ends an utterance when the
-    recognizer is confident of it; less confident ends wait twice and four
-    times as long (Kaldi's endpoint rules 2, 3 and 4).
-    """
+def load_model(path: Path | None) -> vosk.Model:
+    """Load a vosk model directory; a missing or broken one is a one-line error."""
     if path is None:
         raise SpeechModelError("voice.model_path is not set")
     if not (path / "am" / "final.mdl").is_file():
         raise SpeechModelError(f"{path}: not a vosk model (no am/final.mdl)")
     try:
-        if end_silence_s == VOSK_END_SILENCE_S or not (path / "conf" / "model.conf").is_file():
-            return vosk.Model(str(path))
-        with tempfile.TemporaryDirectory(prefix="appliance-vosk-") as view:
-            return vosk.Model(str(_with_endpoint(path, Path(view), end_silence_s)))
+        return vosk.Model(str(path))
     except Exception as exc:  # vosk raises a bare Exception for a broken model
         raise SpeechModelError(f"{path}: the vosk model cannot be loaded ({exc})") from None
 
 
-def _with_endpoint(model: Path, view: Path, end_silence_s: float) -> Path:
-    """``view`` made a copy of ``model`` by links, with its endpoint rules replaced."""
-    for entry in model.iterdir():
-        if entry.name != "conf":
-            os.symlink(entry.resolve(), view / entry.name)
-    (view / "conf").mkdir()
-    for entry in (model / "conf").iterdir():
-        if entry.name != "model.conf":
-            os.symlink(entry.resolve(), view / "conf" / entry.name)
-    lines = [line for line in (model / "conf" / "model.conf").read_text().splitlines()
-             if not line.startswith("--endpoint.rule")]
-    lines += [f"--endpoint.rule{rule}.min-trailing-silence={end_silence_s * factor:g}"
-              for rule, factor in ((2, 1), (3, 2), (4, 4))]
-    (view / "conf" / "model.conf").write_text("\n".join(lines) + "\n")
-    return view
+class SilenceTracker:
+    """How long it has been quiet since the last speech, chunk by chunk.
+
+    A chunk is speech when its level is ``margin_db`` above the noise floor
+    (and above ``min_db``). The floor starts at a quiet room's ``floor_db``,
+    follows quieter chunks at once and creeps up by ``rise_db_s``, so a noisy
+    room or a fan that starts is learned within seconds, while the words of
+    one sentence do not lift it past their own level.
+    """
+
+    def __init__(self, margin_db: float = 12.0, min_db: float = -55.0,
+                 floor_db: float = -65.0, rise_db_s: float = 3.0) -> None:
+        self.margin_db, self.min_db, self.rise_db_s = margin_db, min_db, rise_db_s
+        self._floor = floor_db
+        self.heard_speech = False
+        self.quiet_s = 0.0
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of 16-bit PCM at :data:`RATE`."""
+        samples = np.frombuffer(chunk[: len(chunk) // 2 * 2], dtype=np.int16)
+        seconds = len(samples) / RATE
+        if not len(samples):
+            return
+        rms = math.sqrt(float(np.mean(samples.astype(np.float32) ** 2)))
+        level = 20 * math.log10(max(rms, 1.0) / 32768)
+        self._floor = min(self._floor + self.rise_db_s * seconds, level)
+        if level >= max(self._floor + self.margin_db, self.min_db):
+            self.heard_speech, self.quiet_s = True, 0.0
+        else:
+            self.quiet_s += seconds
+
+    def reset(self) -> None:
+        """A new utterance begins: no speech heard in it yet (the room's floor stays)."""
+        self.heard_speech, self.quiet_s = False, 0.0
 
 
 class Recognizer:
     """One audio stream's recognizer.
 
     With ``grammar`` only those phrases (and ``[unk]``) are recognized. An
-    utterance ends at vosk's own endpoint or after ``max_utterance_s``.
+    utterance ends at vosk's own endpoint, after ``end_silence_s`` of quiet
+    following speech, or after ``max_utterance_s``.
     """
 
     def __init__(self, model: vosk.Model, grammar: Iterable[str] = (),
-                 max_utterance_s: float = 15.0) -> None:
+                 max_utterance_s: float = 15.0, end_silence_s: float = 0.7) -> None:
         phrases = list(grammar)
         self._kaldi = (vosk.KaldiRecognizer(model, RATE, json.dumps(
             [*phrases, "[unk]"], ensure_ascii=False)) if phrases
             else vosk.KaldiRecognizer(model, RATE))
         self._kaldi.SetWords(True)
         self.max_bytes = int(max_utterance_s * RATE * 2)
+        self.end_silence_s = end_silence_s
+        self._silence = SilenceTracker()
         self._fed = 0
         self._utterance = 0
         self._partial = ""
         self._began: float | None = None
+
+    @classmethod
+    def for_voice(cls, model: vosk.Model, voice: VoiceSettings) -> Recognizer:
+        """A recognizer with the grammar and endpointing of ``voice``."""
+        return cls(model, voice.grammar, voice.max_utterance_s, voice.end_silence_s)
 
     def feed(self, chunk: bytes) -> Iterator[Heard]:
         """Recognize one chunk; yields a partial result when it changes and finals."""
@@ -113,9 +130,11 @@ class Recognizer:
         self._utterance += len(chunk)
         if self._began is None:
             self._began = time.perf_counter()
+        self._silence.feed(chunk)
         if self._kaldi.AcceptWaveform(chunk):
             yield from self._final(json.loads(self._kaldi.Result()))
-        elif self._utterance >= self.max_bytes:
+        elif self._utterance >= self.max_bytes or (
+                self._silence.heard_speech and self._silence.quiet_s >= self.end_silence_s):
             yield from self._final(json.loads(self._kaldi.FinalResult()))
         else:
             partial = json.loads(self._kaldi.PartialResult()).get("partial", "")
@@ -130,6 +149,7 @@ class Recognizer:
     def _final(self, result: dict[str, Any]) -> Iterator[Heard]:
         began, self._began = self._began, None
         self._utterance = 0
+        self._silence.reset()
         self._partial = ""
         text = _clean(result.get("text", ""))
         if text:
@@ -143,10 +163,8 @@ def _clean(text: str) -> str:
     return " ".join(w for w in text.split() if w != "[unk]")
 
 
-def transcribe(model: vosk.Model, chunks: Iterable[bytes], grammar: Iterable[str] = (),
-               max_utterance_s: float = 15.0) -> Iterator[Heard]:
+def transcribe(recognizer: Recognizer, chunks: Iterable[bytes]) -> Iterator[Heard]:
     """Every result for a whole stream of chunks, flushed at its end."""
-    recognizer = Recognizer(model, grammar, max_utterance_s)
     for chunk in chunks:
         yield from recognizer.feed(chunk)
     yield from recognizer.finish()

@@ -61,9 +61,8 @@ class VoiceInput:
 
     def _run(self) -> None:
         try:
-            voice = self.settings
-            recognizer = Recognizer(load_model(voice.model_path, voice.end_silence_s),
-                                    voice.grammar, voice.max_utterance_s)
+            recognizer = Recognizer.for_voice(load_model(self.settings.model_path),
+                                              self.settings)
             for chunk in self._chunks():
                 if self._stop.is_set():
                     return

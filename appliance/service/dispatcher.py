@@ -59,6 +59,10 @@ class VoiceOut(Protocol):
     def finish(self, request_id: str) -> None:
         """The answer is complete."""
 
+    @property
+    def speaking(self) -> bool:
+        """Whether an answer is being heard right now."""
+
 
 class Rejected(Exception):
     """A request was refused (queue full); the message is the public error text."""
@@ -163,6 +167,12 @@ class Dispatcher:
         """What the state reads when nothing runs: ``idle``, or ``throttled`` when hot."""
         return self._idle_state
 
+    def _rest_state(self) -> State:
+        """The state when no generation runs: still ``speaking`` while an answer is heard."""
+        if self.speaker is not None and self.speaker.speaking:
+            return "speaking"
+        return self._idle_state
+
     def set_level(self, level: ThermalLevel, throttled: bool) -> None:
         """Apply a new thermal level to the requests that start from now on.
 
@@ -171,7 +181,7 @@ class Dispatcher:
         self.level = level
         self._idle_state = "throttled" if throttled else "idle"
         if self.running is None:
-            self.status.update(state=self._idle_state)
+            self.status.update(state=self._rest_state())
         if not level.defer_rules and self._deferred:
             log.info("rules_resumed", count=len(self._deferred))
             for request in self._deferred:
@@ -209,8 +219,7 @@ class Dispatcher:
                 self.running = None
                 self._preempted = False
                 self._idle.set()
-                self.status.update(state=self._idle_state if not len(self.queue)
-                                   else "thinking")
+                self.status.update(state="thinking" if len(self.queue) else self._rest_state())
                 self._queue_changed()
 
     async def _run_one(self, request: Request, level: ThermalLevel) -> None:

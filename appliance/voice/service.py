@@ -129,6 +129,11 @@ class Speaker:
         self.last_answer = " ".join(spoken)
         self._texts.put((self._epoch, None))
 
+    @property
+    def speaking(self) -> bool:
+        """Whether sound is going out now."""
+        return self._speaking
+
     def say(self, text: str) -> None:
         """Speak a whole text, such as the last answer again."""
         self.feed("say", text)

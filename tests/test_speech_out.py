@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import wave
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from appliance.config import load_settings
 from appliance.voice.audio import read_wav
 from appliance.voice.pieces import SentenceSplitter, for_speech
 from appliance.voice.recognizer import Recognizer, SilenceTracker, load_model
+from appliance.voice.service import Speaker
 from appliance.voice.tts import Espeak, Piper, SpeechError
 from tests.conftest import run_cli
 from tests.http_server import Served, serve
@@ -145,3 +147,32 @@ def test_settings_for_piper_speech(tmp_path: Path) -> None:
     cfg.write_text("voice:\n  early_words: -1\n")
     result = run_cli("--config", str(cfg), "config", "check")
     assert result.returncode == 2 and f"{cfg}:2: voice.early_words:" in result.stderr
+
+
+def test_speaker_plays_through_aplay_and_volume_steps_scale_it(tmp_path: Path) -> None:
+    played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"voice:\n  tts_voice: en\n  output_device: \"file:'{played}',raw\"\n")
+    events: queue.Queue[bool] = queue.Queue()
+    speaker = Speaker(load_settings(cfg), events.put)
+    levels = []
+    try:
+        for step in (0.0, -0.4):
+            assert speaker.change_volume(step) == pytest.approx(0.8 + step)
+            speaker.say("Hello there. How are you?")
+            assert [events.get(timeout=30), events.get(timeout=30)] == [True, False]
+            samples = np.frombuffer(played.read_bytes(), dtype=np.int16).astype(np.float64)
+            assert len(samples) / 22050 > 1.0
+            levels.append(np.sqrt(np.mean(samples ** 2)))
+    finally:
+        speaker.close()
+    assert levels[1] / levels[0] == pytest.approx(0.4 / 0.8, abs=0.01)
+    assert speaker.last_answer == "Hello there. How are you?"
+
+
+def test_unknown_intent_action_is_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("voice:\n  intents:\n    louder: volume_upp\n")
+    result = run_cli("--config", str(cfg), "config", "check")
+    assert result.returncode == 2
+    assert f"{cfg}:3: voice.intents.louder: unknown action 'volume_upp'" in result.stderr

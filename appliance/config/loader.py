@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from appliance.config.schema import STATE_LED_NAMES, Settings, nearest_line
+from appliance.config.schema import INTENT_ACTIONS, STATE_LED_NAMES, Settings, nearest_line
 from appliance.errors import ConfigError
 from appliance.rules.expr import ExpressionError, parse_condition
 from appliance.rules.template import parse_template
@@ -254,6 +254,10 @@ def _finish(settings: Settings, file: str, lines: dict[str, int]) -> Settings:
             parse_template(rule.prompt)
         except ExpressionError as exc:
             raise fail(f"rules[{i}].prompt", str(exc)) from None
+    for phrase, action in settings.voice.intents.items():
+        if action not in INTENT_ACTIONS:
+            raise fail(f"voice.intents.{phrase}",
+                       f"unknown action {action!r}; expected one of {', '.join(INTENT_ACTIONS)}")
     for name in settings.gpio.state_leds:
         if name not in STATE_LED_NAMES:
             raise fail(f"gpio.state_leds.{name}",

@@ -156,6 +156,10 @@ class ThermalSettings:
     vcgencmd_every_s: float = field(default=10.0, metadata=bounds(1.0, 3600.0))
 
 
+INTENT_ACTIONS = ("stop", "repeat", "volume_up", "volume_down")
+"""What a ``voice.intents`` phrase can do without the model."""
+
+
 @dataclass(frozen=True)
 class VoiceSettings:
     """Speech in (vosk) and speech out (TTS)."""
@@ -177,6 +181,7 @@ class VoiceSettings:
     tts_voice: str | None = None
     output_device: str | None = None
     early_words: int = field(default=3, metadata=bounds(0, 50))
+    volume: float = field(default=0.8, metadata=bounds(0.0, 1.0))
     kid_safe: bool = False
     block_list: tuple[str, ...] = ()
     keep_transcripts: bool = False

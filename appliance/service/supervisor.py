@@ -42,6 +42,7 @@ log = get_logger("supervisor")
 
 STATE_EVERY_S = 30.0
 FINISH_ON_STOP_S = 4.0
+VOLUME_STEP = 0.2
 
 
 class Supervisor:
@@ -198,6 +199,10 @@ class Supervisor:
                 self.dispatcher.cancel(self.dispatcher.running.id)
         elif action == "repeat" and self.speaker is not None:
             self.speaker.say(self.speaker.last_answer)
+        elif action in ("volume_up", "volume_down") and self.speaker is not None:
+            volume = self.speaker.change_volume(VOLUME_STEP if action == "volume_up"
+                                                else -VOLUME_STEP)
+            log.info("volume", volume=volume)
 
     def _speaking(self, on: bool) -> None:
         if on:

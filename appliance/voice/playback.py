@@ -11,14 +11,20 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import numpy as np
+
 from appliance.voice.tts import SpeechError
 
 
 class Playback:
-    """An ``aplay`` stream to ``device`` (ALSA's default when ``None``)."""
+    """An ``aplay`` stream to ``device`` (ALSA's default when ``None``).
 
-    def __init__(self, device: str | None = None) -> None:
-        self.device = device
+    ``volume`` (0 to 1) scales the samples: the appliance's own volume, on top
+    of the mixer's.
+    """
+
+    def __init__(self, device: str | None = None, volume: float = 1.0) -> None:
+        self.device, self.volume = device, volume
         self._proc: subprocess.Popen[bytes] | None = None
         self._rate = 0
 
@@ -44,6 +50,8 @@ class Playback:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
+        if self.volume != 1.0:
+            pcm = (np.frombuffer(pcm, dtype=np.int16) * self.volume).astype(np.int16).tobytes()
         try:
             proc.stdin.write(pcm)
             proc.stdin.flush()

@@ -100,7 +100,7 @@ class Speaker:
         self._spoken: dict[str, list[str]] = {}
         self._texts: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
         self._sounds: queue.Queue[tuple[int, Audio | None] | None] = queue.Queue()
-        self._playback = Playback(voice.output_device)
+        self._playback = Playback(voice.output_device, voice.volume)
         self._epoch = 0  # raised by stop(): whatever was queued before is dropped
         self._lock = threading.Lock()
         self._speaking = False
@@ -133,6 +133,11 @@ class Speaker:
     def speaking(self) -> bool:
         """Whether sound is going out now."""
         return self._speaking
+
+    def change_volume(self, step: float) -> float:
+        """Louder (``step > 0``) or quieter, within 0 to 1, from the next piece; the new volume."""
+        self._playback.volume = round(min(1.0, max(0.0, self._playback.volume + step)), 2)
+        return self._playback.volume
 
     def say(self, text: str) -> None:
         """Speak a whole text, such as the last answer again."""

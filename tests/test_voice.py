@@ -14,12 +14,13 @@ from gpiozero.pins.mock import MockFactory
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings
+from appliance.config.schema import VoiceSettings
 from appliance.service.requests import Request
 from appliance.service.supervisor import Supervisor
 from appliance.voice.activation import Activation, match_intent, route
 from appliance.voice.audio import AudioError, read_wav
-from appliance.voice.kid_safe import REFUSAL, KidFilter
-from appliance.voice.pieces import SentenceSplitter
+from appliance.voice.kid_safe import REFUSAL
+from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.recognizer import Heard
 from tests.conftest import BASE, STORY, device_config, run_cli
 from tests.services import ApplianceProcess, Peer, run_supervisor
@@ -123,12 +124,12 @@ def test_wake_phrase_gate() -> None:
 
 
 def test_kid_filter_replaces_an_injected_sentence() -> None:
-    kid, splitter = KidFilter(["dragon"]), SentenceSplitter()
+    answer = SpokenAnswer(VoiceSettings(kid_safe=True, block_list=("dragon",)), early_words=3)
     stream = ["Cats are soft", ". You could play with a g", "un at night! Dragons",
               " are big. Bye."]
-    spoken = [kid.sentence(s) for chunk in stream for s in splitter.feed(chunk)]
-    spoken += [kid.sentence(s) for s in splitter.flush()]
-    assert spoken == ["Cats are soft.", REFUSAL, REFUSAL, "Bye."]
+    spoken = [piece for chunk in stream for piece in answer.feed(chunk)]
+    spoken += list(answer.flush())
+    assert spoken == ["Cats are soft.", REFUSAL, REFUSAL, "Bye."]  # whole sentences, even early
 
 
 def test_run_hears_a_wav_and_answers_with_source_voice(

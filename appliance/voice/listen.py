@@ -22,8 +22,8 @@ from appliance.config import Settings
 from appliance.llm import ChatRequest, Chunk, Engine
 from appliance.voice.activation import Activation, route
 from appliance.voice.audio import paced, wav_chunks
-from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT, KidFilter
-from appliance.voice.pieces import SentenceSplitter, for_speech
+from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT
+from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.recognizer import Recognizer, load_model, transcribe
 from appliance.voice.tts import Audio, Synthesizer, load_synthesizer, write_wav
 
@@ -83,19 +83,18 @@ class Listener:
         recognize_ms = round((time.perf_counter() - started) * 1000, 1)
         if request is None or self.engine is None:
             return ListenResult(transcript, "", intent, recognize_ms, None, None)
-        answer, token_ms, audio_ms, piece_ms = self._answer(
-            request, speech_end, say_to, voice.early_words if early_words is None else early_words)
+        answer, token_ms, audio_ms, piece_ms = self._answer(request, speech_end, say_to,
+                                                            early_words)
         return ListenResult(transcript, answer, None, recognize_ms, token_ms, audio_ms, piece_ms)
 
-    def _answer(self, request: str, speech_end: float, say_to: Path | None, early_words: int,
-                ) -> tuple[str, float | None, float | None, float | None]:
+    def _answer(self, request: str, speech_end: float, say_to: Path | None,
+                early_words: int | None) -> tuple[str, float | None, float | None, float | None]:
         """``(answer, ms to first token, ms to first audio, ms to first piece)``."""
         assert self.engine is not None
         settings = self.settings
-        kid = KidFilter(settings.voice.block_list) if settings.voice.kid_safe else None
-        splitter = SentenceSplitter(0 if kid else early_words)
+        kid = settings.voice.kid_safe
+        spoken = SpokenAnswer(settings.voice, early_words)
         synthesizer = self.synthesizer
-        pieces: list[str] = []
         speaking: list[Future[Audio]] = []
         first_token: list[float] = []
         first_piece: list[float] = []
@@ -109,10 +108,6 @@ class Listener:
             def speak(piece: str) -> None:
                 if not first_piece:
                     first_piece.append(time.perf_counter())
-                piece = for_speech(kid.sentence(piece) if kid else piece)
-                if not piece:
-                    return
-                pieces.append(piece)
                 if synthesizer is None:
                     return
 
@@ -128,16 +123,16 @@ class Listener:
             def on_chunk(chunk: Chunk) -> None:
                 if not first_token:
                     first_token.append(time.perf_counter())
-                for piece in splitter.feed(chunk.delta):
+                for piece in spoken.feed(chunk.delta):
                     speak(piece)
 
             self.engine.complete(ChatRequest(
                 request, system_prompt=KID_SYSTEM_PROMPT if kid else None,
                 max_tokens=min(KID_MAX_TOKENS, settings.llm.max_tokens) if kid else None),
                 on_chunk=on_chunk)
-            for piece in splitter.flush():
+            for piece in spoken.flush():
                 speak(piece)
             audio = [f.result() for f in speaking]
         if say_to is not None:
             write_wav(audio, say_to)
-        return " ".join(pieces), ms(first_token), ms(first_audio), ms(first_piece)
+        return spoken.text, ms(first_token), ms(first_audio), ms(first_piece)

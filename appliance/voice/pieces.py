@@ -1,16 +1,21 @@
 """Answer text cut into pieces that can be spoken while the rest is generated.
 
 Speech waits for text, so where the text is cut decides when the speaker
-starts. Pieces end at sentence ends and line breaks. The first piece of an answer may end
-earlier, at its first clause mark or after ``early_words`` words, because
-the wait for a whole first sentence is what a listener hears as a slow
-device; after that, whole sentences keep the voice's phrasing natural.
+starts. Pieces end at sentence ends and line breaks. The first piece of an
+answer may end earlier, at its first clause mark or after ``early_words``
+words, because the wait for a whole first sentence is what a listener hears
+as a slow device; after that, whole sentences keep the voice's phrasing
+natural. :class:`SpokenAnswer` is what both the speaker and ``appliance
+listen`` use: the pieces, cleaned of markup and filtered in toy mode.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+
+from appliance.config.schema import VoiceSettings
+from appliance.voice.kid_safe import KidFilter
 
 # A sentence ends at its mark once whitespace follows (so "3.5" stays whole), or at a line break.
 _SENTENCE = re.compile(r"(.+?)(?:(?<=[.!?。！？])(\s+|$)|(\n\s*))", re.S)
@@ -64,3 +69,41 @@ class SentenceSplitter:
         end = min(ends)
         piece, self._buffer, self._early = self._buffer[:end].strip(), self._buffer[end:], False
         return piece
+
+
+class SpokenAnswer:
+    """One streamed answer as the pieces to speak, and the text they add up to.
+
+    Pieces lose their markup; in toy mode (``voice.kid_safe``) a piece with a
+    blocked word becomes the refusal, and pieces are whole sentences so that
+    the filter judges a whole sentence before any of it is heard.
+    """
+
+    def __init__(self, voice: VoiceSettings, early_words: int | None = None) -> None:
+        self._kid = KidFilter(voice.block_list) if voice.kid_safe else None
+        early = voice.early_words if early_words is None else early_words
+        self._splitter = SentenceSplitter(0 if self._kid else early)
+        self._spoken: list[str] = []
+
+    @property
+    def text(self) -> str:
+        """What has been handed out so far, as one text."""
+        return " ".join(self._spoken)
+
+    def feed(self, delta: str) -> Iterator[str]:
+        """Add streamed text; yields the pieces ready to speak."""
+        for piece in self._splitter.feed(delta):
+            yield from self._ready(piece)
+
+    def flush(self) -> Iterator[str]:
+        """The last pieces, at the end of the answer."""
+        for piece in self._splitter.flush():
+            yield from self._ready(piece)
+
+    def _ready(self, piece: str) -> Iterator[str]:
+        piece = for_speech(piece)
+        if self._kid is not None:
+            piece = self._kid.sentence(piece)
+        if piece:
+            self._spoken.append(piece)
+            yield piece

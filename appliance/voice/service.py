@@ -19,8 +19,7 @@ from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.voice.audio import mic_chunks, paced, stream_chunks, wav_chunks
-from appliance.voice.kid_safe import KidFilter
-from appliance.voice.pieces import SentenceSplitter, for_speech
+from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.playback import Playback
 from appliance.voice.recognizer import Heard, Recognizer, load_model
 from appliance.voice.tts import Audio, Synthesizer, load_synthesizer
@@ -92,12 +91,8 @@ class Speaker:
         voice = settings.voice
         self.settings = settings
         self.on_speaking, self.on_error = on_speaking, on_error
-        self.kid = KidFilter(voice.block_list) if voice.kid_safe else None
-        # toy mode filters whole sentences, so it never speaks the start of one early
-        self.early_words = 0 if voice.kid_safe else voice.early_words
         self.last_answer = ""
-        self._splitters: dict[str, SentenceSplitter] = {}
-        self._spoken: dict[str, list[str]] = {}
+        self._answers: dict[str, SpokenAnswer] = {}
         self._texts: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
         self._sounds: queue.Queue[tuple[int, Audio | None] | None] = queue.Queue()
         self._playback = Playback(voice.output_device, voice.volume)
@@ -112,21 +107,18 @@ class Speaker:
 
     def feed(self, request_id: str, delta: str) -> None:
         """Streamed answer text; each completed piece is queued for speech at once."""
-        if request_id not in self._splitters:
-            self._splitters[request_id] = SentenceSplitter(self.early_words)
-            self._spoken[request_id] = []
-        for piece in self._splitters[request_id].feed(delta):
-            self._queue(self._spoken[request_id], piece)
+        answer = self._answers.setdefault(request_id, SpokenAnswer(self.settings.voice))
+        for piece in answer.feed(delta):
+            self._texts.put((self._epoch, piece))
 
     def finish(self, request_id: str) -> None:
         """The answer is complete: speak what is left, then close its stream."""
-        splitter = self._splitters.pop(request_id, None)
-        spoken = self._spoken.pop(request_id, [])
-        if splitter is None:
+        answer = self._answers.pop(request_id, None)
+        if answer is None:
             return
-        for piece in splitter.flush():
-            self._queue(spoken, piece)
-        self.last_answer = " ".join(spoken)
+        for piece in answer.flush():
+            self._texts.put((self._epoch, piece))
+        self.last_answer = answer.text
         self._texts.put((self._epoch, None))
 
     @property
@@ -149,8 +141,7 @@ class Speaker:
         with self._lock:
             self._epoch += 1
             self._playback.cut()
-        self._splitters.clear()
-        self._spoken.clear()
+        self._answers.clear()
         self._set_speaking(False)
 
     def close(self) -> None:
@@ -159,14 +150,6 @@ class Speaker:
         self._texts.put(None)
         for thread in self._threads:
             thread.join(timeout=5)
-
-    def _queue(self, spoken: list[str], piece: str) -> None:
-        piece = for_speech(piece)
-        if self.kid is not None:
-            piece = self.kid.sentence(piece)
-        if piece:
-            spoken.append(piece)
-            self._texts.put((self._epoch, piece))
 
     def _synthesize(self) -> None:
         try:

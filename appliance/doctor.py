@@ -18,7 +18,8 @@ from appliance.download import is_verified
 from appliance.errors import ApplianceError
 from appliance.hardware import mem_available_bytes
 from appliance.thermal import SensorError, read_celsius
-from appliance.voice.tts import DEFAULT_VOICES, check_tts
+from appliance.voice.playback import require_aplay
+from appliance.voice.tts import Espeak, check_tts, voice_name
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -77,12 +78,11 @@ def check_speech_out(settings: Settings) -> Check:
     voice = settings.voice
     if not voice.enabled or voice.tts == "none":
         return Check("speech out", "ok", "off")
-    check_tts(settings)
-    if voice.tts == "espeak-ng" and shutil.which("espeak-ng") is None:
-        return Check("speech out", "fail", "espeak-ng is not installed (apt-get install espeak-ng)")
-    if shutil.which("aplay") is None:
-        return Check("speech out", "fail", "aplay is not installed (apt-get install alsa-utils)")
-    return Check("speech out", "ok", f"{voice.tts} {voice.tts_voice or DEFAULT_VOICES[voice.tts]}")
+    check_tts(settings)  # the piper voice and package; its errors become a fail row
+    if voice.tts == "espeak-ng":
+        Espeak(voice_name(voice))  # raises when espeak-ng is not installed
+    require_aplay()
+    return Check("speech out", "ok", f"{voice.tts} {voice_name(voice)}")
 
 
 def check_audio(settings: Settings, cards: Path = Path("/proc/asound/cards")) -> Check:

@@ -10,7 +10,7 @@ from appliance.bench.llm import run_llm_bench
 from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
 from appliance.llm import Engine
-from appliance.voice.tts import check_tts
+from appliance.voice.tts import check_tts, voice_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -114,7 +114,7 @@ def run_voice(args: argparse.Namespace) -> int:
         raise UsageError("bench voice: set voice.tts to espeak-ng or piper to time speech")
     check_tts(settings)
     speech_voice = args.speech_voice or (
-        voice.tts_voice if voice.tts == "espeak-ng" and voice.tts_voice else "en")
+        voice_name(voice) if voice.tts == "espeak-ng" else "en")
     engine = Engine(settings.llm, resolve_llm(settings))
     r = run_voice_bench(settings, engine, speech_voice, rounds=args.rounds)
     if args.json:

@@ -16,6 +16,12 @@ import numpy as np
 from appliance.voice.tts import SpeechError
 
 
+def require_aplay() -> None:
+    """Raise :class:`SpeechError` when ``aplay`` is missing."""
+    if shutil.which("aplay") is None:
+        raise SpeechError("aplay is not installed (apt-get install alsa-utils)")
+
+
 class Playback:
     """An ``aplay`` stream to ``device`` (ALSA's default when ``None``).
 
@@ -34,8 +40,7 @@ class Playback:
             self.end()
         if self._proc is not None:
             return
-        if shutil.which("aplay") is None:
-            raise SpeechError("aplay is not installed (apt-get install alsa-utils)")
+        require_aplay()
         device = ["-D", self.device] if self.device else []
         self._proc = subprocess.Popen(
             ["aplay", "-q", *device, "-t", "raw", "-f", "S16_LE", "-c", "1", "-r", str(rate)],

@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.catalog import CatalogEntry, lookup
-from appliance.config.schema import Settings
+from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError, CatalogError, ConfigError
 
 DEFAULT_VOICES = {"espeak-ng": "en", "piper": "piper-en-us-joe-medium"}
 """The voice of each engine when ``voice.tts_voice`` is not set."""
+
+
+def voice_name(voice: VoiceSettings) -> str:
+    """The voice ``voice.tts`` speaks with: ``voice.tts_voice``, else the engine's default."""
+    return voice.tts_voice or DEFAULT_VOICES[voice.tts]
 
 
 class SpeechError(ApplianceError):
@@ -71,6 +76,11 @@ class Espeak:
             return Audio(wav.readframes(wav.getnframes()), wav.getframerate())
 
 
+def piper_settings(model: Path) -> Path:
+    """A piper voice's settings file: ``<voice>.onnx.json`` beside its ``.onnx``."""
+    return model.with_name(model.name + ".json")
+
+
 class Piper:
     """A piper voice (``.onnx`` with its ``.onnx.json`` beside it), run by onnxruntime.
 
@@ -90,7 +100,7 @@ class Piper:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = threads
         try:
-            config: Any = json.loads(model.with_name(model.name + ".json").read_text("utf-8"))
+            config: Any = json.loads(piper_settings(model).read_text("utf-8"))
             self._voice = PiperVoice(
                 session=onnxruntime.InferenceSession(str(model), sess_options=options,
                                                      providers=["CPUExecutionProvider"]),
@@ -126,7 +136,7 @@ def _piper_model(settings: Settings, voice: str) -> Path:
             raise fail(str(exc)) from None
         if entry.kind != "piper":
             raise fail(f"{voice!r} is a {entry.kind} model, not a piper voice")
-    for needed in (path, path.with_name(path.name + ".json")):
+    for needed in (path, piper_settings(path)):
         if not needed.is_file():
             fix = f"run: appliance models pull {entry.name}" if entry else "give an .onnx path"
             raise fail(f"piper voice file {needed} is missing; {fix}")
@@ -138,7 +148,7 @@ def check_tts(settings: Settings) -> None:
     voice = settings.voice
     if not voice.enabled or voice.tts != "piper":
         return
-    _piper_model(settings, voice.tts_voice or DEFAULT_VOICES["piper"])
+    _piper_model(settings, voice_name(voice))
     if importlib.util.find_spec("piper") is None:
         raise ConfigError("piper-tts is not installed; run: pip install 'appliance[piper]'",
                           file=settings.source, line=settings.line_of("voice.tts"),
@@ -148,10 +158,9 @@ def check_tts(settings: Settings) -> None:
 def load_synthesizer(settings: Settings) -> Synthesizer:
     """The synthesizer ``settings.voice`` asks for (``tts: none`` has none: do not call)."""
     voice = settings.voice
-    name = voice.tts_voice or DEFAULT_VOICES[voice.tts]
     if voice.tts == "piper":
-        return Piper(_piper_model(settings, name))
-    return Espeak(name)
+        return Piper(_piper_model(settings, voice_name(voice)))
+    return Espeak(voice_name(voice))
 
 
 def write_wav(parts: list[Audio], out: Path) -> Path:

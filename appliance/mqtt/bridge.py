@@ -177,8 +177,7 @@ class Bridge:
 
     def publish(self, message: Outgoing) -> None:
         """Publish without the outbox: status, state, stream chunks."""
-        self.client.publish(message.topic, message.payload, qos=message.qos,
-                            retain=message.retain, properties=_props(message))
+        self._send(message)
 
     def deliver(self, request_id: str | None, messages: list[Outgoing]) -> None:
         """Answer: retire ``request_id`` from the journal and publish via the outbox, atomically."""
@@ -187,17 +186,19 @@ class Bridge:
             self._publish_tracked(key, message)
 
     def _publish_tracked(self, key: int, message: Outgoing) -> None:
-        info = self.client.publish(message.topic, message.payload, qos=message.qos,
-                                   retain=message.retain, properties=_props(message))
+        """Publish and remember ``key``, so that its PUBACK retires it (-1: not journaled)."""
+        info = self._send(message)
         self._delivered.clear()
         self._inflight[info.mid] = key
+
+    def _send(self, message: Outgoing) -> paho.MQTTMessageInfo:
+        return self.client.publish(message.topic, message.payload, qos=message.qos,
+                                   retain=message.retain, properties=_props(message))
 
     async def close(self, flush_s: float = 3.0) -> None:
         """Publish ``offline``, wait up to ``flush_s`` for outstanding PUBACKs, disconnect."""
         if self.connected.is_set():
-            info = self.client.publish(self.topics.status, b"offline", qos=1, retain=True)
-            self._delivered.clear()
-            self._inflight[info.mid] = -1
+            self._publish_tracked(-1, Outgoing(self.topics.status, b"offline", retain=True))
             try:
                 await asyncio.wait_for(self._delivered.wait(), flush_s)
             except TimeoutError:

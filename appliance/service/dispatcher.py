@@ -250,7 +250,7 @@ class Dispatcher:
             return
         self._answer(request, result.as_dict())
 
-    def _streamer(self, request: Request) -> Any:
+    def _streamer(self, request: Request) -> Callable[[Chunk], None]:
         speaker = self.speaker if request.source == "voice" else None
         publish = self.stream and not (request.source == "voice" and self.kid_safe)
 

@@ -85,9 +85,9 @@ class Intake:
             raise InputError(str(exc), request.id) from None
 
     def _event(self, inbound: Inbound) -> None:
-        if not self.rules.knows(inbound.topic) and inbound.topic in self.local_events:
-            return
         if not self.rules.knows(inbound.topic):
+            if inbound.topic in self.local_events:
+                return
             name = inbound.topic.removeprefix(self.event_prefix)
             raise InputError(f"unknown event {name!r}: no rule listens to it")
         event = parse_event(inbound.payload, self.settings.mqtt.max_payload_bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import shutil
 import socket
@@ -14,10 +15,12 @@ from typing import Literal
 
 from appliance.catalog import resolve_llm
 from appliance.config import Settings
+from appliance.config.secrets import read_password
 from appliance.download import is_verified
 from appliance.errors import ApplianceError
 from appliance.hardware import mem_available_bytes
-from appliance.thermal import SensorError, read_celsius
+from appliance.llm.gguf import check_model_file
+from appliance.thermal import SensorError, ZoneMissing, read_celsius
 from appliance.voice.playback import require_aplay
 from appliance.voice.tts import Espeak, check_tts, voice_name
 
@@ -36,6 +39,7 @@ class Check:
 def check_model(settings: Settings) -> Check:
     """The configured model file exists and matches its catalog sha256."""
     model = resolve_llm(settings)
+    check_model_file(model.path)  # not empty, not truncated, a GGUF at all
     if model.entry is None or not model.entry.sha256:
         return Check("model", "ok", f"{model.path} (no catalog hash to check)")
     if is_verified(model.path, model.entry.sha256):
@@ -55,11 +59,20 @@ def check_memory(settings: Settings) -> Check:
 
 
 def check_temperature(settings: Settings) -> Check:
-    """The CPU temperature is readable (a warning only: the watchdog then assumes ``warm``)."""
+    """The CPU temperature is readable.
+
+    No file at the zone path is a machine without a thermal zone (a dev box, a
+    VM): a warning, since nothing is throttled there. A zone that exists but
+    cannot be read or reads nonsense is a lost sensor: a fail, since the
+    watchdog then runs the fan and holds at least ``hot``.
+    """
+    path = settings.thermal.zone_path
     try:
-        celsius = read_celsius(settings.thermal.zone_path)
+        celsius = read_celsius(path)
+    except ZoneMissing:
+        return Check("temperature", "warn", f"no thermal zone at {path}: not throttled")
     except SensorError as exc:
-        return Check("temperature", "warn", str(exc))
+        return Check("temperature", "fail", f"{exc} (the fan runs, answers are shortened)")
     return Check("temperature", "warn" if celsius >= 80 else "ok", f"{celsius:.1f} °C")
 
 
@@ -95,13 +108,33 @@ def check_audio(settings: Settings, cards: Path = Path("/proc/asound/cards")) ->
 
 
 def check_broker(settings: Settings) -> Check:
-    """The MQTT broker accepts TCP connections."""
+    """The MQTT password can be read and the broker accepts TCP connections."""
+    read_password(settings)  # raises the same one line that stops `run`
     where = f"{settings.mqtt.host}:{settings.mqtt.port}"
     try:
         with socket.create_connection((settings.mqtt.host, settings.mqtt.port), timeout=2):
             return Check("broker", "ok", f"{where} reachable")
     except OSError as exc:
         return Check("broker", "fail", f"{where}: {exc.strerror or exc}")
+
+
+def check_journal(settings: Settings) -> Check:
+    """The data_dir is writable, and no unreadable journal had to be set aside."""
+    data = settings.data_dir
+    if not data.exists():
+        return Check("journal", "ok", f"{data} will be created at start")
+    if not os.access(data, os.W_OK):
+        return Check("journal", "fail", f"{data} is not writable: questions cannot be kept")
+    aside = sorted(p.name for p in data.glob("journal.sqlite3.corrupt-*")
+                   if not p.name.endswith(("-wal", "-shm")))
+    if aside:
+        return Check("journal", "warn", f"an unreadable journal was set aside: "
+                     f"{', '.join(aside)} (its unanswered questions are lost; delete it "
+                     "once looked at)")
+    free = shutil.disk_usage(data).free
+    if free < 64 << 20:
+        return Check("journal", "warn", f"only {free >> 20} MiB free in {data}")
+    return Check("journal", "ok", f"{data}, {free >> 20} MiB free")
 
 
 def _systemctl(*args: str) -> str:
@@ -148,6 +181,7 @@ def _group_exists(name: str) -> bool:
 CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("model", check_model),
     ("memory", check_memory),
+    ("journal", check_journal),
     ("temperature", check_temperature),
     ("speech model", check_vosk),
     ("speech out", check_speech_out),

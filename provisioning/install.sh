@@ -7,9 +7,15 @@
 #   --with-broker  also install and enable a local mosquitto
 #   --model NAME   catalog model to pull and verify (default: llm.model of the config);
 #                  with voice.tts piper, its voice (voice.tts_voice) is pulled as well
-#   --config FILE  config to install as /etc/appliance/config.yaml if none is there yet
+#   --config FILE  config to install as /etc/appliance/config.yaml if none is there yet;
+#                  an existing one is kept (install.sh says so)
 #   --root DIR     stage everything into DIR (no apt, no useradd, no systemctl): for
 #                  tests and image builders (pi-gen, rpi-image-gen)
+#
+# The unit gets the device groups (gpio, audio, video) that exist on the machine, in the
+# drop-in appliance.service.d/groups.conf: Debian has no gpio group, and a unit naming a
+# missing group cannot start (status 216/GROUP). When staging, the groups are DIR's
+# (its /etc/group), or this machine's if DIR has none yet. Run again after adding a group.
 #
 # llama-cpp-python is built from source for the machine it runs on. On a Pi 5
 # (Cortex-A76) the flags select the Armv8.2-A dot-product and fp16 kernels explicitly,
@@ -25,14 +31,15 @@ ROOT=""
 WITH_BROKER=0
 MODEL=""
 CONFIG_SRC="$SOURCE/config.example.yaml"
+CONFIG_GIVEN=0
 
 while [ $# -gt 0 ]; do
     case $1 in
         --with-broker) WITH_BROKER=1; shift ;;
         --model) MODEL=${2:?--model needs a name}; shift 2 ;;
-        --config) CONFIG_SRC=${2:?--config needs a file}; shift 2 ;;
+        --config) CONFIG_SRC=${2:?--config needs a file}; CONFIG_GIVEN=1; shift 2 ;;
         --root) ROOT=$(mkdir -p "${2:?--root needs a directory}" && cd "$2" && pwd); shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +64,29 @@ put() {  # put MODE SRC DEST
     fi
 }
 
+put_text() {  # put_text MODE DEST < CONTENT
+    local text
+    text=$(mktemp)
+    cat >"$text"
+    put "$1" "$text" "$2"
+    rm -f "$text"
+}
+
+# Of the groups that give the service its devices (gpio: /dev/gpiochip*, audio: ALSA,
+# video: /dev/vcio for vcgencmd), those that exist here.
+device_groups() {
+    local group found=()
+    for group in gpio audio video; do
+        if staged && [ -f "$ROOT/etc/group" ]; then
+            grep -q "^$group:" "$ROOT/etc/group" || continue
+        else
+            getent group "$group" >/dev/null || continue
+        fi
+        found+=("$group")
+    done
+    echo "${found[*]}"
+}
+
 apt_packages() {
     local pkgs=(python3-venv python3-dev build-essential cmake espeak-ng sox alsa-utils
                 libportaudio2 ca-certificates)
@@ -73,8 +103,8 @@ system_user() {
         useradd --system --home-dir /var/lib/appliance --shell /usr/sbin/nologin appliance
     fi
     local group
-    for group in gpio audio video; do
-        if getent group "$group" >/dev/null && ! id -nG appliance | grep -qw "$group"; then
+    for group in $(device_groups); do
+        if ! id -nG appliance | grep -qw "$group"; then
             step "add appliance to $group"
             usermod -aG "$group" appliance
         fi
@@ -107,6 +137,9 @@ config_files() {
     if [ ! -f "$ETC/config.yaml" ]; then
         step "install $ETC/config.yaml from $CONFIG_SRC"
         install -D -m 0640 "$CONFIG_SRC" "$ETC/config.yaml"
+    elif [ "$CONFIG_GIVEN" = 1 ] && ! cmp -s "$CONFIG_SRC" "$ETC/config.yaml"; then
+        echo "install.sh: keeping the existing $ETC/config.yaml; --config $CONFIG_SRC was" \
+             "not installed (replace the file by hand to use it)" >&2
     fi
     put 0644 "$SOURCE/config.example.yaml" "$ETC/config.example.yaml"
     put 0644 "$SOURCE/README.md" "$PREFIX/README.md"
@@ -154,6 +187,11 @@ pull_one() {
 
 units() {
     put 0644 "$SOURCE/systemd/appliance.service" "$UNITS/appliance.service"
+    put_text 0644 "$UNITS/appliance.service.d/groups.conf" <<EOF
+# Written by provisioning/install.sh: the device groups that exist on this machine.
+[Service]
+SupplementaryGroups=$(device_groups)
+EOF
     if staged; then
         local link="$UNITS/multi-user.target.wants/appliance.service"
         if [ ! -L "$link" ]; then

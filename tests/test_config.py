@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from appliance.config import load_settings, parse_settings
+from appliance.config.loader import MAX_FILE_BYTES, MAX_VALUES
 from appliance.config.schema import Settings
+from appliance.config.secrets import read_password
 from appliance.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 
@@ -135,3 +143,211 @@ def test_config_check_masks_nothing_secret(tmp_path: Path, model_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert "hunter2" not in result.stdout + result.stderr
     assert yaml.safe_load(result.stdout)["mqtt"]["password_file"] == str(secret)
+
+
+# "Billion laughs" in 396 bytes: 9 levels of 9 aliases, 9**9 values once expanded.
+BILLION_LAUGHS = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}' if prev else 'lol'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+
+
+@pytest.mark.parametrize("text", [
+    BILLION_LAUGHS,
+    "a: &a [&b [&c [x, x, x, x], *c, *c, *c, *c], *b, *b, *b, *b]\n"
+    + "".join(f"l{i}: &l{i} [*{'a' if i == 0 else f'l{i - 1}'}, "
+              f"*{'a' if i == 0 else f'l{i - 1}'}, *{'a' if i == 0 else f'l{i - 1}'}]\n"
+              for i in range(12)),
+])
+def test_alias_bombs_are_refused_at_once(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, "c.yaml")
+    message = str(info.value)
+    assert message.endswith(f"more than {MAX_VALUES} values once YAML aliases are expanded; "
+                            "is this an alias bomb?")
+    assert message.startswith("c.yaml:") and "\n" not in message
+
+
+def test_aliases_within_the_budget_still_work() -> None:
+    settings = parse_settings("voice:\n  grammar: &words [stop, go]\n"
+                              "  block_list: *words\n", "c.yaml")
+    assert settings.voice.block_list == ("stop", "go")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &a [*a]\n", "c.yaml:1: a: nested more than 64 levels deep (an alias that contains "
+                     "itself?)"),
+    ("a: " + "[" * 3000 + "]" * 3000 + "\n",
+     "c.yaml:1: invalid YAML: nested more than 64 levels deep"),
+    ("a: " + "{b: " * 3000 + "1" + "}" * 3000 + "\n",
+     "c.yaml:1: invalid YAML: nested more than 64 levels deep"),
+    ("rules:\n  - name: r\n    source: s\n    prompt: p\n    when: '" + "(" * 3000 + "'\n",
+     "c.yaml:5: rules[0].when: the condition nests more than 32 levels deep"),
+    ("a: !!python/name:os.system x\n", "c.yaml:1: invalid YAML: could not determine a "
+                                       "constructor for the tag "
+                                       "'tag:yaml.org,2002:python/name:os.system'"),
+    ("llm:\n  seed: " + "9" * 5000 + "\n", "c.yaml:2: llm.seed: cannot read "
+                                           "'999999999999999999999999...': Exceeds the limit "
+                                           "(4300 digits) for integer string conversion"),
+    ("llm:\n  seed: !!timestamp 2024-13-01\n", "c.yaml:2: llm.seed: cannot read '2024-13-01': "
+                                                "month must be in 1..12"),
+    ("{[1]: 2}\n", "c.yaml:1: <top>: keys must be strings, got a collection"),
+    ("a: \x00\n", "c.yaml: invalid YAML: unacceptable character #x0000: special characters are "
+                  "not allowed"),
+    ("thermal:\n  interval_s: .nan\n",
+     "c.yaml:2: thermal.interval_s: expected a finite number, got nan"),
+    ("llm:\n  temperature: -.inf\n",
+     "c.yaml:2: llm.temperature: expected a finite number, got -inf"),
+    ("llm:\n  temperature: 1.0e+999\n",
+     "c.yaml:2: llm.temperature: expected a finite number, got inf"),
+    ("thermal:\n  interval_s: 1" + "0" * 400 + "\n",
+     "c.yaml:2: thermal.interval_s: the number is too large"),
+    ("thermal:\n  levels:\n    - {name: a, from_c: 50, max_tokens: 9, pause_s: .inf}\n",
+     "c.yaml:3: thermal.levels[0].pause_s: expected a finite number, got inf"),
+    ("actions:\n  - name: a\n    args: {x: [1, .nan]}\n",
+     "c.yaml:3: actions[0].args.x[1]: expected a finite number, got nan"),
+    ("actions:\n  - name: a\n    publish:\n      topic: t\n      payload: {v: {w: -.inf}}\n",
+     "c.yaml:5: actions[0].publish.payload.v.w: expected a finite number, got -inf"),
+    ("actions:\n  - name: a\n    publish:\n      topic: t\n      payload: {at: 2024-01-02}\n",
+     "c.yaml:5: actions[0].publish.payload.at: expected text, a number, true/false, null, a "
+     "list or a mapping, got datetime.date(2024, 1, 2)"),
+])
+def test_hostile_yaml_is_one_located_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_settings(text, "c.yaml")
+    assert str(info.value) == message
+
+
+def _float_keys(cls: type, prefix: str = "") -> Iterator[str]:
+    """Every float setting reachable through sections that have defaults."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.compare:
+            continue
+        if float in (hints[f.name], *typing.get_args(hints[f.name])):
+            yield prefix + f.name
+        if dataclasses.is_dataclass(f.default):
+            yield from _float_keys(type(f.default), f"{prefix}{f.name}.")
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN", "+.INF"])
+def test_no_float_setting_takes_nan_or_infinity(value: str) -> None:
+    keys = list(_float_keys(Settings))
+    assert {"thermal.interval_s", "llm.temperature", "gpio.fan_on_c"} <= set(keys)
+    for key in keys:
+        *sections, name = key.split(".")
+        text = "".join(f"{'  ' * i}{s}:\n" for i, s in enumerate(sections))
+        text += f"{'  ' * len(sections)}{name}: {value}\n"
+        with pytest.raises(ConfigError, match=f"^c.yaml:{len(sections) + 1}: {key}: expected a "
+                                              "finite number, got"):
+            parse_settings(text, "c.yaml")
+
+
+def test_free_form_values_keep_json_data() -> None:
+    settings = parse_settings("actions:\n  - name: a\n    publish:\n      topic: t\n"
+                              "      payload: {v: [1, 2.5, true, null, x]}\n"
+                              "    args: {level: {type: integer}}\n", "c.yaml")
+    (action,) = settings.actions
+    assert action.publish is not None
+    assert action.publish.payload == {"v": [1, 2.5, True, None, "x"]}
+    assert action.args == {"level": {"type": "integer"}}
+
+
+def test_a_huge_config_file_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "config.yaml"
+    with big.open("wb") as fh:
+        fh.truncate(MAX_FILE_BYTES * 64)  # sparse: 64 MiB of nothing
+    with pytest.raises(ConfigError) as info:
+        load_settings(big)
+    assert str(info.value) == f"{big}: larger than 1 MiB; this is not a config file"
+
+
+def test_cli_refuses_an_alias_bomb_with_one_line(tmp_path: Path) -> None:
+    bomb = tmp_path / "config.yaml"
+    bomb.write_text(BILLION_LAUGHS)
+    result = run_cli("config", "check", "--config", str(bomb))
+    assert result.returncode == 2
+    assert result.stderr == (f"appliance: {bomb}:6: f: more than {MAX_VALUES} values once YAML "
+                             "aliases are expanded; is this an alias bomb?\n")
+
+
+def _password_settings(tmp_path: Path, secret: Path | None = None,
+                       env: str | None = None) -> Settings:
+    mqtt = f"  password_file: {secret}\n" if secret else f"  password_env: {env}\n"
+    return parse_settings(f"mqtt:\n  username: u\n{mqtt}", "c.yaml", base_dir=tmp_path)
+
+
+def test_password_from_a_file_or_the_environment(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text("  hunter2\n")
+    assert read_password(_password_settings(tmp_path, secret)) == "hunter2"
+    monkeypatch.setenv("APPLIANCE_TEST_PASS", "s3cret")
+    assert read_password(_password_settings(tmp_path, env="APPLIANCE_TEST_PASS")) == "s3cret"
+    assert read_password(parse_settings("", "c.yaml")) is None
+    monkeypatch.delenv("APPLIANCE_TEST_PASS")
+    with pytest.raises(ConfigError) as info:
+        read_password(_password_settings(tmp_path, env="APPLIANCE_TEST_PASS"))
+    assert str(info.value) == ("c.yaml:3: mqtt.password_env: names $APPLIANCE_TEST_PASS, "
+                               "which is not set")
+
+
+@pytest.mark.parametrize(("setup", "problem"), [
+    ("directory", "cannot be read: Is a directory"),
+    ("empty", "is empty"),
+    ("blank", "is empty"),
+    ("latin1", "is not UTF-8 text"),
+    ("huge", "is larger than 4096 bytes; it should hold only the password"),
+    ("fifo", "cannot be read: Not a regular file"),
+    ("device", "cannot be read: Not a regular file"),
+])
+def test_unreadable_password_files(tmp_path: Path, setup: str, problem: str) -> None:
+    secret = tmp_path / "mqtt.pass"
+    if setup == "directory":
+        secret.mkdir()
+    elif setup == "fifo":
+        os.mkfifo(secret)  # no writer: a plain open() would wait forever
+    elif setup == "device":
+        secret = Path("/dev/zero")
+    else:
+        secret.write_bytes({"empty": b"", "blank": b" \n\n", "latin1": b"caf\xe9\n",
+                            "huge": b"x" * 10_000}[setup])
+    with pytest.raises(ConfigError) as info:
+        read_password(_password_settings(tmp_path, secret))
+    assert str(info.value) == f"c.yaml:3: mqtt.password_file: {str(secret)!r} {problem}"
+
+
+def _without_read_rights(path: Path) -> list[str]:
+    """A command prefix under which ``path`` cannot be read, as by a service user.
+
+    As root, the file is given to nobody and the command runs as root without
+    the capabilities that override file permissions (its uid 0 still reaches the
+    interpreter under /root); as anyone else, the file is simply made mode 000.
+    """
+    if os.geteuid() != 0:
+        path.chmod(0)
+        return []
+    os.chown(path, 65534, 65534)
+    path.chmod(0o600)
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop root's file capabilities"
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_check_and_run_refuse_a_password_file_the_service_cannot_read(
+        tmp_path: Path, model_path: Path) -> None:
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text("hunter2\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
+                   f"mqtt:\n  username: u\n  password_file: {secret}\n  port: 9\n")
+    ok = run_cli("--config", str(cfg), "config", "check")
+    assert ok.returncode == 0, ok.stderr  # readable as we are
+    prefix = _without_read_rights(secret)
+    for command in (["config", "check"], ["run"]):
+        result = subprocess.run([*prefix, sys.executable, "-m", "appliance", "--config",
+                                 str(cfg), *command], capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == (f"appliance: {cfg}:6: mqtt.password_file: {str(secret)!r} "
+                                 f"cannot be read by uid {os.geteuid()}: Permission denied\n")

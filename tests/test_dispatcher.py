@@ -7,13 +7,14 @@ from pathlib import Path
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings
+from appliance.generate.local import ModelWorker
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
+from appliance.protocol.messages import Request
 from appliance.rules import RuleSet
 from appliance.service.dispatcher import Dispatcher
 from appliance.service.journal import Journal
-from appliance.service.model_worker import ModelWorker
-from appliance.service.requests import Request
+from appliance.service.router import Router
 from appliance.service.status import Status
 from tests.conftest import device_config
 from tests.services import Peer
@@ -34,8 +35,8 @@ def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) ->
         journal = Journal(tmp_path / "journal.sqlite3")
         worker = ModelWorker(cfg)
         bridge = Bridge(settings, journal, [], lambda _m: None)
-        dispatcher = Dispatcher(worker=worker, outlet=bridge, journal=journal, topics=topics,
-                                rules=RuleSet(settings.rules, settings.base_topic),
+        dispatcher = Dispatcher(router=Router(worker), outlet=bridge, journal=journal,
+                                topics=topics, rules=RuleSet(settings.rules, settings.base_topic),
                                 status=Status(), queue_size=4, stream=True,
                                 llm=settings.llm)
         tasks = [asyncio.create_task(worker.run()), asyncio.create_task(dispatcher.run())]

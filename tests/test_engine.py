@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 from appliance.catalog import ResolvedModel
 from appliance.errors import ModelError, ResourceError
 from appliance.llm import ChatRequest, Chunk, Engine
-from appliance.llm.engine import _end_at_sentence
 from appliance.llm.memory import check_fits, plan
+from appliance.llm.types import Confidence, Sampling, Turn
 from tests.conftest import make_settings
 
 STORY = "Tell me a long story about a dragon and a knight."
@@ -48,10 +49,15 @@ def test_live_budget_cuts_a_running_generation(engine: Engine) -> None:
         if len(seen) == 12:  # the watchdog lowers the budget mid-stream
             budget["tokens"] = 15
 
-    result = engine.complete(ChatRequest(STORY, max_tokens=200), on_chunk=on_chunk,
+    chunks: list[Chunk] = []
+    result = engine.complete(ChatRequest(STORY, max_tokens=200),
+                             on_chunk=lambda c: (on_chunk(c), chunks.append(c)),
                              budget=lambda: budget["tokens"])
     assert result.finish_reason == "throttled"
-    assert 15 <= result.tokens <= 16  # within one token of the new budget
+    # At the budget, or earlier at a sentence end past 60 % of it (never trimmed afterwards).
+    assert 12 <= result.tokens <= 16
+    assert result.tokens >= 15 or result.text.endswith((".", "!", "?"))
+    assert "".join(c.delta for c in chunks).strip() == result.text
 
 
 def test_budget_already_below_output_stops_at_the_next_token(engine: Engine) -> None:
@@ -142,7 +148,98 @@ def test_oversized_context_is_refused_before_loading(tmp_path: Path, model_path:
     assert "llm.n_ctx 131072" in message and 2048 < fits < 131072
 
 
-def test_a_throttled_answer_ends_at_a_near_sentence_end() -> None:
-    assert _end_at_sentence("One two three four five. Six") == "One two three four five."
-    assert _end_at_sentence("Short. Then a long tail that goes on and on") == \
-        "Short. Then a long tail that goes on and on"
+def test_a_throttled_answer_ends_at_a_sentence_end_and_its_chunks_are_the_answer(
+        engine: Engine) -> None:
+    chunks: list[Chunk] = []
+    result = engine.complete(ChatRequest(STORY, max_tokens=200), on_chunk=chunks.append,
+                             budget=lambda: 60)
+    assert result.finish_reason == "throttled"
+    assert result.tokens <= 60
+    assert result.tokens == 60 or result.text.endswith((".", "!", "?"))
+    assert "".join(c.delta for c in chunks).strip() == result.text
+
+
+def test_stop_strings_end_the_answer_and_never_reach_the_stream(engine: Engine) -> None:
+    free = engine.complete(ChatRequest(STORY, max_tokens=60))
+    words = free.text.split()
+    assert len(words) > 6
+    stop = " ".join(words[3:5])
+    chunks: list[Chunk] = []
+    cut = engine.complete(ChatRequest(STORY, max_tokens=60, stop=(stop,)),
+                          on_chunk=chunks.append)
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and free.text.startswith(cut.text)
+    assert "".join(c.delta for c in chunks).strip() == cut.text
+
+
+def test_prefill_leaves_only_the_rest_of_the_question_to_evaluate(engine: Engine) -> None:
+    final = ChatRequest("Please tell me how to water the tomatoes in the greenhouse.")
+    partial = ChatRequest("Please tell me how to water the tomatoes")
+    cold = engine.complete(final)
+    engine.complete(ChatRequest("Something unrelated first."))
+    in_cache, evaluated = engine.prefill(partial, pending=lambda: False)
+    assert evaluated > 0 and in_cache > evaluated
+    warm = engine.complete(final)
+    rest = len(engine.prompt.tokens(engine.settings.system_prompt, final.text)) - in_cache
+    assert warm.evaluated_tokens <= rest + 1  # +1: a partial last word re-tokenizes
+    assert warm.evaluated_tokens < cold.evaluated_tokens
+
+
+def test_prefill_yields_to_pending_work(engine: Engine) -> None:
+    _, evaluated = engine.prefill(ChatRequest("word " * 200), pending=lambda: True)
+    assert evaluated == 0
+
+
+def test_low_confidence_stops_after_the_watched_tokens(engine: Engine) -> None:
+    watched = engine.complete(ChatRequest(STORY, max_tokens=100,
+                                          confidence=Confidence(tokens=8, below=0.0)))
+    assert watched.low_confidence and watched.finish_reason == "cancelled"
+    assert watched.tokens == 7  # the 8th token decided it; it is not part of the answer
+    assert watched.confidence is not None and watched.confidence < 0.0
+    relaxed = engine.complete(ChatRequest(STORY, max_tokens=20,
+                                          confidence=Confidence(tokens=8, below=-100.0)))
+    assert not relaxed.low_confidence and relaxed.tokens == 20
+
+
+def test_thread_count_changes_between_tokens(engine: Engine) -> None:
+    seen: list[int] = []
+
+    def on_chunk(chunk: Chunk) -> None:
+        seen.append(engine.threads[0])
+        if chunk.seq == 3:
+            engine.set_threads(1, None)
+
+    try:
+        result = engine.complete(ChatRequest(STORY, max_tokens=30), on_chunk=on_chunk)
+        assert seen[0] == engine.default_threads[0] and seen[-1] == 1
+        assert result.n_threads == 1
+        assert engine.llama._ctx.ctx is not None
+    finally:
+        engine.set_threads(None, None)
+    assert engine.complete(ChatRequest("Hi.", max_tokens=3)).n_threads == \
+        engine.default_threads[0]
+
+
+def test_json_schema_output_always_parses(engine: Engine) -> None:
+    schema = json.dumps({"type": "object", "properties": {
+        "action": {"enum": ["fan_on", "fan_off"]},
+        "minutes": {"type": "integer", "minimum": 1, "maximum": 60}},
+        "required": ["action", "minutes"], "additionalProperties": False})
+    for question in ("Turn on the fan.", "It is cold.", "Tell me a story."):
+        result = engine.complete(ChatRequest(question, max_tokens=40, json_schema=schema))
+        data = json.loads(result.text)
+        assert data["action"] in ("fan_on", "fan_off") and isinstance(data["minutes"], int)
+
+
+def test_history_and_sampling_overrides(engine: Engine) -> None:
+    history = (Turn("user", "My name is Ada."), Turn("assistant", "Hello Ada."))
+    first = engine.complete(ChatRequest("What is my name?", history=history, max_tokens=12))
+    assert first.evaluated_tokens == first.prompt_tokens  # nothing of it was cached yet
+    # Repeated with the same batches (the prompt now cached), greedy output repeats.
+    a = engine.complete(ChatRequest("What is my name?", history=history, max_tokens=12))
+    b = engine.complete(ChatRequest("What is my name?", history=history, max_tokens=12))
+    assert a.text == b.text and a.prompt_tokens > 20 and a.evaluated_tokens == 1
+    hot = [engine.complete(ChatRequest(STORY, max_tokens=12,
+                                       sampling=Sampling(temperature=1.5, seed=s))).text
+           for s in (1, 2, 3)]
+    assert len(set(hot)) > 1  # sampled, not greedy

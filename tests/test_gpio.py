@@ -13,7 +13,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings, parse_settings
 from appliance.gpio import GpioParts, GpioUnavailable
-from appliance.service.requests import Request
+from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
 from tests.conftest import STORY, device_config
 from tests.services import Peer, run_supervisor
@@ -68,6 +68,27 @@ def test_inputs_become_events_and_outputs_follow(factory: MockFactory) -> None:
         parts.buzzer._blink_thread.join(2)  # gpiozero beeps on its own thread
         states = [s.state for s in factory.pin(24).states]
         assert states == [False, True, False, True, False]
+    finally:
+        parts.close()
+
+
+def test_fan_runs_while_the_sensor_is_lost(factory: MockFactory) -> None:
+    parts = GpioParts(parse_settings(GPIO_YAML).gpio, lambda *_: None, factory)
+    try:
+        fan, led = factory.pin(23), factory.pin(22)
+        parts.show_level(0, 50.0)
+        assert not fan.state
+        parts.show_level(0, None, sensor_lost=True)  # unknown: cool it, whatever it was
+        assert fan.state and not led.state
+        parts.show_level(2, None, sensor_lost=True)
+        assert fan.state and led.state
+        parts.show_level(0, 50.0)  # a reading returns: the hysteresis decides again
+        assert not fan.state
+        parts.show_level(0, None)  # no thermal zone at all: the fan is left as it is
+        assert not fan.state
+        parts.show_level(0, 70.0)
+        parts.show_level(0, None)
+        assert fan.state
     finally:
         parts.close()
 

@@ -207,10 +207,11 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
     heat(60)
     assert _state_at(peer, "normal")["max_tokens"] == 400
     heat(72)
-    assert _state_at(peer, "warm")["max_tokens"] == 160
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 400}))
+    warm_state = _state_at(peer, "warm")  # warm costs threads, not words
+    assert warm_state["max_tokens"] == 400 and warm_state["n_threads"] == 2
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 40}))
     warm = _answer(peer, "w").json()
-    assert warm["tokens"] <= 160 and warm["throttle_level"] == "warm"
+    assert warm["throttle_level"] == "warm" and warm["n_threads"] == 2
     heat(77)
     assert _state_at(peer, "hot")["max_tokens"] == 96
     mark = len(peer.drain(0.3))

@@ -6,16 +6,17 @@ import asyncio
 from pathlib import Path
 
 from appliance.config import parse_settings
+from appliance.generate.local import ModelWorker
 from appliance.llm import Chunk
 from appliance.llm.batching import EAGER_CHUNKS, ChunkBatcher
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
+from appliance.protocol.messages import Outgoing, Request
 from appliance.rules import RuleSet
 from appliance.service.dispatcher import Dispatcher
 from appliance.service.journal import Journal
-from appliance.service.model_worker import ModelWorker
 from appliance.service.ratelimit import RateLimiter
-from appliance.service.requests import Outgoing, Request
+from appliance.service.router import Router
 from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
 
@@ -89,7 +90,7 @@ def test_rule_events_coalesce_while_queued_latest_wins(tmp_path: Path) -> None:
     async def scenario() -> None:
         journal = Journal(tmp_path / "j.sqlite3")
         dispatcher = Dispatcher(
-            worker=ModelWorker(None), journal=journal, topics=topics,
+            router=Router(ModelWorker(None)), journal=journal, topics=topics,
             outlet=Bridge(settings, journal, [], lambda _m: None),  # never started: no broker
             rules=RuleSet(settings.rules, settings.base_topic), status=Status(), queue_size=4,
             stream=False, llm=settings.llm)

@@ -15,7 +15,7 @@ from gpiozero.pins.mock import MockFactory
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings
 from appliance.config.schema import VoiceSettings
-from appliance.service.requests import Request
+from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
 from appliance.voice.activation import Activation, match_intent, route
 from appliance.voice.audio import AudioError, read_wav
@@ -215,7 +215,7 @@ def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/state"
                                 and m.json()["state"] == "speaking")  # the first sentence
         if how == "stop intent":
-            supervisor._on_heard(Heard("불 꺼", True, 1.0))
+            supervisor.voice.heard(Heard("불 꺼", True, 1.0))
         else:
             factory.pin(5).drive_low()
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer")

@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from appliance.bench.broker import LocalBroker
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
+from appliance.generate.local import ModelWorker
 from appliance.llm import ChatRequest, Engine
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
@@ -34,7 +35,7 @@ from appliance.rules import RuleSet
 from appliance.service.dispatcher import Dispatcher
 from appliance.service.intake import Intake
 from appliance.service.journal import Journal
-from appliance.service.model_worker import ModelWorker
+from appliance.service.router import Router
 from appliance.service.status import Status
 
 QUESTIONS = ("What is two plus two?", "Name a colour.", "Why is the sky blue?",
@@ -93,7 +94,7 @@ async def _our_ingest(settings: Settings, workdir: Path, count: int) -> tuple[fl
     errors = [0]
     holder: dict[str, Intake] = {}
     bridge = Bridge(settings, journal, [topics.events], lambda m: holder["i"](m))
-    dispatcher = Dispatcher(worker=ModelWorker(None), outlet=bridge, journal=journal,
+    dispatcher = Dispatcher(router=Router(ModelWorker(None)), outlet=bridge, journal=journal,
                             topics=topics, rules=rules, status=Status(), queue_size=8,
                             stream=False, llm=settings.llm)
     intake = Intake(settings, topics, rules, dispatcher, bridge, bridge.ack, lambda: None)

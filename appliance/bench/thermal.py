@@ -22,8 +22,8 @@ from pathlib import Path
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, load_settings
 from appliance.config.schema import ThermalLevel
+from appliance.generate.local import ModelWorker
 from appliance.llm import ChatRequest
-from appliance.service.model_worker import ModelWorker
 from appliance.thermal import ThermalWatchdog
 
 STORY = "Tell me a very long story about a dragon, a knight and a castle."
@@ -51,7 +51,7 @@ async def _tick_cost(settings: Settings, zone: Path, ticks: int) -> tuple[float,
     dog = ThermalWatchdog(thermal, lambda _level: None)
     started = time.process_time()
     for _ in range(ticks):
-        dog.observe(await dog._firmware())
+        await dog.tick()
         await asyncio.sleep(0)
     ours = (time.process_time() - started) / ticks
     started = time.process_time()

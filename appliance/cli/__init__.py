@@ -12,26 +12,50 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__, logs
-from appliance.cli import ask, bench, config_cmd, doctor, listen, models, run
+from appliance.cli import ask, bench, config_cmd, doctor, knowledge, listen, models, run
 from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
 
-_COMMANDS = (run, ask, listen, config_cmd, doctor, models, bench)
+_COMMANDS = (run, ask, listen, config_cmd, doctor, models, knowledge, bench)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="appliance", description="Offline AI appliance: local LLM, speech, MQTT and GPIO.")
-    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
-    parser.add_argument("--config", metavar="PATH",
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--config`` and ``--log-level``, which every command takes."""
+    parser.add_argument("--config", metavar="PATH", default=default,
                         help="config file (default: $APPLIANCE_CONFIG, "
                              "/etc/appliance/config.yaml, ./config.yaml)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default=default,
                         help="override log.level (interactive commands default to warning)")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command parser below ``parser``, however deeply nested (``config check``)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases repeat a parser
+                found += [child, *_subparsers(child)]
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser.
+
+    ``--config`` and ``--log-level`` are accepted before the command and after it
+    (``appliance ask hi --config x.yaml``). A command's copies default to
+    SUPPRESS, so an option given later wins and an absent one leaves the
+    earlier value alone.
+    """
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="Offline AI appliance: local LLM, speech, MQTT and GPIO.")
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    _add_common(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:
         command.register(sub)
+    for child in _subparsers(parser):
+        _add_common(child, argparse.SUPPRESS)
     return parser
 
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 
-from appliance.catalog import resolve_llm
-from appliance.voice.tts import check_tts
+from appliance.preflight import preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,12 +35,14 @@ def plain(value: Any) -> Any:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """Print the effective config; errors exit 2 through the CLI's error handling."""
+    """Make ``run``'s start-up checks and print the effective config.
+
+    Errors exit 2 (1 for a model too large for memory) through the CLI's error handling.
+    """
     from appliance.cli import load
 
     settings = load(args)
-    model = resolve_llm(settings)
-    check_tts(settings)
+    model = preflight(settings)
     print(f"# config: {settings.source}")
     print(f"# model: {model.name} -> {model.path}")
     print(yaml.safe_dump(plain(settings), sort_keys=False, allow_unicode=True), end="")

@@ -59,12 +59,14 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _files(entry: CatalogEntry, path: Path) -> list[tuple[Path, str | None, str | None]]:
-    """``(path, url, sha256)`` of the model's file and of its companion, if it has one."""
-    files = [(path, entry.url, entry.sha256)]
+def _files(entry: CatalogEntry,
+           path: Path) -> list[tuple[Path, str | None, str | None, int | None]]:
+    """``(path, url, sha256, size)`` of the model's file and of its companion, if it has one."""
+    files = [(path, entry.url, entry.sha256, entry.size)]
     if entry.companion_suffix:
         files.append((path.with_name(path.name + entry.companion_suffix),
-                      entry.url and entry.url + entry.companion_suffix, entry.companion_sha256))
+                      entry.url and entry.url + entry.companion_suffix, entry.companion_sha256,
+                      None))
     return files
 
 
@@ -84,13 +86,13 @@ def run_pull(args: argparse.Namespace) -> int:
         print(f"{entry.name}: already at {target}")
         return 0
     fetched = False
-    for path, url, sha256 in _files(entry, target):
+    for path, url, sha256, size in _files(entry, target):
         if path.exists() and (sha256 is None or verify(path, sha256)):
             continue
         assert url is not None
         archive = url.endswith(".zip")
         dest = path.with_name(path.name + ".zip") if archive else path
-        download(url, dest, sha256, progress=Progress(entry.name))
+        download(url, dest, sha256, size=size, progress=Progress(entry.name))
         if archive:
             unpack_zip(dest, path)
             dest.unlink()
@@ -108,7 +110,7 @@ def run_verify_one(entry: CatalogEntry, models_dir: Path) -> int:
     if entry.sha256 is None or target.is_dir():
         print(f"{entry.name}: present at {target} (no file hash to check)")
         return 0
-    for path, _url, sha256 in _files(entry, target):
+    for path, _url, sha256, _size in _files(entry, target):
         if sha256 is not None and not verify(path, sha256, force=True):
             print(f"{entry.name}: sha256 MISMATCH at {path}; do not use it, pull it again",
                   file=sys.stderr)

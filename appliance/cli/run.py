@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.catalog import resolve_llm
 from appliance.config import find_config
-from appliance.llm.memory import check_fits
-from appliance.voice.tts import check_tts
+from appliance.preflight import preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,10 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     """Check the config and the model, then supervise until SIGTERM."""
     from appliance.cli import load
-    from appliance.service.supervisor import run as supervise
 
     settings = load(args, service=True)
-    model = resolve_llm(settings)  # a missing model is a config error now, not a crash loop
-    check_fits(model.path, settings.llm.n_ctx)  # and so is one that cannot fit in memory
-    check_tts(settings)  # and a piper voice that is not there
+    preflight(settings)  # what cannot work is one line now, not a crash loop under systemd
+    from appliance.service.supervisor import run as supervise
+
     return supervise(settings, find_config(args.config))

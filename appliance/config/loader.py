@@ -4,14 +4,19 @@ YAML is composed into nodes first, so that every value keeps the line it came
 from; the dataclasses of :mod:`appliance.config.schema` then drive a small
 typed conversion. Every problem becomes one :class:`~appliance.errors.ConfigError`
 that names the file, the line and the key path.
+
+Parsing is bounded: the file's size, its nesting and the number of values once
+YAML aliases are expanded (a "billion laughs" file is refused in a tenth of a second),
+and every number is finite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import itertools
+import math
 import os
+import re
 import socket
 import types
 import typing
@@ -21,13 +26,19 @@ from typing import Any, Literal
 
 import yaml
 
-from appliance.config.schema import INTENT_ACTIONS, STATE_LED_NAMES, Settings, nearest_line
+from appliance.config.checks import check_settings
+from appliance.config.schema import Settings, nearest_line
 from appliance.errors import ConfigError
-from appliance.rules.expr import ExpressionError, parse_condition
-from appliance.rules.template import parse_template
 
 SEARCH_PATH = (Path("/etc/appliance/config.yaml"), Path("config.yaml"))
 """Where the config is looked for after ``--config`` and ``$APPLIANCE_CONFIG``."""
+
+MAX_FILE_BYTES = 1 << 20
+"""The largest config file read (a real one is a few KiB)."""
+MAX_DEPTH = 64
+"""How deeply mappings and lists may nest."""
+MAX_VALUES = 100_000
+"""How many values the file may hold once aliases are expanded."""
 
 _MISSING = object()
 
@@ -55,9 +66,14 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     if found is None:
         return _finish(Settings(), "<defaults>", {})
     try:
-        text = found.read_text(encoding="utf-8")
+        with found.open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", file=str(found)) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"larger than {MAX_FILE_BYTES >> 20} MiB; this is not a config file",
+                          file=str(found))
     return parse_settings(text, str(found), base_dir=found.parent)
 
 
@@ -66,20 +82,20 @@ def parse_settings(text: str, file: str = "<config>", base_dir: Path = Path()) -
 
     ``file`` names it in errors; relative paths resolve from ``base_dir``.
     """
+    lines: dict[str, int] = {}
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _BoundedLoader(text)
         try:
             node = loader.get_single_node()
+            data = {} if node is None else _Plain(loader, file, lines).convert(node, "", 0)
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise ConfigError(f"invalid YAML: {exc.problem}", file=file,
-                          line=mark.line + 1 if mark else 0) from exc
+                          line=mark.line + 1 if mark else 0) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from exc
-    lines: dict[str, int] = {}
-    data = {} if node is None else _plain(loader, node, "", lines, file)
+        raise ConfigError(f"invalid YAML: {str(exc).splitlines()[0]}", file=file) from None
     if not isinstance(data, dict):
         raise ConfigError("the top level must be a mapping of sections", file=file, line=1)
     conv = _Converter(file, lines, base_dir)
@@ -87,28 +103,90 @@ def parse_settings(text: str, file: str = "<config>", base_dir: Path = Path()) -
     return _finish(settings, file, lines)
 
 
-def _plain(loader: yaml.SafeLoader, node: yaml.Node, key: str, lines: dict[str, int],
-           file: str) -> Any:
-    """Turn a YAML node into plain Python data, recording each key path's line."""
-    lines.setdefault(key, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, Any] = {}
-        for knode, vnode in node.value:
-            name = loader.construct_object(knode)
-            if not isinstance(name, str):
-                raise ConfigError(f"keys must be strings, got {name!r}", file=file,
-                                  line=knode.start_mark.line + 1, key=key or "<top>")
-            path = f"{key}.{name}" if key else name
-            if name in out:
-                raise ConfigError("duplicate key", file=file, line=knode.start_mark.line + 1,
-                                  key=path)
-            lines[path] = knode.start_mark.line + 1
-            out[name] = _plain(loader, vnode, path, lines, file)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_plain(loader, item, f"{key}[{i}]", lines, file)
-                for i, item in enumerate(node.value)]
-    return loader.construct_object(node)
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing to compose nodes nested deeper than :data:`MAX_DEPTH`.
+
+    PyYAML composes recursively, so without this a file of a few thousand ``[``
+    would exhaust Python's stack.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep",
+                self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return typing.cast(yaml.Node, super().compose_node(parent, index))
+        finally:
+            self._depth -= 1
+
+
+class _Plain:
+    """Turns composed YAML nodes into plain Python data, recording each key path's line.
+
+    An alias is expanded where it is used, so the values are counted as they are
+    made: past :data:`MAX_VALUES` the file is refused, as is one that nests deeper
+    than :data:`MAX_DEPTH` through an alias to itself.
+    """
+
+    def __init__(self, loader: yaml.SafeLoader, file: str, lines: dict[str, int]) -> None:
+        self.loader, self.file, self.lines = loader, file, lines
+        self.budget = MAX_VALUES
+
+    def error(self, node: yaml.Node, key: str, problem: str) -> ConfigError:
+        return ConfigError(problem, file=self.file, line=node.start_mark.line + 1,
+                           key=key or "<top>")
+
+    def too_much(self, key: str, problem: str) -> ConfigError:
+        """An error about a whole section; an aliased node's own line is where its anchor is."""
+        section = _section(key)
+        return ConfigError(problem, file=self.file, line=nearest_line(self.lines, section),
+                           key=section or "<top>")
+
+    def convert(self, node: yaml.Node, key: str, depth: int) -> Any:
+        self.budget -= 1
+        if self.budget < 0:
+            raise self.too_much(key, f"more than {MAX_VALUES} values once YAML aliases are "
+                                     "expanded; is this an alias bomb?")
+        if depth > MAX_DEPTH:
+            raise self.too_much(key, f"nested more than {MAX_DEPTH} levels deep "
+                                     "(an alias that contains itself?)")
+        self.lines.setdefault(key, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for knode, vnode in node.value:
+                name = self.scalar(knode, key) if isinstance(knode, yaml.ScalarNode) else None
+                if not isinstance(name, str):
+                    got = repr(name) if isinstance(knode, yaml.ScalarNode) else "a collection"
+                    raise self.error(knode, key, f"keys must be strings, got {got}")
+                path = f"{key}.{name}" if key else name
+                if name in out:
+                    raise self.error(knode, path, "duplicate key")
+                self.lines[path] = knode.start_mark.line + 1
+                out[name] = self.convert(vnode, path, depth + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, f"{key}[{i}]", depth + 1)
+                    for i, item in enumerate(node.value)]
+        return self.scalar(node, key)
+
+    def scalar(self, node: yaml.Node, key: str) -> Any:
+        try:
+            return self.loader.construct_object(node)
+        except (ValueError, OverflowError) as exc:  # a timestamp's month 13, a 5,000-digit int
+            text = node.value if len(node.value) <= 24 else node.value[:24] + "..."
+            reason = str(exc).partition(":")[0]
+            raise self.error(node, key, f"cannot read {text!r}: {reason}") from None
+
+
+def _section(key: str) -> str:
+    """The top-level part of a key path, for errors where the full path would be a screenful."""
+    return re.split(r"[.\[]", key, maxsplit=1)[0]
 
 
 def _describe(value: Any) -> str:
@@ -166,6 +244,8 @@ class _Converter:
             raise self.error(key, f"{str(value)!r} does not exist")
 
     def convert(self, value: Any, tp: Any, key: str) -> Any:
+        if tp is Any:  # free-form data (an action's payload template, a JSON schema)
+            return self.json_like(value, key)
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if origin in (types.UnionType, typing.Union):
             if value is None and type(None) in args:
@@ -207,7 +287,7 @@ class _Converter:
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise self.error(key, f"expected a number, got {_describe(value)}")
-            return float(value)
+            return self.finite(value, key)
         if tp is str:
             if not isinstance(value, str):
                 raise self.error(key, f"expected a string, got {_describe(value)}")
@@ -218,6 +298,32 @@ class _Converter:
             path = Path(value).expanduser()
             return path if path.is_absolute() else self.base_dir / path
         raise TypeError(f"schema type {tp!r} at {key} has no converter")
+
+
+    def finite(self, value: float, key: str) -> float:
+        """``value`` as a float; NaN and the infinities pass no range check, so they are refused."""
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self.error(key, "the number is too large") from None
+        if not math.isfinite(number):
+            raise self.error(key, f"expected a finite number, got {number!r}")
+        return number
+
+    def json_like(self, value: Any, key: str) -> Any:
+        """Free-form ``value`` as is, once it is known to hold only what JSON can carry."""
+        if isinstance(value, dict):
+            for name, item in value.items():
+                self.json_like(item, f"{key}.{name}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self.json_like(item, f"{key}[{i}]")
+        elif isinstance(value, float):
+            self.finite(value, key)
+        elif value is not None and not isinstance(value, str | int):  # bool is an int
+            raise self.error(key, f"expected text, a number, true/false, null, a list or a "
+                                  f"mapping, got {value!r}")
+        return value
 
 
 def _type_name(tp: Any) -> str:
@@ -233,47 +339,5 @@ def _finish(settings: Settings, file: str, lines: dict[str, int]) -> Settings:
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(problem, file=file, line=settings.line_of(key), key=key)
 
-    if settings.llm.model is None and settings.llm.model_path is None:
-        raise fail("llm", "set llm.model (a catalog name) or llm.model_path (a .gguf file)")
-    if any(c in settings.base_topic for c in "#+"):
-        raise fail("mqtt.base_topic", "must not contain the MQTT wildcards '#' or '+'")
-    if "/" in settings.device_id or any(c in settings.device_id for c in "#+"):
-        raise fail("device_id", "must not contain '/', '#' or '+'")
-    levels = settings.thermal.levels
-    for i, (low, high) in enumerate(itertools.pairwise(levels), start=1):
-        if high.from_c <= low.from_c:
-            raise fail(f"thermal.levels[{i}].from_c",
-                       f"levels must rise: {high.from_c} is not above {low.from_c}")
-    for i, rule in enumerate(settings.rules):
-        try:
-            if rule.when is not None:
-                parse_condition(rule.when)
-        except ExpressionError as exc:
-            raise fail(f"rules[{i}].when", str(exc)) from None
-        try:
-            parse_template(rule.prompt)
-        except ExpressionError as exc:
-            raise fail(f"rules[{i}].prompt", str(exc)) from None
-    for phrase, action in settings.voice.intents.items():
-        if action not in INTENT_ACTIONS:
-            raise fail(f"voice.intents.{phrase}",
-                       f"unknown action {action!r}; expected one of {', '.join(INTENT_ACTIONS)}")
-    for name in settings.gpio.state_leds:
-        if name not in STATE_LED_NAMES:
-            raise fail(f"gpio.state_leds.{name}",
-                       f"unknown state; expected one of {', '.join(STATE_LED_NAMES)}")
-    if settings.gpio.fan_off_c >= settings.gpio.fan_on_c:
-        raise fail("gpio.fan_off_c", f"must be below gpio.fan_on_c ({settings.gpio.fan_on_c})")
-    _unique(settings.thermal.levels, "thermal.levels", fail)
-    _unique(settings.rules, "rules", fail)
-    _unique(settings.gpio.inputs, "gpio.inputs", fail)
+    check_settings(settings, fail)
     return settings
-
-
-def _unique(items: tuple[Any, ...], key: str, fail: typing.Callable[[str, str], ConfigError],
-            ) -> None:
-    seen: set[str] = set()
-    for i, item in enumerate(items):
-        if item.name in seen:
-            raise fail(f"{key}[{i}].name", f"duplicate name {item.name!r}")
-        seen.add(item.name)

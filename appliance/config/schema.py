@@ -71,6 +71,9 @@ class LlmSettings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     prefix_cache_entries: int = field(default=2, metadata=bounds(0, 16))
     stream_interval_ms: int = field(default=100, metadata=bounds(0, 5000))
+    repeat_penalty: float = field(default=1.1, metadata=bounds(0.5, 2.0))
+    frequency_penalty: float = field(default=0.0, metadata=bounds(-2.0, 2.0))
+    presence_penalty: float = field(default=0.0, metadata=bounds(-2.0, 2.0))
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ class MqttSettings:
     stream_answers: bool = True
     queue_size: int = field(default=32, metadata=bounds(1, 10000))
     ask_rate_per_min: int = field(default=30, metadata=bounds(1, 100000))
+    # Topic filters an asker's Response Topic must match (empty: any topic the policy allows).
+    response_topics: tuple[str, ...] = ()
     discovery: DiscoverySettings = DiscoverySettings()
 
 
@@ -127,6 +132,8 @@ class ThermalLevel:
     brief: bool = False
     defer_rules: bool = False
     pause_s: float = field(default=0.0, metadata=bounds(0.0, 600.0))
+    n_threads: int | None = field(default=None, metadata=bounds(1, 256))
+    n_threads_batch: int | None = field(default=None, metadata=bounds(1, 256))
 
     def budget(self, llm_max_tokens: int) -> int:
         """The answer budget at this level, given ``llm.max_tokens``."""
@@ -135,10 +142,12 @@ class ThermalLevel:
 
 DEFAULT_THERMAL_LEVELS = (
     ThermalLevel("normal", 0.0),
-    ThermalLevel("warm", 70.0, 160),
-    ThermalLevel("hot", 75.0, 96, brief=True),
-    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True),
-    ThermalLevel("emergency", 85.0, 0, defer_rules=True),
+    # Decoding is bound by memory bandwidth and saturates at 2-3 threads on a Pi 5:
+    # fewer threads cost little speed and save power, so they go first.
+    ThermalLevel("warm", 70.0, None, n_threads=2),
+    ThermalLevel("hot", 75.0, 96, brief=True, n_threads=2),
+    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True, n_threads=1),
+    ThermalLevel("emergency", 85.0, 0, defer_rules=True, n_threads=1),
 )
 
 
@@ -150,14 +159,23 @@ class ThermalSettings:
     interval_s: float = field(default=1.0, metadata=bounds(0.05, 60.0))
     hysteresis_c: float = field(default=3.0, metadata=bounds(0.0, 20.0))
     levels: tuple[ThermalLevel, ...] = DEFAULT_THERMAL_LEVELS
-    # After this long without a reading the last level is no longer trusted: warm is assumed.
+    # After this long without a reading the last level is no longer trusted: at least hot.
     stale_after_s: float = field(default=30.0, metadata=bounds(1.0, 3600.0))
     vcgencmd: str = "vcgencmd"
     vcgencmd_every_s: float = field(default=10.0, metadata=bounds(1.0, 3600.0))
 
 
-INTENT_ACTIONS = ("stop", "repeat", "volume_up", "volume_down")
-"""What a ``voice.intents`` phrase can do without the model."""
+INTENT_ACTIONS = ("stop", "repeat", "volume_up", "volume_down", "yes", "no")
+"""What a ``voice.intents`` phrase can do without the model (yes/no answer a confirmation)."""
+
+
+@dataclass(frozen=True)
+class WakeSettings:
+    """How the wake phrase is heard: by vosk itself, or by microWakeWord before vosk runs."""
+
+    engine: Literal["vosk", "micro"] = "vosk"
+    model: str = "okay_nabu"
+    threshold: float | None = field(default=None, metadata=bounds(0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -184,7 +202,12 @@ class VoiceSettings:
     volume: float = field(default=0.8, metadata=bounds(0.0, 1.0))
     kid_safe: bool = False
     block_list: tuple[str, ...] = ()
+    kid_safe_actions: tuple[str, ...] = ()
     keep_transcripts: bool = False
+    while_speaking: Literal["barge_in_only", "listen"] = "barge_in_only"
+    echo_tail_s: float = field(default=0.8, metadata=bounds(0.0, 10.0))
+    wake: WakeSettings = WakeSettings()
+    prefill: bool = True
 
 
 @dataclass(frozen=True)
@@ -197,6 +220,16 @@ class GpioInput:
     pull_up: bool = True
 
 
+@dataclass(frozen=True)
+class GpioOutput:
+    """A digital output that actions drive, such as a relay for a fan or a pump."""
+
+    name: str
+    pin: str | int
+    active_high: bool = True
+    initial: bool = False
+
+
 STATE_LED_NAMES = ("listening", "thinking", "speaking", "error")
 """What ``gpio.state_leds`` can show, one LED each."""
 
@@ -207,6 +240,7 @@ class GpioSettings:
 
     enabled: bool = False
     inputs: tuple[GpioInput, ...] = ()
+    outputs: tuple[GpioOutput, ...] = ()
     status_led: str | int | None = None
     fan: str | int | None = None
     fan_on_c: float = field(default=65.0, metadata=bounds(0.0, 120.0))
@@ -225,6 +259,146 @@ class Rule:
     when: str | None = None
     publish: str | None = None
     min_interval_s: float = field(default=60.0, metadata=bounds(0.0, 86400.0))
+    actions: tuple[str, ...] = ()
+    knowledge: bool = False
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The store of latest sensor readings: which outside topics feed it, how often it is shown."""
+
+    topics: Mapping[str, str] = field(default_factory=dict)
+    publish_interval_s: float = field(default=1.0, metadata=bounds(0.0, 3600.0))
+
+
+@dataclass(frozen=True)
+class ActionPublish:
+    """An MQTT action: publish ``payload`` (a template over args and world values) QoS 1."""
+
+    topic: str
+    payload: Any = None
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class ActionGpio:
+    """A GPIO action: drive the output named ``output`` (from ``gpio.outputs``)."""
+
+    output: str
+    value: bool = True
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A precondition of an action over the world state, with readings fresher than ``fresh_s``."""
+
+    when: str
+    need: str
+    fresh_s: float = field(default=300.0, metadata=bounds(1.0, 86400.0 * 30))
+
+
+@dataclass(frozen=True)
+class Action:
+    """Something the appliance may do, only once the verifier agrees."""
+
+    name: str
+    description: str = ""
+    phrases: tuple[str, ...] = ()
+    publish: ActionPublish | None = None
+    gpio: ActionGpio | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    require: tuple[Requirement, ...] = ()
+    confirm: bool = False
+    cooldown_s: float = field(default=0.0, metadata=bounds(0.0, 86400.0))
+
+
+@dataclass(frozen=True)
+class RouteSettings:
+    """When a request escalates to the bigger model (any one that holds)."""
+
+    keywords: tuple[str, ...] = ("explain why", "compare", "step by step")
+    min_words: int | None = field(default=40, metadata=bounds(1, 100000))
+    confidence_below: float | None = field(default=None, metadata=bounds(-100.0, 0.0))
+    queue_over: int | None = field(default=None, metadata=bounds(0, 10000))
+    level_at_least: str | None = None
+
+
+@dataclass(frozen=True)
+class EscalationSettings:
+    """A bigger model elsewhere: an OpenAI-compatible server or another appliance over MQTT."""
+
+    enabled: bool = False
+    endpoint: str | None = None
+    mqtt_topic: str | None = None
+    model: str = ""
+    api_key_file: Path | None = field(default=None, metadata=EXISTING)
+    api_key_env: str | None = None
+    first_token_timeout_s: float = field(default=5.0, metadata=bounds(0.1, 600.0))
+    timeout_s: float = field(default=60.0, metadata=bounds(1.0, 3600.0))
+    route: RouteSettings = RouteSettings()
+    sources: tuple[Literal["mqtt", "sensor", "voice", "api"], ...] = (
+        "mqtt", "sensor", "voice", "api")
+    # The circuit breaker: this many failures in a row skip the remote for breaker_s.
+    breaker_failures: int = field(default=3, metadata=bounds(1, 1000))
+    breaker_s: float = field(default=60.0, metadata=bounds(1.0, 86400.0))
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Devices that share one queue of site asks through an MQTT v5 shared subscription."""
+
+    group: str
+    topic: str
+    # Take a site ask only while fewer than this many requests wait here.
+    take_below: int = field(default=1, metadata=bounds(1, 10000))
+
+
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """Answers from the device's own manuals (``appliance knowledge add``)."""
+
+    enabled: bool = False
+    mode: Literal["assist", "only"] = "assist"
+    top_k: int = field(default=2, metadata=bounds(1, 20))
+    min_score: float | None = None
+    max_context_tokens: int = field(default=400, metadata=bounds(16, 32768))
+    cache_mb: int = field(default=512, metadata=bounds(0, 1 << 20))
+    max_file_mb: float = field(default=50.0, metadata=bounds(0.001, 10000.0))
+    prompt_lookup: bool = True
+
+
+@dataclass(frozen=True)
+class WyomingSettings:
+    """The Wyoming server (Home Assistant's Wyoming integration)."""
+
+    listen: str = "tcp://0.0.0.0:10700"
+    zeroconf: bool = True
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The Ollama- and OpenAI-compatible HTTP API."""
+
+    listen: str = "127.0.0.1:11434"
+    token_file: Path | None = field(default=None, metadata=EXISTING)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Standard APIs; each is off while null."""
+
+    wyoming: WyomingSettings | None = None
+    http: HttpSettings | None = None
+
+
+@dataclass(frozen=True)
+class PowerSettings:
+    """The power meter that gives each answer its energy."""
+
+    meter: Literal["auto", "vcgencmd", "rapl", "none"] = "auto"
+    vcgencmd: str = "vcgencmd"
+    interval_s: float = field(default=0.5, metadata=bounds(0.05, 60.0))
 
 
 @dataclass(frozen=True)
@@ -247,6 +421,14 @@ class Settings:
     voice: VoiceSettings = VoiceSettings()
     gpio: GpioSettings = GpioSettings()
     rules: tuple[Rule, ...] = ()
+    world: WorldSettings = WorldSettings()
+    actions: tuple[Action, ...] = ()
+    actions_confirm_s: float = field(default=15.0, metadata=bounds(1.0, 600.0))
+    escalation: EscalationSettings = EscalationSettings()
+    fleet: FleetSettings | None = None
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+    api: ApiSettings = ApiSettings()
+    power: PowerSettings = PowerSettings()
     log: LogSettings = LogSettings()
     source: str = field(default="<defaults>", compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

@@ -85,11 +85,21 @@ class GpioParts:
         self._devices.append(device)
         return device
 
-    def show_level(self, index: int, celsius: float | None) -> None:
-        """LED lit above the lowest level; fan on from ``fan_on_c``, off below ``fan_off_c``."""
+    def show_level(self, index: int, celsius: float | None, sensor_lost: bool = False) -> None:
+        """LED lit above the lowest level; fan on from ``fan_on_c``, off below ``fan_off_c``.
+
+        While ``sensor_lost`` (the temperature is unknown because the sensor
+        failed) the fan runs whatever ``celsius`` says. An unknown temperature
+        on a machine without a thermal zone (``celsius`` None, not lost)
+        leaves the fan as it is.
+        """
         if self.led is not None:
             self.led.value = index > 0
-        if self.fan is not None and celsius is not None:
+        if self.fan is None:
+            return
+        if sensor_lost:
+            self.fan.on()
+        elif celsius is not None:
             if celsius >= self.settings.fan_on_c:
                 self.fan.on()
             elif celsius < self.settings.fan_off_c:

@@ -5,19 +5,20 @@ top of :meth:`llama_cpp.Llama.generate`, so that at every token it can
 
 * hand the new text to a callback (streaming),
 * consult a *live budget* (the thermal watchdog shortens a running answer),
-* notice a cancel request from another thread,
+* notice a cancel request or a new thread count from another thread,
 
-each within one token. The system prompt's KV state is restored from a
-:class:`~appliance.llm.prefix_cache.PrefixCache` instead of being evaluated again.
-Calls are serialized: one context serves one generation at a time.
+each within one token. The prompt prefix (system prompt, and reference text)
+is restored from a :class:`~appliance.llm.prefix_cache.PrefixCache` instead of
+being evaluated again. Calls are serialized: one context serves one
+generation at a time.
 """
 
 from __future__ import annotations
 
-import codecs
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import llama_cpp
 
@@ -25,10 +26,12 @@ from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
 from appliance.errors import ModelError
 from appliance.hardware import physical_cores
+from appliance.llm.decoding import Decoder
+from appliance.llm.grammar import grammar_for
 from appliance.llm.memory import check_fits
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache
-from appliance.llm.prompt import ChatPrompt
+from appliance.llm.prompt import ChatPrompt, PromptTokens, common_prefix
 from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
 from appliance.logs import bind_request, get_logger
 
@@ -36,6 +39,9 @@ ChunkCallback = Callable[[Chunk], None]
 Budget = Callable[[], int]
 
 log = get_logger("engine")
+
+PREFILL_STEP = 16
+"""Tokens evaluated at a time by :meth:`Engine.prefill`, so that it can yield quickly."""
 
 
 class Engine:
@@ -50,26 +56,29 @@ class Engine:
         check_fits(model.path, settings.n_ctx)
         self.settings = settings
         self.model_name = model.name
-        threads = settings.n_threads or physical_cores()
+        self.default_threads = (settings.n_threads or physical_cores(),
+                                settings.n_threads_batch or settings.n_threads
+                                or physical_cores())
         started = time.monotonic()
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(model.path),
                 n_ctx=settings.n_ctx,
                 n_batch=settings.n_batch,
-                n_threads=threads,
-                n_threads_batch=settings.n_threads_batch or threads,
+                n_threads=self.default_threads[0],
+                n_threads_batch=self.default_threads[1],
                 seed=settings.seed,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"{model.path}: cannot load the model: {exc}") from exc
-        self._prompt = ChatPrompt(self._llm)
+        self.prompt = ChatPrompt(self._llm)
         self._prefixes = PrefixCache(settings.prefix_cache_entries)
-        self._vocab = llama_cpp.llama_model_get_vocab(self._llm._model.model)
         self._lock = threading.Lock()
+        self.threads = self.default_threads
+        self._wanted_threads = self.default_threads
         log.info("model_loaded", model=self.model_name, path=str(model.path),
-                 n_ctx=settings.n_ctx, threads=threads,
+                 n_ctx=settings.n_ctx, threads=self.threads[0],
                  load_ms=round((time.monotonic() - started) * 1000))
 
     @property
@@ -79,9 +88,59 @@ class Engine:
 
     def warm_up(self, system_prompt: str | None = None) -> None:
         """Evaluate and cache the system prompt now, so the first question is fast too."""
-        prefix = self._prompt.prefix_tokens(system_prompt or self.settings.system_prompt)
+        prefix = self.prompt.prefix_tokens(system_prompt or self.settings.system_prompt)
         with self._lock:
             self._prefixes.restore(self._llm, prefix)
+
+    def set_threads(self, n_threads: int | None, n_threads_batch: int | None) -> None:
+        """Decode and batch threads from the next token on (``None``: the configured count).
+
+        Safe from any thread; a running generation applies it between two tokens.
+        """
+        self._wanted_threads = (n_threads or self.default_threads[0],
+                                n_threads_batch or self.default_threads[1])
+
+    def _apply_threads(self) -> None:
+        wanted = self._wanted_threads
+        if wanted != self.threads:
+            self._llm._ctx.set_n_threads(*wanted)
+            log.info("threads_changed", n_threads=wanted[0], n_threads_batch=wanted[1],
+                     was=self.threads[0])
+            self.threads = wanted
+
+    def _render(self, request: ChatRequest) -> tuple[PromptTokens, tuple[int, ...]]:
+        system = (request.system_prompt if request.system_prompt is not None
+                  else self.settings.system_prompt)
+        prompt = self.prompt.render(system, request.text, request.history, request.context)
+        prefix = self.prompt.prefix_tokens(system, request.history, request.context)
+        return prompt, prefix
+
+    def prefill(self, request: ChatRequest, pending: Callable[[], bool]) -> tuple[int, int]:
+        """Read ``request``'s prompt up to the end of its (unfinished) question, without answering.
+
+        Evaluates :data:`PREFILL_STEP` tokens at a time and stops as soon as
+        ``pending()`` says real work is waiting. A later :meth:`complete` whose
+        prompt starts the same way evaluates only the rest. Returns ``(tokens
+        in the cache that match, tokens evaluated now)``.
+        """
+        with self._lock:
+            self._apply_threads()
+            prompt, prefix = self._render(request)
+            wanted = prompt.tokens[: prompt.question_end]
+            if len(wanted) >= self.settings.n_ctx:
+                return 0, 0
+            llm = self._llm
+            if tuple(wanted[: len(prefix)]) == prefix:
+                self._prefixes.restore(llm, prefix)
+            keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), wanted)
+            llm.n_tokens = keep
+            llm._ctx.kv_cache_seq_rm(0, keep, -1)
+            evaluated = 0
+            while llm.n_tokens < len(wanted) and not pending():
+                step = wanted[llm.n_tokens: llm.n_tokens + PREFILL_STEP]
+                llm.eval(step)
+                evaluated += len(step)
+            return llm.n_tokens, evaluated
 
     def complete(
         self,
@@ -94,9 +153,11 @@ class Engine:
         """Answer ``request``, calling ``on_chunk`` with text as it is generated.
 
         ``budget`` is called at every token; when it returns fewer tokens than
-        the request allows and the answer reaches it, generation stops with
-        ``finish_reason="throttled"``. Setting ``cancel`` (from any thread)
-        stops it with ``"cancelled"``. Both take effect within one token.
+        the request allows, the answer ends at the first sentence end past 60 %
+        of it, or at the budget itself, with ``finish_reason="throttled"``.
+        Setting ``cancel`` (from any thread) stops it with ``"cancelled"``.
+        Both take effect within one token, and the chunks always join up to
+        exactly the answer's text.
         """
         with self._lock, bind_request(request.id):
             return self._complete(request, on_chunk, cancel, budget)
@@ -105,74 +166,77 @@ class Engine:
                   cancel: threading.Event | None, budget: Budget | None) -> Completion:
         s, llm = self.settings, self._llm
         started = time.monotonic()
-        system = request.system_prompt if request.system_prompt is not None else s.system_prompt
-        tokens = self._prompt.tokens(system, request.text)
+        self._apply_threads()
+        prompt, prefix = self._render(request)
+        tokens = prompt.tokens
         limit = request.max_tokens or s.max_tokens
         room = s.n_ctx - len(tokens)
         if room < 1:
             raise ModelError(f"the prompt has {len(tokens)} tokens, more than llm.n_ctx "
                              f"({s.n_ctx}) allows; shorten it or raise llm.n_ctx")
         if cancel is not None and cancel.is_set():
-            return self._result(request, "", 0, "cancelled", started, None, started, len(tokens), 0)
-        prefix = self._prompt.prefix_tokens(system)
+            return self._result(request, Decoder.empty(), "cancelled", started, started,
+                                len(tokens), 0, 0)
         cached = (self._prefixes.restore(llm, prefix)
                   if tuple(tokens[: len(prefix)]) == prefix else 0)
-        if not cached and not self._prefixes.capacity:
-            llm.reset()
-        llm.set_seed(s.seed)
-
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        out: list[int] = []
-        parts: list[str] = []
+        # Tokens read for this answer: the prefix when it was evaluated just now, and
+        # whatever the KV cache does not hold yet (at least one is always replayed).
+        fresh_prefix = len(prefix) if not cached and llm.n_tokens == len(prefix) else 0
+        reused = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        evaluated = fresh_prefix + max(1, len(tokens) - reused)
+        sampling = request.sampling
+        llm.set_seed(sampling.seed if sampling.seed is not None else s.seed)
+        decoder = Decoder(llm, request, on_chunk)
         finish: FinishReason = "length"
         first_at: float | None = None
-        for token in llm.generate(tokens, temp=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                  reset=True):
+        allowed = min(limit, room)
+        for token in llm.generate(
+                tokens, reset=True,
+                temp=_pick(sampling.temperature, s.temperature),
+                top_p=_pick(sampling.top_p, s.top_p), top_k=_pick(sampling.top_k, s.top_k),
+                repeat_penalty=_pick(sampling.repeat_penalty, s.repeat_penalty),
+                frequency_penalty=_pick(sampling.frequency_penalty, s.frequency_penalty),
+                presence_penalty=_pick(sampling.presence_penalty, s.presence_penalty),
+                grammar=grammar_for(request.json_schema)):
             if first_at is None:
                 first_at = time.monotonic()
-            if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                finish = "stop"
+            ended = decoder.add(token)
+            if ended is not None:
+                finish = ended
                 break
-            piece = decoder.decode(llm.detokenize([token], prev_tokens=out))
-            out.append(token)
-            if piece:
-                if on_chunk is not None:
-                    on_chunk(Chunk(request.id, len(parts), piece))
-                parts.append(piece)
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
-            allowed = min(limit, room)
             live = budget() if budget is not None else limit
-            if live < allowed and len(out) >= live:
+            if (live < allowed and decoder.count >= live) or (
+                    live < allowed and decoder.count >= 0.6 * live
+                    and decoder.at_sentence_end):
                 finish = "throttled"
                 break
-            if len(out) >= allowed:
+            if decoder.count >= allowed:
                 break
-        if tail := decoder.decode(b"", final=True):
-            if on_chunk is not None:
-                on_chunk(Chunk(request.id, len(parts), tail))
-            parts.append(tail)
-        text = "".join(parts)
-        if finish == "throttled":
-            text = _end_at_sentence(text)
-        result = self._result(request, text, len(out), finish, started, first_at,
-                              time.monotonic(), len(tokens), cached)
+            self._apply_threads()
+        decoder.finish()
+        result = self._result(request, decoder, finish, started, first_at, len(tokens),
+                              cached, evaluated)
         log.info("completed", tokens=result.tokens, finish_reason=finish,
                  ttft_ms=round(result.ttft_ms), tokens_per_s=round(result.tokens_per_s, 2),
-                 cached_tokens=cached, prompt_tokens=len(tokens))
+                 cached_tokens=cached, evaluated_tokens=evaluated, prompt_tokens=len(tokens))
         return result
 
-    def _result(self, request: ChatRequest, text: str, n: int, finish: FinishReason,
-                started: float, first_at: float | None, ended: float, prompt_tokens: int,
-                cached: int) -> Completion:
+    def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,
+                started: float, first_at: float | None, prompt_tokens: int,
+                cached: int, evaluated: int) -> Completion:
+        ended = time.monotonic()
         first = first_at if first_at is not None else ended
+        n = decoder.count
         rate = (n - 1) / (ended - first) if n > 1 and ended > first else 0.0
         return Completion(
-            id=request.id, text=text.strip(), tokens=n, finish_reason=finish,
+            id=request.id, text=decoder.text, tokens=n, finish_reason=finish,
             ttft_ms=(first - started) * 1000, tokens_per_s=rate, model=self.model_name,
-            total_ms=(ended - started) * 1000,
-            prompt_tokens=prompt_tokens, cached_tokens=cached,
+            total_ms=(ended - started) * 1000, prompt_tokens=prompt_tokens,
+            cached_tokens=cached, evaluated_tokens=evaluated, n_threads=self.threads[0],
+            confidence=decoder.confidence, low_confidence=decoder.low_confidence,
         )
 
     def close(self) -> None:
@@ -180,7 +244,8 @@ class Engine:
         self._llm.close()
 
 
-def _end_at_sentence(text: str, near: float = 0.6) -> str:
-    """A cut answer ends at its last sentence end when that is near the cut (past ``near``)."""
-    end = max(text.rfind(mark) for mark in (". ", "! ", "? ", ".\n", "!\n", "?\n"))
-    return text[: end + 1] if end >= near * len(text.rstrip()) else text
+T = TypeVar("T")
+
+
+def _pick(override: T | None, default: T) -> T:
+    return default if override is None else override

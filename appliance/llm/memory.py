@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from appliance.errors import ResourceError
+from appliance.errors import ModelError, ResourceError
 from appliance.hardware import mem_available_bytes
 from appliance.llm.gguf import read_metadata
 
@@ -36,10 +37,19 @@ def plan(model: Path, n_ctx: int) -> MemoryPlan:
     """Estimate from the GGUF header: K and V per layer, per KV head, per token."""
     meta = read_metadata(model)
     arch = meta.get("general.architecture", "llama")
-    layers = int(meta.get(f"{arch}.block_count", 0))
-    heads = int(meta.get(f"{arch}.attention.head_count", 1)) or 1
-    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-    embd = int(meta.get(f"{arch}.embedding_length", 0))
+    if not isinstance(arch, str):
+        raise ModelError(f"{model}: general.architecture is {arch!r}, not a name")
+
+    def count(key: str, default: int) -> int:
+        value: Any = meta.get(f"{arch}.{key}", default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 32:
+            raise ModelError(f"{model}: {arch}.{key} is {value!r}, not a count")
+        return value
+
+    layers = count("block_count", 0)
+    heads = count("attention.head_count", 1) or 1
+    kv_heads = count("attention.head_count_kv", heads)
+    embd = count("embedding_length", 0)
     per_token = 2 * layers * kv_heads * (embd // heads) * KV_BYTES_PER_VALUE
     return MemoryPlan(model.stat().st_size, per_token, n_ctx)
 

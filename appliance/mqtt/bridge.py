@@ -3,19 +3,24 @@
 Every paho callback only hands over to the loop (inbound messages through a
 deque, so that a burst costs one wake-up); all logic runs on the loop. Inbound
 QoS 1 messages are acknowledged manually, only once the handler has journaled
-them (see :meth:`Bridge.ack`). Answers are written to the journal's outbox
-first and removed when their PUBACK arrives, so neither a broker restart nor a
-killed supervisor loses one.
+them (see :meth:`Bridge.ack`). Answers are written to the outbox first and
+removed when their PUBACK arrives, so neither a broker restart nor a killed
+supervisor loses one. An outbox that cannot be written (disk full) keeps the
+answers in memory and tries again every second; a publish the broker refuses
+(PUBACK reason code 0x80 or above) is reported, never taken for delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import json
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -24,13 +29,31 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance.config import Settings
+from appliance.config.secrets import read_password
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
-from appliance.service.journal import Journal
-from appliance.service.requests import Outgoing
+from appliance.protocol.messages import Outgoing
 
 log = get_logger("bridge")
+
+RETRY_S = 1.0
+SESSION_TAKEN_OVER = 0x8E
+STUCK_INBOX_S = 30.0
+"""An inbox that has held messages this long without a drain means the loop is stuck."""
+
+
+class Outbox(Protocol):
+    """Where answers wait for their PUBACK (the journal)."""
+
+    def answer(self, request_id: str | None, messages: list[Outgoing]) -> list[int]:
+        """Retire ``request_id`` and store ``messages`` atomically; returns their keys."""
+
+    def outbox(self) -> list[tuple[int, Outgoing]]:
+        """Every stored message not yet acknowledged."""
+
+    def delivered(self, key: int) -> None:
+        """Message ``key`` is done with."""
 
 
 @dataclass(frozen=True)
@@ -46,25 +69,31 @@ class Inbound:
     client: str
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The broker refused one of our publishes."""
+
+    topic: str
+    reason: str
+    code: int
+    request_id: str | None
+
+
 def _client_key(props: Properties | None) -> str:
     """Who asked, for rate limiting: a ``client`` or ``client_id`` user property."""
     for key, value in getattr(props, "UserProperty", None) or ():
         if key in ("client", "client_id"):
-            return str(value)
+            return str(value)[:64]
     return ""
 
 
-def read_password(settings: Settings) -> str | None:
-    """The MQTT password from ``mqtt.password_file`` or ``$<mqtt.password_env>``."""
-    mqtt = settings.mqtt
-    if mqtt.password_file is not None:
-        return mqtt.password_file.read_text(encoding="utf-8").strip()
-    if mqtt.password_env is not None:
-        value = os.environ.get(mqtt.password_env)
-        if value is None:
-            raise ApplianceError(f"mqtt.password_env names ${mqtt.password_env}, which is not set")
-        return value
-    return None
+def _request_id(payload: bytes) -> str | None:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    value = body.get("id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class Bridge:
@@ -72,99 +101,182 @@ class Bridge:
 
     ``on_message`` runs on the loop for every inbound message on ``subscriptions``;
     ``on_connected`` runs on the loop after each (re)connection, so that the
-    owner can republish what a restarted broker forgot (status, discovery).
+    owner can republish what a restarted broker forgot (status, discovery);
+    ``on_refused`` runs for each publish the broker refuses; ``on_change``
+    when the connection or the outbox's health changes.
     """
 
-    def __init__(self, settings: Settings, journal: Journal, subscriptions: list[str],
+    def __init__(self, settings: Settings, outbox: Outbox, subscriptions: list[str],
                  on_message: Callable[[Inbound], None],
-                 on_connected: Callable[[], None] = lambda: None) -> None:
+                 on_connected: Callable[[], None] = lambda: None, *,
+                 on_refused: Callable[[Refusal], None] = lambda _r: None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.topics = Topics.under(settings.base_topic)
-        self.journal = journal
+        self.store = outbox
         self.subscriptions = subscriptions
         self.on_message = on_message
         self.on_connected = on_connected
+        self.on_refused = on_refused
+        self.on_change = on_change
         self.connected = asyncio.Event()
         self.received = 0
+        self.outbox_error: str | None = None
+        self._closing = False
         self._loop = asyncio.get_running_loop()
-        self._inflight: dict[int, int] = {}  # paho mid -> outbox key
+        self._inflight: dict[int, tuple[int, Outgoing]] = {}  # paho mid -> outbox key, message
         # Handed over in batches: one loop wake-up per burst, not per message.
         self._inbox: collections.deque[Inbound] = collections.deque()
+        self._inbox_lock = threading.Lock()
+        self._drain_due = False
+        self._inbox_since = 0.0
+        self._undelivered: list[tuple[str | None, list[Outgoing]]] = []
         self._delivered = asyncio.Event()
         mqtt = settings.mqtt
-        client_id = mqtt.client_id or f"appliance-{settings.device_id}"
-        self.client = client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+        self.client_id = mqtt.client_id or f"appliance-{settings.device_id}"
+        self.client = client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                            protocol=paho.MQTTv5, manual_ack=True)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         if mqtt.username is not None:
             client.username_pw_set(mqtt.username, read_password(settings))
         if mqtt.tls is not None:
-            client.tls_set(ca_certs=_str(mqtt.tls.ca_file), certfile=_str(mqtt.tls.cert_file),
-                           keyfile=_str(mqtt.tls.key_file), cert_reqs=ssl.CERT_REQUIRED)
+            tls = mqtt.tls
+            client.tls_set(ca_certs=_str(tls.ca_file), certfile=_str(tls.cert_file),
+                           keyfile=_str(tls.key_file), cert_reqs=ssl.CERT_REQUIRED)
         client.reconnect_delay_set(1, 60)
         client.on_connect = self._paho_connect
+        client.on_connect_fail = self._paho_connect_fail
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         client.on_publish = self._paho_publish
+        client.suppress_exceptions = True  # a bug in a callback must not end paho's thread
         client.enable_logger()
+
+    @property
+    def where(self) -> str:
+        """``host:port`` of the broker, for log lines."""
+        return f"{self.settings.mqtt.host}:{self.settings.mqtt.port}"
 
     # --- paho's thread: hand over and return --------------------------------------------
     def _paho_connect(self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode,
                       _p: Properties | None) -> None:
         self._loop.call_soon_threadsafe(self._connected, reason)
 
+    def _paho_connect_fail(self, _c: paho.Client, _u: object) -> None:
+        self._loop.call_soon_threadsafe(self._connect_failed)
+
     def _paho_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode,
                          _p: Properties | None) -> None:
         self._loop.call_soon_threadsafe(self._disconnected, reason)
 
     def _paho_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
-        inbound = Inbound(msg.topic, msg.payload, msg.qos, msg.mid,
-                          getattr(props, "ResponseTopic", None),
-                          getattr(props, "CorrelationData", None), _client_key(props))
-        self._inbox.append(inbound)
-        if len(self._inbox) == 1:  # otherwise a drain is already due and will take this too
-            self._loop.call_soon_threadsafe(self._drain_inbox)
+        try:
+            props = getattr(msg, "properties", None)
+            inbound = Inbound(msg.topic, msg.payload, msg.qos, msg.mid,
+                              getattr(props, "ResponseTopic", None),
+                              getattr(props, "CorrelationData", None), _client_key(props))
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            log.warning("unreadable_message", error=str(exc))
+            if msg.qos:
+                self.client.ack(msg.mid, msg.qos)
+            return
+        with self._inbox_lock:
+            self._inbox.append(inbound)
+            if self._drain_due:
+                return  # the drain already scheduled takes this one too
+            self._drain_due = True
+            self._inbox_since = time.monotonic()
+        self._loop.call_soon_threadsafe(self._drain_inbox)
 
-    def _paho_publish(self, _c: paho.Client, _u: object, mid: int, _r: ReasonCode,
+    def _paho_publish(self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode,
                       _p: Properties) -> None:
-        self._loop.call_soon_threadsafe(self._published, mid)
+        self._loop.call_soon_threadsafe(self._published, mid, reason)
 
     # --- the loop ------------------------------------------------------------------------
     def _connected(self, reason: ReasonCode) -> None:
         if reason.is_failure:
-            log.error("connect_refused", reason=str(reason))
+            log.error("connect_refused", broker=self.where, reason=str(reason),
+                      code=reason.value)
             return
+        self.connected.set()
         for topic in self.subscriptions:
             self.client.subscribe(topic, qos=1)
         self.publish(Outgoing(self.topics.status, b"online", retain=True))
-        self.connected.set()
-        log.info("connected", host=self.settings.mqtt.host, port=self.settings.mqtt.port)
+        log.info("connected", broker=self.where, client_id=self.client_id)
         self.on_connected()
+        self.on_change()
+
+    def _connect_failed(self) -> None:
+        log.warning("connect_failed", broker=self.where,
+                    reason="no broker reachable; retrying with backoff up to 60 s")
 
     def _disconnected(self, reason: ReasonCode) -> None:
-        if self.connected.is_set():
-            log.warning("disconnected", reason=str(reason))
+        was = self.connected.is_set()
         self.connected.clear()
+        if self._closing:
+            log.info("disconnected", broker=self.where, reason="shutting down")
+        elif reason.value == SESSION_TAKEN_OVER:
+            log.error("session_taken_over", broker=self.where, client_id=self.client_id,
+                      code=reason.value, reason=str(reason),
+                      hint="another client connected with the same client id")
+        elif was:
+            log.warning("disconnected", broker=self.where, reason=str(reason),
+                        code=reason.value)
+        if was:
+            self.on_change()
 
     def _drain_inbox(self) -> None:
-        while self._inbox:
+        while True:
+            with self._inbox_lock:
+                if not self._inbox:
+                    self._drain_due = False
+                    return
+                inbound = self._inbox.popleft()
             self.received += 1
-            self.on_message(self._inbox.popleft())
+            try:
+                self.on_message(inbound)
+            except Exception:  # the handler's own guard failed: never stop draining
+                log.exception("inbound_handler_failed", topic=inbound.topic)
 
-    def _published(self, mid: int) -> None:
-        key = self._inflight.pop(mid, None)
-        if key is not None:
-            self.journal.delivered(key)
-            if not self._inflight:
-                self._delivered.set()
+    @property
+    def healthy(self) -> bool:
+        """Paho's network thread runs and inbound messages are being handled."""
+        thread = getattr(self.client, "_thread", None)
+        if thread is not None and not thread.is_alive():
+            return False
+        with self._inbox_lock:
+            return not (self._drain_due and time.monotonic() - self._inbox_since > STUCK_INBOX_S)
+
+    def _published(self, mid: int, reason: ReasonCode | None) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is not None:
+            key, message = entry
+            if key >= 0:
+                self._retire(key)
+            if reason is not None and reason.is_failure:
+                self._refused(message, str(reason), reason.value)
+        if not self._inflight:
+            self._delivered.set()
+
+    def _retire(self, key: int) -> None:
+        try:
+            self.store.delivered(key)
+        except ApplianceError as exc:  # it will be sent once more after a restart: harmless
+            log.warning("outbox_retire_failed", error=str(exc))
+
+    def _refused(self, message: Outgoing, reason: str, code: int) -> None:
+        request_id = _request_id(message.payload)
+        log.error("publish_refused", topic=message.topic, reason=reason, code=code,
+                  request_id=request_id)
+        if message.topic != self.topics.error:
+            self.on_refused(Refusal(message.topic, reason, code, request_id))
 
     def start(self) -> None:
         """Connect in the background (retrying forever) and resend the outbox of earlier runs."""
         mqtt = self.settings.mqtt
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = mqtt.session_expiry_s
-        for key, message in self.journal.outbox():
+        for key, message in self.store.outbox():
             self._publish_tracked(key, message)
         self.client.connect_async(mqtt.host, mqtt.port, keepalive=mqtt.keepalive_s,
                                   clean_start=False, properties=props)
@@ -176,27 +288,74 @@ class Bridge:
             self.client.ack(inbound.mid, inbound.qos)
 
     def publish(self, message: Outgoing) -> None:
-        """Publish without the outbox: status, state, stream chunks."""
-        self._send(message)
+        """Publish without the outbox: state, stream chunks, transcripts.
+
+        Best effort: while disconnected such messages are dropped, not piled up
+        in memory (the state is published again on every connection).
+        """
+        if self.connected.is_set():
+            self._send(message)
 
     def deliver(self, request_id: str | None, messages: list[Outgoing]) -> None:
-        """Answer: retire ``request_id`` from the journal and publish via the outbox, atomically."""
-        for key, message in zip(self.journal.answer(request_id, messages), messages,
-                                strict=True):
+        """Answer: retire ``request_id`` and publish ``messages`` via the outbox, atomically.
+
+        When the outbox cannot be written, the answer waits in memory and is
+        tried again every second; errors that have no request to retire are
+        published at once without the outbox instead.
+        """
+        try:
+            keys = self.store.answer(request_id, messages)
+        except ApplianceError as exc:
+            self._outbox_failed(str(exc))
+            if request_id is None:
+                for message in messages:
+                    self.publish(message)
+                return
+            self._undelivered.append((request_id, messages))
+            return
+        for key, message in zip(keys, messages, strict=True):
             self._publish_tracked(key, message)
+
+    def _outbox_failed(self, error: str) -> None:
+        if self.outbox_error is None:
+            log.error("outbox_unwritable", error=error,
+                      hint="answers wait in memory and are retried every second")
+            self._loop.call_later(RETRY_S, self._retry_undelivered)
+        self.outbox_error = error
+        self.on_change()
+
+    def _retry_undelivered(self) -> None:
+        waiting, self._undelivered = self._undelivered, []
+        self.outbox_error = None
+        for request_id, messages in waiting:
+            self.deliver(request_id, messages)
+        if self.outbox_error is None:
+            log.info("outbox_writable", delivered=len(waiting))
+            self.on_change()
+        else:
+            self._loop.call_later(RETRY_S, self._retry_undelivered)
 
     def _publish_tracked(self, key: int, message: Outgoing) -> None:
         """Publish and remember ``key``, so that its PUBACK retires it (-1: not journaled)."""
         info = self._send(message)
+        if info is None:  # paho refused it outright: it would fail on every resend too
+            if key >= 0:
+                self._retire(key)
+            return
         self._delivered.clear()
-        self._inflight[info.mid] = key
+        self._inflight[info.mid] = (key, message)
 
-    def _send(self, message: Outgoing) -> paho.MQTTMessageInfo:
-        return self.client.publish(message.topic, message.payload, qos=message.qos,
-                                   retain=message.retain, properties=_props(message))
+    def _send(self, message: Outgoing) -> paho.MQTTMessageInfo | None:
+        try:
+            return self.client.publish(message.topic, message.payload, qos=message.qos,
+                                       retain=message.retain, properties=_props(message))
+        except (ValueError, TypeError) as exc:
+            self._refused(message, str(exc), 0)
+            return None
 
     async def close(self, flush_s: float = 3.0) -> None:
         """Publish ``offline``, wait up to ``flush_s`` for outstanding PUBACKs, disconnect."""
+        self._closing = True
         if self.connected.is_set():
             self._publish_tracked(-1, Outgoing(self.topics.status, b"offline", retain=True))
             try:
@@ -207,8 +366,8 @@ class Bridge:
         self.client.loop_stop()
 
 
-def _str(path: os.PathLike[str] | None) -> str | None:
-    return None if path is None else os.fspath(path)
+def _str(path: object) -> str | None:
+    return None if path is None else str(path)
 
 
 def _props(message: Outgoing) -> Properties | None:

@@ -8,12 +8,17 @@ on ``<base>/error``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import ApplianceError
 
 MAX_ID_LENGTH = 64
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects accepted in a payload."""
+MAX_NUMBER = 2**64
+"""Largest integer accepted (an unsigned 64-bit counter); floats are finite by JSON."""
 
 
 class InputError(ApplianceError):
@@ -73,14 +78,52 @@ def _decode(payload: bytes, max_bytes: int) -> str:
         raise InputError(f"payload is not valid UTF-8 (byte {exc.start})") from None
 
 
+def _no_constant(name: str) -> Any:
+    raise InputError(f"invalid JSON: {name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InputError(f"invalid JSON: {text[:20]} is out of a number's range")
+    return value
+
+
+def _check_data(value: Any, depth: int = 0) -> None:
+    """Reject what JSON parsers accept but nothing downstream should see."""
+    if depth > MAX_DEPTH:
+        raise InputError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_NUMBER:
+            raise InputError("a number is too large (beyond what a sensor can mean)")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("text holds an unpaired UTF-16 surrogate "
+                             "(\\ud800-\\udfff), which is not Unicode text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_data(key, depth + 1)
+            _check_data(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_data(item, depth + 1)
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                          ) from None
+    except RecursionError:
+        raise InputError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InputError(f"expected a JSON object, got {type(value).__name__}")
+    _check_data(value)
     return value
 
 

@@ -11,7 +11,7 @@ import json
 
 from appliance import __version__
 from appliance.mqtt.contract import Topics
-from appliance.service.requests import Outgoing
+from appliance.protocol.messages import Outgoing
 
 
 def discovery_topic(prefix: str, device_id: str) -> str:

@@ -13,7 +13,10 @@ Grammar::
 ``temperature > 40``, ``sensor.temp >= 30 and not door.open``,
 ``changed(state)``, ``delta(temperature) > 2``, ``present(motion)``.
 A path missing from the event, or a comparison of unlike types, is simply
-false: a sensor that omits a field does not crash the bridge.
+false: a sensor that omits a field does not crash the bridge. Nor does any
+other JSON value: NaN, the infinities and integers beyond the float range are
+not numbers, and structures too deep to compare are unequal.
+Conditions nest at most :data:`MAX_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ _COMPARE = {
     ">=": lambda a, b: a >= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
 }
 _MISSING = object()
+MAX_DEPTH = 32
+"""How deeply parentheses and ``not`` may nest in a condition."""
 
 
 class ExpressionError(ValueError):
@@ -96,6 +101,17 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def nested(self, parse: Callable[[], Any]) -> Any:
+        """``parse()`` one level deeper, refusing what would exhaust the stack."""
+        if self.depth >= MAX_DEPTH:
+            raise ExpressionError(f"the condition nests more than {MAX_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -123,17 +139,17 @@ class _Parser:
         return self.chain("and", self.neg)
 
     def chain(self, word: str, operand: Callable[[], Any]) -> Any:
-        """``operand (word operand)*``, left-associative."""
-        node = operand()
+        """``operand (word operand)*`` as one flat node, however long the chain."""
+        operands = [operand()]
         while self.peek() == ("name", word):
             self.take()
-            node = Node(word, (node, operand()))
-        return node
+            operands.append(operand())
+        return operands[0] if len(operands) == 1 else Node(word, tuple(operands))
 
     def neg(self) -> Any:
         if self.peek() == ("name", "not"):
             self.take()
-            return Node("not", (self.neg(),))
+            return Node("not", (self.nested(self.neg),))
         left = self.value()
         token = self.peek()
         if token is not None and token[1] in _COMPARE:
@@ -144,11 +160,14 @@ class _Parser:
     def value(self) -> Any:
         kind, text = self.take()
         if kind == "num":
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ExpressionError(f"the number {text} is out of range")
+            return number
         if kind == "str":
             return re.sub(r"\\(.)", r"\1", text[1:-1])
         if text == "(":
-            node = self.expr()
+            node = self.nested(self.expr)
             self.take(")")
             return node
         if kind != "name" or text in ("and", "or", "not"):
@@ -202,10 +221,53 @@ def _truthy(value: Any) -> bool:
     return value is not _MISSING and bool(value)
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
+    """``value`` as a number, or ``None`` when it is no number.
+
+    NaN, the infinities and integers too large for a float (a 400-digit reading
+    is no reading) are none either. Integers stay integers, which Python compares
+    with floats exactly.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:
+        return None
+
+
+def _difference(now: Any, before: Any) -> Any:
+    """``now - before`` for ``delta()``; missing unless both are numbers with a finite result."""
+    a, b = _number(now), _number(before)
+    if a is None or b is None:
+        return _MISSING
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    result = float(a) - float(b)
+    return result if math.isfinite(result) else _MISSING
+
+
+def _compare(op: str, left: Any, right: Any) -> bool:
+    """``left op right``: numbers by value, other values only against their own type."""
+    ln, rn = _number(left), _number(right)
+    if ln is not None and rn is not None:
+        return bool(_COMPARE[op](ln, rn))
+    if type(left) is not type(right) or type(left) in (int, float):  # NaN, inf, 10**400
+        return op == "!="
+    try:
+        return bool(_COMPARE[op](left, right))
+    except TypeError:  # unorderable: a mapping against a mapping
+        return False
+    except RecursionError:  # nested deeper than Python compares: taken as unequal
+        return op == "!="
+
+
+def _differs(now: Any, before: Any) -> bool:
+    """Whether a value has changed; structures too deep to compare count as changed."""
+    try:
+        return bool(now != before)
+    except RecursionError:
+        return True
 
 
 def _eval(node: Any, event: Mapping[str, Any], previous: Mapping[str, Any]) -> Any:
@@ -215,30 +277,19 @@ def _eval(node: Any, event: Mapping[str, Any], previous: Mapping[str, Any]) -> A
         return node
     op, args = node.op, node.args
     if op == "and":
-        return _truthy(_eval(args[0], event, previous)) and _truthy(
-            _eval(args[1], event, previous))
+        return all(_truthy(_eval(arg, event, previous)) for arg in args)
     if op == "or":
-        return _truthy(_eval(args[0], event, previous)) or _truthy(
-            _eval(args[1], event, previous))
+        return any(_truthy(_eval(arg, event, previous)) for arg in args)
     if op == "not":
         return not _truthy(_eval(args[0], event, previous))
     if op == "present":
         return args[0].lookup(event) is not _MISSING
     if op in ("changed", "delta"):
         now, before = args[0].lookup(event), args[0].lookup(previous)
-        if op == "changed":
-            return now is not _MISSING and before is not _MISSING and now != before
-        a, b = _number(now), _number(before)
-        return _MISSING if a is None or b is None else a - b
+        if op == "delta":
+            return _difference(now, before)
+        return now is not _MISSING and before is not _MISSING and _differs(now, before)
     left, right = _eval(args[0], event, previous), _eval(args[1], event, previous)
     if left is _MISSING or right is _MISSING:
         return False
-    ln, rn = _number(left), _number(right)
-    if ln is not None and rn is not None:
-        return _COMPARE[op](ln, rn)
-    if type(left) is not type(right):
-        return op == "!="
-    try:
-        return _COMPARE[op](left, right)
-    except TypeError:
-        return False
+    return _compare(op, left, right)

@@ -1,12 +1,14 @@
 """Prompt templates for sensor rules: ``{field.path}`` placeholders filled with event values.
 
 Values are inserted as *data*: numbers as numbers, text JSON-quoted and cut
-short, anything structured replaced by a marker. A sensor payload can
-therefore never smuggle instructions into the prompt as free text.
+short, anything structured (or a number out of the float range, NaN or an
+infinity) replaced by a marker. A sensor payload can therefore never smuggle
+instructions into the prompt as free text, and no JSON value makes rendering fail.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -18,17 +20,23 @@ from appliance.rules.expr import ExpressionError, Path, parse_condition
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 MAX_TEXT_VALUE = 48
+UNKNOWN = "unknown"
 
 
 def _format(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float) and math.isfinite(value):
-        return f"{value:g}"
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return UNKNOWN
+        return f"{number:g}" if math.isfinite(number) else UNKNOWN
     if isinstance(value, str):
-        clean = "".join(ch for ch in value if ch.isprintable())[:MAX_TEXT_VALUE]
+        printable = (ch for ch in value if ch.isprintable())  # also drops lone surrogates
+        clean = "".join(itertools.islice(printable, MAX_TEXT_VALUE))
         return json.dumps(clean, ensure_ascii=False)
-    return "unknown"
+    return UNKNOWN
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,20 @@
-"""The dispatcher: one model, one generation at a time, nothing lost.
+"""The dispatcher: one generation at a time, nothing lost.
 
-Requests arrive from the bridge (questions, sensor rules) and later from
-voice; they are journaled, queued by priority and run on the model worker one
-at a time. A voice request preempts a running sensor generation, which is
-requeued. A request whose worker dies is retried once, then answered with
-``finish_reason: "error"``.
+Requests arrive from the entrances (MQTT questions and sensor rules, voice,
+the HTTP and Wyoming APIs); durable ones are journaled, all are queued by
+priority and run one at a time on a :class:`~appliance.generate.base.Generator`.
+An interactive request (voice, API) preempts a running sensor generation,
+which is requeued. A request whose generator crashes is retried once, then
+answered with ``finish_reason: "error"``.
 
 The thermal level (:meth:`Dispatcher.set_level`) caps each answer's tokens,
 may ask for brief answers, defers sensor rules (kept in the journal, run when
 cooler), pauses between generations, and at ``max_tokens: 0`` answers with a
 fixed reply instead of generating.
+
+Every answer goes to every outlet in the same shape: MQTT (the answer and its
+stream, through the outbox), the speaker for voice, and the waiter of an API
+request (:meth:`Dispatcher.watch`).
 """
 
 from __future__ import annotations
@@ -22,14 +27,19 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
+from appliance.generate.base import (
+    GenerationFailed,
+    GeneratorCrashed,
+    OnChunk,
+)
 from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
+from appliance.protocol.messages import INTERACTIVE, Outgoing, Request
 from appliance.rules import RuleSet
-from appliance.service.journal import Journal
-from appliance.service.model_worker import GenerationFailed, ModelWorker, WorkerCrashed
-from appliance.service.requests import Outgoing, Request
-from appliance.service.status import State, Status
+from appliance.service.journal import Journal, JournalError
+from appliance.service.router import Router
+from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
 from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT
 
@@ -41,7 +51,7 @@ BRIEF_INSTRUCTION = " Keep the answer to one short sentence."
 
 
 class Outlet(Protocol):
-    """Where the dispatcher's messages go (the MQTT bridge)."""
+    """Where the dispatcher's MQTT messages go (the bridge)."""
 
     def publish(self, message: Outgoing) -> None:
         """Send now, best effort (stream chunks)."""
@@ -59,16 +69,22 @@ class VoiceOut(Protocol):
     def finish(self, request_id: str) -> None:
         """The answer is complete."""
 
-    @property
-    def speaking(self) -> bool:
-        """Whether an answer is being heard right now."""
+
+class Watcher(Protocol):
+    """Someone waiting for one request's chunks and answer (an API client)."""
+
+    def chunk(self, chunk: Chunk) -> None:
+        """Answer text as it streams."""
+
+    def answer(self, payload: dict[str, Any]) -> None:
+        """The final answer (the same fields as on MQTT)."""
 
 
 class Rejected(Exception):
     """A request was refused (queue full); the message is the public error text."""
 
 
-def _unanswered(finish_reason: FinishReason, text: str = "", **extra: str) -> dict[str, Any]:
+def unanswered(finish_reason: FinishReason, text: str = "", **extra: Any) -> dict[str, Any]:
     """The fields of an answer that no generation produced."""
     return {"text": text, "tokens": 0, "finish_reason": finish_reason, **extra}
 
@@ -78,20 +94,19 @@ def _json(data: dict[str, Any]) -> bytes:
 
 
 class Dispatcher:
-    """Queues requests and runs them on ``worker``, publishing through ``outlet``."""
+    """Queues requests and runs them through ``router``, publishing through ``outlet``."""
 
-    def __init__(self, *, worker: ModelWorker, outlet: Outlet, journal: Journal,
+    def __init__(self, *, router: Router, outlet: Outlet, journal: Journal,
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
                  stream: bool, llm: LlmSettings,
                  on_alert: Callable[[], None] = lambda: None, kid_safe: bool = False) -> None:
-        self.worker, self.outlet, self.journal = worker, outlet, journal
+        self.router, self.outlet, self.journal = router, outlet, journal
         self.on_alert = on_alert
         self.speaker: VoiceOut | None = None  # set when voice answers are spoken
         self.kid_safe = kid_safe
         self.llm = llm
         self.level: ThermalLevel = DEFAULT_THERMAL_LEVELS[0]
         self._deferred: list[Request] = []
-        self._idle_state: State = "idle"
         self.topics, self.rules, self.status = topics, rules, status
         self.stream = stream
         self.queue_size = queue_size
@@ -101,6 +116,8 @@ class Dispatcher:
         self._preempted = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._watchers: dict[str, Watcher] = {}
+        self._streamed: dict[str, int] = {}  # request id -> chunks published so far
 
     # --- intake ----------------------------------------------------------------------------
     def restore(self) -> int:
@@ -111,21 +128,26 @@ class Dispatcher:
         self._queue_changed()
         return len(pending)
 
-    def submit(self, request: Request) -> bool:
-        """Journal and queue ``request``; ``False`` if its id is already journaled.
+    def submit(self, request: Request, watcher: Watcher | None = None) -> bool:
+        """Journal (unless it is an API request) and queue ``request``.
 
-        Raises :class:`Rejected` when the queue is full.
+        Returns ``False`` if its id is already journaled. Raises
+        :class:`Rejected` when the queue is full, and
+        :class:`~appliance.service.journal.JournalError` when it cannot be
+        journaled (then it is not queued either).
         """
         if len(self.queue) >= self.queue_size:
             raise Rejected(f"queue full ({self.queue_size} requests waiting)")
-        if not self.journal.add(request):
+        if request.source != "api" and not self.journal.add(request):
             return False
+        if watcher is not None:
+            self._watchers[request.id] = watcher
         self.queue.put(request)
         running = self.running
-        if running is not None and running.source == "sensor" and request.source == "voice":
+        if running is not None and running.source == "sensor" and request.source in INTERACTIVE:
             log.info("preempting", running=running.id, by=request.id)
             self._preempted = True
-            self.worker.cancel(running.id)
+            self.router.cancel(running.id)
         self._queue_changed()
         return True
 
@@ -136,8 +158,8 @@ class Dispatcher:
         for trigger in self.rules.match(topic, event):
             waiting = self.queue.queued_for_rule(trigger.rule)
             if waiting is not None:  # coalesce: the latest event wins
-                self.queue.replace(replace(waiting, text=trigger.prompt))
                 self.journal.update_text(waiting.id, trigger.prompt)
+                self.queue.replace(replace(waiting, text=trigger.prompt))
                 continue
             if not self.rules.due(trigger, now):
                 continue
@@ -153,25 +175,20 @@ class Dispatcher:
     def cancel(self, request_id: str) -> bool:
         """Cancel a queued or running request; ``False`` if there is none with that id."""
         if self.running is not None and self.running.id == request_id:
-            self.worker.cancel(request_id)
+            self.router.cancel(request_id)
             return True
         request = self.queue.remove(request_id)
         if request is None:
             return False
-        self._answer(request, _unanswered("cancelled"))
+        self._answer(request, unanswered("cancelled"))
         self._queue_changed()
         return True
 
-    @property
-    def idle_state(self) -> State:
-        """What the state reads when nothing runs: ``idle``, or ``throttled`` when hot."""
-        return self._idle_state
-
-    def _rest_state(self) -> State:
-        """The state when no generation runs: still ``speaking`` while an answer is heard."""
-        if self.speaker is not None and self.speaker.speaking:
-            return "speaking"
-        return self._idle_state
+    def prefill(self, text: str) -> None:
+        """Let an idle local model read a voice question while it is still being spoken."""
+        if self.running is None and not len(self.queue):
+            self.router.prefill(self._chat(Request(id="prefill", source="voice", text=text),
+                                           self.level))
 
     def set_level(self, level: ThermalLevel, throttled: bool) -> None:
         """Apply a new thermal level to the requests that start from now on.
@@ -179,9 +196,7 @@ class Dispatcher:
         ``throttled``: the level is above the lowest, so idle reads ``throttled``.
         """
         self.level = level
-        self._idle_state = "throttled" if throttled else "idle"
-        if self.running is None:
-            self.status.update(state=self._rest_state())
+        self.status.update(throttled=throttled)
         if not level.defer_rules and self._deferred:
             log.info("rules_resumed", count=len(self._deferred))
             for request in self._deferred:
@@ -203,12 +218,12 @@ class Dispatcher:
                 log.info("rule_deferred", id=request.id, level=level.name)
                 continue
             if level.max_tokens == 0:
-                self._answer(request, _unanswered("throttled", text=COOLING_REPLY))
+                self._answer(request, unanswered("throttled", text=COOLING_REPLY))
                 self._queue_changed()
                 continue
             self.running = request
             self._idle.clear()
-            self.status.update(state="thinking")
+            self.status.update(running=True)
             self._queue_changed()
             try:
                 with bind_request(request.id, source=request.source):
@@ -219,64 +234,89 @@ class Dispatcher:
                 self.running = None
                 self._preempted = False
                 self._idle.set()
-                self.status.update(state="thinking" if len(self.queue) else self._rest_state())
+                self.status.update(running=bool(len(self.queue)))
                 self._queue_changed()
 
-    async def _run_one(self, request: Request, level: ThermalLevel) -> None:
-        self.journal.count_attempt(request.id)
-        on_chunk = self._streamer(request) if request.source != "sensor" else None
+    def _chat(self, request: Request, level: ThermalLevel) -> ChatRequest:
         budget = level.budget(self.llm.max_tokens)
         system = self.llm.system_prompt
         if request.source == "voice" and self.kid_safe:
             system, budget = KID_SYSTEM_PROMPT, min(budget, KID_MAX_TOKENS)
-        chat = ChatRequest(
+        return ChatRequest(
             request.text, id=request.id,
             max_tokens=min(request.max_tokens or self.llm.max_tokens, budget),
             system_prompt=system + BRIEF_INSTRUCTION if level.brief else system)
+
+    async def _run_one(self, request: Request, level: ThermalLevel) -> None:
+        if request.source != "api":
+            try:
+                self.journal.count_attempt(request.id)
+            except JournalError as exc:  # only the retry count suffers
+                log.warning("attempt_not_counted", error=str(exc))
+        chat = self._chat(request, level)
+        on_chunk = self._streamer(request)
         try:
-            result = await self.worker.generate(chat, on_chunk)
-        except WorkerCrashed as exc:
+            routed = await self.router.run(request, chat, on_chunk)
+        except GeneratorCrashed as exc:
             if request.attempts + 1 < MAX_ATTEMPTS:
                 log.warning("retrying", error=str(exc))
                 self.queue.put(replace(request, attempts=request.attempts + 1), front=True)
                 return
-            self._answer(request, _unanswered("error", error=str(exc)))
+            self._answer(request, unanswered("error", error=str(exc)))
             return
         except GenerationFailed as exc:
-            self._answer(request, _unanswered("error", error=str(exc)))
+            self._answer(request, unanswered("error", error=str(exc)))
             return
-        if self._preempted and result.finish_reason == "cancelled":
-            self.queue.put(request, front=True)  # a voice request came first; run it later
+        if self._preempted and routed.completion.finish_reason == "cancelled":
+            self.queue.put(request, front=True)  # an interactive request came first
             return
-        self._answer(request, result.as_dict())
+        self._answer(request, routed.answer_fields())
 
-    def _streamer(self, request: Request) -> Callable[[Chunk], None]:
+    def _streamer(self, request: Request) -> OnChunk:
+        """Hand chunks to every outlet; ``seq`` keeps counting across retried attempts."""
         speaker = self.speaker if request.source == "voice" else None
-        publish = self.stream and not (request.source == "voice" and self.kid_safe)
+        watcher = self._watchers.get(request.id)
+        private = request.source == "voice" and self.kid_safe
+        publish = self.stream and request.source in ("mqtt", "voice") and not private
+        restart = self._streamed.get(request.id, 0) > 0
 
         def on_chunk(chunk: Chunk) -> None:
+            nonlocal restart
+            seq = self._streamed.get(request.id, 0)
+            self._streamed[request.id] = seq + 1
             if publish:
-                self.outlet.publish(Outgoing(self.topics.stream, _json(
-                    {"id": request.id, "seq": chunk.seq, "delta": chunk.delta})))
+                body: dict[str, Any] = {"id": request.id, "seq": seq, "delta": chunk.delta}
+                if restart:  # a retried generation starts the text over
+                    body["restart"] = True
+                    restart = False
+                self.outlet.publish(Outgoing(self.topics.stream, _json(body)))
             if speaker is not None:
                 speaker.feed(request.id, chunk.delta)
+            if watcher is not None:
+                watcher.chunk(chunk)
         return on_chunk
 
     def _answer(self, request: Request, fields: dict[str, Any]) -> None:
         payload = {"id": request.id, **fields, "throttle_level": self.status.throttle_level,
                    "source": request.source,
-                   "model": fields.get("model", self.status.model)}
+                   "model": fields.get("model") or self.status.model}
         if request.rule is not None:
             payload["rule"] = request.rule
+        self._streamed.pop(request.id, None)
         default = self.topics.alert if request.source == "sensor" else self.topics.answer
         if request.source == "voice" and self.speaker is not None:
             self.speaker.finish(request.id)
+        watcher = self._watchers.pop(request.id, None)
+        if watcher is not None:
+            watcher.answer(payload)
         private = request.source == "voice" and self.kid_safe  # toy mode: nothing leaves
-        self.outlet.deliver(request.id, [] if private else [Outgoing(
-            request.reply_topic or default, _json(payload), correlation=request.correlation)])
+        if request.source != "api":
+            self.outlet.deliver(request.id, [] if private else [Outgoing(
+                request.reply_topic or default, _json(payload),
+                correlation=request.correlation)])
         if request.source == "sensor" and payload["finish_reason"] != "error":
             self.on_alert()
-        log.info("answered", finish_reason=payload["finish_reason"],
+        log.info("answer_ready", finish_reason=payload["finish_reason"],
                  tokens=payload.get("tokens"), topic=request.reply_topic or default)
 
     def _queue_changed(self) -> None:
@@ -297,5 +337,5 @@ class Dispatcher:
         except TimeoutError:
             log.info("cancelling_for_shutdown", id=running.id)
             self._preempted = True  # requeued, not answered: the journal keeps it
-            self.worker.cancel(running.id)
+            self.router.cancel(running.id)
             await self._idle.wait()

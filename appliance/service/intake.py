@@ -1,7 +1,15 @@
-"""Inbound MQTT messages: validate, route to the dispatcher, answer errors, then acknowledge."""
+"""Inbound MQTT messages: validate, route to the dispatcher, answer errors, then acknowledge.
+
+Every message ends in exactly one of three ways: handed to the dispatcher
+(journaled), refused with one ``error`` message, or held because the journal
+cannot be written just now. Only the first two acknowledge it to the broker;
+a held message is tried again every few seconds until the journal takes it,
+and the broker redelivers it if the process dies meanwhile.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -10,12 +18,22 @@ from appliance.llm import new_request_id
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Inbound
 from appliance.mqtt.contract import InputError, Topics, parse_ask, parse_cancel, parse_event
+from appliance.mqtt.topic_policy import TopicPolicy
+from appliance.protocol.messages import Outgoing, Request
 from appliance.rules import RuleSet
 from appliance.service.dispatcher import Dispatcher, Outlet, Rejected
+from appliance.service.guard import INTERNAL_ERROR, guarded
+from appliance.service.journal import JournalError
 from appliance.service.ratelimit import RateLimiter
-from appliance.service.requests import Outgoing, Request
+from appliance.service.status import Status
 
 log = get_logger("intake")
+
+RETRY_S = 2.0
+
+
+class _Held(Exception):
+    """The message could not be journaled; keep it and try again."""
 
 
 class Intake:
@@ -27,15 +45,22 @@ class Intake:
 
     def __init__(self, settings: Settings, topics: Topics, rules: RuleSet,
                  dispatcher: Dispatcher, outlet: Outlet, ack: Callable[[Inbound], None],
-                 on_discovery_request: Callable[[], None]) -> None:
+                 on_discovery_request: Callable[[], None], status: Status | None = None,
+                 ) -> None:
         self.settings, self.topics, self.rules = settings, topics, rules
         self.dispatcher, self.outlet, self.ack = dispatcher, outlet, ack
         self.on_discovery_request = on_discovery_request
-        self.limiter = RateLimiter(settings.mqtt.ask_rate_per_min)
-        self.discovery_status = f"{settings.mqtt.discovery.prefix}/status"
+        self.status = status or Status()
+        mqtt = settings.mqtt
+        self.limiter = RateLimiter(mqtt.ask_rate_per_min)
+        self.policy = TopicPolicy.for_settings(topics.base, mqtt.base_topic,
+                                               mqtt.discovery.prefix, mqtt.response_topics)
+        self.discovery_status = f"{mqtt.discovery.prefix}/status"
         self.event_prefix = f"{topics.base}/event/"
         # Our own GPIO inputs publish events; those no rule uses are not errors.
         self.local_events = {topics.event(spec.name) for spec in settings.gpio.inputs}
+        self._held: dict[Inbound, str] = {}  # message -> the request id it was given
+        self._retry_due = False
 
     def subscriptions(self) -> list[str]:
         """Every topic we listen to."""
@@ -45,8 +70,18 @@ class Intake:
             topics.append(self.discovery_status)
         return topics
 
+    def _failed(self, inbound: Inbound) -> None:
+        """The guard's answer to a bug: one ``internal error``, and the message is done."""
+        self._error(inbound.topic, INTERNAL_ERROR, self._held.pop(inbound, None)
+                    or _readable_id(inbound.payload))
+        self.ack(inbound)
+
     def __call__(self, inbound: Inbound) -> None:
         """Handle one message (on the loop)."""
+        self._handle(inbound)
+
+    @guarded(_failed)
+    def _handle(self, inbound: Inbound) -> None:
         request_id: str | None = None
         try:
             if inbound.topic == self.topics.ask:
@@ -65,17 +100,45 @@ class Intake:
             self._error(inbound.topic, str(exc), exc.request_id or request_id)
         except Rejected as exc:
             self._error(inbound.topic, str(exc), request_id)
-        finally:
-            self.ack(inbound)
+        except _Held:
+            return  # not acknowledged: it is tried again, or redelivered after a restart
+        self._held.pop(inbound, None)
+        self.ack(inbound)
+        if not self._held:
+            self.status.problem("journal", None)
+
+    def _hold(self, inbound: Inbound, request_id: str | None, exc: JournalError) -> _Held:
+        first = inbound not in self._held
+        self._held[inbound] = request_id or ""
+        self.status.problem("journal", str(exc))
+        if first:
+            log.error("not_journaled", topic=inbound.topic, id=request_id, error=str(exc))
+            self._error(inbound.topic, f"cannot store this message now ({exc}); it is kept "
+                        "and handled as soon as the journal can be written", request_id)
+        if not self._retry_due:
+            self._retry_due = True
+            asyncio.get_running_loop().call_later(RETRY_S, self._retry)
+        return _Held()
+
+    def _retry(self) -> None:
+        self._retry_due = False
+        for inbound in list(self._held):
+            self._handle(inbound)
 
     def _ask(self, inbound: Inbound) -> None:
         mqtt = self.settings.mqtt
         ask = parse_ask(inbound.payload, mqtt.max_payload_bytes, self.settings.llm.max_tokens)
+        request_id = ask.id or self._held.get(inbound) or new_request_id()
+        if inbound.response_topic is not None:
+            refused = self.policy.refuse_reply(inbound.response_topic)
+            if refused is not None:
+                raise InputError(f"response topic {inbound.response_topic[:80]!r} refused: "
+                                 f"{refused}", request_id)
         client = inbound.client or "anonymous"
-        if not self.limiter.allow(client):
+        if inbound not in self._held and not self.limiter.allow(client):
             raise InputError(f"rate limited: at most {mqtt.ask_rate_per_min} questions per "
-                             f"minute for client {client!r}", ask.id)
-        request = Request(id=ask.id or new_request_id(), source="mqtt", text=ask.text,
+                             f"minute for client {client!r}", request_id)
+        request = Request(id=request_id, source="mqtt", text=ask.text,
                           max_tokens=ask.max_tokens, reply_topic=inbound.response_topic,
                           correlation=inbound.correlation, client=client)
         try:
@@ -83,6 +146,8 @@ class Intake:
                 log.info("duplicate_ignored", id=request.id)
         except Rejected as exc:
             raise InputError(str(exc), request.id) from None
+        except JournalError as exc:
+            raise self._hold(inbound, request_id, exc) from None
 
     def _event(self, inbound: Inbound) -> None:
         if not self.rules.knows(inbound.topic):
@@ -91,7 +156,10 @@ class Intake:
             name = inbound.topic.removeprefix(self.event_prefix)
             raise InputError(f"unknown event {name!r}: no rule listens to it")
         event = parse_event(inbound.payload, self.settings.mqtt.max_payload_bytes)
-        self.dispatcher.on_event(inbound.topic, event)
+        try:
+            self.dispatcher.on_event(inbound.topic, event)
+        except JournalError as exc:
+            raise self._hold(inbound, None, exc) from None
 
     def _error(self, topic: str, message: str, request_id: str | None) -> None:
         payload = {"topic": topic, "error": message}
@@ -99,3 +167,12 @@ class Intake:
             payload = {"id": request_id, **payload}
         log.info("rejected", topic=topic, error=message)
         self.outlet.deliver(None, [Outgoing(self.topics.error, json.dumps(payload).encode())])
+
+
+def _readable_id(payload: bytes) -> str | None:
+    """The ``id`` of a JSON payload, if one can be read at all (for an internal error)."""
+    try:
+        value = json.loads(payload).get("id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) and len(value) <= 64 else None

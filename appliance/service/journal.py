@@ -3,17 +3,31 @@
 A request is written here before its MQTT message is acknowledged; its answer
 replaces it in the same transaction, in the outbox, and leaves the outbox only
 when the broker has acknowledged it (PUBACK). A crash at any point therefore
-loses nothing, and a journaled request is answered exactly once. WAL mode with
-``synchronous=NORMAL`` survives a killed process and keeps SD-card writes small.
+loses nothing, and a journaled request is answered exactly once.
+
+WAL mode with ``synchronous=FULL``: every commit is on the card before it
+returns, so a power cut (the common crash on a Pi) loses no acknowledged
+question. A write that cannot commit (disk full, a card remounted read-only)
+raises :class:`JournalError`, and the caller does not acknowledge. A journal
+that cannot be read is moved aside with a timestamp and a fresh one is
+started (:attr:`Journal.recovered` says so).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from appliance.service.requests import Outgoing, Request
+from appliance.errors import ApplianceError
+from appliance.logs import get_logger
+from appliance.protocol.messages import Outgoing, Request
+
+log = get_logger("journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -26,7 +40,8 @@ CREATE TABLE IF NOT EXISTS requests (
     correlation BLOB,
     rule TEXT,
     client TEXT NOT NULL DEFAULT '',
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tier TEXT NOT NULL DEFAULT 'auto'
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -39,35 +54,98 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 _COLUMNS = ("id", "source", "text", "max_tokens", "reply_topic", "correlation", "rule",
-            "client", "attempts")
+            "client", "attempts", "tier")
+_ADDED_COLUMNS = {"tier": "TEXT NOT NULL DEFAULT 'auto'"}
+"""Columns newer than the first release, added to an older journal in place."""
+
+class JournalError(ApplianceError):
+    """The journal cannot be written (disk full, read-only) or read."""
+
+
+def _moved_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        if part.exists():
+            os.replace(part, aside.with_name(aside.name + suffix))
+    return aside
 
 
 class Journal:
-    """Requests and the outbox in one SQLite file (``<data_dir>/journal.sqlite3``)."""
+    """Requests and the outbox in one SQLite file (``<data_dir>/journal.sqlite3``).
+
+    Raises :class:`JournalError` when the file cannot be opened at all (a
+    read-only or missing data_dir).
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self.path = path
+        self.recovered: str | None = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise JournalError(f"{path}: cannot open the journal: {exc}") from None
+            aside = _moved_aside(path)
+            self.recovered = (f"the journal {path} was unreadable ({exc}); it was moved to "
+                              f"{aside.name} and a new one started")
+            log.error("journal_recovered", moved_to=str(aside), error=str(exc))
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as again:
+                raise JournalError(f"{path}: cannot open the journal: {again}") from None
+        except OSError as exc:
+            raise JournalError(f"{path.parent}: cannot create the data_dir: "
+                               f"{exc.strerror}") from None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+            db.execute(f"SELECT {', '.join(_COLUMNS)} FROM requests LIMIT 1").fetchall()
+            db.execute("SELECT seq, topic, payload, qos, retain, correlation FROM outbox "
+                       "LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"cannot {what}: {exc}") from None
 
     def add(self, request: Request) -> bool:
         """Record ``request``; ``False`` if one with its id is already journaled."""
         row = asdict(request)
-        cur = self._db.execute(
-            f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
+        with self._writing("journal the request"):
+            cur = self._db.execute(
+                f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
         return cur.rowcount == 1
 
     def update_text(self, request_id: str, text: str) -> None:
         """Replace a queued request's text (a coalesced sensor event: the latest wins)."""
-        self._db.execute("UPDATE requests SET text = ? WHERE id = ?", (text, request_id))
+        with self._writing("update the request"):
+            self._db.execute("UPDATE requests SET text = ? WHERE id = ?", (text, request_id))
 
     def count_attempt(self, request_id: str) -> None:
         """Note that a generation of this request has started."""
-        self._db.execute("UPDATE requests SET attempts = attempts + 1 WHERE id = ?",
-                         (request_id,))
+        with self._writing("count the attempt"):
+            self._db.execute("UPDATE requests SET attempts = attempts + 1 WHERE id = ?",
+                             (request_id,))
 
     def pending(self) -> list[Request]:
         """Every unanswered request, oldest first."""
@@ -76,8 +154,8 @@ class Journal:
 
     def answer(self, request_id: str | None, messages: list[Outgoing]) -> list[int]:
         """Atomically drop the request and queue its answer ``messages``; returns outbox keys."""
-        keys = []
-        with self._db:  # commits, or rolls back on error, the transaction begun here
+        keys: list[int] = []
+        with self._writing("store the answer"), self._db:
             self._db.execute("BEGIN")
             if request_id is not None:
                 self._db.execute("DELETE FROM requests WHERE id = ?", (request_id,))
@@ -98,9 +176,18 @@ class Journal:
                 for seq, topic, payload, qos, retain, corr in rows]
 
     def delivered(self, key: int) -> None:
-        """The broker acknowledged outbox entry ``key``."""
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (key,))
+        """The broker acknowledged (or refused for good) outbox entry ``key``."""
+        with self._writing("retire the answer"):
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (key,))
 
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` means the file holds no readable journal (rather than, say, no access)."""
+    text = str(exc).lower()
+    return (not isinstance(exc, sqlite3.OperationalError) or "malformed" in text
+            or "not a database" in text or "no such column" in text
+            or "disk image" in text)

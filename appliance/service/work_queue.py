@@ -10,7 +10,7 @@ import asyncio
 import heapq
 import itertools
 
-from appliance.service.requests import Request
+from appliance.protocol.messages import Request
 
 
 class QueueFull(Exception):

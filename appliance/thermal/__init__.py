@@ -3,7 +3,7 @@
 from appliance.thermal.policy import ThermalPolicy
 from appliance.thermal.vcgencmd import ThrottleFlags, parse_get_throttled, read_throttled
 from appliance.thermal.watchdog import ThermalWatchdog
-from appliance.thermal.zone import SensorError, read_celsius
+from appliance.thermal.zone import SensorError, ZoneMissing, read_celsius
 
 __all__ = ["SensorError", "ThermalPolicy", "ThermalWatchdog", "ThrottleFlags",
-           "parse_get_throttled", "read_celsius", "read_throttled"]
+           "ZoneMissing", "parse_get_throttled", "read_celsius", "read_throttled"]

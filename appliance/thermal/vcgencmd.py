@@ -57,7 +57,7 @@ def read_throttled(command: str = "vcgencmd") -> ThrottleFlags | None:
         return None
     try:
         done = subprocess.run([path, "get_throttled"], capture_output=True, text=True,
-                              timeout=2, check=True)
+                              errors="replace", timeout=2, check=True)
     except (subprocess.SubprocessError, OSError) as exc:
         raise ApplianceError(f"vcgencmd get_throttled failed: {exc}") from exc
     return parse_get_throttled(done.stdout)

@@ -36,6 +36,22 @@ class Activation:
         self._open_until = self.clock() + 2.0
         self._held = False
 
+    def open_window(self) -> None:
+        """The wake phrase was heard alone: the next utterance within the window counts."""
+        self._open_until = self.clock() + self.window_s
+
+    def peek(self, text: str) -> str | None:
+        """What :meth:`admit` would take from ``text`` (a partial), changing nothing."""
+        said = normalize(text)
+        if not said or self.mode == "always":
+            return said or None
+        now = self.clock()
+        if self.mode == "button":
+            return said if self._held or now <= self._open_until else None
+        if said.startswith(self.wake):
+            return said[len(self.wake):].strip() or None
+        return said if now <= self._open_until else None
+
     def admit(self, text: str) -> str | None:
         """The request in ``text``, or ``None`` when it is not for us."""
         said = normalize(text)
@@ -50,7 +66,7 @@ class Activation:
             rest = said[len(self.wake):].strip()
             if rest:
                 return rest
-            self._open_until = now + self.window_s
+            self.open_window()
             return None
         if now <= self._open_until:
             self._open_until = float("-inf")

@@ -41,10 +41,16 @@ class VoiceInput:
         self.on_heard, self.on_error = on_heard, on_error
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="voice-in", daemon=True)
+        self._ended = False
 
     def start(self) -> None:
         """Start listening."""
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Listening, or ended for a reason already reported (the source ended, no mic)."""
+        return self._ended or self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop after the current chunk."""
@@ -70,7 +76,9 @@ class VoiceInput:
             for heard in recognizer.finish():
                 self.loop.call_soon_threadsafe(self.on_heard, heard)
             log.info("voice_source_ended", source=self.settings.source)
+            self._ended = True
         except ApplianceError as exc:
+            self._ended = True
             self.loop.call_soon_threadsafe(self.on_error, str(exc))
 
 
@@ -125,6 +133,11 @@ class Speaker:
     def speaking(self) -> bool:
         """Whether sound is going out now."""
         return self._speaking
+
+    @property
+    def alive(self) -> bool:
+        """Both speech threads run."""
+        return all(thread.is_alive() for thread in self._threads)
 
     def change_volume(self, step: float) -> float:
         """Louder (``step > 0``) or quieter, within 0 to 1, from the next piece; the new volume."""

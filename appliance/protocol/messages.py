@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Source = Literal["voice", "mqtt", "sensor"]
+Source = Literal["voice", "mqtt", "sensor", "api"]
+Tier = Literal["auto", "local", "remote"]
 
-PRIORITY: dict[Source, int] = {"voice": 0, "mqtt": 1, "sensor": 2}
-"""Lower runs first: voice, then questions, then sensor rules."""
+PRIORITY: dict[Source, int] = {"voice": 0, "api": 1, "mqtt": 1, "sensor": 2}
+"""Lower runs first: voice, then questions (MQTT and the HTTP/Wyoming APIs), then sensor rules."""
+
+INTERACTIVE: frozenset[Source] = frozenset({"voice", "api"})
+"""Sources a person is waiting on at this moment: they preempt a running sensor rule."""
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,8 @@ class Request:
 
     ``reply_topic`` is ``None`` for the default (``<base>/answer``, or the
     rule's alert topic); ``correlation`` is the MQTT v5 Correlation Data to
-    echo; ``rule`` names the sensor rule that made it.
+    echo; ``rule`` names the sensor rule that made it; ``tier`` says where it
+    may be answered (``auto``: the router decides).
     """
 
     id: str
@@ -29,6 +34,7 @@ class Request:
     rule: str | None = None
     client: str = ""
     attempts: int = 0
+    tier: Tier = "auto"
 
     @property
     def priority(self) -> int:

@@ -1,0 +1,140 @@
+"""The model worker: a child process that owns the engine.
+
+A llama.cpp crash or the OOM killer takes this process, never the supervisor.
+It speaks the typed JSON lines of :mod:`appliance.protocol.worker_pipe`:
+commands on stdin, events on a private copy of stdout (the real stdout is
+pointed at stderr so that nothing native can corrupt the protocol).
+
+Run as ``python -m appliance.generate.worker [CONFIG]``.
+
+The engine is loaded and driven from the main thread only; a reader thread
+takes the commands. llama.cpp's OpenMP thread team belongs to the thread
+that first computes, and generating from another thread measured 40 % slower.
+While idle, the main thread reads the latest :class:`Prefill` (the question
+as heard so far); a real request stops it between two small batches.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+from typing import TextIO
+
+from appliance import logs
+from appliance.catalog import resolve_llm
+from appliance.config import load_settings
+from appliance.errors import ApplianceError
+from appliance.llm import ChatRequest, Engine
+from appliance.llm.batching import ChunkBatcher
+from appliance.protocol import worker_pipe as pipe
+
+log = logs.get_logger("worker")
+
+
+class _Worker:
+    def __init__(self, engine: Engine, out: TextIO, stream_interval_s: float) -> None:
+        self.engine = engine
+        self.stream_interval_s = stream_interval_s
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.jobs: queue.Queue[pipe.Generate | pipe.Prefill | None] = queue.Queue()
+        self.budget: int | None = None
+        self.cancels: dict[str, threading.Event] = {}
+
+    def send(self, message: pipe.Message) -> None:
+        line = pipe.encode(message)
+        with self.out_lock:
+            self.out.write(line)
+            self.out.flush()
+
+    def serve(self) -> None:
+        """Generate jobs in order; prefill a partial question only when nothing else waits."""
+        while (job := self.jobs.get()) is not None:
+            if isinstance(job, pipe.Generate):
+                self._generate(job.request)
+            elif self.jobs.empty():  # a newer prefill or a real request makes this one moot
+                self._prefill(job.request)
+
+    def _generate(self, request: ChatRequest) -> None:
+        cancel = self.cancels.setdefault(request.id, threading.Event())
+        batcher = ChunkBatcher(
+            lambda c: self.send(pipe.ChunkEvent(c.request_id, c.seq, c.delta)),
+            self.stream_interval_s)
+        try:
+            result = self.engine.complete(
+                request, cancel=cancel, on_chunk=batcher.add,
+                budget=lambda: self.budget if self.budget is not None else 1 << 30)
+            batcher.flush()
+            self.send(pipe.Done(result))
+        except ApplianceError as exc:
+            self.send(pipe.Failed(request.id, str(exc)))
+        finally:
+            self.cancels.pop(request.id, None)
+
+    def _prefill(self, request: ChatRequest) -> None:
+        try:
+            in_cache, evaluated = self.engine.prefill(request, pending=self._busy)
+        except ApplianceError as exc:
+            log.warning("prefill_failed", error=str(exc))
+            return
+        self.send(pipe.Prefilled(request.id, in_cache, evaluated))
+
+    def _busy(self) -> bool:
+        """Real work (or a newer prefill) is waiting."""
+        return not self.jobs.empty()
+
+    def read_commands(self, stream: TextIO) -> None:
+        for line in stream:
+            try:
+                self.handle(pipe.decode(line))
+            except pipe.ProtocolError as exc:
+                log.error("bad_command", error=str(exc))
+        for event in list(self.cancels.values()):
+            event.set()
+        self.jobs.put(None)
+
+    def handle(self, command: pipe.Message) -> None:
+        if isinstance(command, pipe.Generate):
+            self.cancels[command.request.id] = threading.Event()
+            self.jobs.put(command)
+        elif isinstance(command, pipe.Prefill):
+            self.jobs.put(command)
+        elif isinstance(command, pipe.Cancel):
+            event = self.cancels.get(command.id)
+            if event is not None:
+                event.set()
+        elif isinstance(command, pipe.Budget):
+            self.budget = command.tokens
+        elif isinstance(command, pipe.Threads):
+            self.engine.set_threads(command.n_threads, command.n_threads_batch)
+        elif isinstance(command, pipe.Ping):
+            self.send(pipe.Pong())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model named by the config and serve commands until stdin closes."""
+    argv = sys.argv[1:] if argv is None else argv
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    try:
+        settings = load_settings(argv[0] if argv else None)
+        logs.configure(settings.log.level, settings.log.format)
+        engine = Engine(settings.llm, resolve_llm(settings))
+        engine.warm_up()
+    except ApplianceError as exc:
+        out.write(pipe.encode(pipe.Fatal(str(exc))))
+        out.flush()
+        return exc.exit_code
+    worker = _Worker(engine, out, settings.llm.stream_interval_ms / 1000)
+    reader = threading.Thread(target=worker.read_commands, args=(sys.stdin,), name="commands",
+                              daemon=True)
+    reader.start()
+    worker.send(pipe.Ready(engine.model_name, engine.threads[0]))
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

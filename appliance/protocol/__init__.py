@@ -1,0 +1,1 @@
+"""Plain data that several floors share: worker pipe messages, requests, outgoing messages."""

@@ -1,0 +1,212 @@
+"""Voice in ``appliance run``: heard speech to an intent or a request, and who may interrupt.
+
+The :class:`VoiceController` owns what happens between the microphone and the
+dispatcher: transcripts go out on ``heard`` (never in toy mode), the wake
+gate or the talk button decides what is addressed to us, intents act at once,
+partial transcripts let the model read the question while it is still being
+spoken (prefill), and the **echo guard** keeps the appliance from answering
+itself: while an answer is being spoken, and for ``voice.echo_tail_s`` after,
+only a barge-in counts (the ``stop`` intent, the wake phrase, or the talk
+button). With ``voice.while_speaking: listen`` (hardware echo cancellation)
+everything heard counts, as when it is quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gpiozero import Button, GPIOZeroError
+from gpiozero.pins import Factory
+
+from appliance.config import Settings
+from appliance.llm import new_request_id
+from appliance.logs import get_logger
+from appliance.mqtt.contract import Topics
+from appliance.protocol.messages import Outgoing, Request
+from appliance.voice.activation import Activation, match_intent, normalize, route
+from appliance.voice.recognizer import Heard
+from appliance.voice.service import Speaker, VoiceInput, source_name
+
+log = get_logger("voice")
+
+VOLUME_STEP = 0.2
+
+
+class VoiceController:
+    """Wires voice input, the speaker and the talk button to the rest of the appliance.
+
+    ``submit(request)`` queues a voice request, ``cancel_running()`` stops the
+    answer being generated, ``prefill(text)`` lets an idle model read a
+    question so far, ``publish`` sends transcripts, ``facts(**kw)`` reports
+    ``hearing``/``speaking``, ``on_action(name)`` hears intents that are not
+    the controller's own (yes/no answers to a confirmation).
+    """
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, *,
+                 submit: Callable[[Request], None], cancel_running: Callable[[], None],
+                 prefill: Callable[[str], None], publish: Callable[[Outgoing], None],
+                 facts: Callable[..., None], on_error: Callable[[str], None],
+                 on_action: Callable[[str], None] = lambda _a: None,
+                 pin_factory: Factory | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings, self.loop = settings, loop
+        self.voice = voice = settings.voice
+        self.topics = Topics.under(settings.base_topic)
+        self.submit, self.cancel_running, self.prefill = submit, cancel_running, prefill
+        self.publish, self.facts, self.on_error = publish, facts, on_error
+        self.on_action = on_action
+        self.pin_factory = pin_factory
+        self.clock = clock
+        self.activation = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
+        self.speaker: Speaker | None = None
+        self.voice_in: VoiceInput | None = None
+        self.talk_button: Button | None = None
+        self.failed = False
+        self._spoke_until = float("-inf")  # when the last spoken answer ended
+        self._speaking = False
+
+    # --- parts ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the speaker, the talk button and listening, as configured."""
+        loop = self.loop
+        if self.voice.tts != "none":
+            self.speaker = Speaker(
+                self.settings, lambda on: loop.call_soon_threadsafe(self._set_speaking, on),
+                lambda message: loop.call_soon_threadsafe(self.on_error, message))
+        self._start_talk_button()
+        self.voice_in = VoiceInput(self.voice, loop, self.heard, self.on_error)
+        self.voice_in.start()
+
+    @property
+    def alive(self) -> bool:
+        """Every voice thread runs, or ended for a reason already reported."""
+        parts = [p for p in (self.voice_in, self.speaker) if p is not None]
+        return all(p.alive for p in parts)
+
+    def _start_talk_button(self) -> None:
+        """Push-to-talk: pressing interrupts (barge-in) and opens the gate until release."""
+        pin = self.voice.button
+        if pin is None:
+            return
+        try:
+            button = Button(pin, pin_factory=self.pin_factory)
+        except GPIOZeroError as exc:
+            log.warning("no_talk_button", reason=str(exc))
+            return
+        button.when_pressed = lambda: self.loop.call_soon_threadsafe(self._talk_pressed)
+        button.when_released = lambda: self.loop.call_soon_threadsafe(self.activation.release)
+        self.talk_button = button
+
+    def _talk_pressed(self) -> None:
+        self.act("stop")
+        self.activation.press()
+
+    # --- what was heard ------------------------------------------------------------------
+    @property
+    def echo_guarded(self) -> bool:
+        """Whether what is heard now may be our own voice (and only a barge-in counts)."""
+        if self.voice.while_speaking == "listen":
+            return False
+        return self._speaking or self.clock() < self._spoke_until + self.voice.echo_tail_s
+
+    def heard(self, heard: Heard) -> None:
+        """A partial or final transcript (on the loop)."""
+        private = self.voice.kid_safe  # toy mode: transcripts never leave the device
+        guarded = self.echo_guarded
+        self.facts(hearing=not heard.final and not guarded)
+        if not heard.final:
+            if not private:
+                self._publish(self.topics.heard_partial, {"text": heard.text,
+                                                          "source": source_name(self.voice)},
+                              qos=0)
+            if not guarded:
+                self._prefill_partial(heard.text)
+            return
+        record = {"text": heard.text, "ms": heard.ms, "source": source_name(self.voice)}
+        if guarded:
+            record["echo_guarded"] = True
+        if not private:
+            self._publish(self.topics.heard, record)
+            if self.voice.keep_transcripts:
+                with (self.settings.data_dir / "transcripts.jsonl").open("a") as kept:
+                    kept.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if guarded:
+            self._barge_in_only(heard.text)
+            return
+        action, request = route(self.activation, heard.text, self.voice.intents)
+        if action is not None:
+            self.act(action)
+        if request is not None:
+            self.submit(Request(id=new_request_id(), source="voice", text=request))
+
+    def _barge_in_only(self, text: str) -> None:
+        """While we speak: ``stop`` stops, the wake phrase stops and listens; the rest is echo."""
+        said = normalize(text)
+        wake = self.activation.wake
+        if match_intent(text, self.voice.intents) == "stop":
+            self.act("stop")
+        elif wake and said.startswith(wake):
+            self.act("stop")
+            action, request = route(Activation("wake", wake, self.voice.wake_window_s),
+                                    text, self.voice.intents)
+            if action is not None:
+                self.act(action)
+            if request is not None:
+                self.submit(Request(id=new_request_id(), source="voice", text=request))
+            else:
+                self.activation.open_window()
+        else:
+            log.info("echo_ignored", chars=len(text))
+
+    def _prefill_partial(self, text: str) -> None:
+        """Hand the question so far to an idle model, if it is addressed to us and no intent."""
+        if not self.voice.prefill or match_intent(text, self.voice.intents) is not None:
+            return
+        request = self.activation.peek(text)
+        if request and match_intent(request, self.voice.intents) is None:
+            self.prefill(request)
+
+    # --- acting --------------------------------------------------------------------------
+    def act(self, action: str) -> None:
+        """An intent: act without the model."""
+        log.info("intent", action=action)
+        speaker = self.speaker
+        if action == "stop":  # barge-in
+            if speaker is not None:
+                speaker.stop()
+            self.cancel_running()
+        elif action == "repeat" and speaker is not None:
+            speaker.say(speaker.last_answer)
+        elif action in ("volume_up", "volume_down") and speaker is not None:
+            volume = speaker.change_volume(VOLUME_STEP if action == "volume_up"
+                                           else -VOLUME_STEP)
+            log.info("volume", volume=volume)
+        else:
+            self.on_action(action)
+
+    def say(self, text: str) -> None:
+        """Speak ``text`` (a refusal or a question of our own), if there is a speaker."""
+        if self.speaker is not None:
+            self.speaker.say(text)
+
+    def _set_speaking(self, on: bool) -> None:
+        if self._speaking and not on:
+            self._spoke_until = self.clock()
+        self._speaking = on
+        self.facts(speaking=on)
+
+    def _publish(self, topic: str, body: dict[str, Any], qos: int = 1) -> None:
+        self.publish(Outgoing(topic, json.dumps(body, ensure_ascii=False).encode(), qos=qos))
+
+    def close(self) -> None:
+        """Stop listening and speaking, release the button."""
+        if self.voice_in is not None:
+            self.voice_in.stop()
+        if self.talk_button is not None:
+            self.talk_button.close()
+        if self.speaker is not None:
+            self.speaker.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from appliance.llm.types import ChatRequest
+
 Source = Literal["voice", "mqtt", "sensor", "api"]
 Tier = Literal["auto", "local", "remote"]
 
@@ -22,7 +24,9 @@ class Request:
     ``reply_topic`` is ``None`` for the default (``<base>/answer``, or the
     rule's alert topic); ``correlation`` is the MQTT v5 Correlation Data to
     echo; ``rule`` names the sensor rule that made it; ``tier`` says where it
-    may be answered (``auto``: the router decides).
+    may be answered (``auto``: the router decides); ``chat`` carries what an
+    API client sends beyond one question (its system prompt, earlier turns,
+    sampling, tools as a schema), never journaled.
     """
 
     id: str
@@ -35,6 +39,7 @@ class Request:
     client: str = ""
     attempts: int = 0
     tier: Tier = "auto"
+    chat: ChatRequest | None = None
 
     @property
     def priority(self) -> int:

@@ -117,6 +117,7 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._watchers: dict[str, Watcher] = {}
+        self.answer_listeners: list[Callable[[Request, dict[str, Any]], None]] = []
         self._streamed: dict[str, int] = {}  # request id -> chunks published so far
 
     # --- intake ----------------------------------------------------------------------------
@@ -238,12 +239,14 @@ class Dispatcher:
                 self._queue_changed()
 
     def _chat(self, request: Request, level: ThermalLevel) -> ChatRequest:
+        """The model's request: the client's own (API) or a plain question, within our limits."""
+        base = request.chat or ChatRequest(request.text)
         budget = level.budget(self.llm.max_tokens)
-        system = self.llm.system_prompt
+        system = base.system_prompt if base.system_prompt is not None else self.llm.system_prompt
         if request.source == "voice" and self.kid_safe:
             system, budget = KID_SYSTEM_PROMPT, min(budget, KID_MAX_TOKENS)
-        return ChatRequest(
-            request.text, id=request.id,
+        return replace(
+            base, text=request.text, id=request.id,
             max_tokens=min(request.max_tokens or self.llm.max_tokens, budget),
             system_prompt=system + BRIEF_INSTRUCTION if level.brief else system)
 
@@ -309,6 +312,8 @@ class Dispatcher:
         watcher = self._watchers.pop(request.id, None)
         if watcher is not None:
             watcher.answer(payload)
+        for listener in self.answer_listeners:
+            listener(request, payload)
         private = request.source == "voice" and self.kid_safe  # toy mode: nothing leaves
         if request.source != "api":
             self.outlet.deliver(request.id, [] if private else [Outgoing(

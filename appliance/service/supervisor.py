@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpiozero.pins import Factory
 
@@ -46,6 +47,9 @@ from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
 from appliance.voice.controller import VoiceController
 
+if TYPE_CHECKING:
+    from appliance.api import Apis
+
 log = get_logger("supervisor")
 
 STATE_EVERY_S = 30.0
@@ -63,6 +67,7 @@ class Supervisor:
         self.pin_factory = pin_factory
         self.gpio: GpioParts | None = None
         self.voice: VoiceController | None = None
+        self.apis: Apis | None = None
         self.topics = Topics.under(settings.base_topic)
         self.status = Status(max_tokens=settings.llm.max_tokens)
         self.notifier = Notifier()
@@ -123,6 +128,11 @@ class Supervisor:
         self.parts.start("thermal", self.watchdog.run)
         self.parts.start("dispatcher", self.dispatcher.run)
         self.parts.start("keep-alive", self._keep_alive)
+        if self.settings.api.http is not None or self.settings.api.wyoming is not None:
+            from appliance.api import Apis  # aiohttp and wyoming load only when asked for
+
+            self.apis = Apis(self.settings, self.dispatcher, self.status)
+            await self.apis.start()
         bridge.start()
         self.notifier.status("loading the model")
         ready = asyncio.create_task(self._wait_ready())
@@ -295,6 +305,8 @@ class Supervisor:
     async def _shutdown(self) -> None:
         log.info("stopping")
         self.notifier.stopping()
+        if self.apis is not None:
+            await self.apis.close()
         await self.dispatcher.drain(FINISH_ON_STOP_S)
         await self.worker.stop()
         await self.parts.stop()

@@ -1,0 +1,1 @@
+"""One module per ``appliance bench`` benchmark: its arguments and its report."""

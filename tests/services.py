@@ -142,6 +142,19 @@ class NotifySocket:
             except TimeoutError:
                 continue
 
+    def wait_for_count(self, line: str, count: int, timeout: float = 60) -> None:
+        """Wait until ``count`` datagrams in all (counting those before) hold ``line``."""
+        deadline = time.monotonic() + timeout
+        while sum(line in d.splitlines() for d in self.received) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"fewer than {count} {line!r}; got {len(self.received)}")
+            self.sock.settimeout(left)
+            try:
+                self.received.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
     def close(self) -> None:
         """Close and remove the socket."""
         self.sock.close()

@@ -53,7 +53,10 @@ def test_plain_text_ask_streams_in_order(start: Callable[..., ApplianceProcess],
     assert state.retain or state.json()["model"]
     discovery = peer.wait_for(lambda m: m.topic == "homeassistant/device/t1/config").json()
     assert discovery["availability"][0]["topic"] == f"{BASE}/status"
-    assert {"state", "temp_c", "throttle_level", "answer", "ask"} <= set(discovery["cmps"])
+    assert {"state", "temp_c", "throttle_level", "answer", "ask", "power_w"} <= set(
+        discovery["cmps"])
+    assert all(c["qos"] == 1 for c in discovery["cmps"].values())  # HA < 2026.5.2 needs it here
+    assert discovery["cmps"]["ask"]["min"] == 1
 
 
 def test_every_bad_input_gets_an_error_and_service_goes_on(

@@ -5,13 +5,18 @@
   manual ack), against a bare paho subscriber on the same broker.
 * Latency: round trips of ``<base>/ask`` through ``appliance run``, interleaved
   with :meth:`Engine.complete` alone (same model, questions, greedy). What the
-  bridge adds is each round trip less that generation's own ``total_ms``.
+  bridge adds is each round trip less that generation's own ``total_ms``; the
+  fsync share is what the ``synchronous=FULL`` commit before each acknowledgement
+  costs on this data_dir's disk (the same commit timed without fsync, subtracted).
+* Fuzz: hostile payloads against the same ``appliance run`` (one error each, valid
+  asks interleaved), their rate and the supervisor's RSS growth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -25,9 +30,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance.bench.broker import LocalBroker
+from appliance.bench.fuzz import FuzzResult, run_fuzz
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
 from appliance.generate.local import ModelWorker
+from appliance.hardware import rss_bytes
 from appliance.llm import ChatRequest, Engine
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
@@ -38,6 +45,7 @@ from appliance.service.journal import Journal
 from appliance.service.router import Router
 from appliance.service.status import Status
 
+FUZZ_TOPIC = "site/bench"
 QUESTIONS = ("What is two plus two?", "Name a colour.", "Why is the sky blue?",
              "Say hello.", "What day comes after Monday?")
 
@@ -138,6 +146,30 @@ class BridgeBench:
     mqtt_p50_ms: float
     added_p50_ms: float
     added_p95_ms: float
+    fsync_ms: float
+    fuzz: FuzzResult
+    fuzz_rss_growth_mb: float
+
+    @property
+    def ingest_ratio(self) -> float:
+        """Our ingest rate as a share of the bare subscriber's."""
+        return self.ours_events_per_s / self.bare_events_per_s
+
+
+def _fsync_cost_ms(directory: Path, commits: int = 200) -> float:
+    """What ``synchronous=FULL`` adds to one journaled question's commit on this disk, in ms."""
+    cost = {}
+    for mode in ("FULL", "OFF"):
+        db = sqlite3.connect(directory / f"fsync-{mode}.sqlite3", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={mode}")
+        db.execute("CREATE TABLE t (id TEXT PRIMARY KEY, text TEXT)")
+        started = time.perf_counter()
+        for i in range(commits):
+            db.execute("INSERT INTO t VALUES (?, ?)", (f"q{i}", "What is two plus two?"))
+        cost[mode] = (time.perf_counter() - started) * 1000 / commits
+        db.close()
+    return max(0.0, cost["FULL"] - cost["OFF"])
 
 
 class _Asker:
@@ -186,7 +218,8 @@ class _Asker:
 
 
 def run_bridge_bench(settings: Settings, model: ResolvedModel, events: int = 20000,
-                     rounds: int = 4, max_tokens: int = 16) -> BridgeBench:
+                     rounds: int = 4, max_tokens: int = 16, fuzz: int = 10000,
+                     ) -> BridgeBench:
     """Measure everything on a private mosquitto; the model comes from ``settings``."""
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
         work = Path(tmp)
@@ -203,13 +236,22 @@ def run_bridge_bench(settings: Settings, model: ResolvedModel, events: int = 200
                 "  ask_rate_per_min: 100000\n"
                 f"thermal:\n  zone_path: {settings.thermal.zone_path}\n"
                 "rules:\n  - {name: bench, source: bench, when: temperature > 1000, "
+                "prompt: 'It is {temperature} degrees.'}\n"
+                f"  - {{name: fuzz, source: {FUZZ_TOPIC}, when: temperature > 1000, "
                 "prompt: 'It is {temperature} degrees.'}\n")
             bench_settings = parse_settings(config.read_text(), str(config))
             topic = Topics.under(bench_settings.base_topic).event("bare")
-            bare = _bare_ingest(broker.port, topic, events)
-            ingest_settings = replace(bench_settings, mqtt=replace(bench_settings.mqtt,
-                                                                   client_id="bench-ingest"))
-            ours, errors = asyncio.run(_our_ingest(ingest_settings, work, events))
+            bares, ourses, errors = [], [], 0
+            for i in range(3):  # alternated, so that the machine's drift hits both
+                bares.append(_bare_ingest(broker.port, topic, events))
+                ingest = replace(bench_settings, mqtt=replace(
+                    bench_settings.mqtt, client_id=f"bench-ingest-{i}"))
+                (work / f"ingest-{i}").mkdir()
+                rate, failed = asyncio.run(_our_ingest(ingest, work / f"ingest-{i}", events))
+                ourses.append(rate)
+                errors += failed
+            bare, ours = statistics.median(bares), statistics.median(ourses)
+            fsync_ms = _fsync_cost_ms(work)
 
             engine = Engine(bench_settings.llm, model)
             engine.warm_up()
@@ -233,6 +275,9 @@ def run_bridge_bench(settings: Settings, model: ResolvedModel, events: int = 200
                     added.append(roundtrip - generation)
                     time.sleep(0.05)
                 asker.close()
+                rss_before = rss_bytes(proc.pid)
+                fuzzed = run_fuzz(broker.port, bench_settings.base_topic, FUZZ_TOPIC, fuzz)
+                rss_growth = (rss_bytes(proc.pid) - rss_before) / (1 << 20)
             except RuntimeError as exc:
                 log = (work / "run.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{exc}; appliance run said:\n{log}") from exc
@@ -245,4 +290,5 @@ def run_bridge_bench(settings: Settings, model: ResolvedModel, events: int = 200
     return BridgeBench(
         ours_events_per_s=ours, bare_events_per_s=bare, events=events, ingest_errors=errors,
         engine_p50_ms=statistics.median(alone), mqtt_p50_ms=statistics.median(via_mqtt),
-        added_p50_ms=statistics.median(added), added_p95_ms=_percentile(added, 0.95))
+        added_p50_ms=statistics.median(added), added_p95_ms=_percentile(added, 0.95),
+        fsync_ms=fsync_ms, fuzz=fuzzed, fuzz_rss_growth_mb=rss_growth)

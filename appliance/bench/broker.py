@@ -34,13 +34,14 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 class LocalBroker:
     """mosquitto on 127.0.0.1 with persistence in ``workdir``, so sessions survive restarts.
 
-    ``extra`` is appended to its configuration (a password file, say).
+    ``extra`` is appended to its configuration (a password file, say); ``port``
+    picks the port (default: a free one).
     """
 
-    def __init__(self, workdir: Path, extra: str = "") -> None:
+    def __init__(self, workdir: Path, extra: str = "", port: int | None = None) -> None:
         if shutil.which("mosquitto") is None:
             raise ApplianceError("mosquitto is not installed (apt-get install mosquitto)")
-        self.port = free_port()
+        self.port = port or free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(

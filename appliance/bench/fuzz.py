@@ -120,7 +120,7 @@ def hostile_inputs(base: str, rule_topic: str, count: int, max_bytes: int = 4096
 
 @dataclass(frozen=True)
 class FuzzResult:
-    """How one fuzz run went."""
+    """How one fuzz run went (``seconds``: from the first send to the last error)."""
 
     sent: int
     errors: int
@@ -135,6 +135,7 @@ class _Observer:
     def __init__(self, port: int, base: str) -> None:
         self.base = base
         self.errors = 0
+        self.last_error_at = 0.0
         self.answers: set[str] = set()
         self.unexpected: list[str] = []
         self.lock = threading.Lock()
@@ -153,6 +154,7 @@ class _Observer:
         with self.lock:
             if m.topic == f"{self.base}/error":
                 self.errors += 1
+                self.last_error_at = time.perf_counter()
                 return
             body = json.loads(m.payload)
             if m.topic == f"{self.base}/answer" and str(body.get("id", "")).startswith("ok-"):
@@ -200,7 +202,7 @@ def run_fuzz(port: int, base: str, rule_topic: str, count: int, *, valid_every: 
             if observer.errors >= len(hostile) and len(observer.answers) >= valid:
                 break
         time.sleep(0.05)
-    seconds = time.perf_counter() - started
+    seconds = max(observer.last_error_at - started, 1e-9)  # until the last error: our rate
     settle()  # anything extra (a second error for one input) arrives now
     sender.disconnect()
     sender.loop_stop()

@@ -1,8 +1,8 @@
-"""The MQTT bridge: paho-mqtt on its own network thread, handed over to our asyncio loop.
+"""The MQTT bridge: one paho-mqtt v5 client, driven by our asyncio loop.
 
-Every paho callback only hands over to the loop (inbound messages through a
-deque, so that a burst costs one wake-up); all logic runs on the loop. Inbound
-QoS 1 messages are acknowledged manually, only once the handler has journaled
+paho runs on the loop itself (:class:`~appliance.mqtt.aio.AsyncioDriver`), so
+every callback, and all logic, runs there with nothing handed between
+threads. Inbound QoS 1 messages are acknowledged manually, only once the handler has journaled
 them (see :meth:`Bridge.ack`). Answers are written to the outbox first and
 removed when their PUBACK arrives, so neither a broker restart nor a killed
 supervisor loses one. An outbox that cannot be written (disk full) keeps the
@@ -13,11 +13,10 @@ answers in memory and tries again every second; a publish the broker refuses
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import json
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,6 +31,7 @@ from appliance.config import Settings
 from appliance.config.secrets import read_password
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
+from appliance.mqtt.aio import AsyncioDriver
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import Outgoing
 
@@ -39,8 +39,6 @@ log = get_logger("bridge")
 
 RETRY_S = 1.0
 SESSION_TAKEN_OVER = 0x8E
-STUCK_INBOX_S = 30.0
-"""An inbox that has held messages this long without a drain means the loop is stuck."""
 
 
 class Outbox(Protocol):
@@ -124,12 +122,9 @@ class Bridge:
         self.outbox_error: str | None = None
         self._closing = False
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._inflight: dict[int, tuple[int, Outgoing]] = {}  # paho mid -> outbox key, message
-        # Handed over in batches: one loop wake-up per burst, not per message.
-        self._inbox: collections.deque[Inbound] = collections.deque()
-        self._inbox_lock = threading.Lock()
-        self._drain_due = False
-        self._inbox_since = 0.0
+        self._task: asyncio.Task[None] | None = None
         self._undelivered: list[tuple[str | None, list[Outgoing]]] = []
         self._delivered = asyncio.Event()
         mqtt = settings.mqtt
@@ -143,31 +138,34 @@ class Bridge:
             tls = mqtt.tls
             client.tls_set(ca_certs=_str(tls.ca_file), certfile=_str(tls.cert_file),
                            keyfile=_str(tls.key_file), cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(1, 60)
         client.on_connect = self._paho_connect
-        client.on_connect_fail = self._paho_connect_fail
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
         client.on_publish = self._paho_publish
-        client.suppress_exceptions = True  # a bug in a callback must not end paho's thread
+        client.suppress_exceptions = True  # a bug in a callback must not break paho's state
         client.enable_logger()
+        self.driver = AsyncioDriver(client, self._loop, self.where, self._connect_failed)
 
     @property
     def where(self) -> str:
         """``host:port`` of the broker, for log lines."""
         return f"{self.settings.mqtt.host}:{self.settings.mqtt.port}"
 
-    # --- paho's thread: hand over and return --------------------------------------------
+    # --- paho's callbacks: on the loop ---------------------------------------------------
+    def _on_loop(self, handler: Callable[..., None], *args: object) -> None:
+        """Run ``handler`` on the loop (paho may call back from the connecting thread)."""
+        if threading.get_ident() == self._thread:
+            handler(*args)
+        else:
+            self._loop.call_soon_threadsafe(handler, *args)
+
     def _paho_connect(self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode,
                       _p: Properties | None) -> None:
-        self._loop.call_soon_threadsafe(self._connected, reason)
-
-    def _paho_connect_fail(self, _c: paho.Client, _u: object) -> None:
-        self._loop.call_soon_threadsafe(self._connect_failed)
+        self._on_loop(self._connected, reason)
 
     def _paho_disconnect(self, _c: paho.Client, _u: object, _f: object, reason: ReasonCode,
                          _p: Properties | None) -> None:
-        self._loop.call_soon_threadsafe(self._disconnected, reason)
+        self._on_loop(self._disconnected, reason)
 
     def _paho_message(self, _c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
         try:
@@ -180,17 +178,15 @@ class Bridge:
             if msg.qos:
                 self.client.ack(msg.mid, msg.qos)
             return
-        with self._inbox_lock:
-            self._inbox.append(inbound)
-            if self._drain_due:
-                return  # the drain already scheduled takes this one too
-            self._drain_due = True
-            self._inbox_since = time.monotonic()
-        self._loop.call_soon_threadsafe(self._drain_inbox)
+        self.received += 1
+        try:
+            self.on_message(inbound)
+        except Exception:  # the handler's own guard failed: never stop reading
+            log.exception("inbound_handler_failed", topic=inbound.topic)
 
     def _paho_publish(self, _c: paho.Client, _u: object, mid: int, reason: ReasonCode,
                       _p: Properties) -> None:
-        self._loop.call_soon_threadsafe(self._published, mid, reason)
+        self._on_loop(self._published, mid, reason)
 
     # --- the loop ------------------------------------------------------------------------
     def _connected(self, reason: ReasonCode) -> None:
@@ -198,6 +194,7 @@ class Bridge:
             log.error("connect_refused", broker=self.where, reason=str(reason),
                       code=reason.value)
             return
+        self.driver.connected()
         self.connected.set()
         for topic in self.subscriptions:
             self.client.subscribe(topic, qos=1)
@@ -206,9 +203,9 @@ class Bridge:
         self.on_connected()
         self.on_change()
 
-    def _connect_failed(self) -> None:
-        log.warning("connect_failed", broker=self.where,
-                    reason="no broker reachable; retrying with backoff up to 60 s")
+    def _connect_failed(self, error: str) -> None:
+        log.warning("connect_failed", broker=self.where, reason=error,
+                    hint="retrying with backoff up to 60 s")
 
     def _disconnected(self, reason: ReasonCode) -> None:
         was = self.connected.is_set()
@@ -225,27 +222,10 @@ class Bridge:
         if was:
             self.on_change()
 
-    def _drain_inbox(self) -> None:
-        while True:
-            with self._inbox_lock:
-                if not self._inbox:
-                    self._drain_due = False
-                    return
-                inbound = self._inbox.popleft()
-            self.received += 1
-            try:
-                self.on_message(inbound)
-            except Exception:  # the handler's own guard failed: never stop draining
-                log.exception("inbound_handler_failed", topic=inbound.topic)
-
     @property
     def healthy(self) -> bool:
-        """Paho's network thread runs and inbound messages are being handled."""
-        thread = getattr(self.client, "_thread", None)
-        if thread is not None and not thread.is_alive():
-            return False
-        with self._inbox_lock:
-            return not (self._drain_due and time.monotonic() - self._inbox_since > STUCK_INBOX_S)
+        """The connection task runs (connected or retrying)."""
+        return self._task is None or not self._task.done()
 
     def _published(self, mid: int, reason: ReasonCode | None) -> None:
         entry = self._inflight.pop(mid, None)
@@ -280,7 +260,7 @@ class Bridge:
             self._publish_tracked(key, message)
         self.client.connect_async(mqtt.host, mqtt.port, keepalive=mqtt.keepalive_s,
                                   clean_start=False, properties=props)
-        self.client.loop_start()
+        self._task = self._loop.create_task(self.driver.run(), name="mqtt")
 
     def ack(self, inbound: Inbound) -> None:
         """Acknowledge ``inbound`` to the broker (call once it is safely journaled)."""
@@ -362,8 +342,11 @@ class Bridge:
                 await asyncio.wait_for(self._delivered.wait(), flush_s)
             except TimeoutError:
                 log.warning("flush_timeout", unacknowledged=len(self._inflight))
-        self.client.disconnect()
-        self.client.loop_stop()
+        await self.driver.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def _str(path: object) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,9 +112,17 @@ def _check_data(value: Any, depth: int = 0) -> None:
             _check_data(item, depth + 1)
 
 
+_SUSPECT = re.compile(r"\\[uU][dD][89a-fA-F]|\d{20}|[eE][+-]?\d{3}|NaN|Infinity")
+"""What the slow, careful path is for: escaped surrogates, long digit runs, huge exponents."""
+
+
 def _json_object(text: str) -> dict[str, Any]:
+    # The common payload (small, plain) goes through the C parser alone; only one that
+    # could hide a surrogate, a huge number or deep nesting is parsed with hooks and walked.
+    careful = text.count("{") + text.count("[") > MAX_DEPTH or _SUSPECT.search(text)
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+        value = (json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+                 if careful else json.loads(text))
     except json.JSONDecodeError as exc:
         raise InputError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                          ) from None
@@ -123,7 +132,8 @@ def _json_object(text: str) -> dict[str, Any]:
         raise InputError(f"invalid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InputError(f"expected a JSON object, got {type(value).__name__}")
-    _check_data(value)
+    if careful:
+        _check_data(value)
     return value
 
 

@@ -35,13 +35,21 @@ def discovery_message(prefix: str, device_id: str, topics: Topics) -> Outgoing:
         "throttle_level": state_sensor("throttle_level", "Throttle level",
                                        icon="mdi:thermometer-alert"),
         "queue_depth": state_sensor("queue_depth", "Queue depth", state_class="measurement"),
+        "power_w": state_sensor("power_w", "Power", device_class="power",
+                                unit_of_measurement="W", state_class="measurement"),
         "answer": {"p": "sensor", "name": "Last answer", "unique_id": f"{uid}_answer",
                    "state_topic": topics.answer,
                    "value_template": "{{ value_json.text[:255] }}",
                    "json_attributes_topic": topics.answer, "icon": "mdi:message-text"},
+        # min 1: clearing the box in Home Assistant sends nothing.
         "ask": {"p": "text", "name": "Ask", "unique_id": f"{uid}_ask",
-                "command_topic": topics.ask, "max": 255, "icon": "mdi:chat-question"},
+                "command_topic": topics.ask, "min": 1, "max": 255,
+                "icon": "mdi:chat-question"},
     }
+    for component in components.values():
+        # Per component too: Home Assistant before 2026.5.2 ignores the device-level qos
+        # (home-assistant/core#170166), and a question must arrive at QoS 1 to be journaled.
+        component["qos"] = 1
     config = {
         "dev": {"ids": [device_id], "name": f"Appliance {device_id}", "mf": "appliance",
                 "mdl": "Offline AI appliance", "sw": __version__},

@@ -37,6 +37,7 @@ from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import INTERACTIVE, Outgoing, Request
 from appliance.rules import RuleSet
+from appliance.service.guard import INTERNAL_ERROR
 from appliance.service.journal import Journal, JournalError
 from appliance.service.router import Router
 from appliance.service.status import Status
@@ -231,6 +232,9 @@ class Dispatcher:
                     await self._run_one(request, level)
                 if level.pause_s:
                     await asyncio.sleep(level.pause_s)
+            except Exception:  # a bug with this request: answer it, and go on with the next
+                log.exception("request_failed", id=request.id)
+                self._answer(request, unanswered("error", error=INTERNAL_ERROR))
             finally:
                 self.running = None
                 self._preempted = False

@@ -5,9 +5,12 @@ replaces it in the same transaction, in the outbox, and leaves the outbox only
 when the broker has acknowledged it (PUBACK). A crash at any point therefore
 loses nothing, and a journaled request is answered exactly once.
 
-WAL mode with ``synchronous=FULL``: every commit is on the card before it
-returns, so a power cut (the common crash on a Pi) loses no acknowledged
-question. A write that cannot commit (disk full, a card remounted read-only)
+WAL mode. The write that comes before an acknowledgement (:meth:`Journal.add`)
+commits with ``synchronous=FULL``: it is on the card before it returns, so a
+power cut (the common crash on a Pi) loses no acknowledged question. The
+other writes use ``NORMAL`` (one fsync fewer each): if a power cut takes one
+of them back, the question is still journaled and is answered again after
+boot, which QoS 1's at-least-once already allows. A write that cannot commit (disk full, a card remounted read-only)
 raises :class:`JournalError`, and the caller does not acknowledge. A journal
 that cannot be read is moved aside with a timestamp and a fresh one is
 started (:attr:`Journal.recovered` says so).
@@ -106,7 +109,7 @@ class Journal:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("database disk image is malformed")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
             for column, kind in _ADDED_COLUMNS.items():
@@ -131,9 +134,13 @@ class Journal:
         """Record ``request``; ``False`` if one with its id is already journaled."""
         row = asdict(request)
         with self._writing("journal the request"):
-            cur = self._db.execute(
-                f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
+            self._db.execute("PRAGMA synchronous=FULL")  # it is acknowledged right after
+            try:
+                cur = self._db.execute(
+                    f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
         return cur.rowcount == 1
 
     def update_text(self, request_id: str, text: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from appliance.catalog import ResolvedModel, resolve_llm
 from appliance.config.schema import Settings
-from appliance.config.secrets import read_password
+from appliance.config.secrets import read_api_key, read_password
 from appliance.errors import ConfigError, ModelError, ResourceError
 from appliance.llm.gguf import check_model_file
 from appliance.llm.memory import check_fits
@@ -20,8 +20,8 @@ def preflight(settings: Settings) -> ResolvedModel:
 
     Raises :class:`~appliance.errors.ConfigError` (exit 2, at the key's line) for
     a model that is missing or not a whole GGUF file (empty, truncated, another
-    format), a piper voice that is not there, or an MQTT password that cannot be
-    read; :class:`~appliance.errors.ResourceError` (exit 1) when the model and its
+    format), a piper voice that is not there, or an MQTT password or API key that
+    cannot be read; :class:`~appliance.errors.ResourceError` (exit 1) when the model and its
     context cannot fit in this machine's memory.
     """
     model = resolve_llm(settings)
@@ -36,4 +36,5 @@ def preflight(settings: Settings) -> ResolvedModel:
                           key=key) from None
     check_tts(settings)
     read_password(settings)
+    read_api_key(settings)
     return model

@@ -52,6 +52,28 @@ def check_settings(settings: Settings, fail: Fail) -> None:
     _unique(settings.rules, "rules", fail)
     _unique(settings.gpio.inputs, "gpio.inputs", fail)
     _check_topics(settings, fail)
+    _check_escalation(settings, fail)
+
+
+def _check_escalation(settings: Settings, fail: Fail) -> None:
+    escalation = settings.escalation
+    if escalation.enabled:
+        if (escalation.endpoint is None) == (escalation.mqtt_topic is None):
+            raise fail("escalation", "set exactly one of escalation.endpoint (an "
+                       "OpenAI-compatible server) and escalation.mqtt_topic (an appliance)")
+        if escalation.endpoint is not None and not escalation.endpoint.startswith(
+                ("http://", "https://")):
+            raise fail("escalation.endpoint", f"expected an http:// or https:// URL such as "
+                       f"http://bigbox.lan:8080/v1, got {escalation.endpoint!r}")
+        topic = escalation.mqtt_topic
+        if topic is not None and (not topic.endswith("/ask") or any(c in topic for c in "+#$")):
+            raise fail("escalation.mqtt_topic", f"expected another appliance's ask topic "
+                       f"such as site/big/ask, got {topic!r}")
+    names = [level.name for level in settings.thermal.levels]
+    wanted = escalation.route.level_at_least
+    if wanted is not None and wanted not in names:
+        raise fail("escalation.route.level_at_least",
+                   f"unknown level {wanted!r}; expected one of {', '.join(names)}")
 
 
 def _check_topics(settings: Settings, fail: Fail) -> None:
@@ -63,6 +85,12 @@ def _check_topics(settings: Settings, fail: Fail) -> None:
     for key, topic in topics:
         if topic is not None and (problem := policy.refuse(topic)) is not None:
             raise fail(key, f"{topic!r} cannot be published to: {problem}")
+    fleet = settings.fleet
+    if fleet is not None:
+        if not fleet.group or any(c in fleet.group for c in "/+#$"):
+            raise fail("fleet.group", "expected a plain name (no '/', '+', '#', '$')")
+        if (problem := policy.refuse(f"{fleet.topic}/answer")) is not None:
+            raise fail("fleet.topic", f"{fleet.topic!r} cannot carry answers: {problem}")
     for i, topic_filter in enumerate(mqtt.response_topics):
         if not topic_filter or topic_filter.startswith("$"):
             raise fail(f"mqtt.response_topics[{i}]", "expected a topic filter such as replies/#")

@@ -1,4 +1,4 @@
-"""The MQTT password: read from ``mqtt.password_file`` or ``$<mqtt.password_env>``.
+"""Secrets: the MQTT password and the escalation API key, from a file or an environment variable.
 
 The file is opened exactly as the service opens it, so ``config check`` run as
 the service's user finds what ``run`` would find: a directory, a file that user
@@ -24,38 +24,46 @@ def read_password(settings: Settings) -> str | None:
     Surrounding whitespace (the file's final newline) is not part of the password.
     """
     mqtt = settings.mqtt
-    if mqtt.password_file is not None:
-        return _read_file(settings)
-    if mqtt.password_env is not None:
-        value = os.environ.get(mqtt.password_env)
+    return _read(settings, "mqtt.password", mqtt.password_file, mqtt.password_env)
+
+
+def read_api_key(settings: Settings) -> str | None:
+    """The escalation server's API key (``escalation.api_key_file`` or ``_env``), if set."""
+    escalation = settings.escalation
+    return _read(settings, "escalation.api_key", escalation.api_key_file,
+                 escalation.api_key_env)
+
+
+def _read(settings: Settings, key: str, path: os.PathLike[str] | None,
+          env: str | None) -> str | None:
+    if path is not None:
+        return _read_file(settings, f"{key}_file", path)
+    if env is not None:
+        value = os.environ.get(env)
         if value is None:
-            raise _error(settings, "mqtt.password_env",
-                         f"names ${mqtt.password_env}, which is not set")
+            raise _error(settings, f"{key}_env", f"names ${env}, which is not set")
         return value
     return None
 
 
-def _read_file(settings: Settings) -> str:
-    path = settings.mqtt.password_file
-    assert path is not None
+def _read_file(settings: Settings, key: str, path: os.PathLike[str]) -> str:
     try:
         with open_regular(path) as fh:
             raw = fh.read(MAX_PASSWORD_BYTES + 1)
     except OSError as exc:
         who = f" by uid {os.geteuid()}" if isinstance(exc, PermissionError) else ""
-        raise _error(settings, "mqtt.password_file",
+        raise _error(settings, key,
                      f"{str(path)!r} cannot be read{who}: {exc.strerror}") from None
     if len(raw) > MAX_PASSWORD_BYTES:
-        raise _error(settings, "mqtt.password_file",
-                     f"{str(path)!r} is larger than {MAX_PASSWORD_BYTES} bytes; "
-                     "it should hold only the password")
+        what = "password" if key.startswith("mqtt.") else "key"
+        raise _error(settings, key, f"{str(path)!r} is larger than {MAX_PASSWORD_BYTES} "
+                     f"bytes; it should hold only the {what}")
     try:
         password = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise _error(settings, "mqtt.password_file",
-                     f"{str(path)!r} is not UTF-8 text") from None
+        raise _error(settings, key, f"{str(path)!r} is not UTF-8 text") from None
     if not password:
-        raise _error(settings, "mqtt.password_file", f"{str(path)!r} is empty")
+        raise _error(settings, key, f"{str(path)!r} is empty")
     return password
 
 

@@ -65,6 +65,7 @@ class Inbound:
     response_topic: str | None
     correlation: bytes | None
     client: str
+    hops: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,19 @@ class Refusal:
     request_id: str | None
 
 
-def _client_key(props: Properties | None) -> str:
-    """Who asked, for rate limiting: a ``client`` or ``client_id`` user property."""
+def _user_properties(props: Properties | None) -> tuple[str, int]:
+    """The ``client`` (or ``client_id``) and ``hops`` user properties.
+
+    The client names the asker for rate limiting; hops count how often a fleet
+    ask has been handed on.
+    """
+    client, hops = "", 0
     for key, value in getattr(props, "UserProperty", None) or ():
         if key in ("client", "client_id"):
-            return str(value)[:64]
-    return ""
+            client = str(value)[:64]
+        elif key == "hops" and str(value).isdigit():
+            hops = min(int(value), 99)
+    return client, hops
 
 
 def _request_id(payload: bytes) -> str | None:
@@ -125,6 +133,7 @@ class Bridge:
         self._thread = threading.get_ident()
         self._inflight: dict[int, tuple[int, Outgoing]] = {}  # paho mid -> outbox key, message
         self._task: asyncio.Task[None] | None = None
+        self._forwarded: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
         self._undelivered: list[tuple[str | None, list[Outgoing]]] = []
         self._delivered = asyncio.Event()
         mqtt = settings.mqtt
@@ -172,7 +181,8 @@ class Bridge:
             props = getattr(msg, "properties", None)
             inbound = Inbound(msg.topic, msg.payload, msg.qos, msg.mid,
                               getattr(props, "ResponseTopic", None),
-                              getattr(props, "CorrelationData", None), _client_key(props))
+                              getattr(props, "CorrelationData", None),
+                              *_user_properties(props))
         except (UnicodeDecodeError, ValueError, TypeError) as exc:
             log.warning("unreadable_message", error=str(exc))
             if msg.qos:
@@ -229,12 +239,16 @@ class Bridge:
 
     def _published(self, mid: int, reason: ReasonCode | None) -> None:
         entry = self._inflight.pop(mid, None)
+        failed = reason is not None and reason.is_failure
         if entry is not None:
             key, message = entry
             if key >= 0:
                 self._retire(key)
-            if reason is not None and reason.is_failure:
+            if failed:
                 self._refused(message, str(reason), reason.value)
+        then = self._forwarded.pop(mid, None)
+        if then is not None:
+            then[1 if failed else 0]()
         if not self._inflight:
             self._delivered.set()
 
@@ -275,6 +289,24 @@ class Bridge:
         """
         if self.connected.is_set():
             self._send(message)
+
+    def forward(self, message: Outgoing, then: Callable[[], None],
+                otherwise: Callable[[], None]) -> None:
+        """Publish ``message``; ``then()`` once the broker has it, ``otherwise()`` if it refuses.
+
+        For handing a message on: acknowledge the original only in ``then``, so a
+        crash in between makes the broker redeliver it rather than lose it.
+        """
+        if not self.connected.is_set():
+            otherwise()
+            return
+        info = self._send(message)
+        if info is None:
+            otherwise()
+            return
+        self._delivered.clear()
+        self._inflight[info.mid] = (-1, message)
+        self._forwarded[info.mid] = (then, otherwise)
 
     def deliver(self, request_id: str | None, messages: list[Outgoing]) -> None:
         """Answer: retire ``request_id`` and publish ``messages`` via the outbox, atomically.
@@ -354,8 +386,14 @@ def _str(path: object) -> str | None:
 
 
 def _props(message: Outgoing) -> Properties | None:
-    if message.correlation is None:
+    if message.correlation is None and message.response_topic is None \
+            and not message.user_properties:
         return None
     props = Properties(PacketTypes.PUBLISH)
-    props.CorrelationData = message.correlation
+    if message.correlation is not None:
+        props.CorrelationData = message.correlation
+    if message.response_topic is not None:
+        props.ResponseTopic = message.response_topic
+    if message.user_properties:
+        props.UserProperty = list(message.user_properties)
     return props

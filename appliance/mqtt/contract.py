@@ -61,13 +61,17 @@ class Topics:
         return f"{self.base}/event/{name}"
 
 
+TIERS = ("auto", "local", "remote")
+
+
 @dataclass(frozen=True)
 class Ask:
-    """A parsed question."""
+    """A parsed question; ``tier`` says where it may be answered."""
 
     text: str
     id: str | None = None
     max_tokens: int | None = None
+    tier: str = "auto"
 
 
 def _decode(payload: bytes, max_bytes: int) -> str:
@@ -146,7 +150,7 @@ def _request_id(value: Any) -> str | None:
 
 
 def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
-    """A question: a JSON object ``{"id"?, "text", "max_tokens"?}`` or plain UTF-8 text."""
+    """A question: ``{"id"?, "text", "max_tokens"?, "tier"?}`` or plain UTF-8 text."""
     text = _decode(payload, max_bytes)
     if not text.lstrip().startswith("{"):
         if not text.strip():
@@ -157,7 +161,7 @@ def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
     request_id = raw_id if isinstance(raw_id, str) else None
     try:
         request_id = _request_id(raw_id)
-        unknown = set(data) - {"id", "text", "max_tokens"}
+        unknown = set(data) - {"id", "text", "max_tokens", "tier"}
         if unknown:
             raise InputError(f"unknown field(s): {', '.join(sorted(unknown))}")
         question = data.get("text")
@@ -170,9 +174,12 @@ def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
                 isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
                 or not 1 <= max_tokens <= max_tokens_limit):
             raise InputError(f"max_tokens must be an integer from 1 to {max_tokens_limit}")
+        tier = data.get("tier", "auto")
+        if tier not in TIERS:
+            raise InputError(f"tier must be one of {', '.join(TIERS)}")
     except InputError as exc:
         raise InputError(str(exc), request_id) from None
-    return Ask(question.strip(), request_id, max_tokens)
+    return Ask(question.strip(), request_id, max_tokens, tier)
 
 
 def parse_event(payload: bytes, max_bytes: int) -> dict[str, Any]:

@@ -36,7 +36,9 @@ class TopicPolicy:
 
     ``base``: our own base topic (``<base>/reply/...`` stays open for replies);
     ``namespace``: where all devices' bases live (``appliance`` for the
-    default ``appliance/{device_id}``), closed to replies too;
+    default ``appliance/{device_id}``), closed too except each one's
+    ``reply/...`` area (one appliance escalating to another asks for its
+    answer there);
     ``discovery_prefix``: Home Assistant's; ``allow``: optional filters.
     """
 
@@ -80,5 +82,8 @@ class TopicPolicy:
         if _within(topic, self.base):
             return f"{self.base}/... is this device's own (use {self.base}/reply/...)"
         if self.namespace is not None and _within(topic, self.namespace):
+            levels = topic[len(self.namespace) + 1:].split("/")
+            if len(levels) >= 3 and levels[1] == "reply":
+                return None  # another appliance's reply area: where it asks us to answer
             return f"{self.namespace}/... belongs to the appliances"
         return None

@@ -49,10 +49,17 @@ class Request:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A message to publish; ``correlation`` becomes MQTT v5 Correlation Data."""
+    """A message to publish, with the MQTT v5 properties it carries.
+
+    ``correlation`` becomes Correlation Data; ``response_topic`` and
+    ``user_properties`` are for asks we send ourselves (escalation, handing a
+    fleet ask on) and are not kept in the outbox.
+    """
 
     topic: str
     payload: bytes
     qos: int = 1
     retain: bool = False
     correlation: bytes | None = None
+    response_topic: str | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()

@@ -27,11 +27,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
-from appliance.generate.base import (
-    GenerationFailed,
-    GeneratorCrashed,
-    OnChunk,
-)
+from appliance.generate.base import GenerationFailed, GeneratorCrashed
 from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
@@ -70,6 +66,9 @@ class VoiceOut(Protocol):
     def finish(self, request_id: str) -> None:
         """The answer is complete."""
 
+    def restart(self, request_id: str) -> None:
+        """What was fed so far is void (a rerouted answer starts over): cut it."""
+
 
 class Watcher(Protocol):
     """Someone waiting for one request's chunks and answer (an API client)."""
@@ -79,6 +78,9 @@ class Watcher(Protocol):
 
     def answer(self, payload: dict[str, Any]) -> None:
         """The final answer (the same fields as on MQTT)."""
+
+    def restart(self) -> None:
+        """The text streamed so far is void; the next chunks start it over."""
 
 
 class Rejected(Exception):
@@ -100,8 +102,10 @@ class Dispatcher:
     def __init__(self, *, router: Router, outlet: Outlet, journal: Journal,
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
                  stream: bool, llm: LlmSettings,
-                 on_alert: Callable[[], None] = lambda: None, kid_safe: bool = False) -> None:
+                 on_alert: Callable[[], None] = lambda: None, kid_safe: bool = False,
+                 device_id: str = "") -> None:
         self.router, self.outlet, self.journal = router, outlet, journal
+        self.device_id = device_id
         self.on_alert = on_alert
         self.speaker: VoiceOut | None = None  # set when voice answers are spoken
         self.kid_safe = kid_safe
@@ -261,9 +265,9 @@ class Dispatcher:
             except JournalError as exc:  # only the retry count suffers
                 log.warning("attempt_not_counted", error=str(exc))
         chat = self._chat(request, level)
-        on_chunk = self._streamer(request)
         try:
-            routed = await self.router.run(request, chat, on_chunk)
+            routed = await self.router.run(request, chat, self._streamer(request),
+                                           level=level, queued=len(self.queue))
         except GeneratorCrashed as exc:
             if request.attempts + 1 < MAX_ATTEMPTS:
                 log.warning("retrying", error=str(exc))
@@ -279,33 +283,14 @@ class Dispatcher:
             return
         self._answer(request, routed.answer_fields())
 
-    def _streamer(self, request: Request) -> OnChunk:
-        """Hand chunks to every outlet; ``seq`` keeps counting across retried attempts."""
-        speaker = self.speaker if request.source == "voice" else None
-        watcher = self._watchers.get(request.id)
+    def _streamer(self, request: Request) -> _Stream:
         private = request.source == "voice" and self.kid_safe
-        publish = self.stream and request.source in ("mqtt", "voice") and not private
-        restart = self._streamed.get(request.id, 0) > 0
-
-        def on_chunk(chunk: Chunk) -> None:
-            nonlocal restart
-            seq = self._streamed.get(request.id, 0)
-            self._streamed[request.id] = seq + 1
-            if publish:
-                body: dict[str, Any] = {"id": request.id, "seq": seq, "delta": chunk.delta}
-                if restart:  # a retried generation starts the text over
-                    body["restart"] = True
-                    restart = False
-                self.outlet.publish(Outgoing(self.topics.stream, _json(body)))
-            if speaker is not None:
-                speaker.feed(request.id, chunk.delta)
-            if watcher is not None:
-                watcher.chunk(chunk)
-        return on_chunk
+        return _Stream(self, request, publish=self.stream and not private
+                       and request.source in ("mqtt", "voice"))
 
     def _answer(self, request: Request, fields: dict[str, Any]) -> None:
         payload = {"id": request.id, **fields, "throttle_level": self.status.throttle_level,
-                   "source": request.source,
+                   "source": request.source, "device_id": self.device_id,
                    "model": fields.get("model") or self.status.model}
         if request.rule is not None:
             payload["rule"] = request.rule
@@ -348,3 +333,40 @@ class Dispatcher:
             self._preempted = True  # requeued, not answered: the journal keeps it
             self.router.cancel(running.id)
             await self._idle.wait()
+
+
+class _Stream:
+    """One request's chunks to every outlet: MQTT stream, speaker, API watcher.
+
+    ``seq`` keeps counting across attempts; the first chunk after
+    :meth:`restart` (a retried or rerouted generation) says ``"restart": true``.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, request: Request, *, publish: bool) -> None:
+        self.dispatcher, self.request, self.publish = dispatcher, request, publish
+        self.speaker = dispatcher.speaker if request.source == "voice" else None
+        self.watcher = dispatcher._watchers.get(request.id)
+        self._restart = dispatcher._streamed.get(request.id, 0) > 0
+
+    def restart(self) -> None:
+        """What was streamed so far is void: the next chunk starts the text over."""
+        self._restart = True
+        if self.speaker is not None:
+            self.speaker.restart(self.request.id)
+        if self.watcher is not None:
+            self.watcher.restart()
+
+    def __call__(self, chunk: Chunk) -> None:
+        d, request = self.dispatcher, self.request
+        seq = d._streamed.get(request.id, 0)
+        d._streamed[request.id] = seq + 1
+        if self.publish:
+            body: dict[str, Any] = {"id": request.id, "seq": seq, "delta": chunk.delta}
+            if self._restart:
+                body["restart"] = True
+            d.outlet.publish(Outgoing(d.topics.stream, _json(body)))
+        self._restart = False
+        if self.speaker is not None:
+            self.speaker.feed(request.id, chunk.delta)
+        if self.watcher is not None:
+            self.watcher.chunk(chunk)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 from appliance.config import Settings
 from appliance.llm import new_request_id
@@ -30,6 +31,11 @@ from appliance.service.status import Status
 log = get_logger("intake")
 
 RETRY_S = 2.0
+MAX_HOPS = 3
+"""How often a fleet ask is handed on by busy devices before one takes it anyway."""
+HOPS = "hops"
+
+Route = tuple[Callable[[str], bool], Callable[[Inbound], None]]
 
 
 class _Held(Exception):
@@ -61,13 +67,29 @@ class Intake:
         self.local_events = {topics.event(spec.name) for spec in settings.gpio.inputs}
         self._held: dict[Inbound, str] = {}  # message -> the request id it was given
         self._retry_due = False
+        self._routes: list[Route] = []
+        self._extra_topics: list[str] = []
+        fleet = settings.fleet
+        self.fleet_ask = f"{fleet.topic}/ask" if fleet else None
+        self.forward: Callable[[Outgoing, Callable[[], None], Callable[[], None]], None] | None \
+            = None  # the bridge's, to hand a fleet ask on
+
+    def route(self, topics: list[str], handles: Callable[[str], bool],
+              handler: Callable[[Inbound], None]) -> None:
+        """Send messages on ``topics`` (for which ``handles`` is true) to ``handler``."""
+        self._extra_topics += topics
+        self._routes.append((handles, handler))
 
     def subscriptions(self) -> list[str]:
         """Every topic we listen to."""
         topics = [self.topics.ask, self.topics.events, self.topics.cancel,
-                  *(t for t in self.rules.topics if not t.startswith(self.event_prefix))]
+                  *(t for t in self.rules.topics if not t.startswith(self.event_prefix)),
+                  *self._extra_topics]
         if self.settings.mqtt.discovery.enabled:
             topics.append(self.discovery_status)
+        fleet = self.settings.fleet
+        if fleet is not None:
+            topics.append(f"$share/{fleet.group}/{fleet.topic}/ask")
         return topics
 
     def _failed(self, inbound: Inbound) -> None:
@@ -86,6 +108,12 @@ class Intake:
         try:
             if inbound.topic == self.topics.ask:
                 self._ask(inbound)
+            elif inbound.topic == self.fleet_ask:
+                if self._hand_on(inbound):
+                    return  # acknowledged once another device has it
+                self._ask(inbound, fleet=True)
+            elif route := next((h for match, h in self._routes if match(inbound.topic)), None):
+                route(inbound)
             elif inbound.topic == self.topics.cancel:
                 request_id = parse_cancel(inbound.payload, self.settings.mqtt.max_payload_bytes)
                 if not self.dispatcher.cancel(request_id):
@@ -125,7 +153,25 @@ class Intake:
         for inbound in list(self._held):
             self._handle(inbound)
 
-    def _ask(self, inbound: Inbound) -> None:
+    def _hand_on(self, inbound: Inbound) -> bool:
+        """A busy device hands a site ask back to the group (at most :data:`MAX_HOPS` times)."""
+        fleet = self.settings.fleet
+        busy = len(self.dispatcher.queue) + (self.dispatcher.running is not None)
+        if fleet is None or self.forward is None or busy < fleet.take_below \
+                or inbound.hops >= MAX_HOPS:
+            return False
+        log.info("fleet_handed_on", busy=busy, hops=inbound.hops + 1)
+        self.forward(Outgoing(inbound.topic, inbound.payload, correlation=inbound.correlation,
+                              response_topic=inbound.response_topic,
+                              user_properties=((HOPS, str(inbound.hops + 1)),)),
+                     lambda: self.ack(inbound), lambda: self._handle_taken(inbound))
+        return True
+
+    def _handle_taken(self, inbound: Inbound) -> None:
+        """Handing on failed: this device answers it after all."""
+        self._handle(replace(inbound, hops=MAX_HOPS))
+
+    def _ask(self, inbound: Inbound, *, fleet: bool = False) -> None:
         mqtt = self.settings.mqtt
         ask = parse_ask(inbound.payload, mqtt.max_payload_bytes, self.settings.llm.max_tokens)
         request_id = ask.id or self._held.get(inbound) or new_request_id()
@@ -138,9 +184,13 @@ class Intake:
         if inbound not in self._held and not self.limiter.allow(client):
             raise InputError(f"rate limited: at most {mqtt.ask_rate_per_min} questions per "
                              f"minute for client {client!r}", request_id)
+        reply = inbound.response_topic
+        if fleet and reply is None and self.settings.fleet is not None:
+            reply = f"{self.settings.fleet.topic}/answer"
         request = Request(id=request_id, source="mqtt", text=ask.text,
-                          max_tokens=ask.max_tokens, reply_topic=inbound.response_topic,
-                          correlation=inbound.correlation, client=client)
+                          max_tokens=ask.max_tokens, reply_topic=reply,
+                          correlation=inbound.correlation, client=client,
+                          tier=ask.tier)  # type: ignore[arg-type]
         try:
             if not self.dispatcher.submit(request):
                 log.info("duplicate_ignored", id=request.id)

@@ -10,10 +10,10 @@ commits with ``synchronous=FULL``: it is on the card before it returns, so a
 power cut (the common crash on a Pi) loses no acknowledged question. The
 other writes use ``NORMAL`` (one fsync fewer each): if a power cut takes one
 of them back, the question is still journaled and is answered again after
-boot, which QoS 1's at-least-once already allows. A write that cannot commit (disk full, a card remounted read-only)
-raises :class:`JournalError`, and the caller does not acknowledge. A journal
-that cannot be read is moved aside with a timestamp and a fresh one is
-started (:attr:`Journal.recovered` says so).
+boot, which QoS 1's at-least-once already allows. A write that cannot commit
+(disk full, a card remounted read-only) raises :class:`JournalError`, and the
+caller does not acknowledge. A journal that cannot be read is moved aside with
+a timestamp and a fresh one is started (:attr:`Journal.recovered` says so).
 """
 
 from __future__ import annotations

@@ -27,7 +27,11 @@ from gpiozero.pins import Factory
 
 from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
+from appliance.config.secrets import read_api_key
+from appliance.generate.base import Generator
 from appliance.generate.local import ModelWorker
+from appliance.generate.mqtt_remote import MqttGenerator
+from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.hardware import load_average, rss_bytes
 from appliance.logs import get_logger
@@ -76,7 +80,7 @@ class Supervisor:
                                      settings.escalation.api_key_env) if name]
         self.worker = ModelWorker(config_path, secret_env=secrets,
                                   on_change=self._worker_changed)
-        self.router = Router(self.worker)
+        self.remote: Generator | None = None
         self.rules = RuleSet(settings.rules, settings.base_topic)
         self.watchdog = ThermalWatchdog(settings.thermal, self._on_level,
                                         on_reading=self._show_temperature)
@@ -105,15 +109,25 @@ class Supervisor:
         self.bridge = bridge = Bridge(self.settings, journal, [], self._on_message,
                                       self._on_connected, on_refused=self._on_refused,
                                       on_change=self._bridge_changed)
+        self.remote = self._remote_generator()
+        self.router = Router(self.worker, self.remote, self.settings.escalation,
+                             self.settings.thermal.levels, kid_safe=self.settings.voice.kid_safe,
+                             on_change=self._router_changed)
         self.dispatcher = Dispatcher(
             router=self.router, outlet=bridge, journal=journal, topics=self.topics,
             rules=self.rules, status=self.status, queue_size=self.settings.mqtt.queue_size,
             stream=self.settings.mqtt.stream_answers, llm=self.settings.llm,
             on_alert=lambda: self.gpio.alert() if self.gpio else None,
-            kid_safe=self.settings.voice.kid_safe)
-        self.intake = Intake(self.settings, self.topics, self.rules, self.dispatcher, bridge,
-                             bridge.ack, self._publish_discovery, self.status)
-        bridge.subscriptions = self.intake.subscriptions()
+            kid_safe=self.settings.voice.kid_safe, device_id=self.settings.device_id)
+        self.intake = intake = Intake(self.settings, self.topics, self.rules, self.dispatcher,
+                                      bridge, bridge.ack, self._publish_discovery, self.status)
+        intake.forward = bridge.forward
+        if isinstance(self.remote, MqttGenerator):
+            remote = self.remote
+            intake.route(remote.subscriptions, remote.handles,
+                         lambda m: remote.on_message(m.topic, m.payload))
+        bridge.subscriptions = intake.subscriptions()
+        self._router_changed()
         if journal.recovered:
             self._error("journal", journal.recovered)
         self.status.listeners += [self._schedule_state, self._show_state]
@@ -169,6 +183,27 @@ class Supervisor:
         self.notifier.ready(f"ready: {self.worker.model}")
         log.info("ready", model=self.worker.model, base_topic=self.topics.base,
                  broker="connected" if self.bridge.connected.is_set() else "not yet")
+
+    def _remote_generator(self) -> Generator | None:
+        """The bigger model of ``escalation``, if it is on."""
+        escalation = self.settings.escalation
+        if not escalation.enabled:
+            return None
+        if escalation.mqtt_topic is not None:
+            return MqttGenerator(escalation.mqtt_topic, f"{self.topics.base}/reply",
+                                 self.bridge.publish,
+                                 first_token_timeout_s=escalation.first_token_timeout_s,
+                                 timeout_s=escalation.timeout_s)
+        assert escalation.endpoint is not None  # the config checks require one of the two
+        return OpenAIGenerator(escalation.endpoint, escalation.model,
+                               read_api_key(self.settings),
+                               first_token_timeout_s=escalation.first_token_timeout_s,
+                               timeout_s=escalation.timeout_s)
+
+    def _router_changed(self) -> None:
+        described = self.router.describe()
+        if described is not None:
+            self.status.update(extra={**self.status.extra, "escalation": described})
 
     def _worker_changed(self) -> None:
         worker = self.worker
@@ -311,6 +346,8 @@ class Supervisor:
         await self.worker.stop()
         await self.parts.stop()
         await self.bridge.close()
+        if isinstance(self.remote, OpenAIGenerator):
+            await self.remote.close()
         self.journal.close()
         if self.gpio is not None:
             self.gpio.close()

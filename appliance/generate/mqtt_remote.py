@@ -1,0 +1,122 @@
+"""A bigger appliance elsewhere, asked over MQTT v5 request/response.
+
+The question goes to the other appliance's ``.../ask`` with our Response Topic
+(``<base>/reply/escalation/<id>``, the area every appliance's topic policy
+leaves open for replies) and Correlation Data, and ``"tier": "local"`` so that
+it never escalates further. Its chunks come on its ``.../answer/stream`` and
+its answer on our reply topic. No chunk within ``first_token_timeout_s``, or
+no answer within ``timeout_s``, raises :class:`GeneratorUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from appliance.generate.base import GeneratorUnavailable, OnChunk, Tier
+from appliance.llm.types import ChatRequest, Chunk, Completion
+from appliance.protocol.messages import Outgoing
+
+
+class _Call:
+    def __init__(self, on_chunk: OnChunk | None) -> None:
+        self.on_chunk = on_chunk
+        self.first = asyncio.Event()
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.parts = 0
+
+
+class MqttGenerator:
+    """Asks the appliance whose ask topic is ``ask_topic``; ``publish`` sends our messages."""
+
+    tier: Tier = "remote"
+
+    def __init__(self, ask_topic: str, reply_base: str, publish: Callable[[Outgoing], None],
+                 *, first_token_timeout_s: float, timeout_s: float) -> None:
+        self.ask_topic = ask_topic
+        base = ask_topic.removesuffix("/ask")
+        self.stream_topic = f"{base}/answer/stream"
+        self.cancel_topic = f"{base}/cmd/cancel"
+        self.reply_base = f"{reply_base}/escalation"
+        self.publish = publish
+        self.first_token_timeout_s, self.timeout_s = first_token_timeout_s, timeout_s
+        self._calls: dict[str, _Call] = {}
+        self._budget: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The remote appliance, by its ask topic."""
+        return f"mqtt:{self.ask_topic}"
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """Where its replies come."""
+        return [f"{self.reply_base}/+", self.stream_topic]
+
+    def handles(self, topic: str) -> bool:
+        """Whether an inbound message on ``topic`` is for us."""
+        return topic == self.stream_topic or topic.startswith(self.reply_base + "/")
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """A chunk or an answer (anything else on these topics is ignored)."""
+        try:
+            body = json.loads(payload)
+            call = self._calls.get(str(body.get("id")))
+        except (ValueError, AttributeError):
+            return
+        if call is None:
+            return
+        if topic == self.stream_topic:
+            delta = body.get("delta")
+            if isinstance(delta, str) and delta:
+                call.first.set()
+                call.parts += 1
+                if call.on_chunk is not None:
+                    call.on_chunk(Chunk(str(body["id"]), call.parts - 1, delta))
+                if self._budget is not None and call.parts >= self._budget:
+                    self.cancel(str(body["id"]))
+        elif not call.done.done():
+            call.first.set()
+            call.done.set_result(body)
+
+    async def generate(self, request: ChatRequest, on_chunk: OnChunk | None = None,
+                       ) -> Completion:
+        """Ask the other appliance; raises :class:`GeneratorUnavailable` when it is silent."""
+        call = self._calls[request.id] = _Call(on_chunk)
+        started = time.monotonic()
+        ask = {"id": request.id, "text": request.text, "tier": "local"}
+        if request.max_tokens:
+            ask["max_tokens"] = request.max_tokens
+        try:
+            self.publish(Outgoing(self.ask_topic, json.dumps(ask, ensure_ascii=False).encode(),
+                                  response_topic=f"{self.reply_base}/{request.id}",
+                                  correlation=request.id.encode()))
+            try:
+                await asyncio.wait_for(call.first.wait(), self.first_token_timeout_s)
+                body = await asyncio.wait_for(call.done, max(
+                    0.0, self.timeout_s - (time.monotonic() - started)))
+            except TimeoutError:
+                raise GeneratorUnavailable(f"{self.ask_topic}: no answer in time") from None
+        finally:
+            self._calls.pop(request.id, None)
+        if body.get("finish_reason") == "error":
+            raise GeneratorUnavailable(f"{self.ask_topic}: {body.get('error', 'failed')}")
+        ended = time.monotonic()
+        return Completion(
+            id=request.id, text=str(body.get("text", "")), tokens=int(body.get("tokens", 0)),
+            finish_reason=body.get("finish_reason", "stop"),
+            ttft_ms=float(body.get("ttft_ms", 0.0)),
+            tokens_per_s=float(body.get("tokens_per_s", 0.0)),
+            model=str(body.get("model", self.name)), total_ms=(ended - started) * 1000)
+
+    def cancel(self, request_id: str) -> None:
+        """Cancel it on the other appliance; its answer then says ``cancelled``."""
+        if request_id in self._calls:
+            self.publish(Outgoing(self.cancel_topic, json.dumps({"id": request_id}).encode()))
+
+    def set_budget(self, tokens: int | None) -> None:
+        """A live cap: the remote answer is cancelled once this many chunks have come."""
+        self._budget = tokens

@@ -1,0 +1,143 @@
+"""Escalation to a bigger model: a real llama_cpp.server, a real mosquitto, ``appliance run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BASE, STORY
+from tests.model_server import ALIAS, ModelServer
+from tests.services import ApplianceProcess, Message, Peer
+
+
+@pytest.fixture
+def server(tmp_path: Path, model_path: Path) -> Iterator[ModelServer]:
+    s = ModelServer(model_path, tmp_path / "server.log")
+    s.start()
+    yield s
+    s.kill()
+
+
+def _escalation(endpoint: str, extra: str = "") -> str:
+    return (f"escalation:\n  enabled: true\n  endpoint: {endpoint}\n  model: {ALIAS}\n"
+            "  first_token_timeout_s: 15\n  timeout_s: 90\n"
+            "  route:\n    keywords: [explain why]\n    min_words: 40\n" + extra)
+
+
+def _answer(peer: Peer, request_id: str, timeout: float = 90) -> Message:
+    return peer.wait_for(lambda m: m.topic == f"{BASE}/answer"
+                         and m.json().get("id") == request_id, timeout)
+
+
+def _chunks(peer: Peer, request_id: str) -> list[dict[str, object]]:
+    return [m.json() for m in peer.seen if m.topic == f"{BASE}/answer/stream"
+            and m.json()["id"] == request_id]
+
+
+def test_tier_remote_is_answered_by_the_server_and_streamed(
+        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
+    start(root=_escalation(server.endpoint))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "r", "text": "Name a colour.",
+                                            "tier": "remote", "max_tokens": 16}))
+    answer = _answer(peer, "r").json()
+    assert answer["tier"] == "remote" and answer["model"] == ALIAS
+    assert answer["escalation"] == {"reason": "asked"}
+    chunks = _chunks(peer, "r")
+    assert chunks and "".join(str(c["delta"]) for c in chunks).strip() == answer["text"]
+
+
+def test_a_keyword_escalates_and_a_short_question_stays_local(
+        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
+    start(root=_escalation(server.endpoint))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "k", "text": "Explain why the sky is blue.",
+                                            "max_tokens": 12}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "s", "text": "Hi.", "max_tokens": 6}))
+    hard, short = _answer(peer, "k").json(), _answer(peer, "s").json()
+    assert hard["tier"] == "remote" and hard["escalation"]["reason"] == "keywords"
+    assert short["tier"] == "local" and "escalation" not in short
+
+
+def test_the_server_killed_mid_stream_gives_one_local_answer(
+        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
+    start(root=_escalation(server.endpoint))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "cut", "text": STORY, "tier": "remote",
+                                            "max_tokens": 300}))
+    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream" and m.json()["id"] == "cut"
+                  and m.json()["seq"] >= 2)
+    server.kill()
+    answer = _answer(peer, "cut").json()
+    assert answer["tier"] == "local" and answer["escalation"]["reason"] == "asked"
+    assert answer["escalation"]["fallback"]
+    peer.drain(2)
+    assert len([m for m in peer.seen if m.topic == f"{BASE}/answer"]) == 1
+    chunks = _chunks(peer, "cut")
+    restart = next(i for i, c in enumerate(chunks) if c.get("restart"))
+    assert "".join(str(c["delta"]) for c in chunks[restart:]).strip() == answer["text"]
+
+
+def test_a_server_that_is_down_falls_back_then_is_skipped(
+        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
+    server.kill()
+    start(root=_escalation(server.endpoint, "  breaker_failures: 1\n  breaker_s: 600\n"))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "d1", "text": "Hi.", "tier": "remote",
+                                            "max_tokens": 4}))
+    first = _answer(peer, "d1").json()
+    assert first["tier"] == "local" and "fallback" in first["escalation"]
+    assert first["total_ms"] < 15000 + 60000  # first_token_timeout_s plus the local answer
+    state = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
+                          and m.json().get("escalation", {}).get("open")).json()
+    assert state["escalation"]["model"] == ALIAS
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "d2", "text": "Hi.", "tier": "remote",
+                                            "max_tokens": 4}))
+    second = _answer(peer, "d2").json()
+    assert "skipped" in second["escalation"]["fallback"]
+
+
+def test_toy_mode_never_escalates(start: Callable[..., ApplianceProcess], peer: Peer,
+                                  server: ModelServer) -> None:
+    start(root=_escalation(server.endpoint) + "voice:\n  kid_safe: true\n")
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "toy", "text": "Explain why it rains.",
+                                            "tier": "remote", "max_tokens": 6}))
+    answer = _answer(peer, "toy").json()
+    assert answer["tier"] == "local" and "escalation" not in answer
+    log = server.log.read_text()
+    assert "/v1/chat/completions" not in log
+
+
+def test_the_api_key_is_sent_but_never_shown(
+        tmp_path: Path, model_path: Path, start: Callable[..., ApplianceProcess],
+        peer: Peer) -> None:
+    secret = "sk-test-" + os.urandom(8).hex()
+    keyed = ModelServer(model_path, tmp_path / "keyed.log", api_key=secret)
+    keyed.start()
+    try:
+        app = start(root=_escalation(keyed.endpoint, "  api_key_env: BIG_KEY\n"),
+                    BIG_KEY=secret)
+        peer.publish(f"{BASE}/ask", json.dumps({"id": "key", "text": "Hi.", "tier": "remote",
+                                                "max_tokens": 4}))
+        answer = _answer(peer, "key").json()
+        assert answer["tier"] == "remote"  # the server accepted the key
+        worker = Path(f"/proc/{app.worker_pid()}/environ").read_bytes()
+        assert secret.encode() not in worker
+        time.sleep(0.5)
+        assert secret not in (tmp_path / f"run-{app.runs}.log").read_text()
+        assert not [m for m in peer.seen if secret.encode() in m.payload]
+    finally:
+        keyed.kill()
+
+
+def test_low_confidence_cancels_the_local_answer_early_and_escalates(
+        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
+    start(root=_escalation(server.endpoint, "    confidence_below: 0.0\n"))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "unsure", "text": STORY,
+                                            "max_tokens": 60}))
+    answer = _answer(peer, "unsure").json()
+    assert answer["tier"] == "remote", answer
+    escalation = answer["escalation"]
+    assert escalation["reason"] == "confidence" and escalation["confidence"] < 0.0
+    assert escalation["local_tokens"] == 7  # cut after the 8 watched tokens, not 60

@@ -1,0 +1,82 @@
+"""A fleet: three ``appliance run`` sharing one queue of site asks on one mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import ApplianceProcess, Broker, Peer
+
+SITE = "site/greenhouse"
+
+
+def _device(tmp_path: Path, model_path: Path, port: int, name: str) -> ApplianceProcess:
+    home = tmp_path / name
+    home.mkdir()
+    (home / "temp").write_text("45000\n")
+    config = home / "config.yaml"
+    config.write_text(
+        f"device_id: {name}\ndata_dir: {home / 'data'}\n"
+        f"llm:\n  model_path: {model_path}\n  temperature: 0\n  n_ctx: 512\n  n_threads: 1\n"
+        f"mqtt:\n  port: {port}\n  keepalive_s: 5\n  discovery: {{enabled: false}}\n"
+        "  stream_answers: false\n"
+        f"thermal:\n  zone_path: {home / 'temp'}\n"
+        f"fleet:\n  group: greenhouse\n  topic: {SITE}\n")
+    return ApplianceProcess(home, config)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, model_path: Path, broker: Broker) -> Iterator[list[ApplianceProcess]]:
+    devices = [_device(tmp_path, model_path, broker.port, f"d{i}") for i in range(3)]
+    for device in devices:
+        device.start()
+    yield devices
+    for device in devices:
+        device.close()
+
+
+def test_twelve_site_asks_are_answered_once_each_by_several_devices(
+        fleet: list[ApplianceProcess], broker: Broker) -> None:
+    peer = Peer(broker.port, [f"{SITE}/answer"])
+    try:
+        for i in range(12):
+            peer.client.publish(f"{SITE}/ask", json.dumps(
+                {"id": f"s{i}", "text": "Say hi.", "max_tokens": 6}), qos=1)
+        for i in range(12):
+            peer.wait_for(lambda m, i=i: m.json()["id"] == f"s{i}", 120)
+        peer.drain(3)
+        answers = [m.json() for m in peer.seen]
+        assert sorted(a["id"] for a in answers) == sorted(f"s{i}" for i in range(12))
+        by_device = Counter(a["device_id"] for a in answers)
+        assert len(by_device) >= 2, by_device
+    finally:
+        peer.close()
+
+
+def test_a_device_killed_mid_answer_answers_its_site_ask_once_after_restart(
+        fleet: list[ApplianceProcess], broker: Broker) -> None:
+    peer = Peer(broker.port, [f"{SITE}/answer", "appliance/+/state"])
+    try:
+        peer.client.publish(f"{SITE}/ask", json.dumps(
+            {"id": "long", "text": "Tell me a long story about a greenhouse.",
+             "max_tokens": 200}), qos=1)
+        busy = peer.wait_for(lambda m: m.topic.endswith("/state")
+                             and m.json()["state"] == "thinking", 60)
+        victim = next(d for d in fleet if f"/{d.config.parent.name}/" in busy.topic)
+        assert victim.proc is not None
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(10)
+        victim.start()
+        peer.wait_for(lambda m: m.topic == f"{SITE}/answer" and m.json()["id"] == "long",
+                      180)
+        peer.drain(4)
+        answers = [m.json() for m in peer.seen if m.topic == f"{SITE}/answer"]
+        assert [a["id"] for a in answers] == ["long"]
+    finally:
+        peer.close()

@@ -26,14 +26,14 @@ def _special(engine: Engine, text: str) -> int:
 def test_chatml_markers_in_outside_text_are_not_role_tokens(engine: Engine, where: str) -> None:
     prompt = engine.prompt
     start, end = _special(engine, "<|im_start|>"), _special(engine, "<|im_end|>")
-    args = {"question": ("hello", (), None), "context": ("hello", (), "passage"),
-            "history": ("hello", (Turn("user", "earlier"),), None)}[where]
+    args = {"question": ("hello", (), ()), "context": ("hello", (), ("passage",)),
+            "history": ("hello", (Turn("user", "earlier"),), ())}[where]
     clean = prompt.tokens("You help.", *args)
     text, history, context = args
     if where == "question":
         text = f"hello {INJECTION}"
     elif where == "context":
-        context = f"passage {INJECTION}"
+        context = (f"passage {INJECTION}",)
     else:
         history = (Turn("user", f"earlier {INJECTION}"),)
     dirty = prompt.tokens("You help.", text, history, context)
@@ -61,9 +61,20 @@ def test_piecewise_tokens_equal_whole_prompt_tokens_for_plain_text(engine: Engin
 
 def test_prefix_includes_the_reference_text(engine: Engine) -> None:
     prompt = engine.prompt
+    passage = ("The pump filter is cleaned weekly.",)
     bare = prompt.prefix_tokens("You help.")
-    with_passage = prompt.prefix_tokens("You help.", (), "The pump filter is cleaned weekly.")
+    with_passage = prompt.prefix_tokens("You help.", (), passage)
     assert with_passage[: len(bare)] == bare and len(with_passage) > len(bare) + 5
-    full = prompt.render("You help.", "How often?", (), "The pump filter is cleaned weekly.")
+    full = prompt.render("You help.", "How often?", (), passage)
     assert tuple(full.tokens[: len(with_passage)]) == with_passage
     assert full.question_at >= len(with_passage)
+
+
+def test_the_first_passage_ends_where_two_passage_prompts_agree(engine: Engine) -> None:
+    prompt = engine.prompt
+    one = prompt.render("You help.", "How often?", (), ("Clean the filter weekly.",))
+    two = prompt.render("You help.", "Which valve?", (),
+                        ("Clean the filter weekly.", "The red valve drains the tank."))
+    first = one.passage_ends[0]
+    assert two.passage_ends[0] == first and one.tokens[:first] == two.tokens[:first]
+    assert len(two.passage_ends) == 2 and two.passage_ends[1] > first

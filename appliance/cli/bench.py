@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.cli.benches import bridge, llm, thermal, voice
+from appliance.cli.benches import bridge, escalation, knowledge, llm, thermal, voice
 
-_BENCHES = (llm, bridge, thermal, voice)
+_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--wav", required=True, help="the speech to recognize")
     p.add_argument("--json", action="store_true",
                    help='print {"transcript", "answer", "ms_recognize", "ms_first_token", '
-                        '"ms_first_audio"}')
+                        '"ms_first_audio", "evaluated_tokens", "partials", ...}')
     p.add_argument("--say", action="store_true", help="synthesize the answer (needs --out)")
     p.add_argument("--out", help="where --say writes the spoken answer (WAV)")
     p.add_argument("--realtime", action="store_true",

@@ -28,6 +28,7 @@ from appliance.config import load_settings
 from appliance.errors import ApplianceError
 from appliance.llm import ChatRequest, Engine
 from appliance.llm.batching import ChunkBatcher
+from appliance.llm.kv_disk import passage_cache
 from appliance.protocol import worker_pipe as pipe
 
 log = logs.get_logger("worker")
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(argv[0] if argv else None)
         logs.configure(settings.log.level, settings.log.format)
-        engine = Engine(settings.llm, resolve_llm(settings))
+        model = resolve_llm(settings)
+        engine = Engine(settings.llm, model, passage_cache(settings, model.path))
         engine.warm_up()
     except ApplianceError as exc:
         out.write(pipe.encode(pipe.Fatal(str(exc))))

@@ -28,6 +28,7 @@ from appliance.errors import ModelError
 from appliance.hardware import physical_cores
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
+from appliance.llm.kv_disk import DiskKvCache
 from appliance.llm.memory import check_fits
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache
@@ -51,7 +52,8 @@ class Engine:
     >>> engine.complete(ChatRequest("What is two plus two?")).text  # doctest: +SKIP
     """
 
-    def __init__(self, settings: LlmSettings, model: ResolvedModel) -> None:
+    def __init__(self, settings: LlmSettings, model: ResolvedModel,
+                 disk_cache: DiskKvCache | None = None) -> None:
         route_native_logs()
         check_fits(model.path, settings.n_ctx)
         self.settings = settings
@@ -73,7 +75,7 @@ class Engine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"{model.path}: cannot load the model: {exc}") from exc
         self.prompt = ChatPrompt(self._llm)
-        self._prefixes = PrefixCache(settings.prefix_cache_entries)
+        self._prefixes = PrefixCache(settings.prefix_cache_entries, disk_cache)
         self._lock = threading.Lock()
         self.threads = self.default_threads
         self._wanted_threads = self.default_threads
@@ -92,6 +94,12 @@ class Engine:
         with self._lock:
             self._prefixes.restore(self._llm, prefix)
 
+    def cache_passage(self, passage: str, system_prompt: str | None = None) -> int:
+        """Compute and keep the state after [system prompt + ``passage``]; tokens evaluated."""
+        request = ChatRequest("", system_prompt=system_prompt, context=(passage,))
+        with self._lock:
+            return self._restore(*self._prefixes_of(self._render(request)))[1]
+
     def set_threads(self, n_threads: int | None, n_threads_batch: int | None) -> None:
         """Decode and batch threads from the next token on (``None``: the configured count).
 
@@ -109,11 +117,32 @@ class Engine:
             self.threads = wanted
 
     def _render(self, request: ChatRequest) -> tuple[PromptTokens, tuple[int, ...]]:
+        """The prompt, and the prefix every prompt with its system message and turns shares."""
         system = (request.system_prompt if request.system_prompt is not None
                   else self.settings.system_prompt)
         prompt = self.prompt.render(system, request.text, request.history, request.context)
-        prefix = self.prompt.prefix_tokens(system, request.history, request.context)
-        return prompt, prefix
+        return prompt, self.prompt.prefix_tokens(system, request.history)
+
+    @staticmethod
+    def _prefixes_of(rendered: tuple[PromptTokens, tuple[int, ...]],
+                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(longest cacheable prefix, the shorter one under it)`` of a rendered prompt.
+
+        With reference passages the longest is [system + first passage], which the
+        next question about the same passage shares whatever else it brings.
+        """
+        prompt, system = rendered
+        if tuple(prompt.tokens[: len(system)]) != system:
+            return (), ()
+        if prompt.passage_ends:
+            return tuple(prompt.tokens[: prompt.passage_ends[0]]), system
+        return system, ()
+
+    def _restore(self, prefix: tuple[int, ...], base: tuple[int, ...]) -> tuple[int, int]:
+        if not prefix:
+            self._llm.reset()
+            return 0, 0
+        return self._prefixes.restore(self._llm, prefix, base)
 
     def prefill(self, request: ChatRequest, pending: Callable[[], bool]) -> tuple[int, int]:
         """Read ``request``'s prompt up to the end of its (unfinished) question, without answering.
@@ -125,13 +154,12 @@ class Engine:
         """
         with self._lock:
             self._apply_threads()
-            prompt, prefix = self._render(request)
-            wanted = prompt.tokens[: prompt.question_end]
+            rendered = self._render(request)
+            wanted = rendered[0].tokens[: rendered[0].question_end]
             if len(wanted) >= self.settings.n_ctx:
                 return 0, 0
             llm = self._llm
-            if tuple(wanted[: len(prefix)]) == prefix:
-                self._prefixes.restore(llm, prefix)
+            self._restore(*self._prefixes_of(rendered))
             keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), wanted)
             llm.n_tokens = keep
             llm._ctx.kv_cache_seq_rm(0, keep, -1)
@@ -167,8 +195,8 @@ class Engine:
         s, llm = self.settings, self._llm
         started = time.monotonic()
         self._apply_threads()
-        prompt, prefix = self._render(request)
-        tokens = prompt.tokens
+        rendered = self._render(request)
+        tokens = rendered[0].tokens
         limit = request.max_tokens or s.max_tokens
         room = s.n_ctx - len(tokens)
         if room < 1:
@@ -177,13 +205,11 @@ class Engine:
         if cancel is not None and cancel.is_set():
             return self._result(request, Decoder.empty(), "cancelled", started, started,
                                 len(tokens), 0, 0)
-        cached = (self._prefixes.restore(llm, prefix)
-                  if tuple(tokens[: len(prefix)]) == prefix else 0)
-        # Tokens read for this answer: the prefix when it was evaluated just now, and
-        # whatever the KV cache does not hold yet (at least one is always replayed).
-        fresh_prefix = len(prefix) if not cached and llm.n_tokens == len(prefix) else 0
+        cached, fresh = self._restore(*self._prefixes_of(rendered))
+        # Tokens read for this answer: what the prefix cache had to evaluate, and whatever
+        # the KV cache does not hold yet (at least one is always replayed).
         reused = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        evaluated = fresh_prefix + max(1, len(tokens) - reused)
+        evaluated = fresh + max(1, len(tokens) - reused)
         sampling = request.sampling
         llm.set_seed(sampling.seed if sampling.seed is not None else s.seed)
         decoder = Decoder(llm, request, on_chunk)

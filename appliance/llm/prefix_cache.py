@@ -1,4 +1,4 @@
-"""A small LRU of KV snapshots, one per prompt prefix (system prompt, and reference text)."""
+"""Prompt-prefix KV states: a small LRU in memory, and (for passages) a budgeted one on disk."""
 
 from __future__ import annotations
 
@@ -7,47 +7,65 @@ from collections import OrderedDict
 import llama_cpp
 
 from appliance.llm import kv_state
+from appliance.llm.kv_disk import DiskKvCache
 from appliance.llm.kv_state import KvSnapshot
 
 
 class PrefixCache:
-    """Keeps the KV state right after each prompt prefix, so it is evaluated once per process.
+    """Keeps the KV state right after each prompt prefix, so it is evaluated once.
 
     ``capacity`` bounds memory: a snapshot holds the KV cells of its prefix
     only (about 0.1 MB per token for a 3B model), so two or three entries
-    cover the normal and the thermally "brief" system prompt.
+    cover the normal and the thermally "brief" system prompt. ``disk`` keeps
+    the states of longer prefixes (system prompt and a manual's passage) across
+    questions and restarts.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, disk: DiskKvCache | None = None) -> None:
         self.capacity = capacity
+        self.disk = disk
         self._states: OrderedDict[tuple[int, ...], KvSnapshot] = OrderedDict()
 
-    def restore(self, llm: llama_cpp.Llama, prefix: tuple[int, ...]) -> int:
-        """Make ``llm``'s context begin with ``prefix``; return how many tokens were reused.
+    def restore(self, llm: llama_cpp.Llama, prefix: tuple[int, ...],
+                base: tuple[int, ...] = ()) -> tuple[int, int]:
+        """Make ``llm``'s context begin with ``prefix``: ``(tokens reused, tokens evaluated)``.
 
-        Returns 0 when the cache is off (the context is then reset) or the
-        prefix had to be evaluated now (it is then stored for next time).
+        ``base`` is a shorter prefix of it that is cached on its own (the
+        system prompt, under a passage prefix): on a miss it is restored first,
+        only the rest is evaluated, and the result also goes to disk.
         """
-        if not self.capacity or not prefix:
+        if not prefix or not (self.capacity or self.disk is not None):
             llm.reset()
-            return 0
+            return 0, 0
         n = len(prefix)
         if llm.n_tokens >= n and tuple(llm.input_ids[:n].tolist()) == prefix:
             if prefix in self._states:
                 self._states.move_to_end(prefix)
-            return n
+            return n, 0
         snapshot = self._states.get(prefix)
+        if snapshot is None and base and self.disk is not None:
+            snapshot = self.disk.load(prefix)
+            if snapshot is not None:
+                self.put(snapshot)
         if snapshot is not None:
             self._states.move_to_end(prefix)
             kv_state.restore(llm, snapshot)
-            return n
-        llm.reset()
-        llm.eval(list(prefix))
-        self.put(kv_state.capture(llm))
-        return 0
+            return n, 0
+        if base:
+            reused, evaluated = self.restore(llm, base)
+            llm.n_tokens = len(base)  # it may hold more (an earlier answer): eval drops it
+        else:
+            llm.reset()
+            reused, evaluated = 0, 0
+        llm.eval(list(prefix[llm.n_tokens:]))
+        snapshot = kv_state.capture(llm)
+        self.put(snapshot)
+        if base and self.disk is not None:
+            self.disk.save(snapshot)
+        return reused, evaluated + n - len(base)
 
     def put(self, snapshot: KvSnapshot) -> None:
-        """Keep ``snapshot`` (evicting the least recently used beyond capacity)."""
+        """Keep ``snapshot`` in memory (evicting the least recently used beyond capacity)."""
         if not self.capacity:
             return
         self._states[snapshot.tokens] = snapshot

@@ -55,10 +55,10 @@ class ChatRequest:
 
     ``max_tokens`` caps this answer (``None``: the configured default);
     ``system_prompt`` replaces the configured one (``None``: keep it);
-    ``history`` holds earlier turns; ``context`` is reference text (manual
-    passages, readings) put before the question as data; ``json_schema`` (JSON
-    text) constrains the output with a grammar; ``stop`` ends the answer at any
-    of these strings.
+    ``history`` holds earlier turns; ``context`` holds reference passages
+    (from the manuals, the most relevant first) put before the question as
+    data; ``json_schema`` (JSON text) constrains the output with a grammar;
+    ``stop`` ends the answer at any of these strings.
     """
 
     text: str
@@ -66,7 +66,7 @@ class ChatRequest:
     system_prompt: str | None = None
     id: str = field(default_factory=new_request_id)
     history: tuple[Turn, ...] = ()
-    context: str | None = None
+    context: tuple[str, ...] = ()
     json_schema: str | None = None
     sampling: Sampling = Sampling()
     stop: tuple[str, ...] = ()
@@ -84,6 +84,7 @@ class ChatRequest:
         fields["history"] = tuple(Turn(**t) for t in fields.get("history", ()))
         fields["sampling"] = Sampling(**fields.get("sampling", {}))
         fields["stop"] = tuple(fields.get("stop", ()))
+        fields["context"] = tuple(fields.get("context", ()))
         if fields.get("confidence") is not None:
             fields["confidence"] = Confidence(**fields["confidence"])
         request = cls(**fields)

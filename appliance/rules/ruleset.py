@@ -48,11 +48,16 @@ class RuleSet:
             self._by_topic.setdefault(event_topic(base_topic, rule.source), []).append(compiled)
         self._previous: dict[str, Mapping[str, Any]] = {}
         self._fired_at: dict[str, float] = {}
+        self._with_knowledge = {rule.name for rule in rules if rule.knowledge}
 
     @property
     def topics(self) -> tuple[str, ...]:
         """Every topic some rule listens to."""
         return tuple(self._by_topic)
+
+    def uses_knowledge(self, rule: str | None) -> bool:
+        """Whether rule ``rule`` asks for what the manuals say (``knowledge: true``)."""
+        return rule in self._with_knowledge
 
     def knows(self, topic: str) -> bool:
         """Whether any rule listens to ``topic``."""

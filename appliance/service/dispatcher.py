@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
 from appliance.generate.base import GenerationFailed, GeneratorCrashed
+from appliance.knowledge import Passage
 from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
@@ -35,6 +36,7 @@ from appliance.protocol.messages import INTERACTIVE, Outgoing, Request
 from appliance.rules import RuleSet
 from appliance.service.guard import INTERNAL_ERROR
 from appliance.service.journal import Journal, JournalError
+from appliance.service.knowledge_context import KnowledgeContext, passage_text, refusal
 from appliance.service.router import Router
 from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
@@ -121,6 +123,7 @@ class Dispatcher:
         self._preempted = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self.knowledge: KnowledgeContext | None = None  # set when knowledge.enabled
         self._watchers: dict[str, Watcher] = {}
         self.answer_listeners: list[Callable[[Request, dict[str, Any]], None]] = []
         self._streamed: dict[str, int] = {}  # request id -> chunks published so far
@@ -265,6 +268,11 @@ class Dispatcher:
             except JournalError as exc:  # only the retry count suffers
                 log.warning("attempt_not_counted", error=str(exc))
         chat = self._chat(request, level)
+        passages = await self._passages(request)
+        if passages is None:
+            return  # refused: the manuals do not cover it (knowledge.mode: only)
+        if passages:
+            chat = replace(chat, context=tuple(passage_text(p) for p in passages))
         try:
             routed = await self.router.run(request, chat, self._streamer(request),
                                            level=level, queued=len(self.queue))
@@ -281,7 +289,23 @@ class Dispatcher:
         if self._preempted and routed.completion.finish_reason == "cancelled":
             self.queue.put(request, front=True)  # an interactive request came first
             return
-        self._answer(request, routed.answer_fields())
+        fields = routed.answer_fields()
+        if self.knowledge is not None:
+            fields["sources"] = [p.source for p in passages]
+        self._answer(request, fields)
+
+    async def _passages(self, request: Request) -> list[Passage] | None:
+        """The manual passages for ``request`` ([] for none; ``None``: refused and answered)."""
+        knowledge = self.knowledge
+        if knowledge is None or (request.source == "sensor"
+                                 and not self.rules.uses_knowledge(request.rule)):
+            return []
+        passages = await knowledge.passages(request.text)
+        if passages or knowledge.settings.mode != "only":
+            return passages
+        self._answer(request, unanswered("stop", text=refusal(
+            await knowledge.closest(request.text)), sources=[], refused="not in the manuals"))
+        return None
 
     def _streamer(self, request: Request) -> _Stream:
         private = request.source == "voice" and self.kid_safe

@@ -34,6 +34,7 @@ from appliance.generate.mqtt_remote import MqttGenerator
 from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.hardware import load_average, rss_bytes
+from appliance.knowledge import index_path
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound, Refusal
 from appliance.mqtt.contract import Topics
@@ -44,6 +45,7 @@ from appliance.service.dispatcher import Dispatcher, Rejected
 from appliance.service.instance_lock import InstanceLock
 from appliance.service.intake import Intake
 from appliance.service.journal import Journal, JournalError
+from appliance.service.knowledge_context import KnowledgeContext
 from appliance.service.notify import Notifier
 from appliance.service.parts import Parts
 from appliance.service.router import Router
@@ -119,6 +121,9 @@ class Supervisor:
             stream=self.settings.mqtt.stream_answers, llm=self.settings.llm,
             on_alert=lambda: self.gpio.alert() if self.gpio else None,
             kid_safe=self.settings.voice.kid_safe, device_id=self.settings.device_id)
+        if self.settings.knowledge.enabled:
+            self.dispatcher.knowledge = KnowledgeContext(self.settings.knowledge,
+                                                         index_path(self.settings.data_dir))
         self.intake = intake = Intake(self.settings, self.topics, self.rules, self.dispatcher,
                                       bridge, bridge.ack, self._publish_discovery, self.status)
         intake.forward = bridge.forward
@@ -346,6 +351,8 @@ class Supervisor:
         await self.worker.stop()
         await self.parts.stop()
         await self.bridge.close()
+        if self.dispatcher.knowledge is not None:
+            self.dispatcher.knowledge.close()
         if isinstance(self.remote, OpenAIGenerator):
             await self.remote.close()
         self.journal.close()

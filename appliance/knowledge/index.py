@@ -1,0 +1,200 @@
+"""Adding, replacing and removing manuals in the index, each change in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from appliance.knowledge import formats
+from appliance.knowledge.chunking import Chunk, chunk, passage_hash
+from appliance.knowledge.document import SEPARATOR, Document
+from appliance.knowledge.embedding import Embedder
+from appliance.knowledge.errors import KnowledgeError
+from appliance.knowledge.store import connect
+
+ProgressFn = Callable[[str, int, int], None]
+"""Called with ``(stage, done, total)``: stage ``pages`` while a PDF is read, ``passages``
+while the chunks are embedded."""
+EMBED_BATCH = 32
+
+# What a reader may raise on a file it cannot make sense of (html.parser, re, codecs).
+_PARSE_ERRORS = (ValueError, IndexError, AssertionError, RecursionError, UnicodeError)
+
+
+@dataclass(frozen=True)
+class Added:
+    """What ``add`` did with one file."""
+
+    name: str
+    status: Literal["added", "replaced", "unchanged"]
+    chunks: int
+    pages: int | None = None
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """One indexed manual, as ``knowledge list`` shows it."""
+
+    name: str
+    format: str
+    title: str | None
+    chunks: int
+    pages: int | None
+    bytes: int
+    added: str
+    source: str
+
+
+def _read_file(path: Path, max_bytes: int) -> tuple[str, bytes]:
+    """``(format, data)`` of a file fit to index; raises with the reason it is not."""
+    if path.is_dir():
+        raise KnowledgeError("is a directory; name the files in it")
+    if not path.exists():
+        raise KnowledgeError("no such file")
+    fmt = formats.format_of(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise KnowledgeError(f"{size / 1e6:.3g} MB is over knowledge.max_file_mb "
+                                 f"({max_bytes / 1e6:.3g} MB)")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KnowledgeError(f"cannot read it ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise KnowledgeError("empty file")
+    return fmt, data
+
+
+def _rows(name: str, document: Document, chunks: list[Chunk]) -> list[list[object]]:
+    """``[ord, section, page, title, body, tokens, hash]`` for each chunk."""
+    rows: list[list[object]] = []
+    for number, c in enumerate(chunks):
+        section = c.section or document.title or ""
+        title = SEPARATOR.join(t for t in (document.title, c.section) if t)
+        rows.append([number, section, c.page, title, c.text, c.tokens,
+                     passage_hash(name, section, c.page, c.text)])
+    return rows
+
+
+def embedding_text(title: str, body: str) -> str:
+    """What the embedding model reads of a chunk: where it is, then what it says."""
+    return f"{title}. {body}" if title else body
+
+
+class KnowledgeIndex:
+    """The writable index at ``path`` (created on first use)."""
+
+    def __init__(self, path: Path, embedder: Embedder | None = None) -> None:
+        self.path = path
+        self._conn = connect(path, create=True)
+        self._embedder = embedder
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedding model, loaded on first use."""
+        if self._embedder is None:
+            self._embedder = Embedder()
+        return self._embedder
+
+    def close(self) -> None:
+        """Close the database."""
+        self._conn.close()
+
+    def add(self, path: Path, *, max_file_mb: float,
+            progress: ProgressFn | None = None) -> Added:
+        """Index one file under its name; a no-op when that name has the same content.
+
+        A changed file replaces the old chunks in the same transaction, so a search sees
+        either the old manual or the new one. Raises :class:`KnowledgeError` naming the file
+        and the problem; then nothing of it was written.
+        """
+        name = path.name
+        try:
+            fmt, data = _read_file(path, int(max_file_mb * 1e6))
+            sha256 = hashlib.sha256(data).hexdigest()
+            old = self._conn.execute(
+                "SELECT sha256, (SELECT count(*) FROM chunks WHERE doc_id = docs.id), pages"
+                " FROM docs WHERE name = ?", (name,)).fetchone()
+            if old is not None and old[0] == sha256:
+                return Added(name, "unchanged", old[1], old[2])
+            def pages(done: int, total: int) -> None:
+                if progress is not None:
+                    progress("pages", done, total)
+
+            try:
+                document = formats.read(path, fmt, data, pages)
+            except _PARSE_ERRORS as exc:
+                raise KnowledgeError(f"cannot be read as {fmt} ({type(exc).__name__}: "
+                                     f"{exc})") from None
+            chunks = chunk(document)
+            if not chunks:
+                raise KnowledgeError("no text in it" + (
+                    " (a scanned PDF needs OCR first)" if fmt == "pdf" else ""))
+        except KnowledgeError as exc:
+            raise KnowledgeError(f"{path}: {exc}") from None
+        rows = _rows(name, document, chunks)
+        self._embed(rows, progress)
+        replaced = self._replace(name, path, fmt, sha256, len(data), document, rows)
+        return Added(name, "replaced" if replaced else "added", len(chunks), document.pages)
+
+    def _embed(self, rows: list[list[object]], progress: ProgressFn | None) -> None:
+        """Append each row's vector (float16 bytes)."""
+        for start in range(0, len(rows), EMBED_BATCH):
+            batch = rows[start:start + EMBED_BATCH]
+            vectors = self.embedder.embed([embedding_text(str(r[3]), str(r[4])) for r in batch])
+            for row, vector in zip(batch, vectors, strict=True):
+                row.append(vector.astype("<f2").tobytes())
+            if progress is not None:
+                progress("passages", start + len(batch), len(rows))
+
+    def _replace(self, name: str, path: Path, fmt: str, sha256: str, size: int,
+                 document: Document, rows: list[list[object]]) -> bool:
+        """Write the document in one transaction; True if it replaced one of that name."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Looked up again here: another process may have changed it while we read.
+            conn.execute("DELETE FROM chunks WHERE doc_id IN (SELECT id FROM docs"
+                         " WHERE name = ?)", (name,))
+            replaced = conn.execute("DELETE FROM docs WHERE name = ?", (name,)).rowcount > 0
+            doc_id = conn.execute(
+                "INSERT INTO docs(name, source, format, title, sha256, bytes, pages, added)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, str(path.resolve()), fmt, document.title, sha256, size, document.pages,
+                 datetime.now(UTC).isoformat(timespec="seconds"))).lastrowid
+            conn.executemany(
+                "INSERT INTO chunks(doc_id, ord, section, page, title, body, tokens, hash,"
+                " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(doc_id, *row) for row in rows])
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return replaced
+
+    def remove(self, name: str) -> int:
+        """Remove the manual called ``name``; returns how many chunks went with it."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT id FROM docs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise KnowledgeError(f"{name}: no manual of that name is indexed; see: "
+                                     "appliance knowledge list")
+            removed = conn.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],)).rowcount
+            conn.execute("DELETE FROM docs WHERE id = ?", (row[0],))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return removed
+
+    def documents(self) -> list[DocumentInfo]:
+        """The indexed manuals, by name."""
+        rows = self._conn.execute(
+            "SELECT name, format, title, (SELECT count(*) FROM chunks WHERE doc_id = docs.id),"
+            " pages, bytes, added, source FROM docs ORDER BY name").fetchall()
+        return [DocumentInfo(*row) for row in rows]

@@ -1,0 +1,128 @@
+"""Prompt-prefix KV states kept on disk, within a byte budget, least recently used out first.
+
+The state after [system prompt + a manual's passage] is computed once and kept
+under ``<data_dir>/kv/``: a later question about the same passage restores it
+and evaluates only what follows, on a Pi the difference between seconds and
+tens of seconds of prompt reading. A file is named by the hash of the model's
+identity and the prefix's tokens, so a changed system prompt, passage or model
+never finds a stale state; its header repeats both, and a file that does not
+match is treated as missing and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+from pathlib import Path
+
+import llama_cpp
+
+from appliance.config.schema import Settings
+from appliance.llm.kv_state import KvSnapshot
+from appliance.logs import get_logger
+
+log = get_logger("kv_cache")
+
+MAGIC = b"APKV1\n"
+
+
+def model_identity(path: Path) -> str:
+    """What a state depends on besides its tokens: the model file and llama.cpp's version."""
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:llama-cpp-python-{llama_cpp.__version__}"
+
+
+class DiskKvCache:
+    """States in ``directory`` whose files together stay within ``budget_bytes``."""
+
+    def __init__(self, directory: Path, budget_bytes: int, model: str) -> None:
+        self.directory, self.budget_bytes, self.model = directory, budget_bytes, model
+        self._model_bytes = model.encode()
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, tokens: tuple[int, ...]) -> Path:
+        digest = hashlib.sha256(self._model_bytes)
+        digest.update(struct.pack(f"<{len(tokens)}i", *tokens))
+        return self.directory / f"{digest.hexdigest()[:40]}.kv"
+
+    def load(self, tokens: tuple[int, ...]) -> KvSnapshot | None:
+        """The state after ``tokens``, if it is here and whole."""
+        path = self._file(tokens)
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return None
+        snapshot = self._decode(raw, tokens)
+        if snapshot is None:
+            log.warning("kv_state_dropped", file=path.name, reason="does not match")
+            path.unlink(missing_ok=True)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used
+        return snapshot
+
+    def _decode(self, raw: bytes, tokens: tuple[int, ...]) -> KvSnapshot | None:
+        head = len(MAGIC) + 8
+        if not raw.startswith(MAGIC) or len(raw) < head:
+            return None
+        model_len, count = struct.unpack_from("<II", raw, len(MAGIC))
+        body = head + model_len
+        if raw[head:body] != self._model_bytes or count != len(tokens):
+            return None
+        stored = struct.unpack_from(f"<{count}i", raw, body)
+        if stored != tokens:
+            return None
+        return KvSnapshot(tokens, raw[body + 4 * count:])
+
+    def save(self, snapshot: KvSnapshot) -> None:
+        """Keep ``snapshot`` (atomically), then trim the directory to the budget."""
+        size = len(MAGIC) + 8 + len(self._model_bytes) + 4 * len(snapshot.tokens) \
+            + snapshot.size
+        if size > self.budget_bytes:
+            return
+        path = self._file(snapshot.tokens)
+        tmp = path.with_suffix(".tmp")
+        try:
+            with tmp.open("wb") as out:
+                out.write(MAGIC + struct.pack("<II", len(self._model_bytes),
+                                              len(snapshot.tokens)))
+                out.write(self._model_bytes)
+                out.write(struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens))
+                out.write(snapshot.data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk: the cache is only worth what fits
+            tmp.unlink(missing_ok=True)
+            log.warning("kv_state_not_saved", error=exc.strerror)
+            return
+        self.trim(keep=path)
+
+    def trim(self, keep: Path | None = None) -> None:
+        """Remove the least recently used states until the rest fit the budget."""
+        files = []
+        for entry in self.directory.glob("*.kv"):
+            with contextlib.suppress(OSError):
+                st = entry.stat()
+                files.append((st.st_mtime_ns, st.st_size, entry))
+        total = sum(size for _, size, _ in files)
+        for _, size, entry in sorted(files):
+            if total <= self.budget_bytes:
+                break
+            if entry != keep:
+                entry.unlink(missing_ok=True)
+                total -= size
+
+    @property
+    def used_bytes(self) -> int:
+        """What the states take on disk now."""
+        return sum(p.stat().st_size for p in self.directory.glob("*.kv"))
+
+
+def passage_cache(settings: Settings, model: Path) -> DiskKvCache | None:
+    """The cache of passage states ``settings.knowledge`` asks for (``None`` when off)."""
+    knowledge = settings.knowledge
+    if not knowledge.enabled or not knowledge.cache_mb:
+        return None
+    return DiskKvCache(settings.data_dir / "kv", knowledge.cache_mb << 20,
+                       model_identity(model))

@@ -1,0 +1,154 @@
+"""Answers from the manuals: sources, helpful refusals, and the passage KV cache on disk."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from appliance.catalog import ResolvedModel
+from appliance.llm import ChatRequest, Engine
+from appliance.llm.kv_disk import DiskKvCache, model_identity
+from tests.conftest import BASE, make_settings, run_cli
+from tests.services import ApplianceProcess, Peer
+
+MANUALS = Path(__file__).parent / "manuals"
+PASSAGE = ("From pump.pdf, Maintenance > Cleaning the intake strainer, page 4:\n"
+           "Close the inlet valve, unscrew the strainer cap and rinse the mesh under running "
+           "water. Refit it hand-tight; an over-tightened cap cracks the housing seal.")
+OTHER = ("From greenhouse.md, Ventilation > Roof vents:\nThe roof vents close by themselves "
+         "when the wind sensor reads more than 40 km/h, whatever the temperature.")
+
+
+def _engine(model_path: Path, directory: Path, budget: int = 64 << 20,
+            model_key: str | None = None) -> Engine:
+    settings = make_settings(model_path, data_dir=directory)
+    disk = DiskKvCache(directory / "kv", budget, model_key or model_identity(model_path))
+    return Engine(settings.llm, ResolvedModel(model_path, "smollm2", None), disk)
+
+
+def test_a_second_question_on_a_passage_evaluates_only_the_question(
+        model_path: Path, tmp_path: Path) -> None:
+    engine = _engine(model_path, tmp_path)
+    try:
+        first = engine.complete(ChatRequest("How do I clean the strainer?", max_tokens=8,
+                                            context=(PASSAGE,)))
+        assert first.evaluated_tokens == first.prompt_tokens  # nothing was cached yet
+        second = engine.complete(ChatRequest("Can the cap be tightened hard?", max_tokens=8,
+                                             context=(PASSAGE,)))
+        prompt = engine.prompt.render(engine.settings.system_prompt,
+                                      "Can the cap be tightened hard?", (), (PASSAGE,))
+        after_passage = len(prompt.tokens) - prompt.passage_ends[0]
+        question = prompt.question_end - prompt.question_at
+        assert second.cached_tokens == prompt.passage_ends[0]
+        # Only what follows the passage (less the "Question:" lead-in the last one shared).
+        assert question <= second.evaluated_tokens <= after_passage
+    finally:
+        engine.close()
+    again = _engine(model_path, tmp_path)  # a restart: the state comes back from disk
+    try:
+        third = again.complete(ChatRequest("What cracks the seal?", max_tokens=8,
+                                           context=(PASSAGE,)))
+        assert third.evaluated_tokens < third.prompt_tokens / 2
+        assert third.cached_tokens > 40
+    finally:
+        again.close()
+
+
+def test_the_top_passage_is_reused_under_a_second_one(model_path: Path,
+                                                       tmp_path: Path) -> None:
+    engine = _engine(model_path, tmp_path)
+    try:
+        engine.complete(ChatRequest("How do I clean it?", max_tokens=4, context=(PASSAGE,)))
+        both = engine.complete(ChatRequest("And the vents?", max_tokens=4,
+                                           context=(PASSAGE, OTHER)))
+        prompt = engine.prompt.render(engine.settings.system_prompt, "And the vents?", (),
+                                      (PASSAGE, OTHER))
+        assert both.cached_tokens == prompt.passage_ends[0]  # P1 restored, P2 evaluated
+        assert both.evaluated_tokens <= len(prompt.tokens) - prompt.passage_ends[0]
+        assert both.evaluated_tokens > prompt.passage_ends[1] - prompt.passage_ends[0]
+    finally:
+        engine.close()
+
+
+def test_a_changed_system_prompt_or_model_never_reuses_a_state(model_path: Path,
+                                                               tmp_path: Path) -> None:
+    engine = _engine(model_path, tmp_path)
+    try:
+        engine.complete(ChatRequest("How?", max_tokens=4, context=(PASSAGE,)))
+        other = engine.complete(ChatRequest("How?", max_tokens=4, context=(PASSAGE,),
+                                            system_prompt="You are terse."))
+        assert other.evaluated_tokens == other.prompt_tokens
+    finally:
+        engine.close()
+    renamed = _engine(model_path, tmp_path, model_key="another-model.gguf:1:2")
+    try:
+        fresh = renamed.complete(ChatRequest("How?", max_tokens=4, context=(PASSAGE,)))
+        assert fresh.evaluated_tokens == fresh.prompt_tokens
+    finally:
+        renamed.close()
+
+
+def test_the_disk_budget_is_honoured(model_path: Path, tmp_path: Path) -> None:
+    probe = _engine(model_path, tmp_path / "probe")
+    try:
+        probe.cache_passage(PASSAGE)
+        one_state = probe._prefixes.disk.used_bytes  # type: ignore[union-attr]
+    finally:
+        probe.close()
+    assert one_state > 0
+    budget = int(one_state * 2.5)
+    engine = _engine(model_path, tmp_path / "small", budget)
+    try:
+        for i in range(5):
+            engine.cache_passage(f"{PASSAGE}\nCopy {i} of the passage.")
+        disk = engine._prefixes.disk
+        assert disk is not None and 0 < disk.used_bytes <= budget
+        assert len(list(disk.directory.glob("*.kv"))) == 2
+    finally:
+        engine.close()
+
+
+def _knowledge_config(tmp_path: Path, model_path: Path, mode: str) -> str:
+    return (f"knowledge:\n  enabled: true\n  mode: {mode}\n  top_k: 2\n  min_score: 0.25\n"
+            f"  cache_mb: 64\n")
+
+
+@pytest.fixture
+def indexed(tmp_path: Path, model_path: Path) -> Path:
+    """The test manuals indexed into the data_dir the ``start`` fixture uses."""
+    cfg = tmp_path / "index.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {model_path}\n")
+    done = run_cli("--config", str(cfg), "knowledge", "add",
+                   *(str(p) for p in sorted(MANUALS.iterdir()) if p.suffix != ".py"),
+                   timeout=600)
+    assert done.returncode == 0, done.stderr
+    return cfg
+
+
+def test_an_ask_is_answered_with_its_sources(
+        indexed: Path, start: Callable[..., ApplianceProcess], peer: Peer,
+        tmp_path: Path, model_path: Path) -> None:
+    start(root=_knowledge_config(tmp_path, model_path, "assist"))
+    peer.publish(f"{BASE}/ask", json.dumps({
+        "id": "k1", "text": "How deep do the moisture probes go into the ground?",
+        "max_tokens": 24}))
+    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer"
+                           and m.json()["id"] == "k1", 90).json()
+    assert answer["tokens"] > 0 and answer["sources"]
+    assert answer["sources"][0]["doc"] == "greenhouse.md"
+    assert "Soil moisture" in answer["sources"][0]["section"]
+
+
+def test_mode_only_refuses_what_the_manuals_do_not_cover(
+        indexed: Path, start: Callable[..., ApplianceProcess], peer: Peer,
+        tmp_path: Path, model_path: Path) -> None:
+    start(root=_knowledge_config(tmp_path, model_path, "only"))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "off", "text": "How do I bake bread?"}))
+    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer"
+                           and m.json()["id"] == "off", 90).json()
+    assert answer["tokens"] == 0 and answer["sources"] == []
+    assert "do not cover" in answer["text"] and "closest" in answer["text"]
+    assert answer["refused"] == "not in the manuals"

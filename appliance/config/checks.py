@@ -53,6 +53,77 @@ def check_settings(settings: Settings, fail: Fail) -> None:
     _unique(settings.gpio.inputs, "gpio.inputs", fail)
     _check_topics(settings, fail)
     _check_escalation(settings, fail)
+    _check_actions(settings, fail)
+
+
+def _check_actions(settings: Settings, fail: Fail) -> None:
+    """The allow list: each action does one thing, and everything it names exists."""
+    # Imported here: appliance.actions imports the config package, which imports us.
+    from appliance.actions.registry import SchemaError, check_schema
+    from appliance.voice.activation import normalize
+
+    _unique(settings.actions, "actions", fail)
+    _unique(settings.gpio.outputs, "gpio.outputs", fail)
+    names = {action.name for action in settings.actions}
+    outputs = {output.name for output in settings.gpio.outputs}
+    mqtt = settings.mqtt
+    policy = TopicPolicy.for_settings(settings.base_topic, mqtt.base_topic,
+                                      mqtt.discovery.prefix, ())
+    phrases: dict[str, str] = {}
+    for i, action in enumerate(settings.actions):
+        key = f"actions[{i}]"
+        if (action.publish is None) == (action.gpio is None):
+            raise fail(key, "give exactly one of publish: {topic, payload} and "
+                            "gpio: {output, value}")
+        if action.publish is not None:
+            problem = policy.refuse(action.publish.topic)
+            if problem is not None:
+                raise fail(f"{key}.publish.topic", f"{action.publish.topic!r} cannot be "
+                                                   f"published to: {problem}")
+            try:
+                _templates(action.publish.payload)
+            except ExpressionError as exc:
+                raise fail(f"{key}.publish.payload", str(exc)) from None
+        if action.gpio is not None and action.gpio.output not in outputs:
+            raise fail(f"{key}.gpio.output", f"no gpio.outputs entry is called "
+                                             f"{action.gpio.output!r}")
+        try:
+            check_schema(action.args)
+        except SchemaError as exc:
+            raise fail(f"{key}.args", str(exc)) from None
+        for j, requirement in enumerate(action.require):
+            try:
+                condition = parse_condition(requirement.when)
+            except ExpressionError as exc:
+                raise fail(f"{key}.require[{j}].when", str(exc)) from None
+            if not condition.names():
+                raise fail(f"{key}.require[{j}].when", "the condition names no reading, "
+                                                       "such as greenhouse.temperature")
+        for phrase in action.phrases:
+            said = normalize(phrase)
+            if said in phrases:
+                raise fail(f"{key}.phrases", f"{phrase!r} is already a phrase of "
+                                             f"{phrases[said]!r}")
+            phrases[said] = action.name
+    for i, rule in enumerate(settings.rules):
+        for name in rule.actions:
+            if name not in names:
+                raise fail(f"rules[{i}].actions", f"unknown action {name!r}")
+    for name in settings.voice.kid_safe_actions:
+        if name not in names:
+            raise fail("voice.kid_safe_actions", f"unknown action {name!r}")
+
+
+def _templates(payload: Any) -> None:
+    """Every string in an action's payload parses as a template."""
+    if isinstance(payload, dict):
+        for value in payload.values():
+            _templates(value)
+    elif isinstance(payload, list):
+        for value in payload:
+            _templates(value)
+    elif isinstance(payload, str):
+        parse_template(payload)
 
 
 def _check_escalation(settings: Settings, fail: Fail) -> None:

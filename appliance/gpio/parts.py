@@ -59,6 +59,12 @@ class GpioParts:
             self.buzzer = self._output(Buzzer, settings.buzzer, pin_factory)
             self.state_leds = {name: self._output(LED, pin, pin_factory)
                                for name, pin in settings.state_leds.items()}
+            self.outputs: dict[str, OutputDevice] = {}
+            for spec in settings.outputs:
+                device = OutputDevice(spec.pin, active_high=spec.active_high,
+                                      initial_value=spec.initial, pin_factory=pin_factory)
+                self._devices.append(device)
+                self.outputs[spec.name] = device
         except GPIOZeroError as exc:
             self.close()
             raise GpioUnavailable(f"GPIO unavailable: {exc}") from exc
@@ -109,6 +115,10 @@ class GpioParts:
         """Light the LED of ``state`` (and the error LED while ``error``), the others off."""
         for name, led in self.state_leds.items():
             led.value = name == state or (name == "error" and error)
+
+    def set_output(self, name: str, value: bool) -> None:
+        """Drive the output called ``name`` (an action's ``gpio``) on or off."""
+        self.outputs[name].value = value
 
     def alert(self) -> None:
         """Two short beeps."""

@@ -46,6 +46,10 @@ class Topics:
     cancel: str
     heard: str
     heard_partial: str
+    confirm: str
+    act: str
+    action: str
+    world: str
 
     @classmethod
     def under(cls, base: str) -> Topics:
@@ -54,7 +58,8 @@ class Topics:
                    stream=f"{base}/answer/stream", events=f"{base}/event/+",
                    alert=f"{base}/alert", error=f"{base}/error", state=f"{base}/state",
                    cancel=f"{base}/cmd/cancel", heard=f"{base}/heard",
-                   heard_partial=f"{base}/heard/partial")
+                   heard_partial=f"{base}/heard/partial", confirm=f"{base}/cmd/confirm",
+                   act=f"{base}/cmd/act", action=f"{base}/action", world=f"{base}/world")
 
     def event(self, name: str) -> str:
         """The topic of sensor event ``name``."""
@@ -193,3 +198,27 @@ def parse_cancel(payload: bytes, max_bytes: int) -> str:
     if request_id is None:
         raise InputError("cancel needs an id")
     return request_id
+
+
+def parse_confirm(payload: bytes, max_bytes: int) -> tuple[str, bool]:
+    """A confirmation ``{"id", "yes": bool}``: the request that asked, and the answer."""
+    data = _json_object(_decode(payload, max_bytes))
+    request_id = _request_id(data.get("id"))
+    if request_id is None:
+        raise InputError("confirm needs the id of the request that asked")
+    yes = data.get("yes")
+    if not isinstance(yes, bool):
+        raise InputError("confirm needs \"yes\": true or false", request_id)
+    return request_id, yes
+
+
+def parse_act(payload: bytes, max_bytes: int) -> tuple[str | None, str, dict[str, Any]]:
+    """A direct proposal ``{"id"?, "name", "args"?}`` (a button, ``appliance act``)."""
+    data = _json_object(_decode(payload, max_bytes))
+    request_id = _request_id(data.get("id"))
+    name, args = data.get("name"), data.get("args", {})
+    if not isinstance(name, str) or not name:
+        raise InputError("act needs the name of an action", request_id)
+    if not isinstance(args, dict):
+        raise InputError("args must be a JSON object", request_id)
+    return request_id, name, args

@@ -8,8 +8,10 @@ connection and whenever Home Assistant announces ``online`` on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from appliance import __version__
+from appliance.config.schema import Action
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import Outgoing
 
@@ -19,8 +21,13 @@ def discovery_topic(prefix: str, device_id: str) -> str:
     return f"{prefix}/device/{device_id}/config"
 
 
-def discovery_message(prefix: str, device_id: str, topics: Topics) -> Outgoing:
-    """The retained discovery config: state, temperature, throttle, queue, last answer, ask."""
+def discovery_message(prefix: str, device_id: str, topics: Topics,
+                      actions: Iterable[Action] = ()) -> Outgoing:
+    """The retained discovery config: state, temperature, throttle, queue, last answer, ask.
+
+    Each action is a button; pressing it proposes the action, which the verifier
+    checks as it checks every other proposal.
+    """
     uid = device_id.replace("-", "_")
 
     def state_sensor(key: str, name: str, **extra: object) -> dict[str, object]:
@@ -46,6 +53,11 @@ def discovery_message(prefix: str, device_id: str, topics: Topics) -> Outgoing:
                 "command_topic": topics.ask, "min": 1, "max": 255,
                 "icon": "mdi:chat-question"},
     }
+    for action in actions:
+        components[f"act_{action.name}"] = {
+            "p": "button", "name": action.description or action.name,
+            "unique_id": f"{uid}_act_{action.name}", "command_topic": topics.act,
+            "payload_press": json.dumps({"name": action.name}), "icon": "mdi:gesture-tap"}
     for component in components.values():
         # Per component too: Home Assistant before 2026.5.2 ignores the device-level qos
         # (home-assistant/core#170166), and a question must arrive at QoS 1 to be journaled.

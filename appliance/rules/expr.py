@@ -209,6 +209,19 @@ class Condition:
         """Whether ``event`` meets the condition (``previous``: the rule's last event)."""
         return _truthy(_eval(self.tree, event, previous or {}))
 
+    def names(self) -> frozenset[str]:
+        """The first part of every field path it reads (``greenhouse`` in ``greenhouse.t``)."""
+        found: set[str] = set()
+        pending = [self.tree]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, Path):
+                if isinstance(node.parts[0], str):
+                    found.add(node.parts[0])
+            elif isinstance(node, Node):
+                pending.extend(node.args)
+        return frozenset(found)
+
 
 def parse_condition(text: str) -> Condition:
     """Parse ``text``; raises :class:`ExpressionError` with a precise message."""

@@ -49,11 +49,16 @@ class RuleSet:
         self._previous: dict[str, Mapping[str, Any]] = {}
         self._fired_at: dict[str, float] = {}
         self._with_knowledge = {rule.name for rule in rules if rule.knowledge}
+        self._actions = {rule.name: rule.actions for rule in rules if rule.actions}
 
     @property
     def topics(self) -> tuple[str, ...]:
         """Every topic some rule listens to."""
         return tuple(self._by_topic)
+
+    def actions_of(self, rule: str | None) -> tuple[str, ...]:
+        """The actions rule ``rule`` lets the model choose among."""
+        return self._actions.get(rule or "", ())
 
     def uses_knowledge(self, rule: str | None) -> bool:
         """Whether rule ``rule`` asks for what the manuals say (``knowledge: true``)."""
@@ -63,14 +68,20 @@ class RuleSet:
         """Whether any rule listens to ``topic``."""
         return topic in self._by_topic
 
-    def match(self, topic: str, event: Mapping[str, Any]) -> list[Trigger]:
-        """The rules that ``event`` on ``topic`` meets (debounce is :meth:`due`'s job)."""
+    def match(self, topic: str, event: Mapping[str, Any],
+              world: Mapping[str, Any] | None = None) -> list[Trigger]:
+        """The rules that ``event`` on ``topic`` meets (debounce is :meth:`due`'s job).
+
+        ``world`` (the latest readings by name) lets conditions and prompts read
+        other sensors as ``greenhouse.temperature``; the event's own fields win.
+        """
         triggers = []
         for c in self._by_topic.get(topic, ()):
             previous = self._previous.get(c.rule.name)
             self._previous[c.rule.name] = event
-            if c.condition is None or c.condition(event, previous):
-                triggers.append(Trigger(c.rule.name, c.template.render(event), c.rule.publish,
+            seen = {**world, **event} if world else event
+            if c.condition is None or c.condition(seen, previous):
+                triggers.append(Trigger(c.rule.name, c.template.render(seen), c.rule.publish,
                                         c.rule.min_interval_s))
         return triggers
 

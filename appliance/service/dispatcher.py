@@ -26,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
+from appliance.actions.decision import AnswerText, parse_decision
+from appliance.actions.service import ActionService
+from appliance.actions.world import WorldState
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
 from appliance.generate.base import GenerationFailed, GeneratorCrashed
 from appliance.knowledge import Passage
@@ -124,6 +127,8 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.knowledge: KnowledgeContext | None = None  # set when knowledge.enabled
+        self.actions: ActionService | None = None  # set when actions are configured
+        self.world: WorldState | None = None  # the latest readings, for rules
         self._watchers: dict[str, Watcher] = {}
         self.answer_listeners: list[Callable[[Request, dict[str, Any]], None]] = []
         self._streamed: dict[str, int] = {}  # request id -> chunks published so far
@@ -145,6 +150,8 @@ class Dispatcher:
         :class:`~appliance.service.journal.JournalError` when it cannot be
         journaled (then it is not queued either).
         """
+        if self._fast_action(request, watcher):
+            return True
         if len(self.queue) >= self.queue_size:
             raise Rejected(f"queue full ({self.queue_size} requests waiting)")
         if request.source != "api" and not self.journal.add(request):
@@ -160,11 +167,47 @@ class Dispatcher:
         self._queue_changed()
         return True
 
+    def _fast_action(self, request: Request, watcher: Watcher | None) -> bool:
+        """An action's own phrase acts at once, without the queue or the model."""
+        actions = self.actions
+        if actions is None or request.source == "sensor":
+            return False
+        action = actions.registry.by_phrase(request.text)
+        if action is None:
+            return False
+        if watcher is not None:
+            self._watchers[request.id] = watcher
+        outcome = actions.propose(request.id, action.name, {}, request.source,
+                                  on_outcome=lambda later: self._say(request, later.text))
+        self._say(request, outcome.text)
+        self._answer(request, outcome.answer_fields())
+        return True
+
+    def _say(self, request: Request, text: str) -> None:
+        """Speak ``text`` about a voice request (an action's outcome)."""
+        if request.source == "voice" and self.speaker is not None:
+            self.speaker.feed(request.id, text)
+            self.speaker.finish(request.id)
+
+    def _action_names(self, request: Request, chat: ChatRequest) -> list[str] | None:
+        """The actions the model may choose among for ``request`` (``None``: just answer)."""
+        actions = self.actions
+        if actions is None or chat.json_schema is not None:
+            return None
+        if request.source == "sensor":
+            names = list(self.rules.actions_of(request.rule))
+        else:
+            names = list(actions.registry.actions)
+        if request.source == "voice" and self.kid_safe:
+            names = [n for n in names if n in actions.verifier.kid_safe_actions]
+        return names or None
+
     def on_event(self, topic: str, event: dict[str, Any], now: float | None = None) -> int:
         """Apply the sensor rules to ``event``; returns how many generations it queued."""
         queued = 0
         now = time.monotonic() if now is None else now
-        for trigger in self.rules.match(topic, event):
+        world = self.world.fresh() if self.world is not None else None
+        for trigger in self.rules.match(topic, event, world):
             waiting = self.queue.queued_for_rule(trigger.rule)
             if waiting is not None:  # coalesce: the latest event wins
                 self.journal.update_text(waiting.id, trigger.prompt)
@@ -273,8 +316,16 @@ class Dispatcher:
             return  # refused: the manuals do not cover it (knowledge.mode: only)
         if passages:
             chat = replace(chat, context=tuple(passage_text(p) for p in passages))
+        names = self._action_names(request, chat)
+        stream: _Stream | AnswerText = self._streamer(request)
+        if names is not None:
+            assert self.actions is not None
+            registry = self.actions.registry
+            chat = replace(chat, json_schema=registry.decision_schema(names),
+                           system_prompt=f"{chat.system_prompt}\n\n{registry.tool_list(names)}")
+            stream = AnswerText(stream)
         try:
-            routed = await self.router.run(request, chat, self._streamer(request),
+            routed = await self.router.run(request, chat, stream,
                                            level=level, queued=len(self.queue))
         except GeneratorCrashed as exc:
             if request.attempts + 1 < MAX_ATTEMPTS:
@@ -292,7 +343,24 @@ class Dispatcher:
         fields = routed.answer_fields()
         if self.knowledge is not None:
             fields["sources"] = [p.source for p in passages]
+        if isinstance(stream, AnswerText):
+            fields.update(self._decided(request, routed.completion.text, stream, names or []))
         self._answer(request, fields)
+
+    def _decided(self, request: Request, reply: str, stream: AnswerText,
+                 names: list[str]) -> dict[str, Any]:
+        """The answer's fields after a decision: its text, or what became of the action."""
+        assert self.actions is not None
+        decision = parse_decision(reply, stream.text)
+        if decision.action is None:
+            return {"text": decision.answer or ""}
+        outcome = self.actions.propose(request.id, decision.action, decision.args or {},
+                                       request.source, allowed=names,
+                                       on_outcome=lambda later: self._say(request, later.text))
+        stream.stream(Chunk(request.id, 0, outcome.text))  # the outcome is what is said
+        fields = outcome.answer_fields()
+        del fields["tokens"], fields["finish_reason"]  # the model's, from its completion
+        return fields
 
     async def _passages(self, request: Request) -> list[Passage] | None:
         """The manual passages for ``request`` ([] for none; ``None``: refused and answered)."""

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 
+from appliance.actions.world import WorldState
 from appliance.config import Settings
 from appliance.llm import new_request_id
 from appliance.logs import get_logger
@@ -21,7 +22,7 @@ from appliance.mqtt.bridge import Inbound
 from appliance.mqtt.contract import InputError, Topics, parse_ask, parse_cancel, parse_event
 from appliance.mqtt.topic_policy import TopicPolicy
 from appliance.protocol.messages import Outgoing, Request
-from appliance.rules import RuleSet
+from appliance.rules import RuleSet, parse_condition
 from appliance.service.dispatcher import Dispatcher, Outlet, Rejected
 from appliance.service.guard import INTERNAL_ERROR, guarded
 from appliance.service.journal import JournalError
@@ -63,8 +64,9 @@ class Intake:
                                                mqtt.discovery.prefix, mqtt.response_topics)
         self.discovery_status = f"{mqtt.discovery.prefix}/status"
         self.event_prefix = f"{topics.base}/event/"
-        # Our own GPIO inputs publish events; those no rule uses are not errors.
-        self.local_events = {topics.event(spec.name) for spec in settings.gpio.inputs}
+        self.world: WorldState | None = None  # set by the owner: events update it
+        self.world_topics = {topic: name for name, topic in settings.world.topics.items()}
+        self.known_names = known_names(settings)
         self._held: dict[Inbound, str] = {}  # message -> the request id it was given
         self._retry_due = False
         self._routes: list[Route] = []
@@ -84,6 +86,7 @@ class Intake:
         """Every topic we listen to."""
         topics = [self.topics.ask, self.topics.events, self.topics.cancel,
                   *(t for t in self.rules.topics if not t.startswith(self.event_prefix)),
+                  *(t for t in self.world_topics if t not in self.rules.topics),
                   *self._extra_topics]
         if self.settings.mqtt.discovery.enabled:
             topics.append(self.discovery_status)
@@ -200,14 +203,18 @@ class Intake:
             raise self._hold(inbound, request_id, exc) from None
 
     def _event(self, inbound: Inbound) -> None:
-        if not self.rules.knows(inbound.topic):
-            if inbound.topic in self.local_events:
-                return
-            name = inbound.topic.removeprefix(self.event_prefix)
-            raise InputError(f"unknown event {name!r}: no rule listens to it")
+        topic = inbound.topic
+        name = self.world_topics.get(topic) or (
+            topic.removeprefix(self.event_prefix) if topic.startswith(self.event_prefix)
+            else None)
+        if not self.rules.knows(topic) and name not in self.known_names:
+            raise InputError(f"unknown event {name or topic!r}: no rule, action or "
+                             "world.topics entry knows it")
         event = parse_event(inbound.payload, self.settings.mqtt.max_payload_bytes)
+        if name is not None and self.world is not None:
+            self.world.update(name, event)
         try:
-            self.dispatcher.on_event(inbound.topic, event)
+            self.dispatcher.on_event(topic, event)
         except JournalError as exc:
             raise self._hold(inbound, None, exc) from None
 
@@ -226,3 +233,17 @@ def _readable_id(payload: bytes) -> str | None:
     except (ValueError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) and len(value) <= 64 else None
+
+
+def known_names(settings: Settings) -> frozenset[str]:
+    """The sensor names something uses: a rule, a GPIO input, ``world.topics``, a condition."""
+    names = {spec.name for spec in settings.gpio.inputs} | set(settings.world.topics)
+    for rule in settings.rules:
+        if "/" not in rule.source:
+            names.add(rule.source)
+        if rule.when:
+            names |= parse_condition(rule.when).names()
+    for action in settings.actions:
+        for requirement in action.require:
+            names |= parse_condition(requirement.when).names()
+    return frozenset(names)

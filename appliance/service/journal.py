@@ -18,6 +18,8 @@ a timestamp and a fresh one is started (:attr:`Journal.recovered` says so).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import sqlite3
 import time
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
@@ -45,6 +48,11 @@ CREATE TABLE IF NOT EXISTS requests (
     client TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     tier TEXT NOT NULL DEFAULT 'auto'
+);
+CREATE TABLE IF NOT EXISTS world (
+    name TEXT PRIMARY KEY,
+    fields TEXT NOT NULL,
+    at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -186,6 +194,24 @@ class Journal:
         """The broker acknowledged (or refused for good) outbox entry ``key``."""
         with self._writing("retire the answer"):
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (key,))
+
+    def world(self) -> dict[str, tuple[dict[str, Any], float]]:
+        """The sensor readings kept from before (see :mod:`appliance.actions.world`)."""
+        rows = self._db.execute("SELECT name, fields, at FROM world")
+        kept = {}
+        for name, fields, at in rows:
+            with contextlib.suppress(ValueError):
+                kept[name] = (json.loads(fields), float(at))
+        return kept
+
+    def save_world(self, readings: dict[str, tuple[dict[str, Any], float]]) -> None:
+        """Keep the latest readings (a lost one costs a stale reading, nothing more)."""
+        with self._writing("keep the sensor readings"), self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO world (name, fields, at) VALUES (?, ?, ?)",
+                [(name, json.dumps(fields, ensure_ascii=False), at)
+                 for name, (fields, at) in readings.items()])
 
     def close(self) -> None:
         """Close the database."""

@@ -25,6 +25,11 @@ from typing import TYPE_CHECKING
 
 from gpiozero.pins import Factory
 
+from appliance.actions.executor import Executor
+from appliance.actions.registry import Registry
+from appliance.actions.service import ActionService
+from appliance.actions.verifier import Verifier
+from appliance.actions.world import WorldState
 from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
 from appliance.config.secrets import read_api_key
@@ -35,9 +40,10 @@ from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.hardware import load_average, rss_bytes
 from appliance.knowledge import index_path
+from appliance.llm import new_request_id
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound, Refusal
-from appliance.mqtt.contract import Topics
+from appliance.mqtt.contract import InputError, Topics, parse_act, parse_confirm
 from appliance.mqtt.discovery import discovery_message
 from appliance.protocol.messages import Outgoing, Request
 from appliance.rules import RuleSet
@@ -127,6 +133,9 @@ class Supervisor:
         self.intake = intake = Intake(self.settings, self.topics, self.rules, self.dispatcher,
                                       bridge, bridge.ack, self._publish_discovery, self.status)
         intake.forward = bridge.forward
+        self.world = intake.world = self.dispatcher.world = WorldState(journal)
+        intake.route([self.topics.confirm, self.topics.act],
+                     lambda t: t in (self.topics.confirm, self.topics.act), self._on_command)
         if isinstance(self.remote, MqttGenerator):
             remote = self.remote
             intake.route(remote.subscriptions, remote.handles,
@@ -140,6 +149,8 @@ class Supervisor:
         if restored:
             log.info("restored_requests", count=restored)
         self._start_gpio(loop)
+        if self.settings.actions:
+            self.dispatcher.actions = self._actions()
         if self.settings.voice.enabled:
             self._start_voice(loop)
         self.watchdog.observe()
@@ -147,6 +158,7 @@ class Supervisor:
         self.parts.start("thermal", self.watchdog.run)
         self.parts.start("dispatcher", self.dispatcher.run)
         self.parts.start("keep-alive", self._keep_alive)
+        self.parts.start("world", self._publish_world)
         if self.settings.api.http is not None or self.settings.api.wyoming is not None:
             from appliance.api import Apis  # aiohttp and wyoming load only when asked for
 
@@ -240,9 +252,58 @@ class Supervisor:
             self.settings, loop, submit=self._submit_voice,
             cancel_running=self._cancel_running, prefill=self.dispatcher.prefill,
             publish=self.bridge.publish, facts=self.status.update,
-            on_error=self._on_voice_error, pin_factory=self.pin_factory)
+            on_error=self._on_voice_error, on_action=self._voice_confirms,
+            pin_factory=self.pin_factory)
         voice.start()
         self.dispatcher.speaker = voice.speaker
+
+    def _actions(self) -> ActionService:
+        """Verify, then act: the verifier over the world state, the executor, the records."""
+        voice = self.settings.voice
+        verifier = Verifier(Registry(self.settings.actions), self.world,
+                            kid_safe=voice.kid_safe, kid_safe_actions=voice.kid_safe_actions)
+        executor = Executor(self.bridge.deliver,
+                            self.gpio.set_output if self.gpio is not None else None)
+        return ActionService(verifier, executor, self._publish_record,
+                             self.settings.actions_confirm_s)
+
+    def _publish_record(self, record: dict[str, object]) -> None:
+        self.bridge.deliver(None, [Outgoing(self.topics.action, json.dumps(
+            record, ensure_ascii=False).encode())])
+
+    def _on_command(self, inbound: Inbound) -> None:
+        """``cmd/confirm`` (yes or no to "Shall I ...?") and ``cmd/act`` (a button)."""
+        actions = self.dispatcher.actions
+        max_bytes = self.settings.mqtt.max_payload_bytes
+        if inbound.topic == self.topics.confirm:
+            request_id, yes = parse_confirm(inbound.payload, max_bytes)
+            if actions is None or actions.confirm(request_id, yes) is None:
+                raise InputError(f"no action waits for a confirmation with id {request_id!r}",
+                                 request_id)
+            return
+        request_id, name, args = parse_act(inbound.payload, max_bytes)
+        if actions is None:
+            raise InputError("no actions are configured on this device", request_id)
+        actions.propose(request_id or new_request_id(), name, args, "mqtt")
+
+    def _voice_confirms(self, action: str) -> None:
+        """A spoken yes or no answers the latest "Shall I ...?"."""
+        actions = self.dispatcher.actions
+        waiting = actions.latest_waiting() if actions is not None else None
+        if waiting is None or action not in ("yes", "no"):
+            return
+        outcome = actions.confirm(waiting, action == "yes")  # type: ignore[union-attr]
+        if outcome is not None and self.voice is not None:
+            self.voice.say(outcome.text)
+
+    async def _publish_world(self) -> None:
+        """The readings, retained on ``<base>/world``, when they changed, at most so often."""
+        every = max(self.settings.world.publish_interval_s, 0.05)
+        while True:
+            await asyncio.sleep(every)
+            if self.world.changed:
+                self.bridge.publish(Outgoing(self.topics.world, json.dumps(
+                    self.world.flush(), ensure_ascii=False).encode(), retain=True))
 
     def _submit_voice(self, request: Request) -> None:
         try:
@@ -301,7 +362,7 @@ class Supervisor:
         discovery = self.settings.mqtt.discovery
         if discovery.enabled:
             self.bridge.publish(discovery_message(discovery.prefix, self.settings.device_id,
-                                                  self.topics))
+                                                  self.topics, self.settings.actions))
 
     def _schedule_state(self) -> None:
         """Publish the state once per loop turn however many facts changed in it."""

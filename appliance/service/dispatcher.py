@@ -35,6 +35,7 @@ from appliance.knowledge import Passage
 from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
+from appliance.power.monitor import Energy, PowerMonitor
 from appliance.protocol.messages import INTERACTIVE, Outgoing, Request
 from appliance.rules import RuleSet
 from appliance.service.guard import INTERNAL_ERROR
@@ -97,6 +98,14 @@ def unanswered(finish_reason: FinishReason, text: str = "", **extra: Any) -> dic
     return {"text": text, "tokens": 0, "finish_reason": finish_reason, **extra}
 
 
+def _energy_fields(energy: Energy | None, tokens: int) -> dict[str, Any]:
+    """``energy_j``, ``avg_w`` and ``tokens_per_j`` of an answer, when the meter could tell."""
+    if energy is None or energy.joules <= 0:
+        return {}
+    return {"energy_j": round(energy.joules, 3), "avg_w": round(energy.avg_w, 2),
+            "tokens_per_j": round(tokens / energy.joules, 3)}
+
+
 def _json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
@@ -129,6 +138,7 @@ class Dispatcher:
         self.knowledge: KnowledgeContext | None = None  # set when knowledge.enabled
         self.actions: ActionService | None = None  # set when actions are configured
         self.world: WorldState | None = None  # the latest readings, for rules
+        self.power: PowerMonitor | None = None  # the meter that prices each answer
         self._watchers: dict[str, Watcher] = {}
         self.answer_listeners: list[Callable[[Request, dict[str, Any]], None]] = []
         self._streamed: dict[str, int] = {}  # request id -> chunks published so far
@@ -324,6 +334,7 @@ class Dispatcher:
             chat = replace(chat, json_schema=registry.decision_schema(names),
                            system_prompt=f"{chat.system_prompt}\n\n{registry.tool_list(names)}")
             stream = AnswerText(stream)
+        mark = self.power.mark() if self.power is not None else None
         try:
             routed = await self.router.run(request, chat, stream,
                                            level=level, queued=len(self.queue))
@@ -341,6 +352,8 @@ class Dispatcher:
             self.queue.put(request, front=True)  # an interactive request came first
             return
         fields = routed.answer_fields()
+        if mark is not None and self.power is not None:
+            fields.update(_energy_fields(self.power.since(mark), routed.completion.tokens))
         if self.knowledge is not None:
             fields["sources"] = [p.source for p in passages]
         if isinstance(stream, AnswerText):

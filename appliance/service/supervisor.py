@@ -45,6 +45,7 @@ from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound, Refusal
 from appliance.mqtt.contract import InputError, Topics, parse_act, parse_confirm
 from appliance.mqtt.discovery import discovery_message
+from appliance.power.monitor import PowerMonitor
 from appliance.protocol.messages import Outgoing, Request
 from appliance.rules import RuleSet
 from appliance.service.dispatcher import Dispatcher, Rejected
@@ -154,6 +155,9 @@ class Supervisor:
         if self.settings.voice.enabled:
             self._start_voice(loop)
         self.watchdog.observe()
+        self.dispatcher.power = power = await PowerMonitor.open(self.settings.power)
+        if power.metered:
+            self.parts.start("power", power.run)
         self.parts.start("worker", self.worker.run)
         self.parts.start("thermal", self.watchdog.run)
         self.parts.start("dispatcher", self.dispatcher.run)
@@ -374,6 +378,9 @@ class Supervisor:
         self._state_scheduled = False
         worker = self.worker.pid
         self.status.rss_mb = (rss_bytes() + (rss_bytes(worker) if worker else 0)) / (1 << 20)
+        if self.dispatcher.power is not None:
+            power = self.dispatcher.power.power_w
+            self.status.power_w = None if power is None else round(power, 2)
         self.status.load_1m = load_average()
         self.bridge.publish(Outgoing(self.topics.state, json.dumps(self.status.as_dict())
                                      .encode(), retain=True))

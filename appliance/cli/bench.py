@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.cli.benches import bridge, escalation, knowledge, llm, thermal, voice
+from appliance.cli.benches import (
+    actions,
+    bridge,
+    escalation,
+    knowledge,
+    llm,
+    thermal,
+    voice,
+)
 
-_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge)
+_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -16,17 +16,58 @@ import random
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, load_settings
 from appliance.config.schema import ThermalLevel
 from appliance.generate.local import ModelWorker
-from appliance.llm import ChatRequest
+from appliance.llm import ChatRequest, Engine
+from appliance.power.monitor import PowerMonitor
 from appliance.thermal import ThermalWatchdog
 
 STORY = "Tell me a very long story about a dragon, a knight and a castle."
+THREAD_QUESTIONS = ("Tell me about the sea.", "Describe a garden in spring.",
+                    "Explain how rain forms.")
+
+
+@dataclass(frozen=True)
+class ThreadRow:
+    """Decode speed (and energy, where a meter exists) at one thread count."""
+
+    n_threads: int
+    tokens_per_s: float
+    j_per_token: float | None
+
+
+async def _thread_table(settings: Settings, model: ResolvedModel,
+                        max_tokens: int = 64) -> list[ThreadRow]:
+    """Tokens/s (and J/token) of the same greedy answers at 1 thread up to the cores."""
+    engine = Engine(replace(settings.llm, temperature=0.0), model)
+    monitor = await PowerMonitor.open(settings.power)
+    sampler = asyncio.create_task(monitor.run())
+    rows = []
+    try:
+        engine.warm_up()
+        for n in range(1, max(engine.default_threads[0], 1) + 1):
+            engine.set_threads(n, None)
+            rates, joules, tokens = [], 0.0, 0
+            for question in THREAD_QUESTIONS:
+                mark = monitor.mark()
+                done = await asyncio.to_thread(engine.complete, ChatRequest(
+                    question, max_tokens=max_tokens))
+                rates.append(done.tokens_per_s)
+                energy = monitor.since(mark)
+                if energy is not None:
+                    joules += energy.joules
+                    tokens += done.tokens
+            rows.append(ThreadRow(n, statistics.median(rates),
+                                  joules / tokens if tokens else None))
+    finally:
+        sampler.cancel()
+        engine.close()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -38,6 +79,7 @@ class ThermalBench:
     interval_s: float
     reaction_p50_s: float
     reaction_max_s: float
+    threads: list[ThreadRow] = field(default_factory=list)
 
     @property
     def core_share(self) -> float:
@@ -109,5 +151,6 @@ def run_thermal_bench(settings: Settings, model: ResolvedModel, ticks: int = 200
         bench_settings = load_settings(config)
         tick, bare = asyncio.run(_tick_cost(bench_settings, zone, ticks))
         delays = asyncio.run(_reaction(bench_settings, config, zone, rounds))
+    table = asyncio.run(_thread_table(settings, model))
     return ThermalBench(tick, bare, settings.thermal.interval_s, statistics.median(delays),
-                        max(delays))
+                        max(delays), table)

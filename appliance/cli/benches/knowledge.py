@@ -1,4 +1,4 @@
-"""``appliance bench knowledge``: manual retrieval (hit rate, latency, build rate) and answers."""
+"""``appliance bench knowledge``: the passage cache, retrieval hit rate, latency, build rate."""
 
 from __future__ import annotations
 
@@ -20,15 +20,22 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def run(args: argparse.Namespace) -> int:
     """Build a generated corpus and the test manuals' index, and measure."""
-    from appliance.bench.knowledge import report, run_retrieval_bench
+    from appliance.bench.knowledge import (
+        report,
+        report_passage_cache,
+        run_passage_cache_bench,
+        run_retrieval_bench,
+    )
     from appliance.cli import load
 
     settings = load(args)
-    r = run_retrieval_bench(chunks=args.chunks, rounds=args.rounds,
-                            model_path=resolve_llm(settings).path)
+    model = resolve_llm(settings).path
+    cache = run_passage_cache_bench(model, rounds=args.rounds)
+    r = run_retrieval_bench(chunks=args.chunks, rounds=args.rounds, model_path=model)
     if args.json:
         print(json.dumps({**dataclasses.asdict(r), "chunks_per_s": r.chunks_per_s,
-                          "mb_per_s": r.mb_per_s}))
+                          "mb_per_s": r.mb_per_s, "passage_cache": {
+                              **dataclasses.asdict(cache), "ratio": cache.ratio}}))
     else:
-        print("\n".join(report(r)))
+        print("\n".join(report_passage_cache(cache) + report(r)))
     return 0

@@ -33,4 +33,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"reaction  heat step to throttled answer: p50 {r.reaction_p50_s:.2f} s   max "
           f"{r.reaction_max_s:.2f} s   = {r.reaction_max_s / r.interval_s:.2f} x the interval"
           "  (target < 1.5 x)")
+    print("threads   decode speed (and energy) of the same greedy answers:")
+    for row in r.threads:
+        energy = f"   {row.j_per_token:.3f} J/token" if row.j_per_token is not None else ""
+        print(f"          {row.n_threads} thread(s): {row.tokens_per_s:7.1f} tok/s{energy}")
     return 0

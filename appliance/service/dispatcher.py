@@ -20,11 +20,10 @@ request (:meth:`Dispatcher.watch`).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from appliance.actions.decision import AnswerText, parse_decision
 from appliance.actions.service import ActionService
@@ -36,11 +35,12 @@ from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
 from appliance.logs import bind_request, get_logger
 from appliance.mqtt.contract import Topics
 from appliance.power.monitor import Energy, PowerMonitor
-from appliance.protocol.messages import INTERACTIVE, Outgoing, Request
+from appliance.protocol.messages import INTERACTIVE, Request
 from appliance.rules import RuleSet
 from appliance.service.guard import INTERNAL_ERROR
 from appliance.service.journal import Journal, JournalError
 from appliance.service.knowledge_context import KnowledgeContext, passage_text, refusal
+from appliance.service.outlets import Outlet, Outlets, Stream, Watcher
 from appliance.service.router import Router
 from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
@@ -51,42 +51,6 @@ log = get_logger("dispatcher")
 MAX_ATTEMPTS = 2
 COOLING_REPLY = "I'm cooling down, please ask again in a minute."
 BRIEF_INSTRUCTION = " Keep the answer to one short sentence."
-
-
-class Outlet(Protocol):
-    """Where the dispatcher's MQTT messages go (the bridge)."""
-
-    def publish(self, message: Outgoing) -> None:
-        """Send now, best effort (stream chunks)."""
-
-    def deliver(self, request_id: str | None, messages: list[Outgoing]) -> None:
-        """Retire ``request_id`` and send ``messages`` through the outbox."""
-
-
-class VoiceOut(Protocol):
-    """Where voice answers are spoken (the speaker)."""
-
-    def feed(self, request_id: str, delta: str) -> None:
-        """Answer text as it streams."""
-
-    def finish(self, request_id: str) -> None:
-        """The answer is complete."""
-
-    def restart(self, request_id: str) -> None:
-        """What was fed so far is void (a rerouted answer starts over): cut it."""
-
-
-class Watcher(Protocol):
-    """Someone waiting for one request's chunks and answer (an API client)."""
-
-    def chunk(self, chunk: Chunk) -> None:
-        """Answer text as it streams."""
-
-    def answer(self, payload: dict[str, Any]) -> None:
-        """The final answer (the same fields as on MQTT)."""
-
-    def restart(self) -> None:
-        """The text streamed so far is void; the next chunks start it over."""
 
 
 class Rejected(Exception):
@@ -106,10 +70,6 @@ def _energy_fields(energy: Energy | None, tokens: int) -> dict[str, Any]:
             "tokens_per_j": round(tokens / energy.joules, 3)}
 
 
-def _json(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, ensure_ascii=False).encode("utf-8")
-
-
 class Dispatcher:
     """Queues requests and runs them through ``router``, publishing through ``outlet``."""
 
@@ -118,16 +78,15 @@ class Dispatcher:
                  stream: bool, llm: LlmSettings,
                  on_alert: Callable[[], None] = lambda: None, kid_safe: bool = False,
                  device_id: str = "") -> None:
-        self.router, self.outlet, self.journal = router, outlet, journal
-        self.device_id = device_id
+        self.router, self.journal = router, journal
+        self.outlets = Outlets(outlet, topics, stream=stream, kid_safe=kid_safe,
+                               device_id=device_id)
         self.on_alert = on_alert
-        self.speaker: VoiceOut | None = None  # set when voice answers are spoken
         self.kid_safe = kid_safe
         self.llm = llm
         self.level: ThermalLevel = DEFAULT_THERMAL_LEVELS[0]
         self._deferred: list[Request] = []
         self.topics, self.rules, self.status = topics, rules, status
-        self.stream = stream
         self.queue_size = queue_size
         self.queue = WorkQueue()
         self.closing = False
@@ -139,9 +98,7 @@ class Dispatcher:
         self.actions: ActionService | None = None  # set when actions are configured
         self.world: WorldState | None = None  # the latest readings, for rules
         self.power: PowerMonitor | None = None  # the meter that prices each answer
-        self._watchers: dict[str, Watcher] = {}
-        self.answer_listeners: list[Callable[[Request, dict[str, Any]], None]] = []
-        self._streamed: dict[str, int] = {}  # request id -> chunks published so far
+        self.answer_listeners = self.outlets.listeners
 
     # --- intake ----------------------------------------------------------------------------
     def restore(self) -> int:
@@ -167,7 +124,7 @@ class Dispatcher:
         if request.source != "api" and not self.journal.add(request):
             return False
         if watcher is not None:
-            self._watchers[request.id] = watcher
+            self.outlets.watchers[request.id] = watcher
         self.queue.put(request)
         running = self.running
         if running is not None and running.source == "sensor" and request.source in INTERACTIVE:
@@ -186,18 +143,12 @@ class Dispatcher:
         if action is None:
             return False
         if watcher is not None:
-            self._watchers[request.id] = watcher
+            self.outlets.watchers[request.id] = watcher
         outcome = actions.propose(request.id, action.name, {}, request.source,
-                                  on_outcome=lambda later: self._say(request, later.text))
-        self._say(request, outcome.text)
+                                  on_outcome=lambda later: self.outlets.say(request, later.text))
+        self.outlets.say(request, outcome.text)
         self._answer(request, outcome.answer_fields())
         return True
-
-    def _say(self, request: Request, text: str) -> None:
-        """Speak ``text`` about a voice request (an action's outcome)."""
-        if request.source == "voice" and self.speaker is not None:
-            self.speaker.feed(request.id, text)
-            self.speaker.finish(request.id)
 
     def _action_names(self, request: Request, chat: ChatRequest) -> list[str] | None:
         """The actions the model may choose among for ``request`` (``None``: just answer)."""
@@ -327,7 +278,7 @@ class Dispatcher:
         if passages:
             chat = replace(chat, context=tuple(passage_text(p) for p in passages))
         names = self._action_names(request, chat)
-        stream: _Stream | AnswerText = self._streamer(request)
+        stream: Stream | AnswerText = self.outlets.stream(request)
         if names is not None:
             assert self.actions is not None
             registry = self.actions.registry
@@ -369,7 +320,8 @@ class Dispatcher:
             return {"text": decision.answer or ""}
         outcome = self.actions.propose(request.id, decision.action, decision.args or {},
                                        request.source, allowed=names,
-                                       on_outcome=lambda later: self._say(request, later.text))
+                                       on_outcome=lambda later: self.outlets.say(
+                                           request, later.text))
         stream.stream(Chunk(request.id, 0, outcome.text))  # the outcome is what is said
         fields = outcome.answer_fields()
         del fields["tokens"], fields["finish_reason"]  # the model's, from its completion
@@ -388,35 +340,16 @@ class Dispatcher:
             await knowledge.closest(request.text)), sources=[], refused="not in the manuals"))
         return None
 
-    def _streamer(self, request: Request) -> _Stream:
-        private = request.source == "voice" and self.kid_safe
-        return _Stream(self, request, publish=self.stream and not private
-                       and request.source in ("mqtt", "voice"))
-
     def _answer(self, request: Request, fields: dict[str, Any]) -> None:
         payload = {"id": request.id, **fields, "throttle_level": self.status.throttle_level,
-                   "source": request.source, "device_id": self.device_id,
+                   "source": request.source, "device_id": self.outlets.device_id,
                    "model": fields.get("model") or self.status.model}
         if request.rule is not None:
             payload["rule"] = request.rule
-        self._streamed.pop(request.id, None)
         default = self.topics.alert if request.source == "sensor" else self.topics.answer
-        if request.source == "voice" and self.speaker is not None:
-            self.speaker.finish(request.id)
-        watcher = self._watchers.pop(request.id, None)
-        if watcher is not None:
-            watcher.answer(payload)
-        for listener in self.answer_listeners:
-            listener(request, payload)
-        private = request.source == "voice" and self.kid_safe  # toy mode: nothing leaves
-        if request.source != "api":
-            self.outlet.deliver(request.id, [] if private else [Outgoing(
-                request.reply_topic or default, _json(payload),
-                correlation=request.correlation)])
+        self.outlets.answer(request, payload, default)
         if request.source == "sensor" and payload["finish_reason"] != "error":
             self.on_alert()
-        log.info("answer_ready", finish_reason=payload["finish_reason"],
-                 tokens=payload.get("tokens"), topic=request.reply_topic or default)
 
     def _queue_changed(self) -> None:
         self.status.update(queue_depth=len(self.queue) + len(self._deferred))
@@ -439,39 +372,3 @@ class Dispatcher:
             self.router.cancel(running.id)
             await self._idle.wait()
 
-
-class _Stream:
-    """One request's chunks to every outlet: MQTT stream, speaker, API watcher.
-
-    ``seq`` keeps counting across attempts; the first chunk after
-    :meth:`restart` (a retried or rerouted generation) says ``"restart": true``.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, request: Request, *, publish: bool) -> None:
-        self.dispatcher, self.request, self.publish = dispatcher, request, publish
-        self.speaker = dispatcher.speaker if request.source == "voice" else None
-        self.watcher = dispatcher._watchers.get(request.id)
-        self._restart = dispatcher._streamed.get(request.id, 0) > 0
-
-    def restart(self) -> None:
-        """What was streamed so far is void: the next chunk starts the text over."""
-        self._restart = True
-        if self.speaker is not None:
-            self.speaker.restart(self.request.id)
-        if self.watcher is not None:
-            self.watcher.restart()
-
-    def __call__(self, chunk: Chunk) -> None:
-        d, request = self.dispatcher, self.request
-        seq = d._streamed.get(request.id, 0)
-        d._streamed[request.id] = seq + 1
-        if self.publish:
-            body: dict[str, Any] = {"id": request.id, "seq": seq, "delta": chunk.delta}
-            if self._restart:
-                body["restart"] = True
-            d.outlet.publish(Outgoing(d.topics.stream, _json(body)))
-        self._restart = False
-        if self.speaker is not None:
-            self.speaker.feed(request.id, chunk.delta)
-        if self.watcher is not None:
-            self.watcher.chunk(chunk)

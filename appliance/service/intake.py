@@ -23,9 +23,10 @@ from appliance.mqtt.contract import InputError, Topics, parse_ask, parse_cancel,
 from appliance.mqtt.topic_policy import TopicPolicy
 from appliance.protocol.messages import Outgoing, Request
 from appliance.rules import RuleSet, parse_condition
-from appliance.service.dispatcher import Dispatcher, Outlet, Rejected
+from appliance.service.dispatcher import Dispatcher, Rejected
 from appliance.service.guard import INTERNAL_ERROR, guarded
 from appliance.service.journal import JournalError
+from appliance.service.outlets import Outlet
 from appliance.service.ratelimit import RateLimiter
 from appliance.service.status import Status
 

@@ -25,10 +25,6 @@ from typing import TYPE_CHECKING
 
 from gpiozero.pins import Factory
 
-from appliance.actions.executor import Executor
-from appliance.actions.registry import Registry
-from appliance.actions.service import ActionService
-from appliance.actions.verifier import Verifier
 from appliance.actions.world import WorldState
 from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
@@ -40,14 +36,14 @@ from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioParts, GpioUnavailable
 from appliance.hardware import load_average, rss_bytes
 from appliance.knowledge import index_path
-from appliance.llm import new_request_id
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound, Refusal
-from appliance.mqtt.contract import InputError, Topics, parse_act, parse_confirm
+from appliance.mqtt.contract import Topics
 from appliance.mqtt.discovery import discovery_message
 from appliance.power.monitor import PowerMonitor
 from appliance.protocol.messages import Outgoing, Request
 from appliance.rules import RuleSet
+from appliance.service.action_desk import ActionDesk
 from appliance.service.dispatcher import Dispatcher, Rejected
 from appliance.service.instance_lock import InstanceLock
 from appliance.service.intake import Intake
@@ -135,13 +131,10 @@ class Supervisor:
                                       bridge, bridge.ack, self._publish_discovery, self.status)
         intake.forward = bridge.forward
         self.world = intake.world = self.dispatcher.world = WorldState(journal)
-        intake.route([self.topics.confirm, self.topics.act],
-                     lambda t: t in (self.topics.confirm, self.topics.act), self._on_command)
         if isinstance(self.remote, MqttGenerator):
             remote = self.remote
             intake.route(remote.subscriptions, remote.handles,
                          lambda m: remote.on_message(m.topic, m.payload))
-        bridge.subscriptions = intake.subscriptions()
         self._router_changed()
         if journal.recovered:
             self._error("journal", journal.recovered)
@@ -150,8 +143,11 @@ class Supervisor:
         if restored:
             log.info("restored_requests", count=restored)
         self._start_gpio(loop)
-        if self.settings.actions:
-            self.dispatcher.actions = self._actions()
+        self.desk = ActionDesk(self.settings, self.topics, bridge, self.world,
+                               self.gpio.set_output if self.gpio is not None else None)
+        self.dispatcher.actions = self.desk.service
+        intake.route(self.desk.topics_handled, self.desk.topics_handled.__contains__,
+                     self.desk.on_command)
         if self.settings.voice.enabled:
             self._start_voice(loop)
         self.watchdog.observe()
@@ -162,12 +158,13 @@ class Supervisor:
         self.parts.start("thermal", self.watchdog.run)
         self.parts.start("dispatcher", self.dispatcher.run)
         self.parts.start("keep-alive", self._keep_alive)
-        self.parts.start("world", self._publish_world)
+        self.parts.start("world", self.desk.publish_world)
         if self.settings.api.http is not None or self.settings.api.wyoming is not None:
             from appliance.api import Apis  # aiohttp and wyoming load only when asked for
 
             self.apis = Apis(self.settings, self.dispatcher, self.status)
             await self.apis.start()
+        bridge.subscriptions = intake.subscriptions()
         bridge.start()
         self.notifier.status("loading the model")
         ready = asyncio.create_task(self._wait_ready())
@@ -256,58 +253,14 @@ class Supervisor:
             self.settings, loop, submit=self._submit_voice,
             cancel_running=self._cancel_running, prefill=self.dispatcher.prefill,
             publish=self.bridge.publish, facts=self.status.update,
-            on_error=self._on_voice_error, on_action=self._voice_confirms,
+            on_error=self._on_voice_error, on_action=self._voice_intent,
             pin_factory=self.pin_factory)
         voice.start()
-        self.dispatcher.speaker = voice.speaker
+        self.dispatcher.outlets.speaker = voice.speaker
 
-    def _actions(self) -> ActionService:
-        """Verify, then act: the verifier over the world state, the executor, the records."""
-        voice = self.settings.voice
-        verifier = Verifier(Registry(self.settings.actions), self.world,
-                            kid_safe=voice.kid_safe, kid_safe_actions=voice.kid_safe_actions)
-        executor = Executor(self.bridge.deliver,
-                            self.gpio.set_output if self.gpio is not None else None)
-        return ActionService(verifier, executor, self._publish_record,
-                             self.settings.actions_confirm_s)
-
-    def _publish_record(self, record: dict[str, object]) -> None:
-        self.bridge.deliver(None, [Outgoing(self.topics.action, json.dumps(
-            record, ensure_ascii=False).encode())])
-
-    def _on_command(self, inbound: Inbound) -> None:
-        """``cmd/confirm`` (yes or no to "Shall I ...?") and ``cmd/act`` (a button)."""
-        actions = self.dispatcher.actions
-        max_bytes = self.settings.mqtt.max_payload_bytes
-        if inbound.topic == self.topics.confirm:
-            request_id, yes = parse_confirm(inbound.payload, max_bytes)
-            if actions is None or actions.confirm(request_id, yes) is None:
-                raise InputError(f"no action waits for a confirmation with id {request_id!r}",
-                                 request_id)
-            return
-        request_id, name, args = parse_act(inbound.payload, max_bytes)
-        if actions is None:
-            raise InputError("no actions are configured on this device", request_id)
-        actions.propose(request_id or new_request_id(), name, args, "mqtt")
-
-    def _voice_confirms(self, action: str) -> None:
-        """A spoken yes or no answers the latest "Shall I ...?"."""
-        actions = self.dispatcher.actions
-        waiting = actions.latest_waiting() if actions is not None else None
-        if waiting is None or action not in ("yes", "no"):
-            return
-        outcome = actions.confirm(waiting, action == "yes")  # type: ignore[union-attr]
-        if outcome is not None and self.voice is not None:
-            self.voice.say(outcome.text)
-
-    async def _publish_world(self) -> None:
-        """The readings, retained on ``<base>/world``, when they changed, at most so often."""
-        every = max(self.settings.world.publish_interval_s, 0.05)
-        while True:
-            await asyncio.sleep(every)
-            if self.world.changed:
-                self.bridge.publish(Outgoing(self.topics.world, json.dumps(
-                    self.world.flush(), ensure_ascii=False).encode(), retain=True))
+    def _voice_intent(self, intent: str) -> None:
+        if self.voice is not None:
+            self.desk.spoken(intent, self.voice.say)
 
     def _submit_voice(self, request: Request) -> None:
         try:

@@ -92,6 +92,7 @@ class Supervisor:
         self.parts = Parts(self._fatal)
         self.stop = asyncio.Event()
         self.exit_code = 0
+        self._deadline: threading.Timer | None = None
         self._state_scheduled = False
 
     async def run(self) -> int:
@@ -100,6 +101,8 @@ class Supervisor:
         try:
             return await self._run()
         finally:
+            if self._deadline is not None:
+                self._deadline.cancel()  # shut down in time (it matters run in-process)
             self.lock.release()
 
     async def _run(self) -> int:
@@ -174,11 +177,11 @@ class Supervisor:
         return self.exit_code
 
     def _stop_requested(self) -> None:
-        if not self.stop.is_set():
+        if self._deadline is None:
             # Whatever hangs in shutdown, systemd must not have to SIGKILL us.
-            timer = threading.Timer(SHUTDOWN_LIMIT_S, self._exit_now)
-            timer.daemon = True
-            timer.start()
+            self._deadline = threading.Timer(SHUTDOWN_LIMIT_S, self._exit_now)
+            self._deadline.daemon = True
+            self._deadline.start()
         self.stop.set()
 
     @staticmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from appliance.catalog import ResolvedModel, resolve_llm
 from appliance.config.schema import Settings
-from appliance.config.secrets import read_api_key, read_password
+from appliance.config.secrets import read_api_key, read_api_token, read_password
 from appliance.errors import ConfigError, ModelError, ResourceError
 from appliance.llm.gguf import check_model_file
 from appliance.llm.memory import check_fits
@@ -37,4 +37,5 @@ def preflight(settings: Settings) -> ResolvedModel:
     check_tts(settings)
     read_password(settings)
     read_api_key(settings)
+    read_api_token(settings)
     return model

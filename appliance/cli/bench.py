@@ -10,6 +10,7 @@ import argparse
 
 from appliance.cli.benches import (
     actions,
+    api,
     bridge,
     escalation,
     knowledge,
@@ -18,7 +19,7 @@ from appliance.cli.benches import (
     voice,
 )
 
-_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions)
+_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from appliance.config.addresses import check_uri, parse_listen
 from appliance.config.schema import INTENT_ACTIONS, STATE_LED_NAMES, Settings
 from appliance.errors import ConfigError
 from appliance.mqtt.topic_policy import TopicPolicy
@@ -54,6 +55,17 @@ def check_settings(settings: Settings, fail: Fail) -> None:
     _check_topics(settings, fail)
     _check_escalation(settings, fail)
     _check_actions(settings, fail)
+    api = settings.api
+    try:
+        if api.http is not None:
+            parse_listen(api.http.listen)
+    except ValueError as exc:
+        raise fail("api.http.listen", str(exc)) from None
+    try:
+        if api.wyoming is not None:
+            check_uri(api.wyoming.listen)
+    except ValueError as exc:
+        raise fail("api.wyoming.listen", str(exc)) from None
 
 
 def _check_actions(settings: Settings, fail: Fail) -> None:

@@ -1,4 +1,4 @@
-"""Secrets: the MQTT password and the escalation API key, from a file or an environment variable.
+"""Secrets (the MQTT password, the escalation API key, the HTTP API's token), from a file or env.
 
 The file is opened exactly as the service opens it, so ``config check`` run as
 the service's user finds what ``run`` would find: a directory, a file that user
@@ -9,10 +9,14 @@ may not read, one that is not UTF-8 text or is empty are each a
 from __future__ import annotations
 
 import os
+import stat
 
 from appliance.config.schema import Settings
 from appliance.errors import ConfigError
 from appliance.files import open_regular
+from appliance.logs import get_logger
+
+log = get_logger("config")
 
 MAX_PASSWORD_BYTES = 4096
 """A password file larger than this is not a password file (``/dev/zero``, a log)."""
@@ -34,6 +38,12 @@ def read_api_key(settings: Settings) -> str | None:
                  escalation.api_key_env)
 
 
+def read_api_token(settings: Settings) -> str | None:
+    """The HTTP API's bearer token (``api.http.token_file``), if one is set."""
+    http = settings.api.http
+    return _read(settings, "api.http.token", http.token_file if http else None, None)
+
+
 def _read(settings: Settings, key: str, path: os.PathLike[str] | None,
           env: str | None) -> str | None:
     if path is not None:
@@ -49,13 +59,14 @@ def _read(settings: Settings, key: str, path: os.PathLike[str] | None,
 def _read_file(settings: Settings, key: str, path: os.PathLike[str]) -> str:
     try:
         with open_regular(path) as fh:
+            mode = os.fstat(fh.fileno()).st_mode
             raw = fh.read(MAX_PASSWORD_BYTES + 1)
     except OSError as exc:
         who = f" by uid {os.geteuid()}" if isinstance(exc, PermissionError) else ""
         raise _error(settings, key,
                      f"{str(path)!r} cannot be read{who}: {exc.strerror}") from None
     if len(raw) > MAX_PASSWORD_BYTES:
-        what = "password" if key.startswith("mqtt.") else "key"
+        what = {"mqtt.password_file": "password", "api.http.token_file": "token"}.get(key, "key")
         raise _error(settings, key, f"{str(path)!r} is larger than {MAX_PASSWORD_BYTES} "
                      f"bytes; it should hold only the {what}")
     try:
@@ -64,6 +75,8 @@ def _read_file(settings: Settings, key: str, path: os.PathLike[str]) -> str:
         raise _error(settings, key, f"{str(path)!r} is not UTF-8 text") from None
     if not password:
         raise _error(settings, key, f"{str(path)!r} is empty")
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        log.warning("secret_readable_by_all", key=key, path=str(path))
     return password
 
 

@@ -27,7 +27,10 @@ class Notifier:
         self.watchdog_s: float | None = int(usec) / 1e6 if watched else None
         self._sock: socket.socket | None = None
         if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: a reader that falls behind (a full datagram queue holds only
+            # ten) must cost a lost notification, never a frozen event loop.
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                                       | socket.SOCK_NONBLOCK)
 
     def send(self, message: str) -> None:
         """Send one notification (lines ``KEY=value``)."""

@@ -145,6 +145,12 @@ class Supervisor:
         restored = self.dispatcher.restore()
         if restored:
             log.info("restored_requests", count=restored)
+        if self.settings.api.http is not None or self.settings.api.wyoming is not None:
+            from appliance.api import Apis  # aiohttp and wyoming load only when asked for
+
+            # Before any part starts: a port in use is one line, not a half-started service.
+            self.apis = Apis(self.settings, self.dispatcher, self.status)
+            await self.apis.start()
         self._start_gpio(loop)
         self.desk = ActionDesk(self.settings, self.topics, bridge, self.world,
                                self.gpio.set_output if self.gpio is not None else None)
@@ -162,11 +168,6 @@ class Supervisor:
         self.parts.start("dispatcher", self.dispatcher.run)
         self.parts.start("keep-alive", self._keep_alive)
         self.parts.start("world", self.desk.publish_world)
-        if self.settings.api.http is not None or self.settings.api.wyoming is not None:
-            from appliance.api import Apis  # aiohttp and wyoming load only when asked for
-
-            self.apis = Apis(self.settings, self.dispatcher, self.status)
-            await self.apis.start()
         bridge.subscriptions = intake.subscriptions()
         bridge.start()
         self.notifier.status("loading the model")

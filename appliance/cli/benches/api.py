@@ -46,13 +46,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{base.name:<18} first token {base.ttft_ms:7.1f} ms   {base.tokens_per_s:7.1f} "
           "tokens/s")
     for path in r.paths[1:]:
-        added = path.ttft_ms - base.ttft_ms
         share = path.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0
-        met = added <= TTFT_TARGET_MS and share >= RATE_TARGET
         print(f"{path.name:<18} first token {path.ttft_ms:7.1f} ms   {path.tokens_per_s:7.1f} "
-              f"tokens/s   added {added:+6.1f} ms, {share:6.1%} of the rate  "
-              f"(target <= {TTFT_TARGET_MS:.0f} ms, >= {RATE_TARGET:.0%}: "
-              f"{'met' if met else 'NOT met'})")
+              f"tokens/s   against the engine: {path.ttft_ms - base.ttft_ms:+6.1f} ms, "
+              f"{share:6.1%} of the rate")
+    print("added by each API, per request (its client's time less its generation's own), p50:")
+    for path in r.paths[1:]:
+        met = path.added_ms <= TTFT_TARGET_MS and path.rate_share >= RATE_TARGET
+        print(f"{path.name:<18} first token {path.added_ms:+6.1f} ms   tokens/s "
+              f"{path.rate_share:6.1%} of the generation's  (target <= {TTFT_TARGET_MS:.0f} "
+              f"ms, >= {RATE_TARGET:.0%}: {'met' if met else 'NOT met'})")
     if r.wyoming_rtf is None or r.vosk_rtf is None:
         print("speech      skipped: voice.model_path is not set")
         return 0

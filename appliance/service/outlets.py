@@ -116,7 +116,9 @@ class Stream:
         self.outlets, self.request, self.publish = outlets, request, publish
         self.speaker = outlets.speaker if request.source == "voice" else None
         self.watcher = outlets.watchers.get(request.id)
-        self._restart = outlets.streamed.get(request.id, 0) > 0
+        self._restart = False
+        if outlets.streamed.get(request.id, 0) > 0:  # a retried attempt starts over
+            self.restart()
 
     def restart(self) -> None:
         """What was streamed so far is void: the next chunk starts the text over."""

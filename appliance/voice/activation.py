@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+RELEASE_S = 2.0
+"""After the talk button goes up, an utterance that begins within this still counts."""
+
 
 def normalize(text: str) -> str:
     """Lower case, single spaces, no surrounding punctuation."""
@@ -17,7 +20,9 @@ class Activation:
     ``always``: every utterance. ``wake``: an utterance that starts with the wake
     phrase (its rest is the request), or the wake phrase alone, which opens a
     window of ``window_s`` for the next utterance. ``button``: only utterances
-    heard while the button is held (:meth:`press` / :meth:`release`).
+    heard while the button is held (:meth:`press` / :meth:`release`). With no
+    wake phrase (a wake word engine hears it, not vosk), ``wake`` admits only
+    what follows :meth:`open_window`.
     """
 
     def __init__(self, mode: str, wake_phrase: str = "", window_s: float = 8.0,
@@ -33,7 +38,7 @@ class Activation:
 
     def release(self) -> None:
         """The push-to-talk button went up (an utterance under way still counts)."""
-        self._open_until = self.clock() + 2.0
+        self._open_until = self.clock() + RELEASE_S
         self._held = False
 
     def open_window(self) -> None:
@@ -48,7 +53,7 @@ class Activation:
         now = self.clock()
         if self.mode == "button":
             return said if self._held or now <= self._open_until else None
-        if said.startswith(self.wake):
+        if self.wake and said.startswith(self.wake):
             return said[len(self.wake):].strip() or None
         return said if now <= self._open_until else None
 
@@ -62,7 +67,7 @@ class Activation:
         now = self.clock()
         if self.mode == "button":
             return said if self._held or now <= self._open_until else None
-        if said.startswith(self.wake):
+        if self.wake and said.startswith(self.wake):
             rest = said[len(self.wake):].strip()
             if rest:
                 return rest
@@ -98,3 +103,17 @@ def route(gate: Activation, text: str, intents: Mapping[str, str]) -> tuple[str 
         return None, None
     action = match_intent(request, intents)
     return (action, None) if action is not None else (None, request)
+
+
+def prefill_text(gate: Activation, partial: str, intents: Mapping[str, str]) -> str | None:
+    """What of a partial transcript the model may read ahead: the request so far.
+
+    ``None`` when it is not addressed to us (yet) or is an intent, which the
+    model never answers.
+    """
+    if match_intent(partial, intents) is not None:
+        return None
+    request = gate.peek(partial)
+    if request is None or match_intent(request, intents) is not None:
+        return None
+    return request

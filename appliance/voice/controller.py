@@ -2,13 +2,16 @@
 
 The :class:`VoiceController` owns what happens between the microphone and the
 dispatcher: transcripts go out on ``heard`` (never in toy mode), the wake
-gate or the talk button decides what is addressed to us, intents act at once,
+gate (the wake phrase heard by vosk, or the wake word heard by microWakeWord)
+or the talk button decides what is addressed to us, intents act at once,
 partial transcripts let the model read the question while it is still being
 spoken (prefill), and the **echo guard** keeps the appliance from answering
-itself: while an answer is being spoken, and for ``voice.echo_tail_s`` after,
-only a barge-in counts (the ``stop`` intent, the wake phrase, or the talk
-button). With ``voice.while_speaking: listen`` (hardware echo cancellation)
-everything heard counts, as when it is quiet.
+itself: an utterance that began while an answer was being spoken, or within
+``voice.echo_tail_s`` after, may be our own voice, and only a barge-in in it
+counts (the ``stop`` intent, the wake phrase or wake word, or the talk
+button). A barge-in cuts our speech, so what follows it is not guarded. With
+``voice.while_speaking: listen`` (hardware echo cancellation) everything
+heard counts, as when it is quiet.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from appliance.llm import new_request_id
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import Outgoing, Request
-from appliance.voice.activation import Activation, match_intent, normalize, route
+from appliance.voice.activation import (
+    RELEASE_S,
+    Activation,
+    match_intent,
+    normalize,
+    prefill_text,
+    route,
+)
+from appliance.voice.hearing import Woke, uses_wake_word
 from appliance.voice.recognizer import Heard
 from appliance.voice.service import Speaker, VoiceInput, source_name
 
@@ -61,13 +72,16 @@ class VoiceController:
         self.on_action = on_action
         self.pin_factory = pin_factory
         self.clock = clock
-        self.activation = Activation(voice.activation, voice.wake_phrase, voice.wake_window_s)
+        # With a wake word engine the wake word opens the window; vosk never hears it.
+        self.activation = Activation(voice.activation,
+                                     "" if uses_wake_word(voice) else voice.wake_phrase,
+                                     voice.wake_window_s)
         self.speaker: Speaker | None = None
         self.voice_in: VoiceInput | None = None
         self.talk_button: Button | None = None
         self.failed = False
-        self._spoke_until = float("-inf")  # when the last spoken answer ended
         self._speaking = False
+        self._echo_until = float("-inf")  # sound that begins before this may be our voice
 
     # --- parts ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -75,10 +89,10 @@ class VoiceController:
         loop = self.loop
         if self.voice.tts != "none":
             self.speaker = Speaker(
-                self.settings, lambda on: loop.call_soon_threadsafe(self._set_speaking, on),
+                self.settings, lambda on: loop.call_soon_threadsafe(self.speaking_changed, on),
                 lambda message: loop.call_soon_threadsafe(self.on_error, message))
         self._start_talk_button()
-        self.voice_in = VoiceInput(self.voice, loop, self.heard, self.on_error)
+        self.voice_in = VoiceInput(self.voice, loop, self.heard, self.on_error, self.woke)
         self.voice_in.start()
 
     @property
@@ -98,25 +112,56 @@ class VoiceController:
             log.warning("no_talk_button", reason=str(exc))
             return
         button.when_pressed = lambda: self.loop.call_soon_threadsafe(self._talk_pressed)
-        button.when_released = lambda: self.loop.call_soon_threadsafe(self.activation.release)
+        button.when_released = lambda: self.loop.call_soon_threadsafe(self._talk_released)
         self.talk_button = button
 
     def _talk_pressed(self) -> None:
         self.act("stop")
         self.activation.press()
+        self._hold_open("button", True)
+
+    def _talk_released(self) -> None:
+        self.activation.release()
+        self._hold_open("button", False)
+        if self.voice_in is not None:
+            self.voice_in.opening.open_for(RELEASE_S)
+
+    def _hold_open(self, reason: str, on: bool) -> None:
+        """Keep vosk listening (it otherwise waits for the wake word engine)."""
+        if self.voice_in is not None:
+            self.voice_in.opening.hold(reason, on)
 
     # --- what was heard ------------------------------------------------------------------
     @property
     def echo_guarded(self) -> bool:
         """Whether what is heard now may be our own voice (and only a barge-in counts)."""
+        return self._echoes(self.clock())
+
+    def _echoes(self, at: float) -> bool:
+        """Whether sound that began at ``at`` may be our own voice."""
         if self.voice.while_speaking == "listen":
             return False
-        return self._speaking or self.clock() < self._spoke_until + self.voice.echo_tail_s
+        return self._speaking or at < self._echo_until
+
+    def _guarded(self, heard: Heard) -> bool:
+        """An utterance is judged by when it began, not by when vosk finished with it.
+
+        The end of an utterance is found ``end_silence_s`` after its last word,
+        which may be after our speech and its tail have ended.
+        """
+        return self.echo_guarded or (heard.speech_at is not None
+                                     and self._echoes(heard.speech_at))
+
+    def woke(self, woke: Woke) -> None:
+        """The wake word engine heard the wake word (on the loop): a barge-in, then listen."""
+        if self.echo_guarded:
+            self.act("stop")
+        self.activation.open_window()
 
     def heard(self, heard: Heard) -> None:
         """A partial or final transcript (on the loop)."""
         private = self.voice.kid_safe  # toy mode: transcripts never leave the device
-        guarded = self.echo_guarded
+        guarded = self._guarded(heard)
         self.facts(hearing=not heard.final and not guarded)
         if not heard.final:
             if not private:
@@ -164,10 +209,10 @@ class VoiceController:
 
     def _prefill_partial(self, text: str) -> None:
         """Hand the question so far to an idle model, if it is addressed to us and no intent."""
-        if not self.voice.prefill or match_intent(text, self.voice.intents) is not None:
+        if not self.voice.prefill:
             return
-        request = self.activation.peek(text)
-        if request and match_intent(request, self.voice.intents) is None:
+        request = prefill_text(self.activation, text, self.voice.intents)
+        if request is not None:
             self.prefill(request)
 
     # --- acting --------------------------------------------------------------------------
@@ -175,9 +220,11 @@ class VoiceController:
         """An intent: act without the model."""
         log.info("intent", action=action)
         speaker = self.speaker
-        if action == "stop":  # barge-in
+        if action == "stop":  # barge-in: our voice is cut, so what follows is not guarded
             if speaker is not None:
                 speaker.stop()
+            self._speaking = False
+            self._echo_until = min(self._echo_until, self.clock())
             self.cancel_running()
         elif action == "repeat" and speaker is not None:
             speaker.say(speaker.last_answer)
@@ -193,10 +240,14 @@ class VoiceController:
         if self.speaker is not None:
             self.speaker.say(text)
 
-    def _set_speaking(self, on: bool) -> None:
-        if self._speaking and not on:
-            self._spoke_until = self.clock()
+    def speaking_changed(self, on: bool) -> None:
+        """The speaker started (``True``) or stopped making sound (on the loop)."""
+        if on:
+            self._echo_until = float("inf")
+        elif self._speaking:  # played out (a cut by barge-in has already ended the guard)
+            self._echo_until = self.clock() + self.voice.echo_tail_s
         self._speaking = on
+        self._hold_open("speaking", on)  # a spoken stop must be heard while we speak
         self.facts(speaking=on)
 
     def _publish(self, topic: str, body: dict[str, Any], qos: int = 1) -> None:

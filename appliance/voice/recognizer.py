@@ -36,9 +36,13 @@ class Heard:
     """A recognized piece of speech; ``final`` at the end of an utterance.
 
     ``end_s`` is where the recognizer was in the audio stream when it gave the
-    result, ``speech_end_s`` where the last word ended (the end of speech), and
-    ``ms`` how long (wall clock) recognition took, from its first audio to its
-    result.
+    result, ``speech_start_s`` where the utterance's first sound above the
+    room's noise began, ``speech_end_s`` where the last word ended (the end of
+    speech), and ``ms`` how long (wall clock) recognition took, from its first
+    audio to its result. ``speech_at`` is when (``time.monotonic()``) that
+    first sound reached the microphone, for a live stream
+    (:class:`~appliance.voice.hearing.Hearing` knows its clock): what the echo
+    guard judges.
     """
 
     text: str
@@ -46,6 +50,8 @@ class Heard:
     end_s: float
     ms: float = 0.0
     speech_end_s: float | None = None
+    speech_start_s: float | None = None
+    speech_at: float | None = None
 
 
 def load_model(path: Path | None) -> vosk.Model:
@@ -118,11 +124,23 @@ class Recognizer:
         self._utterance = 0
         self._partial = ""
         self._began: float | None = None
+        self._speech_start_s: float | None = None
+        self._skipped_s = 0.0  # audio of the stream that vosk was not fed
 
     @classmethod
     def for_voice(cls, model: vosk.Model, voice: VoiceSettings) -> Recognizer:
         """A recognizer with the grammar and endpointing of ``voice``."""
         return cls(model, voice.grammar, voice.max_utterance_s, voice.end_silence_s)
+
+    @property
+    def in_utterance(self) -> bool:
+        """Speech has been heard since the last result: an utterance is under way."""
+        return self._silence.heard_speech
+
+    def skip(self, chunk: bytes) -> None:
+        """The stream went on without this recognizer: keep its times those of the stream."""
+        self._fed += len(chunk)
+        self._skipped_s += len(chunk) / (RATE * 2)
 
     def feed(self, chunk: bytes) -> Iterator[Heard]:
         """Recognize one chunk; yields a partial result when it changes and finals."""
@@ -131,6 +149,8 @@ class Recognizer:
         if self._began is None:
             self._began = time.perf_counter()
         self._silence.feed(chunk)
+        if self._speech_start_s is None and self._silence.heard_speech:
+            self._speech_start_s = (self._fed - len(chunk)) / (RATE * 2)
         if self._kaldi.AcceptWaveform(chunk):
             yield from self._final(json.loads(self._kaldi.Result()))
         elif self._utterance >= self.max_bytes or (
@@ -140,7 +160,8 @@ class Recognizer:
             partial = json.loads(self._kaldi.PartialResult()).get("partial", "")
             if partial and partial != self._partial:
                 self._partial = partial
-                yield Heard(_clean(partial), False, self._fed / (RATE * 2))
+                yield Heard(_clean(partial), False, self._fed / (RATE * 2),
+                            speech_start_s=self._speech_start_s)
 
     def finish(self) -> Iterator[Heard]:
         """Flush at the end of the stream."""
@@ -148,6 +169,7 @@ class Recognizer:
 
     def _final(self, result: dict[str, Any]) -> Iterator[Heard]:
         began, self._began = self._began, None
+        start_s, self._speech_start_s = self._speech_start_s, None
         self._utterance = 0
         self._silence.reset()
         self._partial = ""
@@ -156,7 +178,7 @@ class Recognizer:
             took = (time.perf_counter() - began) * 1000 if began is not None else 0.0
             words = [w for w in result.get("result", []) if w.get("word") != "[unk]"]
             yield Heard(text, True, self._fed / (RATE * 2), round(took, 1),
-                        float(words[-1]["end"]) if words else None)
+                        float(words[-1]["end"]) + self._skipped_s if words else None, start_s)
 
 
 def _clean(text: str) -> str:

@@ -1,9 +1,11 @@
 """Voice in ``appliance run``: recognition on its own thread, speech out on another.
 
 :class:`VoiceInput` reads the configured source (microphone, stdin or a WAV
-file), recognizes it with vosk and hands every result to the loop.
-:class:`Speaker` speaks answers piece by piece as they stream in, and stops
-at once on barge-in.
+file), listens for the wake word when a wake word engine is configured,
+recognizes what :class:`~appliance.voice.hearing.Hearing` lets vosk hear, and
+hands every result to the loop.
+:class:`Speaker` speaks answers piece by piece as they stream in, stops at
+once on barge-in, and starts one answer over when its generation restarts.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.voice.audio import mic_chunks, paced, stream_chunks, wav_chunks
+from appliance.voice.hearing import Hearing, Opening, Woke
 from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.playback import Playback
-from appliance.voice.recognizer import Heard, Recognizer, load_model
+from appliance.voice.recognizer import Heard, load_model
 from appliance.voice.tts import Audio, Synthesizer, load_synthesizer
 
 log = get_logger("voice")
+
+T = TypeVar("T")
 
 
 def source_name(settings: VoiceSettings) -> str:
@@ -33,12 +40,18 @@ def source_name(settings: VoiceSettings) -> str:
 
 
 class VoiceInput:
-    """Recognition on a thread; ``on_heard`` and ``on_error`` run on the loop."""
+    """Recognition on a thread; ``on_heard``, ``on_wake`` and ``on_error`` run on the loop.
+
+    :attr:`opening` lets the controller keep vosk listening (with a wake word
+    engine, it otherwise hears only what follows the wake word).
+    """
 
     def __init__(self, settings: VoiceSettings, loop: asyncio.AbstractEventLoop,
-                 on_heard: Callable[[Heard], None], on_error: Callable[[str], None]) -> None:
+                 on_heard: Callable[[Heard], None], on_error: Callable[[str], None],
+                 on_wake: Callable[[Woke], None] = lambda _woke: None) -> None:
         self.settings, self.loop = settings, loop
-        self.on_heard, self.on_error = on_heard, on_error
+        self.on_heard, self.on_error, self.on_wake = on_heard, on_error, on_wake
+        self.opening = Opening()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="voice-in", daemon=True)
         self._ended = False
@@ -51,6 +64,11 @@ class VoiceInput:
     def alive(self) -> bool:
         """Listening, or ended for a reason already reported (the source ended, no mic)."""
         return self._ended or self._thread.is_alive()
+
+    @property
+    def ended(self) -> bool:
+        """The source ended (or failed), and every result has been handed to the loop."""
+        return self._ended
 
     def stop(self) -> None:
         """Stop after the current chunk."""
@@ -66,20 +84,48 @@ class VoiceInput:
 
     def _run(self) -> None:
         try:
-            recognizer = Recognizer.for_voice(load_model(self.settings.model_path),
-                                              self.settings)
+            hearing = Hearing.for_voice(load_model(self.settings.model_path), self.settings,
+                                        self.opening)
+            if hearing.wake is not None:
+                log.info("wake_word_ready", phrase=hearing.wake.phrase,
+                         threshold=hearing.wake.threshold)
             for chunk in self._chunks():
                 if self._stop.is_set():
                     return
-                for heard in recognizer.feed(chunk):
-                    self.loop.call_soon_threadsafe(self.on_heard, heard)
-            for heard in recognizer.finish():
-                self.loop.call_soon_threadsafe(self.on_heard, heard)
+                for event in hearing.feed(chunk):
+                    if isinstance(event, Woke):
+                        log.info("wake_word", phrase=event.phrase, at_s=event.at_s)
+                        self._post(self.on_wake, event)
+                    else:
+                        self._post(self.on_heard, event)
+            for heard in hearing.finish():
+                self._post(self.on_heard, heard)
             log.info("voice_source_ended", source=self.settings.source)
             self._ended = True
         except ApplianceError as exc:
             self._ended = True
-            self.loop.call_soon_threadsafe(self.on_error, str(exc))
+            self._post(self.on_error, str(exc))
+
+    def _post(self, handler: Callable[[T], None], value: T) -> None:
+        """Run ``handler(value)`` on the loop, unless it has already shut down."""
+        try:
+            self.loop.call_soon_threadsafe(handler, value)
+        except RuntimeError:  # the loop is closed: the service stopped while we heard
+            self._stop.set()
+
+
+@dataclass(eq=False)
+class _Take:
+    """One attempt at speaking one request's answer; its pieces carry it through the queues.
+
+    It is void once :meth:`Speaker.stop` (``epoch`` is old) or
+    :meth:`Speaker.restart` (``void``) has dropped it.
+    """
+
+    request_id: str
+    epoch: int
+    answer: SpokenAnswer
+    void: bool = field(default=False)
 
 
 class Speaker:
@@ -91,6 +137,10 @@ class Speaker:
     sound starts and ``(False)`` when the answer has played out or was cut;
     ``on_error`` gets one line, once, when speech cannot work (answers still
     go out on MQTT). Callbacks run on those threads.
+
+    Every piece carries its :class:`_Take`: :meth:`stop` drops every take,
+    :meth:`restart` only one request's, and neither thread synthesizes or plays
+    a piece of a dropped take.
     """
 
     def __init__(self, settings: Settings,
@@ -100,11 +150,12 @@ class Speaker:
         self.settings = settings
         self.on_speaking, self.on_error = on_speaking, on_error
         self.last_answer = ""
-        self._answers: dict[str, SpokenAnswer] = {}
-        self._texts: queue.Queue[tuple[int, str | None] | None] = queue.Queue()
-        self._sounds: queue.Queue[tuple[int, Audio | None] | None] = queue.Queue()
+        self._takes: dict[str, _Take] = {}  # the answers being fed, by request id
+        self._texts: queue.Queue[tuple[_Take, str | None] | None] = queue.Queue()
+        self._sounds: queue.Queue[tuple[_Take, Audio | None] | None] = queue.Queue()
         self._playback = Playback(voice.output_device, voice.volume)
         self._epoch = 0  # raised by stop(): whatever was queued before is dropped
+        self._playing: _Take | None = None  # whose sound the open stream plays
         self._lock = threading.Lock()
         self._speaking = False
         self._failed = False
@@ -115,19 +166,38 @@ class Speaker:
 
     def feed(self, request_id: str, delta: str) -> None:
         """Streamed answer text; each completed piece is queued for speech at once."""
-        answer = self._answers.setdefault(request_id, SpokenAnswer(self.settings.voice))
-        for piece in answer.feed(delta):
-            self._texts.put((self._epoch, piece))
+        take = self._takes.get(request_id)
+        if take is None:
+            take = self._takes[request_id] = _Take(request_id, self._epoch,
+                                                   SpokenAnswer(self.settings.voice))
+        for piece in take.answer.feed(delta):
+            self._texts.put((take, piece))
 
     def finish(self, request_id: str) -> None:
         """The answer is complete: speak what is left, then close its stream."""
-        answer = self._answers.pop(request_id, None)
-        if answer is None:
+        take = self._takes.pop(request_id, None)
+        if take is None:
             return
-        for piece in answer.flush():
-            self._texts.put((self._epoch, piece))
-        self.last_answer = answer.text
-        self._texts.put((self._epoch, None))
+        for piece in take.answer.flush():
+            self._texts.put((take, piece))
+        self.last_answer = take.answer.text
+        self._texts.put((take, None))
+
+    def restart(self, request_id: str) -> None:
+        """The answer's generation starts over: drop what was queued and cut what plays of it.
+
+        The text fed from now on is spoken from its start, as a new answer;
+        other answers are left alone.
+        """
+        take = self._takes.pop(request_id, None)
+        if take is None:
+            return
+        with self._lock:
+            take.void = True
+            if self._playing is take:
+                self._playing = None
+                self._playback.cut()
+                self._set_speaking(False)
 
     @property
     def speaking(self) -> bool:
@@ -153,9 +223,10 @@ class Speaker:
         """Barge-in: drop what is queued and cut the sound at once."""
         with self._lock:
             self._epoch += 1
+            self._playing = None
             self._playback.cut()
-        self._answers.clear()
-        self._set_speaking(False)
+            self._set_speaking(False)
+        self._takes.clear()
 
     def close(self) -> None:
         """Stop speaking and end both threads."""
@@ -171,36 +242,43 @@ class Speaker:
             synthesizer = None
             self._report(str(exc))
         while (item := self._texts.get()) is not None:
-            epoch, text = item
-            if epoch != self._epoch or synthesizer is None:
+            take, text = item
+            if self._dropped(take) or synthesizer is None:
                 continue
             if text is None:
-                self._sounds.put((epoch, None))
+                self._sounds.put((take, None))
                 continue
             try:
-                self._sounds.put((epoch, synthesizer.synthesize(text)))
+                self._sounds.put((take, synthesizer.synthesize(text)))
             except ApplianceError as exc:
                 self._report(str(exc))
         self._sounds.put(None)
 
     def _play(self) -> None:
         while (item := self._sounds.get()) is not None:
-            epoch, audio = item
+            take, audio = item
             try:
                 with self._lock:
-                    if epoch != self._epoch:
+                    if self._dropped(take):
                         continue
                     if audio is not None:
                         self._playback.open(audio.rate)
+                        self._playing = take
+                        self._set_speaking(True)
                 if audio is None:  # the answer is complete: let it play out
                     self._playback.end()
-                    self._set_speaking(False)
+                    with self._lock:
+                        self._playing = None
+                        self._set_speaking(False)
                     continue
-                self._set_speaking(True)
                 self._playback.write(audio.pcm)
             except ApplianceError as exc:
                 self._report(str(exc))
         self._playback.end()
+
+    def _dropped(self, take: _Take) -> bool:
+        """Whether :meth:`stop` or :meth:`restart` dropped ``take``."""
+        return take.void or take.epoch != self._epoch
 
     def _set_speaking(self, speaking: bool) -> None:
         if speaking != self._speaking:

@@ -12,6 +12,7 @@ from appliance.catalog import ResolvedModel
 from appliance.errors import ModelError, ResourceError
 from appliance.llm import ChatRequest, Chunk, Engine
 from appliance.llm.memory import check_fits, plan
+from appliance.llm.prompt import common_prefix
 from appliance.llm.types import Confidence, Sampling, Turn
 from tests.conftest import make_settings
 
@@ -180,9 +181,20 @@ def test_prefill_leaves_only_the_rest_of_the_question_to_evaluate(engine: Engine
     in_cache, evaluated = engine.prefill(partial, pending=lambda: False)
     assert evaluated > 0 and in_cache > evaluated
     warm = engine.complete(final)
-    rest = len(engine.prompt.tokens(engine.settings.system_prompt, final.text)) - in_cache
+    system = engine.settings.system_prompt
+    final_tokens = engine.prompt.tokens(system, final.text)
+    shared = common_prefix(engine.prompt.tokens(system, partial.text), final_tokens)
+    rest = len(final_tokens) - shared
     assert warm.evaluated_tokens <= rest + 1  # +1: a partial last word re-tokenizes
     assert warm.evaluated_tokens < cold.evaluated_tokens
+
+
+def test_a_prefilled_final_question_leaves_one_token_at_most(engine: Engine) -> None:
+    question = ChatRequest("How long should the greenhouse vent stay open in summer?")
+    engine.complete(ChatRequest("Something unrelated first."))
+    engine.prefill(question, pending=lambda: False)  # the turn's closing tokens too
+    warm = engine.complete(question)
+    assert warm.evaluated_tokens <= 1 and warm.tokens > 0
 
 
 def test_prefill_yields_to_pending_work(engine: Engine) -> None:

@@ -19,11 +19,18 @@ from appliance.llm.types import ChatRequest, Chunk, FinishReason
 
 
 class Decoder:
-    """Turns the tokens of one answer into text, chunk by chunk."""
+    """Turns the tokens of one answer into text, chunk by chunk.
+
+    ``logits`` gives the logits that sampled the token just handed to
+    :meth:`add` (:meth:`appliance.llm.decode_loop.Generation.logits`), for
+    the confidence of the first tokens.
+    """
 
     def __init__(self, llm: llama_cpp.Llama | None, request: ChatRequest,
-                 on_chunk: Callable[[Chunk], None] | None) -> None:
+                 on_chunk: Callable[[Chunk], None] | None,
+                 logits: Callable[[], np.ndarray] | None) -> None:
         self._llm = llm
+        self._logits = logits
         self._vocab = llama_cpp.llama_model_get_vocab(llm._model.model) if llm else None
         self._request_id = request.id
         self._on_chunk = on_chunk
@@ -39,7 +46,7 @@ class Decoder:
     @classmethod
     def empty(cls) -> Decoder:
         """A decoder that saw no token (for answers that never started)."""
-        return cls(None, ChatRequest(""), None)
+        return cls(None, ChatRequest(""), None, None)
 
     @property
     def count(self) -> int:
@@ -107,9 +114,7 @@ class Decoder:
 
     def _logprob(self, token: int) -> float:
         """Log P(token) from the logits that sampled it: one pass over the vocabulary."""
-        assert self._llm is not None
-        logits = np.ctypeslib.as_array(
-            llama_cpp.llama_get_logits_ith(self._llm._ctx.ctx, -1),
-            shape=(self._llm.n_vocab(),))
+        assert self._logits is not None
+        logits = self._logits()
         top = float(logits.max())
         return float(logits[token]) - top - math.log(float(np.exp(logits - top).sum()))

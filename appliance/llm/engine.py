@@ -1,7 +1,9 @@
 """The model engine: one GGUF loaded once, answering chat requests token by token.
 
-The engine owns a :class:`llama_cpp.Llama` and runs our own decoding loop on
-top of :meth:`llama_cpp.Llama.generate`, so that at every token it can
+The engine owns a :class:`llama_cpp.Llama` and runs our own token loop
+(:mod:`appliance.llm.decode_loop`: a grammar checked after sampling, and, for
+answers that quote their reference text, prompt-lookup drafts verified in one
+batch), so that at every token it can
 
 * hand the new text to a callback (streaming),
 * consult a *live budget* (the thermal watchdog shortens a running answer),
@@ -18,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import llama_cpp
@@ -26,9 +29,12 @@ from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
 from appliance.errors import ModelError
 from appliance.hardware import physical_cores
+from appliance.llm import decode_loop
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
 from appliance.llm.kv_disk import DiskKvCache
+from appliance.llm.kv_state import FLASH_ATTENTION
+from appliance.llm.lookup import PromptLookup
 from appliance.llm.memory import check_fits
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache
@@ -70,6 +76,7 @@ class Engine:
                 n_threads=self.default_threads[0],
                 n_threads_batch=self.default_threads[1],
                 seed=settings.seed,
+                flash_attn=FLASH_ATTENTION,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
@@ -145,9 +152,10 @@ class Engine:
         return self._prefixes.restore(self._llm, prefix, base)
 
     def prefill(self, request: ChatRequest, pending: Callable[[], bool]) -> tuple[int, int]:
-        """Read ``request``'s prompt up to the end of its (unfinished) question, without answering.
+        """Read ``request``'s prompt (its question so far, the turn closed) without answering.
 
-        Evaluates :data:`PREFILL_STEP` tokens at a time and stops as soon as
+        The turn's closing tokens are read too: when the final question is the
+        one read ahead, the answer then starts at once. Evaluates :data:`PREFILL_STEP` tokens at a time and stops as soon as
         ``pending()`` says real work is waiting. A later :meth:`complete` whose
         prompt starts the same way evaluates only the rest. Returns ``(tokens
         in the cache that match, tokens evaluated now)``.
@@ -155,7 +163,7 @@ class Engine:
         with self._lock:
             self._apply_threads()
             rendered = self._render(request)
-            wanted = rendered[0].tokens[: rendered[0].question_end]
+            wanted = rendered[0].tokens
             if len(wanted) >= self.settings.n_ctx:
                 return 0, 0
             llm = self._llm
@@ -212,18 +220,20 @@ class Engine:
         evaluated = fresh + max(1, len(tokens) - reused)
         sampling = request.sampling
         llm.set_seed(sampling.seed if sampling.seed is not None else s.seed)
-        decoder = Decoder(llm, request, on_chunk)
+        generation = decode_loop.generate(
+            llm, tokens,
+            temp=_pick(sampling.temperature, s.temperature),
+            top_p=_pick(sampling.top_p, s.top_p), top_k=_pick(sampling.top_k, s.top_k),
+            repeat_penalty=_pick(sampling.repeat_penalty, s.repeat_penalty),
+            frequency_penalty=_pick(sampling.frequency_penalty, s.frequency_penalty),
+            presence_penalty=_pick(sampling.presence_penalty, s.presence_penalty),
+            grammar=grammar_for(request.json_schema),
+            draft=PromptLookup() if request.prompt_lookup else None)
+        decoder = Decoder(llm, request, on_chunk, generation.logits)
         finish: FinishReason = "length"
         first_at: float | None = None
         allowed = min(limit, room)
-        for token in llm.generate(
-                tokens, reset=True,
-                temp=_pick(sampling.temperature, s.temperature),
-                top_p=_pick(sampling.top_p, s.top_p), top_k=_pick(sampling.top_k, s.top_k),
-                repeat_penalty=_pick(sampling.repeat_penalty, s.repeat_penalty),
-                frequency_penalty=_pick(sampling.frequency_penalty, s.frequency_penalty),
-                presence_penalty=_pick(sampling.presence_penalty, s.presence_penalty),
-                grammar=grammar_for(request.json_schema)):
+        for token in generation:
             if first_at is None:
                 first_at = time.monotonic()
             ended = decoder.add(token)
@@ -243,11 +253,13 @@ class Engine:
                 break
             self._apply_threads()
         decoder.finish()
-        result = self._result(request, decoder, finish, started, first_at, len(tokens),
-                              cached, evaluated)
+        result = replace(self._result(request, decoder, finish, started, first_at,
+                                      len(tokens), cached, evaluated),
+                         drafted=generation.drafted, accepted=generation.accepted)
         log.info("completed", tokens=result.tokens, finish_reason=finish,
                  ttft_ms=round(result.ttft_ms), tokens_per_s=round(result.tokens_per_s, 2),
-                 cached_tokens=cached, evaluated_tokens=evaluated, prompt_tokens=len(tokens))
+                 cached_tokens=cached, evaluated_tokens=evaluated, prompt_tokens=len(tokens),
+                 drafted=result.drafted, accepted=result.accepted)
         return result
 
     def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,

@@ -20,7 +20,7 @@ from pathlib import Path
 import llama_cpp
 
 from appliance.config.schema import Settings
-from appliance.llm.kv_state import KvSnapshot
+from appliance.llm.kv_state import FLASH_ATTENTION, KvSnapshot
 from appliance.logs import get_logger
 
 log = get_logger("kv_cache")
@@ -29,9 +29,11 @@ MAGIC = b"APKV1\n"
 
 
 def model_identity(path: Path) -> str:
-    """What a state depends on besides its tokens: the model file and llama.cpp's version."""
+    """What a state depends on besides its tokens: the model file, llama.cpp, the KV layout."""
     st = path.stat()
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:llama-cpp-python-{llama_cpp.__version__}"
+    layout = ":flash-attn" if FLASH_ATTENTION else ""
+    return (f"{path.name}:{st.st_size}:{st.st_mtime_ns}:"
+            f"llama-cpp-python-{llama_cpp.__version__}{layout}")
 
 
 class DiskKvCache:

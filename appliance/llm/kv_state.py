@@ -16,6 +16,17 @@ import llama_cpp
 
 from appliance.errors import ModelError
 
+FLASH_ATTENTION = True
+"""Whether the engine's contexts use flash attention; a saved state depends on it.
+
+With it, evaluating tokens in one batch gives bit for bit the logits of
+evaluating them one by one (without it, llama.cpp's CPU attention sums in a
+different order for a batch, and greedy answers drift), which is what lets
+drafted tokens be verified without changing the answer. It also changes the
+KV layout (V is no longer kept transposed), so states saved with and without
+it do not mix.
+"""
+
 
 @dataclass(frozen=True)
 class KvSnapshot:

@@ -108,7 +108,8 @@ class Completion:
 
     ``evaluated_tokens``: prompt tokens the model had to read for this answer
     (the rest came from a cached state); ``n_threads``: decode threads in use
-    at the end; ``confidence``: the mean log-probability that was watched, if any.
+    at the end; ``confidence``: the mean log-probability that was watched, if any;
+    ``drafted``/``accepted``: prompt-lookup draft tokens proposed and kept.
     """
 
     id: str
@@ -125,6 +126,8 @@ class Completion:
     n_threads: int = 0
     confidence: float | None = None
     low_confidence: bool = False
+    drafted: int = 0
+    accepted: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """The public JSON fields of an answer."""

@@ -39,7 +39,7 @@ from appliance.protocol.messages import INTERACTIVE, Request
 from appliance.rules import RuleSet
 from appliance.service.guard import INTERNAL_ERROR
 from appliance.service.journal import Journal, JournalError
-from appliance.service.knowledge_context import KnowledgeContext, passage_text, refusal
+from appliance.service.knowledge_context import KnowledgeContext, refusal
 from appliance.service.outlets import Outlet, Outlets, Stream, Watcher
 from appliance.service.router import Router
 from appliance.service.status import Status
@@ -275,8 +275,8 @@ class Dispatcher:
         passages = await self._passages(request)
         if passages is None:
             return  # refused: the manuals do not cover it (knowledge.mode: only)
-        if passages:
-            chat = replace(chat, context=tuple(passage_text(p) for p in passages))
+        if passages and self.knowledge is not None:
+            chat = self.knowledge.attach(chat, passages)
         names = self._action_names(request, chat)
         stream: Stream | AnswerText = self.outlets.stream(request)
         if names is not None:

@@ -43,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"fuzz     {f.sent} hostile payloads, {f.errors} errors (want {f.sent}), "
           f"{f.valid_answered}/{f.valid_asked} valid asks answered, "
           f"{f.payloads_per_s:6.0f} payloads/s, RSS {r.fuzz_rss_growth_mb:+.1f} MiB "
-          f"(target < 20 MiB), {len(f.unexpected)} unexpected messages")
+          f"(target < 20 MiB), then {r.fuzz_again_rss_growth_mb:+.1f} MiB over as many again, "
+          f"{len(f.unexpected)} unexpected messages")
     return 0

@@ -155,8 +155,9 @@ class Engine:
         """Read ``request``'s prompt (its question so far, the turn closed) without answering.
 
         The turn's closing tokens are read too: when the final question is the
-        one read ahead, the answer then starts at once. Evaluates :data:`PREFILL_STEP` tokens at a time and stops as soon as
-        ``pending()`` says real work is waiting. A later :meth:`complete` whose
+        one read ahead, the answer then starts at once. Evaluates
+        :data:`PREFILL_STEP` tokens at a time and stops as soon as ``pending()``
+        says real work is waiting. A later :meth:`complete` whose
         prompt starts the same way evaluates only the rest. Returns ``(tokens
         in the cache that match, tokens evaluated now)``.
         """

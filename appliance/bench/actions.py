@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,9 @@ def _fast_path(model: ResolvedModel, asks: int) -> list[float]:
 
         client.on_message = on_message
         client.connect("127.0.0.1", broker.port)
+        # Our PUBACK of each action, then the next ask: without this, Nagle's algorithm held
+        # the ask for the broker's delayed ACK (40 ms), which is the client's, not our path.
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.loop_start()
         client.subscribe([("bench/fan/set", 1), ("appliance/bench/status", 1)])
         try:

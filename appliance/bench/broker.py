@@ -49,6 +49,7 @@ class LocalBroker:
             + ("" if "allow_anonymous" in extra else "allow_anonymous true\n") +
             f"persistence true\npersistence_location {workdir}/\nmax_queued_messages 0\n"
             f"log_dest file {workdir}/mosquitto.log\n"
+            "set_tcp_nodelay true\n"  # as provisioning/mosquitto configures a site broker
             # As root (CI), stay root: the files live in private temporary directories.
             + ("user root\n" if os.geteuid() == 0 else "") + extra)
         self.proc: subprocess.Popen[bytes] | None = None

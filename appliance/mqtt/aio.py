@@ -76,6 +76,10 @@ class AsyncioDriver:
         self._on_loop(self._remove_writer, sock)
 
     def _register(self, sock: socket.socket) -> None:
+        # MQTT packets are small and each waits for an answer: with Nagle's algorithm a
+        # PUBACK followed by a PUBLISH held the PUBLISH for the peer's delayed ACK (40 ms).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self._writing = False
         self._closed.clear()

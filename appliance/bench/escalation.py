@@ -93,15 +93,20 @@ async def _direct(client: httpx.AsyncClient, endpoint: str, question: str,
 
 async def _compare(endpoint: str, asker: _Asker, rounds: int,
                    max_tokens: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    """Direct and through-the-appliance answers to the same questions, interleaved."""
+    """Direct and through-the-appliance answers to the same questions, interleaved.
+
+    The server keeps the last prompt's state, so two requests in a row never ask
+    the same question: each path then reuses only the system prompt, alike.
+    """
     direct, through = [], []
+    n = len(QUESTIONS)
     async with httpx.AsyncClient(timeout=60) as client:
-        await _direct(client, endpoint, QUESTIONS[0], 2)
-        for i in range(rounds * len(QUESTIONS)):
-            question = QUESTIONS[i % len(QUESTIONS)]
-            direct.append(await _direct(client, endpoint, question, max_tokens))
+        await _direct(client, endpoint, QUESTIONS[-1], 2)
+        for i in range(rounds * n):
+            direct.append(await _direct(client, endpoint, QUESTIONS[i % n], max_tokens))
             through.append(await asyncio.to_thread(asker.ask, "appliance/esc/ask", f"r{i}",
-                                                   question, max_tokens, "remote"))
+                                                   QUESTIONS[(i + 1) % n], max_tokens,
+                                                   "remote"))
     return direct, through
 
 

@@ -119,11 +119,12 @@ def test_only_what_the_partials_had_not_covered_is_read_after_the_last_word(
     assert len(request.text.split()) >= 6 and len(seen.prefills) >= 4  # as vosk heard it
     assert prefilled and all(p.id == "prefill" for p in prefilled)
     last = prefilled[-1]
-    # The worker's cache holds the question as last prefilled; the final may have revised it.
+    # The worker's cache holds the question it prefilled last (a later partial may have been
+    # dropped unread while the worker was busy); the final may have revised it.
     tokenizer = llama_cpp.Llama(str(model_path), vocab_only=True, verbose=False)
     prompt = ChatPrompt(tokenizer)
     final = prompt.render(settings.llm.system_prompt, request.text)
-    heard_last = prompt.render(settings.llm.system_prompt, seen.prefills[-1][0])
+    heard_last = prompt.render(settings.llm.system_prompt, last.text)
     assert completion.id == request.id and len(final.tokens) == completion.prompt_tokens
     kept = common_prefix(final.tokens, heard_last.tokens[: last.tokens])
     not_covered = completion.prompt_tokens - kept

@@ -80,7 +80,7 @@ class _Worker:
         except ApplianceError as exc:
             log.warning("prefill_failed", error=str(exc))
             return
-        self.send(pipe.Prefilled(request.id, in_cache, evaluated))
+        self.send(pipe.Prefilled(request.id, in_cache, evaluated, request.text))
 
     def _busy(self) -> bool:
         """Real work (or a newer prefill) is waiting."""

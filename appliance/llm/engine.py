@@ -216,9 +216,11 @@ class Engine:
                                 len(tokens), 0, 0)
         cached, fresh = self._restore(*self._prefixes_of(rendered))
         # Tokens read for this answer: what the prefix cache had to evaluate, and whatever
-        # the KV cache does not hold yet (at least one is always replayed).
+        # the KV cache does not hold yet. A prompt held whole with its logits live (a
+        # prefilled final question) is sampled at once; otherwise at least one is replayed.
         reused = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        evaluated = fresh + max(1, len(tokens) - reused)
+        live = reused == len(tokens) == llm.n_tokens and not llm._requires_eval
+        evaluated = fresh + (0 if live else max(1, len(tokens) - reused))
         sampling = request.sampling
         llm.set_seed(sampling.seed if sampling.seed is not None else s.seed)
         generation = decode_loop.generate(

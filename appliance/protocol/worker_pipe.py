@@ -153,12 +153,13 @@ class Failed(Message):
 
 @dataclass(frozen=True)
 class Prefilled(Message):
-    """A prefill finished: ``tokens`` of its prompt are now in the KV cache."""
+    """A prefill of the question ``text`` finished: ``tokens`` of its prompt are in the KV cache."""
 
     kind: ClassVar[str] = "prefilled"
     id: str
     tokens: int
     evaluated: int
+    text: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance.actions.decision import parse_decision
 from appliance.actions.registry import Registry
-from appliance.bench.broker import LocalBroker
+from appliance.bench.broker import LocalBroker, tcp_nodelay
 from appliance.catalog import ResolvedModel
 from appliance.config import parse_settings
 from appliance.config.schema import LlmSettings
@@ -160,9 +159,7 @@ def _fast_path(model: ResolvedModel, asks: int) -> list[float]:
 
         client.on_message = on_message
         client.connect("127.0.0.1", broker.port)
-        # Our PUBACK of each action, then the next ask: without this, Nagle's algorithm held
-        # the ask for the broker's delayed ACK (40 ms), which is the client's, not our path.
-        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tcp_nodelay(client)
         client.loop_start()
         client.subscribe([("bench/fan/set", 1), ("appliance/bench/status", 1)])
         try:

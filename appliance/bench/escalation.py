@@ -29,7 +29,7 @@ import httpx
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance.bench.broker import LocalBroker, free_port, wait_port
+from appliance.bench.broker import LocalBroker, free_port, tcp_nodelay, wait_port
 from appliance.catalog import ResolvedModel
 from appliance.config.schema import DEFAULT_SYSTEM_PROMPT, LlmSettings
 from appliance.llm import ChatRequest, Engine
@@ -123,6 +123,7 @@ class _Asker:
                                   client_id=f"bench-esc-{time.monotonic_ns()}")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
+        tcp_nodelay(self.client)
         self.client.loop_start()
         self.client.subscribe([(f"{base}/answer", 1), (f"{base}/answer/stream", 1),
                                (f"{SITE}/answer", 1), ("appliance/+/status", 1)])

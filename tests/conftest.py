@@ -16,6 +16,7 @@ from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
 from appliance.llm import Engine
 from tests.services import ApplianceProcess, Broker, Peer
+from tests.speech import Microphone, stdin_microphone
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +95,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Microphone]:
+    """A microphone that the service reads from stdin; tests say what it hears."""
+    yield from stdin_microphone(monkeypatch)
 
 
 @pytest.fixture

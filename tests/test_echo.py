@@ -12,10 +12,8 @@ import asyncio
 import contextlib
 import queue
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import pytest
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings, parse_settings
@@ -33,25 +31,11 @@ from tests.speech import (
     pcm_of,
     speak,
     speaker_device,
-    stdin_microphone,
 )
 
 BASE = "appliance/e1"
 SUNNY_DAY = "Describe a sunny day in the park in three sentences."
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    b = LocalBroker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture
-def mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Microphone]:
-    yield from stdin_microphone(monkeypatch)
 
 
 def _run(tmp_path: Path, model_path: Path, port: int, voice: str, max_tokens: int,

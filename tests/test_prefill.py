@@ -11,12 +11,11 @@ of them after the final transcript.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
-import pytest
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import Settings, load_settings
@@ -27,23 +26,10 @@ from appliance.protocol.worker_pipe import Prefilled
 from appliance.service.supervisor import Supervisor
 from tests.conftest import device_config
 from tests.services import run_supervisor
-from tests.speech import PHRASES, Microphone, korean_model, pcm_of, speak, stdin_microphone
+from tests.speech import PHRASES, Microphone, korean_model, pcm_of, speak
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 UTTERANCE = "안녕하세요 날씨 온도 음악 틀어 날씨 온도 안녕하세요 음악 틀어"  # ten words
-
-
-@pytest.fixture
-def mic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Microphone]:
-    yield from stdin_microphone(monkeypatch)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[LocalBroker]:
-    b = LocalBroker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 class Seen:

@@ -218,8 +218,11 @@ def run_supervisor(settings: Settings, config: Path, pin_factory: Factory | None
         running = asyncio.create_task(supervisor.run())
         while supervisor.status.state != "idle":
             await asyncio.sleep(0.05)
-        await action(supervisor)
-        supervisor.stop.set()
-        assert await running == 0
+        try:
+            await action(supervisor)
+        finally:  # a failed action still shuts the supervisor down, as SIGTERM would
+            supervisor.stop.set()
+            code = await running
+        assert code == 0
 
     asyncio.run(scenario())

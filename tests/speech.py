@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pytest
 
-PHRASES = ("불 꺼", "안녕하세요", "날씨", "온도", "음악 틀어")
+PHRASES = ("멈춰", "안녕하세요", "날씨", "온도", "음악 틀어")
 RATE = 16000
 CHUNK_S = 0.1
 

@@ -123,7 +123,7 @@ def test_describe_lists_asr_tts_and_handle(app: WyomingApp) -> None:
     info = run(_describe(app))
     assert [p.name for p in info.asr] == ["vosk"]
     assert info.asr[0].models[0].languages == ["ko"] and info.asr[0].installed
-    assert "불 꺼" in (info.asr[0].description or "")
+    assert "멈춰" in (info.asr[0].description or "")
     assert info.tts[0].name == "espeak-ng" and info.tts[0].voices[0].languages == ["ko"]
     assert info.tts[0].supports_synthesize_streaming and info.tts[0].installed
     assert _rate(info) == 22050

@@ -67,3 +67,23 @@ def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) ->
     finally:
         peer.close()
         broker.stop()
+
+
+def test_a_cancelled_worker_run_ends_and_leaves_no_worker_behind(
+        tmp_path: Path, model_path: Path) -> None:
+    """Torn down without ``stop()`` (a failed in-process run): it must not wait forever."""
+    cfg = device_config(tmp_path, model_path, 1, "d1", 8)
+
+    async def scenario() -> int:
+        worker = ModelWorker(cfg)
+        running = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 60)
+        pid = worker.pid
+        assert pid is not None
+        running.cancel()
+        done, _ = await asyncio.wait([running], timeout=10)
+        assert done, "the cancelled worker run never ended"
+        return pid
+
+    pid = asyncio.run(scenario())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped

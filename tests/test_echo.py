@@ -42,7 +42,7 @@ def _run(tmp_path: Path, model_path: Path, port: int, voice: str, max_tokens: in
          action: Callable[[Supervisor, Peer], Awaitable[None]]) -> Peer:
     rest = (f"thermal:\n  zone_path: {tmp_path / 't'}\n"
             f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
-            "  intents: {불 꺼: stop}\n  tts_voice: ko\n  source: stdin\n"
+            "  intents: {멈춰: stop}\n  tts_voice: ko\n  source: stdin\n"
             f"  output_device: \"{speaker_device(tmp_path / 'played.raw')}\"\n"
             "  activation: always\n  end_silence_s: 0.4\n" + voice)
     cfg = device_config(tmp_path, model_path, port, "e1", max_tokens, rest)
@@ -164,7 +164,7 @@ def test_a_spoken_stop_still_cuts_the_answer_short(
     person would, it says stop again (up to three times) if the first is not
     understood: vosk carries what it heard before into the next utterance.
     """
-    stop = pcm_of(speak("불 꺼", tmp_path / "stop.wav"))
+    stop = pcm_of(speak("멈춰", tmp_path / "stop.wav"))
 
     async def interrupt(supervisor: Supervisor, peer: Peer) -> None:
         mic.hear_speaker(tmp_path / "played.raw")
@@ -175,10 +175,11 @@ def test_a_spoken_stop_still_cuts_the_answer_short(
         said_at = len(peer.seen)
         for _ in range(3):
             mic.say(stop, in_a_pause=True)
-            found = await _heard_within(peer, mic, 4.0, "불 꺼", after=said_at)
+            found = await _heard_within(peer, mic, 4.0, "멈춰", after=said_at)
             if found is not None:
                 break
-        assert found is not None, "the stop was never understood"
+        assert found is not None, "the stop was never understood; heard: " + " | ".join(
+            str(m.json()["text"]) for m in peer.seen[said_at:] if m.topic == f"{BASE}/heard")
         heard_at, heard = found  # after said_at: the stop we said, not our voice taken for one
         assert heard.json().get("echo_guarded")  # a barge-in counts while we speak
         await _wait(peer, lambda m: m.topic == f"{BASE}/state"
@@ -200,7 +201,7 @@ def test_the_echo_guard_judges_an_utterance_by_when_it_began(tmp_path: Path) -> 
     loop = asyncio.new_event_loop()
 
     def controller(extra: str = "") -> VoiceController:
-        settings = parse_settings(f"data_dir: {tmp_path}\nvoice:\n  intents: {{불 꺼: stop}}\n"
+        settings = parse_settings(f"data_dir: {tmp_path}\nvoice:\n  intents: {{멈춰: stop}}\n"
                                   f"  echo_tail_s: 0.8\n{extra}", "t.yaml")
         return VoiceController(settings, loop, submit=lambda r: asked.append(r.text),
                                cancel_running=lambda: None, prefill=lambda _t: None,
@@ -219,7 +220,7 @@ def test_the_echo_guard_judges_an_utterance_by_when_it_began(tmp_path: Path) -> 
         voice.speaking_changed(True)
         now[0] = 8.0
         voice.heard(Heard("안녕하세요", True, 8.0, speech_at=7.0))  # while we spoke
-        voice.heard(Heard("불 꺼", True, 8.0, speech_at=7.5))  # a barge-in: cut, unguarded
+        voice.heard(Heard("멈춰", True, 8.0, speech_at=7.5))  # a barge-in: cut, unguarded
         now[0] = 9.0
         voice.heard(Heard("음악 틀어", True, 9.0, speech_at=8.2))
         assert asked == ["온도", "음악 틀어"]

@@ -73,7 +73,7 @@ def _run(tmp_path: Path, model_path: Path, port: int,
          rules: str = "") -> tuple[Settings, Seen]:
     rest = (f"thermal:\n  zone_path: {tmp_path / 't'}\n"
             f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
-            "  intents: {불 꺼: stop}\n  source: stdin\n  tts: none\n  activation: always\n"
+            "  intents: {멈춰: stop}\n  source: stdin\n  tts: none\n  activation: always\n"
             "  end_silence_s: 0.5\n  prefill: true\n" + rules)
     cfg = device_config(tmp_path, model_path, port, "p1", max_tokens, rest)
     settings = load_settings(cfg)

@@ -31,7 +31,7 @@ GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 
 def _voice_yaml(extra: str = "", tts_voice: str = "ko") -> str:
     return (f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
-            f"  intents: {{불 꺼: stop}}\n  tts_voice: {tts_voice}\n" + extra)
+            f"  intents: {{멈춰: stop}}\n  tts_voice: {tts_voice}\n" + extra)
 
 
 def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
@@ -41,7 +41,7 @@ def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
     return cfg
 
 
-@pytest.mark.parametrize("phrase", [p for p in PHRASES if p != "불 꺼"])
+@pytest.mark.parametrize("phrase", [p for p in PHRASES if p != "멈춰"])
 def test_listen_recognizes_each_phrase_and_answers(tmp_path: Path, model_path: Path,
                                                    phrase: str) -> None:
     wav = speak(phrase, tmp_path / "in.wav", rate=None)  # 22.05 kHz: resampled on the way in
@@ -58,7 +58,7 @@ def test_listen_recognizes_each_phrase_and_answers(tmp_path: Path, model_path: P
 
 
 def test_intent_acts_without_the_model(tmp_path: Path, model_path: Path) -> None:
-    wav = speak("불 꺼", tmp_path / "stop.wav")
+    wav = speak("멈춰", tmp_path / "stop.wav")
     result = run_cli("--config", str(_listen_config(tmp_path, model_path)), "listen",
                      "--wav", str(wav), "--json")
     body = json.loads(result.stdout)
@@ -215,7 +215,7 @@ def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/state"
                                 and m.json()["state"] == "speaking")  # the first sentence
         if how == "stop intent":
-            supervisor.voice.heard(Heard("불 꺼", True, 1.0))
+            supervisor.voice.heard(Heard("멈춰", True, 1.0))
         else:
             factory.pin(5).drive_low()
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/v1/answer")

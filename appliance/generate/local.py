@@ -141,6 +141,9 @@ class ModelWorker:
                 except pipe.ProtocolError as exc:  # a worker bug: restart it
                     log.error("worker_protocol_error", error=str(exc))
                     proc.kill()
+        except asyncio.CancelledError:
+            proc.kill()  # torn down without stop(): the worker must not outlive the service
+            raise
         finally:
             watch.cancel()
             code = await proc.wait()

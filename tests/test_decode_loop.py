@@ -13,7 +13,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from appliance.config.schema import DEFAULT_SYSTEM_PROMPT
 from appliance.errors import ModelError
-from appliance.llm import ChatRequest, Engine
+from appliance.llm import ChatRequest, Engine, decode_loop
 from appliance.llm.decode_loop import Generation, generate
 from appliance.llm.grammar import grammar_for
 from appliance.llm.lookup import PromptLookup
@@ -368,3 +368,27 @@ def test_sampled_grammar_output_still_obeys(llm: llama_cpp.Llama, name: str) -> 
         ours = _take(llm, generate(llm, tokens, grammar=grammar, **dict(GREEDY, temp=1.0)), 200)
         text = llm.detokenize(ours).decode()
         assert _obeys(json.loads(text), SCHEMAS[name]), text
+
+
+def test_a_grammar_far_from_the_model_reads_the_whole_vocabulary_and_still_matches(
+        llm: llama_cpp.Llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy looks near the top of the logits first; what it cannot find there, it reads all."""
+    schema = {"type": "object", "properties": {"code": {"enum": ["qzxv", "wkjq"]}},
+              "required": ["code"], "additionalProperties": False}
+    grammar = grammar_for(json.dumps(schema))
+    tokens = _prompt(llm, "Say hello.")
+    llm.reset()
+    theirs = _take(llm, llm.generate(tokens, reset=True, grammar=grammar, **GREEDY), 40)
+    whole: list[bool] = []
+    pick = decode_loop._Sampler._pick
+
+    def counted(self: Any, logits: np.ndarray, *, with_grammar: bool) -> int:
+        whole.append(with_grammar)
+        return pick(self, logits, with_grammar=with_grammar)
+
+    monkeypatch.setattr(decode_loop._Sampler, "_pick", counted)
+    llm.reset()
+    ours = _take(llm, generate(llm, tokens, grammar=grammar, **GREEDY), 40)
+    assert ours == theirs
+    assert json.loads(llm.detokenize(ours).decode())["code"] in ("qzxv", "wkjq")
+    assert True in whole  # the near-top candidates did not hold the grammar's choice

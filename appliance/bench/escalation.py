@@ -35,7 +35,9 @@ from appliance.config.schema import DEFAULT_SYSTEM_PROMPT, LlmSettings
 from appliance.llm import ChatRequest, Engine
 from appliance.llm.types import Confidence
 
-QUESTIONS = ("Name a colour.", "What is two plus two?", "Say hello.", "Name a fruit.")
+QUESTIONS = ("Name a colour.", "What is two plus two?", "Say hello.", "Name a fruit.",
+             "Name an animal.")
+"""An odd number of them, so that the two paths, asking in turn, each ask every one."""
 ALIAS = "bench-remote"
 SITE = "site/bench"
 
@@ -95,17 +97,18 @@ async def _compare(endpoint: str, asker: _Asker, rounds: int,
                    max_tokens: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Direct and through-the-appliance answers to the same questions, interleaved.
 
-    The server keeps the last prompt's state, so two requests in a row never ask
-    the same question: each path then reuses only the system prompt, alike.
+    The server keeps the last prompt's state, so no request asks the question of
+    the one before it (direct, then through, then direct... go down the list in
+    turn): each path then reuses only the system prompt, alike.
     """
     direct, through = [], []
     n = len(QUESTIONS)
     async with httpx.AsyncClient(timeout=60) as client:
         await _direct(client, endpoint, QUESTIONS[-1], 2)
         for i in range(rounds * n):
-            direct.append(await _direct(client, endpoint, QUESTIONS[i % n], max_tokens))
+            direct.append(await _direct(client, endpoint, QUESTIONS[2 * i % n], max_tokens))
             through.append(await asyncio.to_thread(asker.ask, "appliance/esc/ask", f"r{i}",
-                                                   QUESTIONS[(i + 1) % n], max_tokens,
+                                                   QUESTIONS[(2 * i + 1) % n], max_tokens,
                                                    "remote"))
     return direct, through
 

@@ -9,7 +9,10 @@
   token's evaluation. Like llama.cpp's own ``common_sampler_sample``, we sample
   with the chain alone, check only the chosen token against the grammar, and
   run the grammar over the whole vocabulary only when it rejects that token.
-  Under greedy decoding this gives exactly the grammar-constrained argmax.
+  Under greedy decoding this gives exactly the grammar-constrained argmax, and
+  both steps first look only at the candidates near the top of the logits
+  (:data:`NEAR_TOP`), which is where the answer is whenever it can be proven
+  to be: copying and scanning 49k candidates cost more than the grammar did.
   When sampling, the accepted-first-try tokens are drawn from the
   unconstrained top-k/top-p set rather than the constrained one, as in
   llama.cpp's server; every token still satisfies the grammar.
@@ -45,6 +48,15 @@ from llama_cpp.llama_grammar import LlamaGrammar
 from appliance.errors import ModelError
 from appliance.llm.lookup import PromptLookup
 from appliance.llm.prompt import common_prefix
+
+NEAR_TOP = (4.0, 12.0)
+"""Greedy with a grammar looks first at the candidates within this many logits of the
+best, then (if the grammar rejects all of those) within the next margin: penalties only
+lower logits, so the answer is among them whenever it beats the margin's bound, and the
+whole vocabulary is read only when it does not (rarely: over 30 decisions, the grammar's
+choice was never more than 12 below the best)."""
+NEAR_TOP_MAX = 4096
+"""More candidates than this within a margin (a flat distribution): read them all."""
 
 _TOKEN_DATA = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
 """``llama_token_data`` as a numpy record, so the candidates array is filled without a loop."""
@@ -183,6 +195,9 @@ class _Sampler:
         self._chain = llm._init_sampler(
             top_k=top_k, top_p=top_p, min_p=min_p, temp=temp, repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
+        # Llama._init_sampler's chain is the penalties and greedy exactly when temp is 0.
+        self._near_top = (temp == 0.0 and repeat_penalty >= 1.0 and frequency_penalty >= 0.0
+                          and presence_penalty >= 0.0)
         self._grammar: _internals.LlamaSampler | None = None
         if grammar is None:
             return
@@ -194,9 +209,9 @@ class _Sampler:
         llama_cpp.llama_sampler_chain_add(self._grammar.sampler, native)
         self._ids = np.arange(self._n_vocab, dtype=np.intc)
         self._data = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
-        self._all = llama_cpp.llama_token_data_array(
-            data=self._data.ctypes.data_as(llama_cpp.llama_token_data_p),
-            size=self._n_vocab, selected=-1, sorted=False)
+        self._all = _candidates(self._data)
+        self._near = np.zeros(NEAR_TOP_MAX, dtype=_TOKEN_DATA)
+        self._near_all = _candidates(self._near)
         self._one = llama_cpp.llama_token_data()
         self._single = llama_cpp.llama_token_data_array(
             data=ctypes.pointer(self._one), size=1, selected=-1, sorted=False)
@@ -207,12 +222,14 @@ class _Sampler:
             return llama_cpp.llama_sampler_sample(self._chain.sampler, self._ctx, idx)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, idx),
                                        shape=(self._n_vocab,))
-        token = self._pick(logits, with_grammar=False)
-        if not self._allows(token):
-            # Only now pay for the grammar over the whole vocabulary. Applying it before the
-            # penalties, where Llama.generate applies it after them, changes nothing: both
-            # leave a rejected token at -inf and an allowed one penalized the same way.
-            token = self._pick(logits, with_grammar=True)
+        token = self._pick_near_top(logits) if self._near_top else None
+        if token is None:
+            token = self._pick(logits, with_grammar=False)
+            if not self._allows(token):
+                # Only now pay for the grammar over the whole vocabulary. Applying it before
+                # the penalties, where Llama.generate applies it after them, changes nothing:
+                # both leave a rejected token at -inf and an allowed one penalized the same.
+                token = self._pick(logits, with_grammar=True)
         llama_cpp.llama_sampler_accept(self._grammar.sampler, token)
         llama_cpp.llama_sampler_accept(self._chain.sampler, token)
         return token
@@ -233,6 +250,46 @@ class _Sampler:
             raise ModelError("the output grammar allows no token here")
         return int(self._data["id"][cur.selected])
 
+    def _pick_near_top(self, logits: np.ndarray) -> int | None:
+        """Greedy's constrained choice among the candidates near the top, if it is certain.
+
+        Every candidate left out has a logit below the margin's bound, which
+        penalties only lower and the grammar only rejects; a choice above that
+        bound is therefore the one the whole vocabulary would give (the lowest
+        id among equals, as the candidates stay in id order). ``None``: not certain.
+        """
+        top = float(logits.max())
+        checked = False
+        for margin in NEAR_TOP:
+            bound = top - margin
+            near = np.flatnonzero(logits > bound)
+            if len(near) > NEAR_TOP_MAX:
+                return None
+            if not checked:
+                token = self._choose(near, logits, bound, with_grammar=False)
+                if token is None or self._allows(token):
+                    return token
+                checked = True
+            token = self._choose(near, logits, bound, with_grammar=True)
+            if token is not None:
+                return token
+        return None
+
+    def _choose(self, near: np.ndarray, logits: np.ndarray, bound: float, *,
+                with_grammar: bool) -> int | None:
+        """The chain's choice among ``near`` (after the grammar if asked), if above ``bound``."""
+        data = self._near[: len(near)]
+        data["id"], data["logit"], data["p"] = near, logits[near], 0.0
+        cur = self._near_all
+        cur.size, cur.selected, cur.sorted = len(near), -1, False
+        if with_grammar:
+            assert self._grammar is not None
+            llama_cpp.llama_sampler_apply(self._grammar.sampler, ctypes.byref(cur))
+        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(cur))
+        if cur.selected < 0 or not float(data["logit"][cur.selected]) > bound:
+            return None  # -inf (all rejected) or penalized below what was left out
+        return int(data["id"][cur.selected])
+
     def _allows(self, token: int) -> bool:
         """Whether the grammar accepts ``token`` next: the grammar run over a single candidate."""
         assert self._grammar is not None
@@ -240,3 +297,10 @@ class _Sampler:
         self._single.size, self._single.selected, self._single.sorted = 1, -1, False
         llama_cpp.llama_sampler_apply(self._grammar.sampler, ctypes.byref(self._single))
         return self._one.logit != -math.inf
+
+
+def _candidates(data: np.ndarray) -> llama_cpp.llama_token_data_array:
+    """A ``llama_token_data_array`` over the records of ``data`` (which must outlive it)."""
+    return llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(data), selected=-1,
+        sorted=False)

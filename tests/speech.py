@@ -41,10 +41,11 @@ def korean_model() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def speak(text: str, out: Path, rate: int | None = 16000) -> Path:
-    """``text`` spoken by espeak-ng (-v ko -s 130), as 16 kHz mono (``rate=None``: as is)."""
+def speak(text: str, out: Path, rate: int | None = 16000, words_per_minute: int = 130) -> Path:
+    """``text`` spoken by espeak-ng (-v ko), as 16 kHz mono (``rate=None``: as is)."""
     raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "ko", "-s", "130", "-w", str(raw), text], check=True)
+    subprocess.run(["espeak-ng", "-v", "ko", "-s", str(words_per_minute), "-w", str(raw), text],
+                   check=True)
     if rate is None:
         return raw.rename(out)
     subprocess.run(["sox", str(raw), "-r", str(rate), "-c", "1", "-b", "16", str(out)],

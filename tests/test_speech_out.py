@@ -14,7 +14,13 @@ import yaml
 from appliance.config import load_settings
 from appliance.voice.audio import read_wav
 from appliance.voice.pieces import SentenceSplitter, for_speech
-from appliance.voice.recognizer import Recognizer, SilenceTracker, load_model
+from appliance.voice.recognizer import (
+    SETTLE_S,
+    Heard,
+    Recognizer,
+    SilenceTracker,
+    load_model,
+)
 from appliance.voice.service import Speaker
 from appliance.voice.tts import Espeak, Piper, SpeechError
 from tests.conftest import run_cli
@@ -113,6 +119,38 @@ def test_end_silence_ends_an_utterance_sooner_than_vosk(tmp_path: Path) -> None:
         assert finals[0].speech_end_s is not None
         waited[end_silence_s] = finals[0].end_s - finals[0].speech_end_s
     assert waited[0.3] < 0.3 + 0.25 < waited[10.0]  # quiet + a chunk, before vosk's endpoint
+
+
+def _results(recognizer: Recognizer, pcm: bytes) -> list[Heard]:
+    return [h for i in range(0, len(pcm), 3200) for h in recognizer.feed(pcm[i:i + 3200])]
+
+
+def test_the_utterance_is_settled_early_in_the_quiet_and_ends_at_end_silence(
+        tmp_path: Path) -> None:
+    """Vosk's final words come as a partial at SETTLE_S, so prefill can read them all.
+
+    Spoken fast, these ten words are misheard, and vosk's last partial and its
+    final differ in the last word: the partial that settles them is the final.
+    """
+    utterance = "안녕하세요 날씨 온도 음악 틀어 안녕하세요 날씨 온도 음악 틀어"
+    pcm = read_wav(sequence([speak(utterance, tmp_path / "a.wav", words_per_minute=175)],
+                            tmp_path / "s.wav", gap_s=1.5))
+    results = _results(Recognizer(load_model(korean_model()), PHRASES, end_silence_s=0.7), pcm)
+    (final,) = [h for h in results if h.final]
+    settled = [h for h in results if not h.final][-1]
+    assert settled.text == final.text  # nothing is left to read once it ends
+    assert final.end_s - settled.end_s >= 0.7 - SETTLE_S - 0.11  # and it waited the rest
+
+
+def test_speech_that_resumes_after_the_settle_point_continues_the_utterance(
+        tmp_path: Path) -> None:
+    hello, weather = (read_wav(speak(t, tmp_path / f"{i}.wav"))
+                      for i, t in enumerate(("안녕하세요", "날씨")))
+    pause = bytes(int(16000 * (SETTLE_S + 0.2)) * 2)  # past the settle point, short of the end
+    results = _results(Recognizer(load_model(korean_model()), PHRASES, end_silence_s=0.9),
+                       hello + pause + weather + bytes(32000 * 2))
+    assert [h.text for h in results if h.final] == ["안녕하세요 날씨"]
+    assert "안녕하세요" in [h.text for h in results if not h.final]  # settled, then carried on
 
 
 def test_silence_tracker_learns_the_noise_floor() -> None:

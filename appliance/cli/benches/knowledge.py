@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                           "prompt_lookup": None if lookup is None else {
                               **dataclasses.asdict(lookup),
                               "accepted_share": lookup.accepted_share,
-                              "drafted_share": lookup.drafted_share}}))
+                              "drafted_share": lookup.drafted_share,
+                              "bound_ratio": lookup.bound_ratio}}))
     else:
         lines = report_passage_cache(cache)
         if lookup is not None:

@@ -84,9 +84,13 @@ class Peer:
         info = self.client.publish(topic, payload, qos=1, properties=props)
         info.wait_for_publish(10)
 
-    def wait_for(self, predicate: Callable[[Message], bool], timeout: float = 60) -> Message:
-        """The first received message (old or new) that meets ``predicate``."""
-        for message in self.seen:
+    def wait_for(self, predicate: Callable[[Message], bool], timeout: float = 60,
+                 after: int = 0) -> Message:
+        """The first received message, old or new, that meets ``predicate``.
+
+        ``after``: only the ``after``-th received message and those since count.
+        """
+        for message in self.seen[after:]:
             if predicate(message):
                 return message
         deadline = time.monotonic() + timeout

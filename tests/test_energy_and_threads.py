@@ -84,8 +84,10 @@ def test_decode_threads_follow_the_heat_during_a_generation(
     assert hot["n_threads"] == 1 and hot["throttle_level"] == "warm"
     log = (tmp_path / "run-1.log").read_text()
     assert '"threads_changed"' in log  # the engine itself, between two tokens
+    cooled_from = len(peer.seen)  # the state before the heat was normal too
     zone.write_text("50000\n")
     peer.wait_for(lambda m: m.topic == f"{BASE}/state"
-                  and m.json()["throttle_level"] == "normal" and m.json()["n_threads"] == before)
+                  and m.json()["throttle_level"] == "normal" and m.json()["n_threads"] == before,
+                  after=cooled_from)
     peer.publish(f"{BASE}/ask", json.dumps({"id": "cool", "text": "Hi.", "max_tokens": 6}))
     assert _answer(peer, "cool")["n_threads"] == before

@@ -194,9 +194,10 @@ def test_systemd_notify_ready_status_and_watchdog(start: Callable[..., Appliance
 
 
 
-def _state_at(peer: Peer, level: str) -> dict[str, object]:
+def _state_at(peer: Peer, level: str, after: int) -> dict[str, object]:
+    """The first state at ``level`` from the ``after``-th message on (levels come back)."""
     return peer.wait_for(lambda m: m.topic == f"{BASE}/state"
-                         and m.json()["throttle_level"] == level, 20).json()
+                         and m.json()["throttle_level"] == level, 20, after).json()
 
 
 def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: Peer,
@@ -204,19 +205,19 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
     zone = tmp_path / "temp"
     start(thermal="  interval_s: 0.1\n")
 
-    def heat(celsius: float) -> None:
+    def heat(celsius: float) -> int:
+        """Set the zone; how many messages had come before."""
+        seen = len(peer.seen)
         zone.write_text(f"{round(celsius * 1000)}\n")
+        return seen
 
-    heat(60)
-    assert _state_at(peer, "normal")["max_tokens"] == 400
-    heat(72)
-    warm_state = _state_at(peer, "warm")  # warm costs threads, not words
+    assert _state_at(peer, "normal", heat(60))["max_tokens"] == 400
+    warm_state = _state_at(peer, "warm", heat(72))  # warm costs threads, not words
     assert warm_state["max_tokens"] == 400 and warm_state["n_threads"] == 2
     peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 40}))
     warm = _answer(peer, "w").json()
     assert warm["throttle_level"] == "warm" and warm["n_threads"] == 2
-    heat(77)
-    assert _state_at(peer, "hot")["max_tokens"] == 96
+    assert _state_at(peer, "hot", heat(77))["max_tokens"] == 96
     mark = len(peer.drain(0.3))
     heat(73)  # within the hysteresis: still hot
     later = peer.drain(0.6)[mark:]
@@ -224,27 +225,24 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
                if m.topic == f"{BASE}/state")
     peer.publish(f"{BASE}/ask", json.dumps({"id": "cut", "text": STORY}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream" and m.json()["id"] == "cut")
-    heat(82)  # a generation under way is cut to the critical budget
+    hotter = heat(82)  # a generation under way is cut to the critical budget
     cut = _answer(peer, "cut").json()
     assert cut["finish_reason"] == "throttled" and cut["tokens"] < 96
-    assert _state_at(peer, "critical")["max_tokens"] == 48
+    assert _state_at(peer, "critical", hotter)["max_tokens"] == 48
     peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 45}))
     deferred = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
                              and m.json()["queue_depth"] == 1).json()
     assert deferred["throttle_level"] == "critical"
-    heat(86)
-    assert _state_at(peer, "emergency")["max_tokens"] == 0
+    assert _state_at(peer, "emergency", heat(86))["max_tokens"] == 0
     peer.publish(f"{BASE}/ask", json.dumps({"id": "hot", "text": "Hello?"}))
     fixed = _answer(peer, "hot").json()
     assert fixed["finish_reason"] == "throttled" and fixed["tokens"] == 0
     assert fixed["text"] == "I'm cooling down, please ask again in a minute."
     assert not [m for m in peer.seen if m.topic == f"{BASE}/alert"]  # still deferred
-    heat(78)
-    assert _state_at(peer, "hot")
+    assert _state_at(peer, "hot", heat(78))
     alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()  # answered once cooler
     assert alert["rule"] == "greenhouse_hot" and alert["tokens"] <= 96
-    heat(65)
-    assert _state_at(peer, "normal")["max_tokens"] == 400
+    assert _state_at(peer, "normal", heat(65))["max_tokens"] == 400
 
 
 def test_password_from_a_file_and_never_logged(tmp_path: Path, model_path: Path) -> None:

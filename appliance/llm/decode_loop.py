@@ -263,7 +263,7 @@ class _Sampler:
         for margin in NEAR_TOP:
             bound = top - margin
             near = np.flatnonzero(logits > bound)
-            if len(near) > NEAR_TOP_MAX:
+            if not 0 < len(near) <= NEAR_TOP_MAX:  # none: logits that are not finite
                 return None
             if not checked:
                 token = self._choose(near, logits, bound, with_grammar=False)

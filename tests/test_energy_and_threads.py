@@ -78,8 +78,10 @@ def test_decode_threads_follow_the_heat_during_a_generation(
     before = normal["n_threads"]
     peer.publish(f"{BASE}/ask", json.dumps({"id": "hot", "text": STORY, "max_tokens": 300}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream" and m.json()["id"] == "hot")
+    heated_from = len(peer.seen)
     zone.write_text("72000\n")
-    peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["n_threads"] == 1)
+    peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["n_threads"] == 1
+                  and m.json()["throttle_level"] == "warm", after=heated_from)
     hot = _answer(peer, "hot")
     assert hot["n_threads"] == 1 and hot["throttle_level"] == "warm"
     log = (tmp_path / "run-1.log").read_text()

@@ -211,6 +211,7 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
         zone.write_text(f"{round(celsius * 1000)}\n")
         return seen
 
+    peer.wait_for(lambda m: m.topic == f"{BASE}/state")  # as it starts, before any heat
     assert _state_at(peer, "normal", heat(60))["max_tokens"] == 400
     warm_state = _state_at(peer, "warm", heat(72))  # warm costs threads, not words
     assert warm_state["max_tokens"] == 400 and warm_state["n_threads"] == 2
@@ -229,16 +230,17 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
     cut = _answer(peer, "cut").json()
     assert cut["finish_reason"] == "throttled" and cut["tokens"] < 96
     assert _state_at(peer, "critical", hotter)["max_tokens"] == 48
+    asked_at = len(peer.seen)
     peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 45}))
     deferred = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
-                             and m.json()["queue_depth"] == 1).json()
+                             and m.json()["queue_depth"] == 1, after=asked_at).json()
     assert deferred["throttle_level"] == "critical"
     assert _state_at(peer, "emergency", heat(86))["max_tokens"] == 0
     peer.publish(f"{BASE}/ask", json.dumps({"id": "hot", "text": "Hello?"}))
     fixed = _answer(peer, "hot").json()
     assert fixed["finish_reason"] == "throttled" and fixed["tokens"] == 0
     assert fixed["text"] == "I'm cooling down, please ask again in a minute."
-    assert not [m for m in peer.seen if m.topic == f"{BASE}/alert"]  # still deferred
+    assert not [m for m in peer.drain(0.3) if m.topic == f"{BASE}/alert"]  # still deferred
     assert _state_at(peer, "hot", heat(78))
     alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()  # answered once cooler
     assert alert["rule"] == "greenhouse_hot" and alert["tokens"] <= 96

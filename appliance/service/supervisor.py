@@ -34,7 +34,6 @@ from appliance.generate.local import ModelWorker
 from appliance.generate.mqtt_remote import MqttGenerator
 from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioParts, GpioUnavailable
-from appliance.hardware import load_average, rss_bytes
 from appliance.knowledge import index_path
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge, Inbound, Refusal
@@ -52,6 +51,7 @@ from appliance.service.knowledge_context import KnowledgeContext
 from appliance.service.notify import Notifier
 from appliance.service.parts import Parts
 from appliance.service.router import Router
+from appliance.service.state_outlet import StateOutlet
 from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
 from appliance.voice.controller import VoiceController
@@ -93,7 +93,6 @@ class Supervisor:
         self.stop = asyncio.Event()
         self.exit_code = 0
         self._deadline: threading.Timer | None = None
-        self._state_scheduled = False
 
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; returns the exit code."""
@@ -141,7 +140,10 @@ class Supervisor:
         self._router_changed()
         if journal.recovered:
             self._error("journal", journal.recovered)
-        self.status.listeners += [self._schedule_state, self._show_state]
+        self.state_outlet = StateOutlet(
+            self.status, self.topics.state, bridge.publish, worker_pid=lambda: self.worker.pid,
+            power_w=lambda: self.dispatcher.power.power_w if self.dispatcher.power else None)
+        self.status.listeners += [self.state_outlet.schedule, self._show_state]
         restored = self.dispatcher.restore()
         if restored:
             log.info("restored_requests", count=restored)
@@ -317,30 +319,13 @@ class Supervisor:
 
     def _on_connected(self) -> None:
         self._publish_discovery()
-        self._publish_state()
+        self.state_outlet.publish()
 
     def _publish_discovery(self) -> None:
         discovery = self.settings.mqtt.discovery
         if discovery.enabled:
             self.bridge.publish(discovery_message(discovery.prefix, self.settings.device_id,
                                                   self.topics, self.settings.actions))
-
-    def _schedule_state(self) -> None:
-        """Publish the state once per loop turn however many facts changed in it."""
-        if not self._state_scheduled:
-            self._state_scheduled = True
-            asyncio.get_running_loop().call_soon(self._publish_state)
-
-    def _publish_state(self) -> None:
-        self._state_scheduled = False
-        worker = self.worker.pid
-        self.status.rss_mb = (rss_bytes() + (rss_bytes(worker) if worker else 0)) / (1 << 20)
-        if self.dispatcher.power is not None:
-            power = self.dispatcher.power.power_w
-            self.status.power_w = None if power is None else round(power, 2)
-        self.status.load_1m = load_average()
-        self.bridge.publish(Outgoing(self.topics.state, json.dumps(self.status.as_dict())
-                                     .encode(), retain=True))
 
     @property
     def healthy(self) -> bool:
@@ -365,7 +350,7 @@ class Supervisor:
             since_state += tick
             if since_state >= STATE_EVERY_S:
                 since_state = 0.0
-                self._publish_state()
+                self.state_outlet.publish()
 
     async def _shutdown(self) -> None:
         log.info("stopping")

@@ -236,19 +236,11 @@ class _Sampler:
 
     def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
         """Run the chain (after the grammar if asked) over all candidates; the chosen token."""
-        # The chain sorts and truncates the array in place, so it is refilled every time.
-        self._data["id"] = self._ids
-        self._data["logit"] = logits
-        self._data["p"] = 0.0
-        cur = self._all
-        cur.size, cur.selected, cur.sorted = self._n_vocab, -1, False
-        if with_grammar:
-            assert self._grammar is not None
-            llama_cpp.llama_sampler_apply(self._grammar.sampler, ctypes.byref(cur))
-        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(cur))
-        if cur.selected < 0 or math.isinf(float(self._data["logit"][cur.selected])):
+        token, logit = self._chain_choice(self._data, self._all, self._ids, logits,
+                                          with_grammar=with_grammar)
+        if token < 0 or math.isinf(logit):
             raise ModelError("the output grammar allows no token here")
-        return int(self._data["id"][cur.selected])
+        return token
 
     def _pick_near_top(self, logits: np.ndarray) -> int | None:
         """Greedy's constrained choice among the candidates near the top, if it is certain.
@@ -278,17 +270,28 @@ class _Sampler:
     def _choose(self, near: np.ndarray, logits: np.ndarray, bound: float, *,
                 with_grammar: bool) -> int | None:
         """The chain's choice among ``near`` (after the grammar if asked), if above ``bound``."""
-        data = self._near[: len(near)]
-        data["id"], data["logit"], data["p"] = near, logits[near], 0.0
-        cur = self._near_all
-        cur.size, cur.selected, cur.sorted = len(near), -1, False
+        token, logit = self._chain_choice(self._near, self._near_all, near, logits[near],
+                                          with_grammar=with_grammar)
+        return token if logit > bound else None  # else all rejected, or penalized below
+
+    def _chain_choice(self, data: np.ndarray, cur: llama_cpp.llama_token_data_array,
+                      ids: np.ndarray, values: np.ndarray, *,
+                      with_grammar: bool) -> tuple[int, float]:
+        """The chain's token among ``ids`` with logits ``values``, and its logit after it.
+
+        ``cur`` spans the records of ``data``; the chain sorts and truncates them
+        in place, so they are refilled every time. ``(-1, -inf)``: none chosen.
+        """
+        records = data[: len(ids)]
+        records["id"], records["logit"], records["p"] = ids, values, 0.0
+        cur.size, cur.selected, cur.sorted = len(ids), -1, False
         if with_grammar:
             assert self._grammar is not None
             llama_cpp.llama_sampler_apply(self._grammar.sampler, ctypes.byref(cur))
         llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(cur))
-        if cur.selected < 0 or not float(data["logit"][cur.selected]) > bound:
-            return None  # -inf (all rejected) or penalized below what was left out
-        return int(data["id"][cur.selected])
+        if cur.selected < 0:
+            return -1, -math.inf
+        return int(records["id"][cur.selected]), float(records["logit"][cur.selected])
 
     def _allows(self, token: int) -> bool:
         """Whether the grammar accepts ``token`` next: the grammar run over a single candidate."""

@@ -202,18 +202,25 @@ PASSAGES = (
 )
 
 
+def _with_and_without_drafts(llm: llama_cpp.Llama, tokens: list[int],
+                             grammar: LlamaGrammar | None,
+                             n: int) -> tuple[list[int], list[int], Generation]:
+    """``n`` greedy tokens without drafts, then with them, and the drafted generation."""
+    runs = []
+    for draft in (None, PromptLookup()):
+        llm.reset()
+        gen = generate(llm, tokens, grammar=grammar, draft=draft, **GREEDY)
+        runs.append((_take(llm, gen, n), gen))
+    (plain, _), (drafted, gen) = runs
+    return plain, drafted, gen
+
+
 @pytest.mark.parametrize(("question", "passage"), PASSAGES)
 def test_greedy_answers_are_the_same_with_drafts(llm: llama_cpp.Llama, question: str,
                                                  passage: str) -> None:
     # Batched evaluation gives the same logits as one token at a time only with flash
     # attention (kv_state.FLASH_ATTENTION): without it these answers drift apart.
-    tokens = _prompt(llm, question, passage)
-    runs = []
-    for draft in (None, PromptLookup()):
-        llm.reset()
-        gen = generate(llm, tokens, grammar=None, draft=draft, **GREEDY)
-        runs.append((_take(llm, gen, 80), gen))
-    (plain, _), (drafted, gen) = runs
+    plain, drafted, gen = _with_and_without_drafts(llm, _prompt(llm, question, passage), None, 80)
     assert drafted == plain
     assert gen.accepted > 0, llm.detokenize(plain).decode()
 
@@ -224,12 +231,7 @@ def test_drafts_under_a_grammar_still_obey_it_and_change_nothing(llm: llama_cpp.
     grammar = grammar_for(json.dumps(schema))
     question, passage = PASSAGES[0]
     tokens = _prompt(llm, question, passage, system="Reply with one JSON object only.")
-    runs = []
-    for draft in (None, PromptLookup()):
-        llm.reset()
-        gen = generate(llm, tokens, grammar=grammar, draft=draft, **GREEDY)
-        runs.append((_take(llm, gen, 120), gen))
-    (plain, _), (drafted, gen) = runs
+    plain, drafted, gen = _with_and_without_drafts(llm, tokens, grammar, 120)
     assert drafted == plain and gen.accepted > 0
     assert _obeys(json.loads(llm.detokenize(drafted).decode()), schema)
 

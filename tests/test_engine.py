@@ -189,7 +189,7 @@ def test_prefill_leaves_only_the_rest_of_the_question_to_evaluate(engine: Engine
     assert warm.evaluated_tokens < cold.evaluated_tokens
 
 
-def test_a_prefilled_final_question_leaves_one_token_at_most(engine: Engine) -> None:
+def test_a_prefilled_final_question_leaves_nothing_to_read(engine: Engine) -> None:
     question = ChatRequest("How long should the greenhouse vent stay open in summer?")
     engine.complete(ChatRequest("Something unrelated first."))
     engine.prefill(question, pending=lambda: False)  # the turn's closing tokens too

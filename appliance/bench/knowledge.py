@@ -81,10 +81,10 @@ class _TimedEmbedder(Embedder):
 
     spent = 0.0
 
-    def embed(self, texts: list[str], batch: int = 4) -> np.ndarray:
+    def embed(self, texts: list[str]) -> np.ndarray:
         started = time.perf_counter()
         try:
-            return super().embed(texts, batch)
+            return super().embed(texts)
         finally:
             self.spent += time.perf_counter() - started
 

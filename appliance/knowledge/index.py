@@ -97,7 +97,7 @@ class KnowledgeIndex:
     def embedder(self) -> Embedder:
         """The embedding model, loaded on first use."""
         if self._embedder is None:
-            self._embedder = Embedder()
+            self._embedder = Embedder.beside(self.path)
         return self._embedder
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 A passage's score is the cosine similarity of the question's and the passage's embeddings,
 plus :data:`BM25_WEIGHT` times its BM25 score relative to the best BM25 match of the
 question. Over the test manuals, the passage that answers a paraphrased question scores
-at least 0.29 (median 0.54); the best passage for an unrelated question mostly under 0.21.
+at least 0.28 (median 0.53); the best passage for an unrelated question mostly under 0.22.
 The embedding carries paraphrases ("the screen shows nothing" finds "The display is
 blank"); BM25 carries the exact tokens an embedding blurs: error codes, part numbers.
 """
@@ -80,7 +80,7 @@ class Retriever:
         self._conn = connect(path, create=False)
         # Either weight at 0 turns that half off (``bench knowledge`` compares the halves).
         self.dense_weight, self.bm25_weight = dense_weight, bm25_weight
-        self._embedder = (embedder or Embedder()) if dense_weight else None
+        self._embedder = (embedder or Embedder.beside(path)) if dense_weight else None
         self._lock = threading.Lock()
         self._version: int | None = None
         self._ids = np.zeros(0, dtype=np.int64)

@@ -53,7 +53,7 @@ class WordPiece:
         with vocab.open(encoding="utf-8") as f:
             self._ids = {line.rstrip("\n"): i for i, line in enumerate(f)}
         self.cls, self.sep = self._ids["[CLS]"], self._ids["[SEP]"]
-        self.unknown, self.padding = self._ids["[UNK]"], self._ids["[PAD]"]
+        self.unknown = self._ids["[UNK]"]
         self._pieces = functools.lru_cache(maxsize=65536)(self._word_pieces)
 
     def _word_pieces(self, word: str) -> tuple[int, ...]:

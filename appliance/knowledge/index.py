@@ -12,7 +12,7 @@ from typing import Literal
 from appliance.knowledge import formats
 from appliance.knowledge.chunking import Chunk, chunk, passage_hash
 from appliance.knowledge.document import SEPARATOR, Document
-from appliance.knowledge.embedding import Embedder
+from appliance.knowledge.embedding import MODEL_ID, Embedder
 from appliance.knowledge.errors import KnowledgeError
 from appliance.knowledge.store import connect
 
@@ -83,6 +83,40 @@ def _rows(name: str, document: Document, chunks: list[Chunk]) -> list[list[objec
 def embedding_text(title: str, body: str) -> str:
     """What the embedding model reads of a chunk: where it is, then what it says."""
     return f"{title}. {body}" if title else body
+
+
+def reembed(path: Path, embedder: Embedder | None = None,
+            progress: ProgressFn | None = None) -> int:
+    """Compute the vector of every passage of the index at ``path`` again; how many.
+
+    For an index made with another embedding model (an older version of appliance): its
+    vectors are never compared with this model's, so it cannot be searched until then.
+    Stage ``passages`` of ``progress`` counts them.
+    """
+    if not path.is_file():
+        raise KnowledgeError(f"{path}: no knowledge index yet; add manuals with: "
+                             "appliance knowledge add PATH...")
+    conn = connect(path, create=True, any_vectors=True)
+    try:
+        rows = conn.execute("SELECT id, title, body FROM chunks ORDER BY id").fetchall()
+        model = embedder or Embedder.beside(path)
+        vectors = []
+        for done, (_, title, body) in enumerate(rows, 1):
+            vectors.append(model.embed_one(embedding_text(title, body)).astype("<f2").tobytes())
+            if progress is not None and (done % EMBED_BATCH == 0 or done == len(rows)):
+                progress("passages", done, len(rows))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
+                             [(v, row[0]) for v, row in zip(vectors, rows, strict=True)])
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'embedder'", (MODEL_ID,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return len(rows)
 
 
 class KnowledgeIndex:

@@ -61,8 +61,12 @@ def index_path(data_dir: Path) -> Path:
     return data_dir / FILENAME
 
 
-def connect(path: Path, *, create: bool) -> sqlite3.Connection:
-    """Open the index (creating it when ``create``); raises :class:`KnowledgeError`."""
+def connect(path: Path, *, create: bool, any_vectors: bool = False) -> sqlite3.Connection:
+    """Open the index (creating it when ``create``); raises :class:`KnowledgeError`.
+
+    An index whose vectors another embedding model made is refused unless ``any_vectors``
+    (to compute them again: :func:`appliance.knowledge.index.reembed`).
+    """
     if not create and not path.is_file():
         raise KnowledgeError(f"{path}: no knowledge index yet; add manuals with: "
                              "appliance knowledge add PATH...")
@@ -85,11 +89,15 @@ def connect(path: Path, *, create: bool) -> sqlite3.Connection:
         raise KnowledgeError(f"{path}: cannot open the knowledge index ({exc})") from None
     except sqlite3.DatabaseError as exc:
         raise KnowledgeError(f"{path}: not a knowledge index ({exc})") from None
-    made = (meta.get("schema"), meta.get("embedder"))
-    if made != (SCHEMA_VERSION, MODEL_ID):
+    schema, vectors = meta.get("schema"), meta.get("embedder")
+    if schema != SCHEMA_VERSION:
         conn.close()
         raise KnowledgeError(f"{path}: made by another version of appliance (schema "
-                             f"{made[0]}, vectors of {made[1]}; this one reads schema "
-                             f"{SCHEMA_VERSION} with {MODEL_ID}); delete it and add the "
-                             "manuals again")
+                             f"{schema}; this one reads schema {SCHEMA_VERSION}); delete it "
+                             "and add the manuals again")
+    if vectors != MODEL_ID and not any_vectors:
+        conn.close()
+        raise KnowledgeError(f"{path}: its vectors are of {vectors}, this version of appliance "
+                             f"searches with {MODEL_ID}; compute them again with: appliance "
+                             "knowledge reembed")
     return conn

@@ -42,6 +42,7 @@ class KnowledgeContext:
     def __init__(self, settings: KnowledgeSettings, index: Path) -> None:
         self.settings, self.index = settings, index
         self._retriever: Retriever | None = None
+        self._opening = asyncio.Lock()
         self._missing_told = False
 
     def _open(self) -> Retriever | None:
@@ -55,9 +56,17 @@ class KnowledgeContext:
                 return None
         return self._retriever
 
+    async def _opened(self) -> Retriever | None:
+        """The retriever, opened on a thread the first time: that loads the embedding model."""
+        if self._retriever is None:
+            async with self._opening:
+                if self._retriever is None:
+                    await asyncio.to_thread(self._open)
+        return self._retriever
+
     async def passages(self, question: str) -> list[Passage]:
         """The matching passages, best first, within ``top_k`` and ``max_context_tokens``."""
-        retriever = self._open()
+        retriever = await self._opened()
         if retriever is None:
             return []
         found = await asyncio.to_thread(retriever.search, question, self.settings.top_k,
@@ -81,7 +90,7 @@ class KnowledgeContext:
 
     async def closest(self, question: str) -> Passage | None:
         """The best passage whatever its score (to name it in a refusal)."""
-        retriever = self._open()
+        retriever = await self._opened()
         if retriever is None:
             return None
         found = await asyncio.to_thread(retriever.search, question, 1)

@@ -111,6 +111,23 @@ def test_a_table_with_one_scale_per_row_is_gathered_as_int8(tmp_path: Path) -> N
     assert np.allclose(_run(rewritten, ids), _run(str(path), ids), atol=1e-6)
 
 
+def test_one_scale_for_a_whole_weight_or_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    nodes_t, consts_t = _dequantizing("table", rng.integers(-127, 128, (20, 8), dtype=np.int8),
+                                      np.array([[0.05]]))
+    nodes_w, consts_w = _dequantizing("w", rng.integers(-127, 128, (8, 4), dtype=np.int8),
+                                      np.array(0.02))
+    path = _save(tmp_path / "scalar.onnx", [
+        *nodes_t, *nodes_w, helper.make_node("Gather", ["table", "ids"], ["rows"]),
+        helper.make_node("MatMul", ["rows", "w"], ["y"])], [*consts_t, *consts_w],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])], "y")
+    rewritten = int8_graph(path)
+    assert _ops(rewritten)["DynamicQuantizeMatMul"] == 1 and _ops(rewritten)["Gather"] == 1
+    ids = {"ids": np.array([[1, 5, 19]], dtype=np.int64)}
+    want = _run(str(path), ids)
+    assert np.allclose(_run(rewritten, ids), want, atol=0.05 * np.abs(want).max())
+
+
 def test_a_model_without_int8_weights_is_refused(tmp_path: Path) -> None:
     weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
     path = _save(tmp_path / "float.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],

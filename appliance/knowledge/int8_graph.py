@@ -102,6 +102,8 @@ class _Rewrite:
                 self._arrays.to_array(self._stored[mul.input[1]]), mul.input[1])
 
     def _constant(self, name: str, value: np.ndarray) -> str:
+        """A float32 constant of the rewrite (under ``int8/``, apart from the model's own)."""
+        name = f"int8/{name}"
         if name not in self._added:
             self._model.graph.initializer.append(
                 self._arrays.from_array(value.astype(np.float32), name))
@@ -118,7 +120,7 @@ class _Rewrite:
         # reshaped to a vector would be read as per-column and give wrong numbers.
         if len(shape) != 2 or not (scale.size == 1 or scale.shape in ((columns,), (1, columns))):
             return None
-        name = self._constant(f"{node.input[1]}_columns",
+        name = self._constant(f"{node.input[1]}/columns",
                               np.broadcast_to(scale.reshape(-1), (columns,)))
         return [self._helper.make_node(
             "DynamicQuantizeMatMul", [node.input[0], quantized, name], list(node.output),
@@ -137,7 +139,7 @@ class _Rewrite:
         nodes = [make("Gather", [quantized, node.input[1]], [rows]),
                  make("Cast", [rows], [as_float], to=self._float)]
         if scale.size == 1:
-            factor = self._constant(f"{node.input[0]}_scale", scale.reshape(()))
+            factor = self._constant(f"{node.input[0]}/scale", scale.reshape(()))
         else:  # one scale per row: take the rows' scales too
             factor = f"{out}_scale"
             nodes.append(make("Gather", [scale_name, node.input[1]], [factor]))

@@ -14,7 +14,7 @@ from appliance.knowledge.chunking import Chunk, chunk, passage_hash
 from appliance.knowledge.document import SEPARATOR, Document
 from appliance.knowledge.embedding import MODEL_ID, Embedder
 from appliance.knowledge.errors import KnowledgeError
-from appliance.knowledge.store import connect
+from appliance.knowledge.store import connect, transaction
 
 ProgressFn = Callable[[str, int, int], None]
 """Called with ``(stage, done, total)``: stage ``pages`` while a PDF is read, ``passages``
@@ -93,30 +93,30 @@ def reembed(path: Path, embedder: Embedder | None = None,
     vectors are never compared with this model's, so it cannot be searched until then.
     Stage ``passages`` of ``progress`` counts them.
     """
-    if not path.is_file():
-        raise KnowledgeError(f"{path}: no knowledge index yet; add manuals with: "
-                             "appliance knowledge add PATH...")
-    conn = connect(path, create=True, any_vectors=True)
+    conn = connect(path, create=False, writable=True, any_vectors=True)
     try:
         rows = conn.execute("SELECT id, title, body FROM chunks ORDER BY id").fetchall()
-        model = embedder or Embedder.beside(path)
-        vectors = []
-        for done, (_, title, body) in enumerate(rows, 1):
-            vectors.append(model.embed_one(embedding_text(title, body)).astype("<f2").tobytes())
-            if progress is not None and (done % EMBED_BATCH == 0 or done == len(rows)):
-                progress("passages", done, len(rows))
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        vectors = _vectors(embedder or Embedder.beside(path),
+                           [embedding_text(title, body) for _, title, body in rows], progress)
+        with transaction(conn):
             conn.executemany("UPDATE chunks SET vector = ? WHERE id = ?",
                              [(v, row[0]) for v, row in zip(vectors, rows, strict=True)])
             conn.execute("UPDATE meta SET value = ? WHERE key = 'embedder'", (MODEL_ID,))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     finally:
         conn.close()
     return len(rows)
+
+
+def _vectors(embedder: Embedder, texts: list[str], progress: ProgressFn | None,
+             ) -> list[bytes]:
+    """Each text's vector as float16 bytes; stage ``passages`` of ``progress`` counts them."""
+    vectors: list[bytes] = []
+    for start in range(0, len(texts), EMBED_BATCH):
+        batch = texts[start:start + EMBED_BATCH]
+        vectors += [vector.astype("<f2").tobytes() for vector in embedder.embed(batch)]
+        if progress is not None:
+            progress("passages", start + len(batch), len(texts))
+    return vectors
 
 
 class KnowledgeIndex:
@@ -177,20 +177,14 @@ class KnowledgeIndex:
 
     def _embed(self, rows: list[list[object]], progress: ProgressFn | None) -> None:
         """Append each row's vector (float16 bytes)."""
-        for start in range(0, len(rows), EMBED_BATCH):
-            batch = rows[start:start + EMBED_BATCH]
-            vectors = self.embedder.embed([embedding_text(str(r[3]), str(r[4])) for r in batch])
-            for row, vector in zip(batch, vectors, strict=True):
-                row.append(vector.astype("<f2").tobytes())
-            if progress is not None:
-                progress("passages", start + len(batch), len(rows))
+        texts = [embedding_text(str(r[3]), str(r[4])) for r in rows]
+        for row, vector in zip(rows, _vectors(self.embedder, texts, progress), strict=True):
+            row.append(vector)
 
     def _replace(self, name: str, path: Path, fmt: str, sha256: str, size: int,
                  document: Document, rows: list[list[object]]) -> bool:
         """Write the document in one transaction; True if it replaced one of that name."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn) as conn:
             # Looked up again here: another process may have changed it while we read.
             conn.execute("DELETE FROM chunks WHERE doc_id IN (SELECT id FROM docs"
                          " WHERE name = ?)", (name,))
@@ -203,27 +197,17 @@ class KnowledgeIndex:
             conn.executemany(
                 "INSERT INTO chunks(doc_id, ord, section, page, title, body, tokens, hash,"
                 " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(doc_id, *row) for row in rows])
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return replaced
 
     def remove(self, name: str) -> int:
         """Remove the manual called ``name``; returns how many chunks went with it."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._conn) as conn:
             row = conn.execute("SELECT id FROM docs WHERE name = ?", (name,)).fetchone()
             if row is None:
                 raise KnowledgeError(f"{name}: no manual of that name is indexed; see: "
                                      "appliance knowledge list")
             removed = conn.execute("DELETE FROM chunks WHERE doc_id = ?", (row[0],)).rowcount
             conn.execute("DELETE FROM docs WHERE id = ?", (row[0],))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
         return removed
 
     def documents(self) -> list[DocumentInfo]:

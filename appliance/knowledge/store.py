@@ -8,7 +8,9 @@ weighted above the body when ranking.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.knowledge.embedding import MODEL_ID
@@ -61,17 +63,19 @@ def index_path(data_dir: Path) -> Path:
     return data_dir / FILENAME
 
 
-def connect(path: Path, *, create: bool, any_vectors: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool, writable: bool = False,
+            any_vectors: bool = False) -> sqlite3.Connection:
     """Open the index (creating it when ``create``); raises :class:`KnowledgeError`.
 
-    An index whose vectors another embedding model made is refused unless ``any_vectors``
-    (to compute them again: :func:`appliance.knowledge.index.reembed`).
+    It is opened read-only unless ``create`` or ``writable``. An index whose vectors
+    another embedding model made is refused unless ``any_vectors`` (to compute them
+    again: :func:`appliance.knowledge.index.reembed`).
     """
     if not create and not path.is_file():
         raise KnowledgeError(f"{path}: no knowledge index yet; add manuals with: "
                              "appliance knowledge add PATH...")
     try:
-        if create:
+        if create or writable:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -101,3 +105,19 @@ def connect(path: Path, *, create: bool, any_vectors: bool = False) -> sqlite3.C
                              f"searches with {MODEL_ID}; compute them again with: appliance "
                              "knowledge reembed")
     return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed, or rolled back if anything raises inside.
+
+    ``BEGIN IMMEDIATE`` takes the write lock at once, so that what is read inside the
+    transaction cannot change under it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

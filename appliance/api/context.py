@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
-from appliance.api.errors import ApiError, Problem, bad_request
+from appliance.api.errors import ApiError, Problem
 from appliance.api.gate import ApiGate
 from appliance.api.model_card import ModelCard
 from appliance.config import Settings
@@ -34,14 +31,3 @@ class Context:
                            f"model {requested!r} not found; this appliance serves "
                            f"{self.card.name!r}", param=param)
 
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object; anything else is a 400."""
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise bad_request(f"the request body is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body

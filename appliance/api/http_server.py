@@ -1,24 +1,39 @@
 """The HTTP server: aiohttp on the supervisor's loop, with the Ollama and OpenAI routes.
 
-One guard (a middleware) answers every failure in the shape of the API that
-was asked, OpenAI's under ``/v1/`` and Ollama's everywhere else, with the
-right status code; an unexpected exception is logged with its traceback and
-answered with ``internal error``. When ``api.http.token_file`` is set, every
-route needs ``Authorization: Bearer <token>``. A client that disconnects
-cancels its generation: aiohttp cancels the handler (``handler_cancellation``)
-and the handler cancels the request.
+Every request passes three middlewares, in this order:
+
+1. the guard answers every failure in the shape of the API that was asked
+   (OpenAI's under ``/v1/``, Ollama's everywhere else) with the right status
+   code; an unexpected exception is logged with its traceback and answered
+   with ``internal error``;
+2. the doors (:mod:`~appliance.api.http_checks`) refuse a foreign ``Host``
+   or ``Origin`` and a POST body that is not JSON;
+3. when ``api.http.token_file`` is set, every route needs
+   ``Authorization: Bearer <token>`` (compared in constant time).
+
+Only then does a route read its body (:mod:`~appliance.api.http_body`):
+nothing is inflated or parsed for a request that is refused. Connections
+are capped and time out (:mod:`~appliance.api.http_connections`). A client
+that disconnects cancels its generation: aiohttp cancels the handler
+(``handler_cancellation``) and the handler cancels the request.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
+import resource
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from appliance.api import ollama_routes, openai_routes
 from appliance.api.context import Context
 from appliance.api.errors import ApiError, Problem
+from appliance.api.http_body import BODY_TIMEOUT_S, MAX_BODY_BYTES
+from appliance.api.http_checks import PREFLIGHT_HEADERS, Doors, add_cors
+from appliance.api.http_connections import Connection, GuardedSite, Pool
+from appliance.api.http_errors import api_of, error_response
 from appliance.api.metrics import CONTENT_TYPE, Metrics
 from appliance.config import Settings
 from appliance.config.addresses import parse_listen
@@ -30,7 +45,6 @@ from appliance.service.guard import INTERNAL_ERROR
 
 log = get_logger("http_api")
 
-MAX_BODY_BYTES = 4 << 20
 SHUTDOWN_S = 1.0
 """At shutdown, open requests get this long before their handlers are cancelled."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,19 +59,29 @@ class HttpApi:
         self.http = http
         self.metrics = metrics
         self.context = context
-        key = "api.http.listen"
         try:
             self.host, self.port = parse_listen(http.listen)
         except ValueError as exc:
-            raise ConfigError(str(exc), file=settings.source, line=settings.line_of(key),
-                              key=key) from None
+            raise self._config_error("api.http.listen", str(exc)) from None
+        for origin in http.allowed_origins:
+            if not origin.startswith(("http://", "https://")):
+                raise self._config_error("api.http.allowed_origins", "expected origins such "
+                                         f"as http://webui.lan:8080, got {origin!r}")
+        self.doors = Doors(self.host, http.allowed_hosts, http.allowed_origins)
         self.token = read_api_token(settings)
+        self.pool = Pool(_connection_limit(http.max_connections), http)
         self._runner: web.AppRunner | None = None
+
+    def _config_error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, file=self.settings.source,
+                           line=self.settings.line_of(key), key=key)
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application(middlewares=[self._guard, self._auth],
+        app = web.Application(middlewares=[self._guard, self._doors, self._auth],
                               client_max_size=MAX_BODY_BYTES)
+        app[BODY_TIMEOUT_S] = self.http.body_timeout_s
+        app.on_response_prepare.append(functools.partial(add_cors, self.doors))
         app.router.add_get("/metrics", self._metrics)
         ollama_routes.add_routes(app, self.context)
         openai_routes.add_routes(app, self.context)
@@ -66,46 +90,58 @@ class HttpApi:
     async def start(self) -> None:
         """Listen; a port that cannot be bound is a one-line config error."""
         self._runner = runner = web.AppRunner(self.app(), handler_cancellation=True,
-                                              access_log=None, shutdown_timeout=SHUTDOWN_S)
+                                              shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
+            await GuardedSite(runner, self.host, self.port, self.pool).start()
         except OSError as exc:
             await runner.cleanup()
-            key = "api.http.listen"
-            raise ConfigError(f"cannot listen on {self.http.listen}: {exc.strerror or exc}",
-                              file=self.settings.source, line=self.settings.line_of(key),
-                              key=key) from None
-        server = site._server
-        if self.port == 0 and server is not None and server.sockets:  # type: ignore[union-attr]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            raise self._config_error("api.http.listen", f"cannot listen on "
+                                     f"{self.http.listen}: {exc.strerror or exc}") from None
+        if self.port == 0 and runner.addresses:
+            self.port = runner.addresses[0][1]
         log.info("http_api_listening", host=self.host, port=self.port,
-                 token=self.token is not None)
+                 token=self.token is not None, max_connections=self.pool.limit)
 
     async def close(self) -> None:
         """Stop listening and end open connections."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.pool.refusals.close()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        api = "openai" if request.path.startswith("/v1/") else "ollama"
+        api = api_of(request.path)
+        connection = request.protocol
+        if isinstance(connection, Connection):
+            connection.request_started()
         try:
             response = await handler(request)
         except ApiError as exc:
             response = error_response(api, exc)
+            if exc.problem is Problem.TIMEOUT:
+                response.force_close()  # the rest of that body is not worth waiting for
         except web.HTTPException as exc:
             response = error_response(api, _http_error(request, exc))
         except Exception:
             log.exception("http_handler_failed", path=request.path)
             response = error_response(api, ApiError(Problem.INTERNAL, INTERNAL_ERROR))
+        finally:
+            if isinstance(connection, Connection):
+                connection.request_ended()
         self.metrics.requests.labels(api, str(response.status)).inc()
         return response
+
+    @web.middleware
+    async def _doors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.doors.check(request)
+        if request.method == hdrs.METH_OPTIONS and self.doors.cross_origin(request):
+            return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+        return await handler(request)
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -118,16 +154,15 @@ class HttpApi:
         return await handler(request)
 
 
-def error_response(api: str, error: ApiError) -> web.Response:
-    """``error`` in ``api``'s own error shape and status code."""
-    body = openai_routes.error_body(error) if api == "openai" else ollama_routes.error_body(
-        error)
-    headers = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(error.retry_after_s)
-    if error.problem is Problem.UNAUTHORIZED:
-        headers["WWW-Authenticate"] = "Bearer"
-    return web.json_response(body, status=error.problem.status, headers=headers)
+def _connection_limit(configured: int) -> int:
+    """``configured``, or half the descriptor limit if lower: the rest is the device's own."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or configured <= soft // 2:
+        return configured
+    log.warning("http_connections_capped", configured=configured, limit=soft // 2,
+                nofile=soft, fix="raise LimitNOFILE in the unit or lower "
+                "api.http.max_connections")
+    return max(soft // 2, 1)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:

@@ -10,6 +10,7 @@ default, one object per line and never a blank line, the last with
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,8 +19,9 @@ from aiohttp import web
 
 from appliance.api import chat
 from appliance.api.answering import Outcome, respond
-from appliance.api.context import Context, read_json
+from appliance.api.context import Context
 from appliance.api.errors import ApiError, bad_request
+from appliance.api.http_body import read_json
 from appliance.api.schema import simplify
 from appliance.api.tools import ToolCall, parse_tools
 from appliance.llm.types import Sampling
@@ -131,7 +133,7 @@ class _Routes:
 
     async def _answer(self, request: web.Request, body: dict[str, Any],
                       messages: list[chat.Message], field: str) -> web.StreamResponse:
-        options = _options(body)
+        options = await asyncio.to_thread(_options, body)  # schemas: off the loop
         chat_request = chat.chat_request(messages, options, self.ctx.settings.llm.system_prompt)
         pending = self.ctx.gate.submit(chat_request, request.remote or "", options.max_tokens)
         return await respond(request, pending, _Ndjson(self.card.tagged, field),

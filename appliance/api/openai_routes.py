@@ -8,6 +8,7 @@ with ``choices[0].delta``, ending ``data: [DONE]``; a tool call comes as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -17,8 +18,9 @@ from aiohttp import web
 
 from appliance.api import chat
 from appliance.api.answering import Outcome, respond
-from appliance.api.context import Context, read_json
+from appliance.api.context import Context
 from appliance.api.errors import ApiError, bad_request
+from appliance.api.http_body import read_json
 from appliance.api.schema import simplify
 from appliance.api.tools import Choice, ToolCall, parse_tools
 
@@ -66,7 +68,7 @@ class _Routes:
         if not isinstance(messages, list):
             raise bad_request("messages: expected a list of messages", "messages")
         parsed = _messages(messages)
-        options = _options(body)
+        options = await asyncio.to_thread(_options, body)  # schemas: off the loop
         chat_request = chat.chat_request(parsed, options, self.ctx.settings.llm.system_prompt)
         pending = self.ctx.gate.submit(chat_request, request.remote or "", options.max_tokens)
         usage = isinstance(body.get("stream_options"), dict) and bool(

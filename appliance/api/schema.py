@@ -19,65 +19,126 @@ it can parse: the output is always valid JSON of the right shape. Bounds are
 dropped on purpose: the converter writes ``maxLength: 60`` as sixty nested
 optional groups, and llama.cpp then generated under 2 tokens/s instead of 60
 with a single such string in a tool's parameters.
+
+Every step is bounded, because a small schema can describe a huge one: each
+``$ref`` inlined is a copy of what it names, so 50 self-references in an
+``anyOf`` are 50 copies of 50 copies... (a 1.3 KB schema once froze the event
+loop for 5 s this way, and 24 self-referencing properties grew the model's
+worker to 2.4 GB). The expansion is counted as it is built and stops at
+:data:`MAX_EXPANDED_BYTES`; the grammar is then built with a limit of
+:data:`MAX_GRAMMAR_BYTES`, which also stops early. Both refusals, like every
+other, are a 400 naming the field. Together they cap the CPU one schema
+costs at a few milliseconds (tens for one at both limits).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from itertools import islice
+from typing import Any, NoReturn
 
 from appliance.api.errors import bad_request
+from appliance.llm.grammar import GrammarError, to_gbnf
 
 MAX_DEPTH = 8
 MAX_PROPERTIES = 48
 MAX_ENUM = 64
 MAX_ITEMS = 8
 MAX_SCHEMA_BYTES = 64 * 1024
+MAX_EXPANDED_BYTES = 16 * 1024
+"""The most a schema may grow to with every ``$ref`` inlined (about its JSON's size)."""
+MAX_GRAMMAR_BYTES = 32 * 1024
+"""The most grammar text one client schema may become (a Home Assistant tool's: about 4 KB)."""
 
 _SCALARS = ("string", "number", "integer", "boolean", "null")
 ANY_VALUE: dict[str, Any] = {"anyOf": [{"type": t} for t in (*_SCALARS, "object", "array")]}
 """Any JSON value (an empty schema means "any object" to llama.cpp's converter)."""
+_NODE_BYTES = 16
+"""What one node of the expanded schema is counted as, besides its names and literals."""
+_ANY_BYTES = len(json.dumps(ANY_VALUE))
+_UNSAFE_IN_LITERAL = re.compile(r"[\\\x00-\x1f]")
 
 
 def simplify(schema: Any, where: str) -> dict[str, Any]:
     """``schema`` within the subset the grammar converter handles; ``where`` names it in errors."""
     if not isinstance(schema, dict):
         raise bad_request(f"{where}: expected a JSON schema object, got {_kind(schema)}", where)
-    if len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
-        raise bad_request(f"{where}: the schema is over {MAX_SCHEMA_BYTES // 1024} KiB", where)
-    return _Simplifier(schema).visit(schema, 0)
+    try:
+        if len(json.dumps(schema, allow_nan=False)) > MAX_SCHEMA_BYTES:
+            raise bad_request(f"{where}: the schema is over {MAX_SCHEMA_BYTES // 1024} KiB",
+                              where)
+        simplified = _Simplifier(schema, where).visit(schema, 0)
+        to_gbnf(json.dumps(simplified), MAX_GRAMMAR_BYTES)  # a check: the worker builds its own
+    except ValueError:  # NaN or Infinity, which Python's JSON reader lets in
+        raise bad_request(f"{where}: NaN and Infinity are not JSON values", where) from None
+    except RecursionError:
+        raise bad_request(f"{where}: the schema is nested too deeply", where) from None
+    except GrammarError as exc:
+        raise bad_request(f"{where}: {exc}", where) from None
+    return simplified
 
 
 class _Simplifier:
-    def __init__(self, root: dict[str, Any]) -> None:
+    """One schema's simplification, with what is left of its expansion budget."""
+
+    def __init__(self, root: dict[str, Any], where: str) -> None:
         self.root = root
+        self.where = where
+        self.left = MAX_EXPANDED_BYTES
+
+    def charge(self, size: int) -> None:
+        """Count ``size`` bytes of expanded schema (or of input read to build it)."""
+        self.left -= size
+        if self.left < 0:
+            self._too_large()
+
+    def _too_large(self) -> NoReturn:
+        raise bad_request(
+            f"{self.where}: the schema is over {MAX_EXPANDED_BYTES // 1024} KiB once its "
+            "$refs are inlined (each is a copy of what it names); use fewer references, "
+            "alternatives or properties", self.where)
 
     def visit(self, node: Any, depth: int) -> dict[str, Any]:
+        self.charge(_NODE_BYTES)
         if not isinstance(node, dict) or depth > MAX_DEPTH:
-            return ANY_VALUE
+            return self._any()
         if isinstance(node.get("$ref"), str):
+            self.charge(len(node["$ref"]))
             return self.visit(self._resolve(node["$ref"]), depth + 1)
         for key in ("anyOf", "oneOf"):
             if isinstance(node.get(key), list) and node[key]:
                 return _union([self.visit(alt, depth + 1) for alt in node[key]])
         if isinstance(node.get("allOf"), list) and node["allOf"]:
             return self._all_of(node, depth)
-        if "const" in node and _literal_ok(node["const"]):
-            return {"const": node["const"]}
+        if "const" in node:
+            self.charge(len(json.dumps(node["const"])))
+            if _literal_ok(node["const"]):
+                return {"const": node["const"]}
         if isinstance(node.get("enum"), list):
+            self.charge(len(json.dumps(node["enum"])))
             values = [v for v in node["enum"] if _literal_ok(v)][:MAX_ENUM]
             if values:
                 return {"enum": values}
         kind = node.get("type")
         if isinstance(kind, list):
-            return _union([self.visit({**node, "type": k}, depth) for k in kind
-                           if isinstance(k, str)])
+            self.charge(len(kind))
+            kinds = dict.fromkeys(k for k in kind if isinstance(k, str))
+            return _union([self._typed(node, k, depth) for k in kinds])
+        return self._typed(node, kind, depth)
+
+    def _typed(self, node: dict[str, Any], kind: Any, depth: int) -> dict[str, Any]:
+        """``node`` as a value of type ``kind`` (``None``: whatever its keys say)."""
         if kind == "object" or (kind is None and "properties" in node):
             return self._object(node, depth)
         if kind == "array" or (kind is None and "items" in node):
             return self._array(node, depth)
         if kind in _SCALARS:
             return {"type": kind}
+        return self._any()
+
+    def _any(self) -> dict[str, Any]:
+        self.charge(_ANY_BYTES)
         return ANY_VALUE
 
     def _resolve(self, ref: str) -> Any:
@@ -95,16 +156,19 @@ class _Simplifier:
         properties = node.get("properties")
         if not isinstance(properties, dict):
             return {"type": "object"}
-        kept = dict(list(properties.items())[:MAX_PROPERTIES])
+        kept = dict(islice(properties.items(), MAX_PROPERTIES))
+        self.charge(sum(len(k) + _NODE_BYTES for k in kept))
         required = node.get("required")
-        required = [r for r in required if r in kept] if isinstance(required, list) else []
+        if isinstance(required, list):
+            self.charge(len(required))
+            required = [r for r in required if isinstance(r, str) and r in kept]
         return {"type": "object",
-                "properties": {str(k): self.visit(v, depth + 1) for k, v in kept.items()},
-                "required": required}
+                "properties": {k: self.visit(v, depth + 1) for k, v in kept.items()},
+                "required": required if isinstance(required, list) else []}
 
     def _array(self, node: dict[str, Any], depth: int) -> dict[str, Any]:
         items = self.visit(node.get("items"), depth + 1) if isinstance(
-            node.get("items"), dict) else ANY_VALUE
+            node.get("items"), dict) else self._any()
         schema: dict[str, Any] = {"type": "array", "items": items}
         most = node.get("maxItems")
         if isinstance(most, int) and not isinstance(most, bool) and 0 <= most <= MAX_ITEMS:
@@ -119,7 +183,7 @@ class _Simplifier:
             return {"type": "object",
                     "properties": {k: v for p in parts for k, v in p["properties"].items()},
                     "required": list(dict.fromkeys(r for p in parts for r in p["required"]))}
-        return ANY_VALUE
+        return self._any()
 
 
 def _union(alternatives: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,13 +193,17 @@ def _union(alternatives: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _literal_ok(value: Any) -> bool:
-    """Whether the converter writes ``value`` as a grammar literal that matches its JSON.
+    """Whether ``value`` is kept as a literal (``const``, ``enum``) in the grammar.
 
-    Its literals escape only quotes and line breaks, so a backslash or another
-    control character in a string would come out as invalid JSON.
+    llama-cpp-python's own converter escapes only quotes and line breaks in
+    its literals, so a backslash or another control character in a string came
+    out as invalid JSON. Such strings stay out, so that what :func:`simplify`
+    keeps makes a valid grammar with either converter (ours,
+    :mod:`appliance.llm.grammar`, escapes them). NaN never gets here:
+    :func:`simplify` refuses it.
     """
     if isinstance(value, str):
-        return not any(c == "\\" or ord(c) < 0x20 for c in value)
+        return _UNSAFE_IN_LITERAL.search(value) is None
     if isinstance(value, list):
         return all(_literal_ok(v) for v in value)
     if isinstance(value, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,12 @@ def check_settings(settings: Settings, fail: Fail) -> None:
             check_uri(api.wyoming.listen)
     except ValueError as exc:
         raise fail("api.wyoming.listen", str(exc)) from None
+    for i, entry in enumerate(api.wyoming.allowed_clients if api.wyoming else ()):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise fail(f"api.wyoming.allowed_clients[{i}]",
+                       f"not an address or a network (CIDR): {exc}") from None
 
 
 def _check_actions(settings: Settings, fail: Fail) -> None:

@@ -360,7 +360,9 @@ class KnowledgeSettings:
     enabled: bool = False
     mode: Literal["assist", "only"] = "assist"
     top_k: int = field(default=2, metadata=bounds(1, 20))
-    min_score: float | None = None
+    # Calibrated on tests/knowledge_questions.yaml and tests/knowledge_offtopic.yaml
+    # (appliance bench knowledge); null: every question counts as covered.
+    min_score: float | None = 0.27
     max_context_tokens: int = field(default=400, metadata=bounds(16, 32768))
     cache_mb: int = field(default=512, metadata=bounds(0, 1 << 20))
     max_file_mb: float = field(default=50.0, metadata=bounds(0.001, 10000.0))
@@ -374,6 +376,14 @@ class WyomingSettings:
     listen: str = "tcp://0.0.0.0:10700"
     zeroconf: bool = True
     name: str | None = None
+    actions: bool = False  # may a transcript act? Wyoming has no authentication
+    # Addresses or CIDR networks that may connect (the protocol has no authentication).
+    allowed_clients: tuple[str, ...] = ("127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12",
+                                        "192.168.0.0/16", "169.254.0.0/16", "fc00::/7",
+                                        "fe80::/10")
+    max_connections: int = field(default=64, metadata=bounds(1, 4096))
+    idle_timeout_s: float = field(default=30.0, metadata=bounds(0.1, 3600.0))
+    event_timeout_s: float = field(default=10.0, metadata=bounds(0.1, 600.0))
 
 
 @dataclass(frozen=True)
@@ -382,6 +392,15 @@ class HttpSettings:
 
     listen: str = "127.0.0.1:11434"
     token_file: Path | None = field(default=None, metadata=EXISTING)
+    # Host names besides the listen address, loopback and this machine's own name (a proxy's).
+    allowed_hosts: tuple[str, ...] = ()
+    # Browser origins (http://host:port) that may call the API besides its own.
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = field(default=128, metadata=bounds(1, 65536))
+    header_timeout_s: float = field(default=10.0, metadata=bounds(0.1, 300.0))
+    idle_timeout_s: float = field(default=15.0, metadata=bounds(0.1, 3600.0))
+    body_timeout_s: float = field(default=30.0, metadata=bounds(0.1, 600.0))
+    actions: Literal["auto", True, False] = "auto"  # may a chat act? auto: with a token
 
 
 @dataclass(frozen=True)

@@ -212,11 +212,16 @@ class ModelWorker:
             self._resolve(request_id, error)
 
     def _send(self, command: pipe.Message) -> None:
+        try:
+            line = pipe.encode(command).encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: refused before anything waits
+            raise GenerationFailed(
+                f"the text is not valid Unicode at character {exc.start}") from None
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
             return
         with contextlib.suppress(ConnectionError):
-            proc.stdin.write(pipe.encode(command).encode())
+            proc.stdin.write(line)
 
     async def generate(self, request: ChatRequest, on_chunk: OnChunk | None = None,
                        ) -> Completion:
@@ -234,9 +239,8 @@ class ModelWorker:
                 raise GeneratorUnavailable(
                     f"the local model is restarting ({self.restarts} restarts){why}; "
                     "ask again shortly") from None
-        pending = _Pending(on_chunk)
-        self._pending[request.id] = pending
-        self._send(pipe.Generate(request))
+        self._send(pipe.Generate(request))  # nothing is read back before the await below
+        pending = self._pending[request.id] = _Pending(on_chunk)
         return await pending.future
 
     def prefill(self, request: ChatRequest) -> None:

@@ -2,9 +2,11 @@
 
 The vosk model (``voice.model_path``) is loaded once, in a thread, while the
 server already answers ``describe``; each audio stream gets its own
-:class:`Transcription` (a recognizer and a converter, since both keep state, and its own thread).
-The synthesizer (``voice.tts``) is loaded before the server listens, so that
-``info`` can say at once at what rate it speaks. Every vosk and TTS call runs
+:class:`Transcription` (a recognizer and a converter, since both keep state).
+At most :data:`MAX_TRANSCRIPTIONS` streams are recognized at once, on a pool of
+as many threads, each with a bounded backlog of audio. The synthesizer
+(``voice.tts``) is loaded before the server listens, so that ``info`` can say
+at once at what rate it speaks. Every vosk and TTS call runs
 in a thread, never on the event loop.
 """
 
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import vosk
@@ -53,66 +56,112 @@ def model_language(path: Path) -> str | None:
     return None
 
 
+MAX_TRANSCRIPTIONS = 3
+"""Audio streams recognized at once (vosk takes one core each; the model needs the rest)."""
+SLOT_WAIT_S = 5.0
+"""How long a new stream waits for one of them before it is refused as busy."""
+MAX_QUEUED_BYTES = 1 << 20
+"""Audio a stream may have waiting for vosk; the stream is read no further beyond it."""
+_CONVERTED_BYTES_PER_S = RATE * 2
+
+
+class Busy(ApplianceError):
+    """Every transcription slot stayed taken for :data:`SLOT_WAIT_S`."""
+
+
+def _cost(chunk: AudioChunk) -> int:
+    """What ``chunk`` holds while it waits: its own bytes or its converted ones, the more."""
+    return max(len(chunk.audio), int(chunk.seconds * _CONVERTED_BYTES_PER_S))
+
+
 class Transcription:
     """One audio stream of any rate, width and channel count, turned into text.
 
-    The stream's own thread recognizes while the event loop reads on; chunks
-    that arrive meanwhile are recognized together, so a client that sends
-    faster than real time costs one vosk call per batch, not per chunk.
+    Chunks are recognized in batches, one batch at a time on the shared
+    pool's threads, while the event loop reads on: a client that sends faster
+    than real time costs one vosk call per batch, not per chunk. At most
+    :data:`MAX_QUEUED_BYTES` wait; beyond that :meth:`feed` waits for vosk,
+    and the client's socket fills (TCP's own backpressure). Its slot is
+    given back when it is closed and vosk is done with it.
     """
 
-    def __init__(self, recognizer: Recognizer) -> None:
+    def __init__(self, recognizer: Recognizer, pool: ThreadPoolExecutor,
+                 release: Callable[[], None]) -> None:
         self._recognizer = recognizer
         self._converter = AudioChunkConverter(rate=RATE, width=2, channels=1)
+        self._pool = pool
+        self._release: Callable[[], None] | None = release
         self._texts: list[str] = []
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wyoming-asr")
-        self._lock = threading.Lock()
         self._waiting: list[AudioChunk] = []
-        self._busy = False
+        self._queued = 0
+        self._running: asyncio.Future[None] | None = None
+        self._changed = asyncio.Event()
         self._failed: BaseException | None = None
+        self._closed = False
         self.seconds = 0.0
 
-    def feed(self, chunk: AudioChunk) -> None:
-        """Queue one chunk for recognition (returns at once)."""
+    async def feed(self, chunk: AudioChunk) -> None:
+        """Queue one chunk; waits while too much audio waits for vosk."""
         self.seconds += chunk.seconds
-        with self._lock:
-            self._waiting.append(chunk)
-            if self._busy:
-                return
-            self._busy = True
-        self._thread.submit(self._drain).add_done_callback(self._check)
-
-    def _drain(self) -> None:
-        while True:
-            with self._lock:
-                chunks, self._waiting = self._waiting, []
-                if not chunks:
-                    self._busy = False
-                    return
-            pcm = b"".join(self._converter.convert(chunk).audio for chunk in chunks)
-            self._texts += [h.text for h in self._recognizer.feed(pcm) if h.final]
-
-    def _check(self, done: Future[None]) -> None:
-        if not done.cancelled() and done.exception() is not None and self._failed is None:
-            self._failed = done.exception()
+        self._waiting.append(chunk)
+        self._queued += _cost(chunk)
+        self._next_batch()
+        while self._queued > MAX_QUEUED_BYTES and self._running is not None:
+            self._changed.clear()
+            await self._changed.wait()
 
     async def finish(self) -> str:
         """Everything that was said, once every queued chunk is recognized."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, self._finish)
+            while (self._running is not None or self._waiting) and self._failed is None:
+                self._next_batch()
+                self._changed.clear()
+                await self._changed.wait()
+            if self._failed is not None:
+                raise self._failed
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._last_words)
         finally:
             self.close()
 
-    def _finish(self) -> str:
-        self._drain()
-        if self._failed is not None:
-            raise self._failed
+    def close(self) -> None:
+        """Drop what is still queued (the client went away); the slot goes back."""
+        self._closed = True
+        self._waiting = []
+        if self._running is None:
+            self._give_back()
+
+    def _next_batch(self) -> None:
+        if self._running is not None or not self._waiting or self._closed or self._failed:
+            return
+        batch, self._waiting = self._waiting, []
+        running = asyncio.get_running_loop().run_in_executor(self._pool, self._recognize, batch)
+        running.add_done_callback(partial(self._ran, sum(map(_cost, batch))))
+        self._running = running
+
+    def _recognize(self, batch: list[AudioChunk]) -> None:
+        pcm = b"".join(self._converter.convert(chunk).audio for chunk in batch)
+        self._texts += [h.text for h in self._recognizer.feed(pcm) if h.final]
+
+    def _ran(self, cost: int, done: asyncio.Future[None]) -> None:
+        self._running = None
+        self._queued -= cost
+        if not done.cancelled() and done.exception() is not None and self._failed is None:
+            self._failed = done.exception()
+        self._changed.set()
+        if self._closed:
+            self._give_back()
+        else:
+            self._next_batch()
+
+    def _last_words(self) -> str:
         self._texts += [h.text for h in self._recognizer.finish() if h.final]
         return " ".join(self._texts)
 
-    def close(self) -> None:
-        """Drop what is still queued (the client went away)."""
-        self._thread.shutdown(wait=False, cancel_futures=True)
+    def _give_back(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
 
 
 class Speech:
@@ -137,6 +186,8 @@ class Speech:
         self.rate = 0
         self._model: asyncio.Task[vosk.Model] | None = None
         self._synthesizer: Synthesizer | None = None
+        self._slots = asyncio.Semaphore(MAX_TRANSCRIPTIONS)
+        self._asr_pool = ThreadPoolExecutor(MAX_TRANSCRIPTIONS, thread_name_prefix="wyoming-asr")
 
     @property
     def has_asr(self) -> bool:
@@ -169,12 +220,27 @@ class Speech:
             log.error("wyoming_asr_unavailable", error=self.asr_error)
 
     async def transcription(self) -> Transcription:
-        """A new stream's transcription; raises :class:`ApplianceError` without a model."""
+        """A new stream's transcription, in one of :data:`MAX_TRANSCRIPTIONS` slots.
+
+        Raises :class:`ApplianceError` without a model, :class:`Busy` when no
+        slot comes free within :data:`SLOT_WAIT_S`.
+        """
         if self._model is None:
             raise SpeechError("speech to text is not configured (voice.model_path)")
         model = await self._model
-        recognizer = await asyncio.to_thread(Recognizer.for_voice, model, self.settings.voice)
-        return Transcription(recognizer)
+        try:
+            async with asyncio.timeout(SLOT_WAIT_S):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Busy(f"speech to text is busy: {MAX_TRANSCRIPTIONS} streams are being "
+                       "transcribed; try again") from None
+        try:
+            recognizer = await asyncio.get_running_loop().run_in_executor(
+                self._asr_pool, Recognizer.for_voice, model, self.settings.voice)
+        except BaseException:
+            self._slots.release()
+            raise
+        return Transcription(recognizer, self._asr_pool, self._slots.release)
 
     async def synthesize(self, text: str) -> Audio:
         """``text`` as speech (in a thread); raises :class:`SpeechError`."""
@@ -186,3 +252,4 @@ class Speech:
         """Stop a model load that is still running (its thread ends on its own)."""
         if self._model is not None and not self._model.done():
             self._model.cancel()
+        self._asr_pool.shutdown(wait=False, cancel_futures=True)

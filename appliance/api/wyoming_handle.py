@@ -21,7 +21,7 @@ from appliance.api.gate import ApiGate, Pending, check_answer
 from appliance.llm import ChatRequest
 from appliance.logs import get_logger
 from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT, REFUSAL, KidFilter
-from appliance.voice.pieces import SentenceSplitter
+from appliance.voice.pieces import sentences
 
 log = get_logger("wyoming")
 
@@ -55,7 +55,8 @@ class Handler:
             raise ApiError(Problem.BAD_REQUEST, REFUSAL)
         chat = ChatRequest(text, history=self.conversations.history(conversation),
                            system_prompt=KID_SYSTEM_PROMPT if kid is not None else None)
-        pending = self.gate.submit(chat, peer, KID_MAX_TOKENS if kid is not None else None)
+        pending = self.gate.submit(chat, peer, KID_MAX_TOKENS if kid is not None else None,
+                                   api="wyoming")
         waiting.add(pending)
         try:
             payload = await pending.result()
@@ -65,8 +66,6 @@ class Handler:
         check_answer(payload)
         answer = str(payload.get("text", ""))
         if kid is not None:
-            splitter = SentenceSplitter()
-            answer = " ".join(kid.sentence(s) for s in [*splitter.feed(answer),
-                                                         *splitter.flush()])
+            answer = " ".join(kid.sentence(s) for s in sentences(answer))
         self.conversations.add(conversation, text, answer)
         return answer

@@ -2,7 +2,8 @@
 
 * ``asr``: our vosk model and its language (and the grammar it is held to);
 * ``tts``: our voice (espeak-ng or piper) and the rate it speaks at;
-* ``handle``: our model, with actions and manuals when configured, in the
+* ``handle``: our model, with its manuals when configured (and actions when
+  ``api.wyoming.actions`` lets a transcript act), in the
   languages of our speech and English. (Home Assistant 2026 reads an empty
   list as "any language", but 2025.4 as "none", and then offers the agent to
   no pipeline.)
@@ -97,7 +98,9 @@ def _handle_languages(speech: Speech) -> list[str]:
 
 
 def _handle(settings: Settings, model: str, languages: list[str]) -> HandleProgram:
-    extras = [what for what, on in (("actions", bool(settings.actions)),
+    wyoming = settings.api.wyoming
+    acts = bool(settings.actions) and wyoming is not None and wyoming.actions
+    extras = [what for what, on in (("actions", acts),
                                     ("its manuals", settings.knowledge.enabled)) if on]
     about = f"the local model {model}" + (f", with {' and '.join(extras)}" if extras else "")
     return HandleProgram(
@@ -105,4 +108,4 @@ def _handle(settings: Settings, model: str, languages: list[str]) -> HandleProgr
         version=__version__,
         models=[HandleModel(name=model, attribution=APPLIANCE, installed=True,
                             description=about, version=None, languages=languages)],
-        supports_handled_streaming=False, supports_home_control=bool(settings.actions))
+        supports_handled_streaming=False, supports_home_control=acts)

@@ -15,6 +15,12 @@ reads its events, one :class:`Connection` per client, and answers them
 A client that sends something that is not a Wyoming event, or disconnects
 mid-stream, is dropped with one log line; a generation it was waiting for is
 cancelled; every other client goes on.
+
+The protocol has no authentication, so :mod:`~appliance.api.wyoming_admit`
+serves only ``api.wyoming.allowed_clients``, at most ``max_connections`` at
+once. A client that sends nothing for ``idle_timeout_s`` while nothing is
+being answered for it, reads nothing we send for as long, or takes over
+``event_timeout_s`` to send one event, is dropped (:mod:`~appliance.api.wyoming_events`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from wyoming.server import AsyncEventHandler, AsyncServer, AsyncTcpServer
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop
 
 from appliance.api.gate import ApiGate, Pending
-from appliance.api.speech import Speech, Transcription
+from appliance.api.speech import Busy, Speech, Transcription
+from appliance.api.wyoming_admit import Admission
+from appliance.api.wyoming_events import BadEvent, EventReader, Idle, parse
 from appliance.api.wyoming_handle import Handler
 from appliance.api.wyoming_info import build_info
 from appliance.api.wyoming_speak import Speaker
@@ -43,66 +51,16 @@ from appliance.config import Settings
 from appliance.config.addresses import check_uri
 from appliance.config.schema import WyomingSettings
 from appliance.errors import ApplianceError, ConfigError
+from appliance.log_limit import RateLimitedLog
 from appliance.logs import get_logger
 from appliance.service.guard import INTERNAL_ERROR
 from appliance.voice.kid_safe import KidFilter
 
 log = get_logger("wyoming")
 
-MAX_EVENT_BYTES = 1 << 20
-"""The largest data or payload of one event (an audio chunk is a few KiB)."""
 MAX_AUDIO_S = 300.0
-PARSERS = (Describe, Ping, Transcribe, AudioStart, AudioChunk, AudioStop, Synthesize,
-           SynthesizeStart, SynthesizeChunk, SynthesizeStop, Transcript)
-"""The events served; any other type is ignored, as the protocol asks."""
-
-
-class BadEvent(Exception):
-    """A client sent something that is not a usable Wyoming event; the message says what."""
-
-
-class _BoundedReader:
-    """The stream reader the library reads events from, with each event's size bounded."""
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self._reader = reader
-        self.last_line = b""
-        self.refused: str | None = None
-
-    async def readline(self) -> bytes:
-        try:
-            self.last_line = await self._reader.readline()
-        except ValueError:
-            self.refused = "a line over 64 KiB"
-            raise
-        return self.last_line
-
-    async def readexactly(self, n: int) -> bytes:
-        if n > MAX_EVENT_BYTES:
-            self.refused = f"an event of {n} bytes (at most {MAX_EVENT_BYTES})"
-            raise ValueError(self.refused)
-        return await self._reader.readexactly(n)
-
-    def feed_eof(self) -> None:
-        self._reader.feed_eof()
-
-
-def _parse(event: Event) -> Any:
-    """The library's class for ``event`` (``None`` for types we do not serve)."""
-    for cls in PARSERS:
-        if cls.is_type(event.type):
-            try:
-                return cls.from_event(event)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise BadEvent(f"a malformed {event.type} event ({exc!r})") from None
-    return None
-
-
-def _check_format(rate: Any, width: Any, channels: Any) -> None:
-    if not (isinstance(rate, int) and 8000 <= rate <= 192000 and width in (1, 2, 3, 4)
-            and channels in (1, 2)):
-        raise BadEvent(f"unsupported audio: rate {rate!r}, width {width!r}, channels "
-                       f"{channels!r} (8 to 192 kHz, 1 to 4 bytes, mono or stereo)")
+DROPPED_LOG_BURST = 10
+"""Lines about dropped clients per few seconds; more are counted, not logged."""
 
 
 class WyomingServer:
@@ -121,6 +79,9 @@ class WyomingServer:
         self.speech = Speech(settings)
         self.handler = Handler(gate, KidFilter(settings.voice.block_list)
                                if settings.voice.kid_safe else None)
+        self.admission = Admission(wyoming.allowed_clients, wyoming.max_connections)
+        self.dropped = RateLimitedLog(log, "wyoming_client_dropped", burst=DROPPED_LOG_BURST)
+        self.asr_busy = RateLimitedLog(log, "wyoming_asr_busy")
         self.connections: set[Connection] = set()
 
     @property
@@ -152,6 +113,8 @@ class WyomingServer:
         for connection in list(self.connections):
             await connection.disconnect()
         await self.speech.close()
+        for limited in (self.admission.refusals, self.dropped, self.asr_busy):
+            limited.close()
 
 
 class Connection(AsyncEventHandler):
@@ -159,28 +122,46 @@ class Connection(AsyncEventHandler):
 
     def __init__(self, server: WyomingServer, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
-        super().__init__(_BoundedReader(reader), writer)  # type: ignore[arg-type]
+        wyoming = server.wyoming
+        super().__init__(EventReader(reader, wyoming.idle_timeout_s,  # type: ignore[arg-type]
+                                     wyoming.event_timeout_s, lambda: self.busy), writer)
         self.server = server
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "local"
+        self.peername = writer.get_extra_info("peername")
+        self.peer = str(self.peername[0]) if isinstance(self.peername, tuple) else "local"
         self._transcription: Transcription | None = None
+        self._refused = False  # the audio stream was refused as busy
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: set[Pending] = set()
+        self._answering = 0
         self._write_lock = asyncio.Lock()
         self.speaker = Speaker(server.speech, self.write_event, self._spawn,
                                server.settings.voice.early_words, self.peer)
 
+    @property
+    def busy(self) -> bool:
+        """We owe the client an answer (so its silence is no idleness)."""
+        return self._answering > 0 or self.speaker.busy
+
     async def run(self) -> None:
         """Serve events until the client leaves; a bad client is dropped with a log line."""
-        self._is_running = True
-        self.server.connections.add(self)
-        reader: _BoundedReader = self.reader  # type: ignore[assignment]
+        server = self.server
+        refused = server.admission.refuse(self.peername, len(server.connections))
+        if refused is not None:
+            if server.admission.allows(self.peername):  # a neighbour: tell it why
+                with contextlib.suppress(ConnectionError, RuntimeError, Idle):
+                    await self.write_event(Error(text=f"busy: {refused}", code="busy").event())
+            self.writer.close()
+            return
+        server.connections.add(self)
+        reader: EventReader = self.reader  # type: ignore[assignment]
         try:
-            while self._is_running:
+            while True:  # until the end of the stream (the library's stop() ends it too)
                 try:
                     event = await async_read_event(self.reader)
                 except (AttributeError, KeyError, TypeError):  # JSON that is not an event
                     raise BadEvent("not a Wyoming event") from None
+                except RecursionError:  # the library's json.loads of a deeply nested line
+                    raise BadEvent("not a Wyoming event: JSON nested too deeply") from None
                 if event is None:
                     if reader.refused or reader.last_line.strip():
                         raise BadEvent(reader.refused or "not a Wyoming event")
@@ -188,23 +169,37 @@ class Connection(AsyncEventHandler):
                 if not await self.handle_event(event):
                     break
         except BadEvent as exc:
-            log.warning("wyoming_client_dropped", peer=self.peer, reason=str(exc))
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.write_event(Error(text=str(exc), code="bad-event").event())
+            await self._drop(exc)
+        except Idle as exc:
+            log.info("wyoming_client_idle", peer=self.peer, reason=str(exc))
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("wyoming_client_gone", peer=self.peer, reason=type(exc).__name__)
         except Exception:
             log.exception("wyoming_handler_failed", peer=self.peer)
-            with contextlib.suppress(ConnectionError, RuntimeError):
+            with contextlib.suppress(ConnectionError, RuntimeError, Idle):
                 await self.write_event(Error(text=INTERNAL_ERROR).event())
         finally:
             await self.disconnect()
             self.writer.close()
 
+    async def _drop(self, exc: BadEvent) -> None:
+        """Tell the client what was wrong with what it sent, and hang up."""
+        self.server.dropped.warning("dropped", peer=self.peer, reason=str(exc))
+        with contextlib.suppress(ConnectionError, RuntimeError, Idle):
+            await self.write_event(Error(text=str(exc), code=exc.code).event())
+        self.writer.close()  # (from a task beside the reading loop: that loop ends too)
+
     async def write_event(self, event: Event) -> None:
-        """Send one event; the answer tasks and the reading loop never interleave events."""
-        async with self._write_lock:
-            await super().write_event(event)
+        """Send one event; the answer tasks and the reading loop never interleave events.
+
+        A client that reads nothing for ``idle_timeout_s`` while we send is :class:`Idle`.
+        """
+        timeout = self.server.wyoming.idle_timeout_s
+        try:
+            async with asyncio.timeout(timeout), self._write_lock:
+                await super().write_event(event)
+        except TimeoutError:
+            raise Idle(f"read nothing we sent for {timeout:g} s") from None
 
     async def disconnect(self) -> None:
         """The client is gone: cancel what it was waiting for."""
@@ -223,7 +218,7 @@ class Connection(AsyncEventHandler):
 
     async def handle_event(self, event: Event) -> bool:
         """Answer one event; ``False`` ends the connection."""
-        message = _parse(event)
+        message = parse(event)
         if isinstance(message, Describe):
             await self.write_event(self.server.info())
         elif isinstance(message, Ping):
@@ -248,8 +243,11 @@ class Connection(AsyncEventHandler):
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
-        except ConnectionError as exc:
-            log.info("wyoming_client_gone", peer=self.peer, reason=type(exc).__name__)
+        except BadEvent as exc:
+            await self._drop(exc)
+        except (ConnectionError, Idle) as exc:
+            log.info("wyoming_client_gone", peer=self.peer, reason=str(exc) or type(exc).__name__)
+            self.writer.close()  # and the reading loop ends
         except Exception:
             log.exception("wyoming_handler_failed", peer=self.peer)
 
@@ -258,20 +256,30 @@ class Connection(AsyncEventHandler):
         speech = self.server.speech
         if isinstance(message, Transcribe):
             self._drop_transcription()
+            self._refused = False
             return
         if isinstance(message, AudioStart | AudioChunk):
-            _check_format(message.rate, message.width, message.channels)
-            if isinstance(message, AudioStart) or self._transcription is None:
+            if isinstance(message, AudioStart) or (self._transcription is None
+                                                   and not self._refused):
                 self._drop_transcription()
+                self._refused = False
                 try:
                     self._transcription = await speech.transcription()
+                except Busy as exc:  # this stream's audio is read and dropped
+                    self._refused = True
+                    self.server.asr_busy.warning("busy", peer=self.peer, reason=str(exc))
+                    await self.write_event(Error(text=str(exc), code="busy").event())
+                    return
                 except ApplianceError as exc:
                     raise BadEvent(f"speech to text is unavailable: {exc}") from None
-            if isinstance(message, AudioChunk):
-                transcription = self._transcription
+            transcription = self._transcription
+            if isinstance(message, AudioChunk) and transcription is not None:
                 if transcription.seconds + message.seconds > MAX_AUDIO_S:
                     raise BadEvent(f"an audio stream over {MAX_AUDIO_S:.0f} s")
-                transcription.feed(message)
+                await transcription.feed(message)
+            return
+        if self._refused:  # the end of a stream refused as busy: it was answered
+            self._refused = False
             return
         transcription, self._transcription = self._transcription, None
         text = await transcription.finish() if transcription else ""
@@ -280,5 +288,9 @@ class Connection(AsyncEventHandler):
         await self.write_event(Transcript(text=text, language=speech.asr_language).event())
 
     async def _handle(self, message: Transcript) -> None:
-        await self.write_event(await self.server.handler.handle(message, self.peer,
-                                                                self._pending))
+        self._answering += 1
+        try:
+            answer = await self.server.handler.handle(message, self.peer, self._pending)
+        finally:
+            self._answering -= 1
+        await self.write_event(answer)

@@ -8,6 +8,12 @@ soon as its text is complete, while more text arrives, each as its own
 Assistant takes the format from the first ``audio-start`` only), and ends with
 ``synthesize-stopped``. The compatibility ``synthesize`` inside such a stream
 carries text already spoken, and is ignored.
+
+Text is bounded: at most :data:`MAX_TEXT_CHARS` per ``synthesize`` and per
+stream, and :data:`MAX_SENTENCE_BYTES` per sentence; beyond them the client
+gets one ``error`` and is dropped.
+Cutting into sentences is linear in the text, and long text is cut in a
+thread, so no text holds up the event loop.
 """
 
 from __future__ import annotations
@@ -28,17 +34,33 @@ from wyoming.tts import (
 )
 
 from appliance.api.speech import Speech
+from appliance.api.wyoming_events import BadEvent
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
-from appliance.voice.pieces import SentenceSplitter, for_speech
+from appliance.voice.pieces import SentenceSplitter, for_speech, sentences
 from appliance.voice.tts import Audio
 
 log = get_logger("wyoming")
 
 SAMPLES_PER_CHUNK = 1024
+MAX_TEXT_CHARS = 20_000
+"""The most text one ``synthesize``, or one streamed synthesis, may carry (some 20 minutes)."""
+MAX_SENTENCE_BYTES = 1 << 16
+"""The longest sentence spoken, in UTF-8: espeak-ng takes it as one argument (Linux: < 128 KiB)."""
+SPLIT_ON_LOOP_CHARS = 4096
+"""Text up to this long is cut into sentences on the loop (microseconds); longer in a thread."""
 Write = Callable[[Event], Awaitable[None]]
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
 SynthesisEvent = Synthesize | SynthesizeStart | SynthesizeChunk | SynthesizeStop
+
+
+def _too_long(chars: int, what: str) -> BadEvent:
+    return BadEvent(f"{what} of {chars} characters (at most {MAX_TEXT_CHARS})", "text-too-long")
+
+
+def _spoken_pieces(text: str) -> list[str]:
+    """A whole text's sentences, without markup (linear in the text)."""
+    return [piece for sentence in sentences(text) if (piece := for_speech(sentence))]
 
 
 class Speaker:
@@ -51,13 +73,19 @@ class Speaker:
         self.peer = peer
         self._stream: _Stream | None = None
 
+    @property
+    def busy(self) -> bool:
+        """A streamed synthesis has text it has not spoken yet."""
+        return self._stream is not None and self._stream.busy
+
     async def handle(self, message: SynthesisEvent) -> None:
-        """One synthesis event."""
+        """One synthesis event; raises :class:`BadEvent` for a text over the limit."""
         if isinstance(message, SynthesizeStart):
+            self.close()
             self._stream = _Stream(self)
         elif isinstance(message, SynthesizeChunk):
             if self._stream is not None:
-                self._stream.feed(message.text)
+                await self._stream.feed(message.text)
         elif isinstance(message, SynthesizeStop):
             stream, self._stream = self._stream, None
             if stream is not None:
@@ -67,14 +95,19 @@ class Speaker:
             await self._whole(message.text)
 
     def close(self) -> None:
-        """The connection is gone."""
-        self._stream = None
+        """The connection is gone, or a new stream starts: stop the one running."""
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
 
     async def _whole(self, text: str) -> None:
-        splitter = SentenceSplitter()
+        if len(text) > MAX_TEXT_CHARS:
+            raise _too_long(len(text), "a synthesize text")
+        pieces = (await asyncio.to_thread(_spoken_pieces, text)
+                  if len(text) > SPLIT_ON_LOOP_CHARS else _spoken_pieces(text))
         started = False
-        for sentence in [*splitter.feed(for_speech(text)), *splitter.flush()]:
-            audio = await self.synthesize(sentence)
+        for piece in pieces:
+            audio = await self.synthesize(piece)
             if audio is None:
                 return
             if not started:
@@ -87,7 +120,14 @@ class Speaker:
         await self.write(AudioStop().event())
 
     async def synthesize(self, text: str) -> Audio | None:
-        """``text`` as audio; a failure is an ``error`` event and ``None``."""
+        """``text`` as audio; a failure is an ``error`` event and ``None``.
+
+        Raises :class:`BadEvent` for a sentence over :data:`MAX_SENTENCE_BYTES`.
+        """
+        size = len(text.encode())
+        if size > MAX_SENTENCE_BYTES:
+            raise BadEvent(f"a sentence of {size} bytes (at most {MAX_SENTENCE_BYTES})",
+                           "text-too-long")
         try:
             return await self.speech.synthesize(text)
         except ApplianceError as exc:
@@ -109,11 +149,24 @@ class _Stream:
     def __init__(self, speaker: Speaker) -> None:
         self.speaker = speaker
         self._splitter = SentenceSplitter(speaker.early_words)
+        self._chars = 0
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._speaking = False
         self._task = speaker.spawn(self._run())
 
-    def feed(self, text: str) -> None:
-        for sentence in self._splitter.feed(text):
+    @property
+    def busy(self) -> bool:
+        return self._speaking or not self._queue.empty()
+
+    async def feed(self, text: str) -> None:
+        self._chars += len(text)
+        if self._chars > MAX_TEXT_CHARS:
+            raise _too_long(self._chars, "a streamed synthesis")
+        if len(text) > SPLIT_ON_LOOP_CHARS:
+            pieces = await asyncio.to_thread(list, self._splitter.feed(text))
+        else:
+            pieces = list(self._splitter.feed(text))
+        for sentence in pieces:
             self._queue.put_nowait(sentence)
 
     async def finish(self) -> None:
@@ -122,13 +175,20 @@ class _Stream:
         self._queue.put_nowait(None)
         await self._task
 
+    def cancel(self) -> None:
+        self._task.cancel()
+
     async def _run(self) -> None:
         speaker = self.speaker
         while (sentence := await self._queue.get()) is not None:
-            spoken = for_speech(sentence)
-            audio = await speaker.synthesize(spoken) if spoken else None
-            if audio is None:
-                continue
-            await speaker.write(AudioStart(rate=audio.rate, width=2, channels=1).event())
-            await speaker.send(audio)
-            await speaker.write(AudioStop().event())
+            self._speaking = True
+            try:
+                spoken = for_speech(sentence)
+                audio = await speaker.synthesize(spoken) if spoken else None
+                if audio is None:
+                    continue
+                await speaker.write(AudioStart(rate=audio.rate, width=2, channels=1).event())
+                await speaker.send(audio)
+                await speaker.write(AudioStop().event())
+            finally:
+                self._speaking = False

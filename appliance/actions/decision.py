@@ -1,20 +1,63 @@
 """The model's grammar-constrained decision: ``{"answer": "..."}`` or ``{"action", "args"}``.
 
-:class:`AnswerText` sits between the model and a request's outlets: while the
-reply is an answer, it passes on the answer's text as it arrives (JSON string
-escapes undone), so a plain answer still streams; an action streams nothing.
-:func:`parse_decision` reads the finished reply.
+:func:`argument_grammar` gives one argument's schema as llama.cpp's grammar
+builder can enforce it (the registry assembles the decision's schema from
+them). :class:`AnswerText` sits between the model and a request's outlets:
+while the reply is an answer, it passes on the answer's text as it arrives
+(JSON string escapes undone), so a plain answer still streams; an action
+streams nothing. :func:`parse_decision` reads the finished reply.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 from appliance.llm.types import Chunk
+
+MAX_RANGE = 1000
+"""Most values a bounded argument takes in the grammar (each is one choice)."""
+DECIMAL_DIGITS = 60
+"""Digits of decimal arithmetic on argument values and steps (floats have at most 17)."""
+_NOT_FOR_GRAMMAR = ("description", "default", "minimum", "maximum", "multipleOf")
+
+
+def argument_values(spec: Mapping[str, Any], limit: int) -> list[int | float]:
+    """The values of a bounded numeric argument, in order, at most ``limit`` of them.
+
+    The multiples of its ``multipleOf`` step (1 for an integer without one)
+    from ``minimum`` to ``maximum``, computed in decimal, so that a step of 0.1
+    gives 21.3, not 21.299999999999997.
+    """
+    with localcontext(prec=DECIMAL_DIGITS):
+        step = Decimal(str(spec.get("multipleOf", 1)))
+        first = int((Decimal(str(spec["minimum"])) / step).to_integral_value(ROUND_CEILING))
+        last = int((Decimal(str(spec["maximum"])) / step).to_integral_value(ROUND_FLOOR))
+        values = [k * step for k in range(first, min(last, first + limit - 1) + 1)]
+    return [int(v) if spec["type"] == "integer" else float(v) for v in values]
+
+
+def argument_grammar(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """An argument's schema as llama.cpp's grammar builder can enforce it.
+
+    The builder ignores numeric bounds and steps, so a range becomes the
+    ``enum`` of its values: the integers, or the decimals at the declared
+    ``multipleOf`` step ("set the heating to 21.5" with ``minimum: 5,
+    maximum: 30, multipleOf: 0.5`` offers exactly 5.0, 5.5, ... 30.0). A number
+    range without a step, or with more than :data:`MAX_RANGE` values, keeps its
+    bare type: the verifier refuses what falls outside it.
+    """
+    bounded = "minimum" in spec and "maximum" in spec and "enum" not in spec and (
+        spec["type"] == "integer" or "multipleOf" in spec)
+    if bounded:
+        values = list(argument_values(spec, MAX_RANGE + 1))
+        if len(values) <= MAX_RANGE:
+            return {"enum": values}
+    return {k: v for k, v in spec.items() if k not in _NOT_FOR_GRAMMAR}
 
 _ANSWER_START = re.compile(r'^\s*\{\s*"answer"\s*:\s*"')
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",

@@ -6,6 +6,15 @@ act``) comes here and nowhere else can act. Each one ends in a record on
 "needs", "ms"}``, verdict ``done``, ``refused``, ``awaiting_confirmation``,
 ``declined`` or ``failed``. With ``confirm: true`` the appliance asks first and
 waits ``actions_confirm_s`` for yes or no; silence means no.
+
+A question waiting for yes or no is keyed by its proposal's id, and that id is
+the client's: a second proposal with the same id is refused
+(:class:`DuplicateProposal`) instead of taking the first one's place. It is
+answered only by a confirmer that could have made it: the same source (a
+spoken yes answers a spoken proposal, never an operator's), or an operator
+(``cmd/confirm``), and the verifier checks the action again for both. Every
+question ends in exactly one record: done (or refused or failed when it was
+tried), or declined (no, silence, or the appliance stopping).
 """
 
 from __future__ import annotations
@@ -19,9 +28,17 @@ from typing import Any
 from appliance.actions.executor import ExecutionError, Executor
 from appliance.actions.verifier import Verdict, Verifier
 from appliance.config.schema import Action
+from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 
 log = get_logger("actions")
+
+OPERATOR_SOURCES = frozenset({"mqtt"})
+"""Whose yes or no answers any waiting question: ``cmd/confirm`` (Home Assistant, scripts)."""
+
+
+class DuplicateProposal(ApplianceError):
+    """A proposal came with the id of one that still waits for yes or no."""
 
 
 @dataclass(frozen=True)
@@ -78,16 +95,26 @@ class ActionService:
         self.clock = clock
         self._pending: dict[str, _Pending] = {}
 
+    def offered(self, source: str, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that ``source`` may propose at all: what its model is offered."""
+        return [name for name in names
+                if self.verifier.check(name, {}, source, gate_only=True).ok]
+
     def propose(self, request_id: str, name: str, args: Any, source: str, *,
                 allowed: Iterable[str] | None = None,
                 on_outcome: Callable[[Outcome], None] = lambda _o: None) -> Outcome:
         """Verify ``name(args)`` and act, or ask, or refuse; the outcome is recorded.
 
         ``on_outcome`` hears the final outcome of an action that waits for a
-        confirmation (done, declined, failed).
+        confirmation (done, declined, failed). Raises :class:`DuplicateProposal`
+        (and records nothing) while a question with ``request_id`` waits.
         """
+        if request_id in self._pending:
+            raise DuplicateProposal(
+                f"an action with id {request_id!r} is still waiting for a yes or no; "
+                "give this one another id")
         started = self.clock()
-        args = dict(args) if isinstance(args, dict) else args
+        args = self.registry.with_defaults(name, args)  # what is left out takes its default
         check = self.verifier.check(name, args, source, allowed)
         if not check.ok:
             return self._finish(Outcome(request_id, name, args if isinstance(args, dict) else {},
@@ -107,9 +134,11 @@ class ActionService:
         return self._act(request_id, action, args, source, started)
 
     def _act(self, request_id: str, action: Action, args: dict[str, Any], source: str,
-             started: float) -> Outcome:
+             started: float, confirmer: str | None = None) -> Outcome:
         # The requirements are checked once more: a confirmation may come much later.
         check = self.verifier.check(action.name, args, source)
+        if check.ok and confirmer is not None:  # and the confirmer could have proposed it
+            check = self.verifier.check(action.name, args, confirmer)
         if not check.ok:
             return self._finish(Outcome(request_id, action.name, args, source, "refused",
                                         check.text, check.reason, check.needs), started)
@@ -124,35 +153,48 @@ class ActionService:
         return self._finish(Outcome(request_id, action.name, args, source, "done",
                                     "Done.", ""), started)
 
-    def confirm(self, request_id: str, yes: bool) -> Outcome | None:
-        """The answer to "Shall I ...?" for ``request_id``; ``None`` if none waits."""
-        pending = self._pending.pop(request_id, None)
-        if pending is None:
+    def confirm(self, request_id: str, yes: bool, by: str) -> Outcome | None:
+        """``by``'s answer to "Shall I ...?" for ``request_id``; ``None`` if none waits for it.
+
+        A question that ``by`` may not answer (:func:`_answers`) is left waiting.
+        """
+        pending = self._pending.get(request_id)
+        if pending is None or not _answers(by, pending):
             return None
+        del self._pending[request_id]
         if pending.timer is not None:
             pending.timer.cancel()
         if yes:
             outcome = self._act(request_id, pending.action, pending.args, pending.source,
-                                pending.started)
+                                pending.started, confirmer=by)
         else:
-            outcome = self._finish(Outcome(request_id, pending.action.name, pending.args,
-                                           pending.source, "declined", "OK, I won't.",
-                                           "declined"), pending.started)
+            outcome = self._decline(request_id, pending, "declined")
         pending.on_outcome(outcome)
         return outcome
 
-    def latest_waiting(self) -> str | None:
-        """The id of the most recent question still waiting for yes or no."""
-        return next(reversed(self._pending), None)
+    def latest_waiting(self, by: str) -> str | None:
+        """The id of the most recent question still waiting that ``by`` may answer."""
+        return next((request_id for request_id, pending in reversed(self._pending.items())
+                     if _answers(by, pending)), None)
+
+    def close(self) -> None:
+        """The appliance stops: every question still waiting is declined (and recorded)."""
+        while self._pending:
+            request_id, pending = self._pending.popitem()
+            if pending.timer is not None:
+                pending.timer.cancel()
+            self._decline(request_id, pending, "the appliance stopped")
 
     def _expire(self, request_id: str) -> None:
         pending = self._pending.pop(request_id, None)
         if pending is not None:
-            outcome = self._finish(Outcome(request_id, pending.action.name, pending.args,
-                                           pending.source, "declined", "OK, I won't.",
-                                           f"no answer in {self.confirm_s:g} s"),
-                                   pending.started)
-            pending.on_outcome(outcome)
+            pending.on_outcome(self._decline(request_id, pending,
+                                             f"expired: no answer in {self.confirm_s:g} s"))
+
+    def _decline(self, request_id: str, pending: _Pending, reason: str) -> Outcome:
+        return self._finish(Outcome(request_id, pending.action.name, pending.args,
+                                    pending.source, "declined", "OK, I won't.", reason),
+                            pending.started)
 
     def _finish(self, outcome: Outcome, started: float) -> Outcome:
         outcome = Outcome(**{**outcome.__dict__, "ms": (self.clock() - started) * 1000})
@@ -161,3 +203,7 @@ class ActionService:
         self.publish_record(outcome.record())
         return outcome
 
+
+def _answers(by: str, pending: _Pending) -> bool:
+    """Whether a yes or no from ``by`` may answer ``pending``: its own source, or an operator."""
+    return by == pending.source or by in OPERATOR_SOURCES

@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.api.errors import ApiError, Problem
 from appliance.llm import ChatRequest, Chunk, new_request_id
-from appliance.protocol.messages import Request
+from appliance.protocol.messages import Api, Request
 from appliance.service.dispatcher import Dispatcher, Rejected
 from appliance.service.ratelimit import RateLimiter
 
@@ -87,8 +87,9 @@ class ApiGate:
         self.dispatcher = dispatcher
         self.limiter = limiter
 
-    def submit(self, chat: ChatRequest, client: str, max_tokens: int | None = None) -> Pending:
-        """Queue ``chat`` for ``client`` (its address); raises :class:`ApiError` when refused."""
+    def submit(self, chat: ChatRequest, client: str, max_tokens: int | None = None,
+               api: Api = "http") -> Pending:
+        """Queue ``chat`` for ``client`` (its address) of ``api``; raises :class:`ApiError`."""
         if self.dispatcher.level.max_tokens == 0:
             raise ApiError(Problem.COOLING_DOWN, COOLING_DOWN, retry_after_s=COOLING_RETRY_S)
         if not self.limiter.allow(client):
@@ -97,7 +98,7 @@ class ApiGate:
                            f"too many requests from {client}: at most {per_minute} a minute",
                            retry_after_s=math.ceil(60 / max(per_minute, 1)))
         request = Request(id=new_request_id(), source="api", text=chat.text,
-                          max_tokens=max_tokens, client=client, chat=chat)
+                          max_tokens=max_tokens, client=client, chat=chat, api=api)
         pending = Pending(request, self.dispatcher)
         try:
             self.dispatcher.submit(request, pending)

@@ -9,6 +9,7 @@ from appliance.llm.types import ChatRequest
 
 Source = Literal["voice", "mqtt", "sensor", "api"]
 Tier = Literal["auto", "local", "remote"]
+Api = Literal["http", "wyoming"]
 
 PRIORITY: dict[Source, int] = {"voice": 0, "api": 1, "mqtt": 1, "sensor": 2}
 """Lower runs first: voice, then questions (MQTT and the HTTP/Wyoming APIs), then sensor rules."""
@@ -26,7 +27,8 @@ class Request:
     echo; ``rule`` names the sensor rule that made it; ``tier`` says where it
     may be answered (``auto``: the router decides); ``chat`` carries what an
     API client sends beyond one question (its system prompt, earlier turns,
-    sampling, tools as a schema), never journaled.
+    sampling, tools as a schema), never journaled; ``api`` says which API an
+    ``api`` request came through (what it may do depends on it).
     """
 
     id: str
@@ -40,6 +42,12 @@ class Request:
     attempts: int = 0
     tier: Tier = "auto"
     chat: ChatRequest | None = None
+    api: Api | None = None
+
+    @property
+    def entrance(self) -> str:
+        """Where it came in: its source, or the API it came through (``api`` if not said)."""
+        return self.api or self.source
 
     @property
     def priority(self) -> int:

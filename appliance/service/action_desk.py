@@ -4,6 +4,11 @@ The :class:`ActionDesk` builds the verifier and executor from the config, and
 takes what reaches actions from outside the request pipeline: ``cmd/act`` (a
 Home Assistant button, ``appliance act``), ``cmd/confirm`` and a spoken yes or
 no to "Shall I ...?", and it publishes the world state on ``<base>/world``.
+
+It also decides which entrances may act (:func:`closed_entrances`): the
+device's own (voice, MQTT, rules, buttons) always; Wyoming, which has no
+authentication, only with ``api.wyoming.actions: true``; HTTP with
+``api.http.actions: true``, or by default (``auto``) only behind a token.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from appliance.actions.executor import Executor, SetOutput
 from appliance.actions.registry import Registry
-from appliance.actions.service import ActionService
+from appliance.actions.service import ActionService, DuplicateProposal
 from appliance.actions.verifier import Verifier
 from appliance.actions.world import WorldState
 from appliance.config import Settings
@@ -35,7 +40,8 @@ class ActionDesk:
         if settings.actions:
             voice = settings.voice
             verifier = Verifier(Registry(settings.actions), world, kid_safe=voice.kid_safe,
-                                kid_safe_actions=voice.kid_safe_actions)
+                                kid_safe_actions=voice.kid_safe_actions,
+                                closed=closed_entrances(settings))
             self.service = ActionService(verifier, Executor(bridge.deliver, set_output),
                                          self._publish_record, settings.actions_confirm_s)
 
@@ -54,22 +60,30 @@ class ActionDesk:
         max_bytes = self.settings.mqtt.max_payload_bytes
         if inbound.topic == self.topics.confirm:
             request_id, yes = parse_confirm(inbound.payload, max_bytes)
-            if service is None or service.confirm(request_id, yes) is None:
+            if service is None or service.confirm(request_id, yes, "mqtt") is None:
                 raise InputError(f"no action waits for a confirmation with id {request_id!r}",
                                  request_id)
             return
         request_id, name, args = parse_act(inbound.payload, max_bytes)
         if service is None:
             raise InputError("no actions are configured on this device", request_id)
-        service.propose(request_id or new_request_id(), name, args, "mqtt")
+        try:
+            service.propose(request_id or new_request_id(), name, args, "mqtt")
+        except DuplicateProposal as exc:
+            raise InputError(str(exc), request_id) from None
+
+    def close(self) -> None:
+        """The appliance stops: the questions still waiting are declined, and recorded."""
+        if self.service is not None:
+            self.service.close()
 
     def spoken(self, intent: str, say: Callable[[str], None]) -> None:
-        """A spoken yes or no answers the latest "Shall I ...?"; its outcome is said."""
+        """A spoken yes or no answers the latest spoken "Shall I ...?"; its outcome is said."""
         service = self.service
-        waiting = service.latest_waiting() if service is not None else None
+        waiting = service.latest_waiting("voice") if service is not None else None
         if service is None or waiting is None or intent not in ("yes", "no"):
             return
-        outcome = service.confirm(waiting, intent == "yes")
+        outcome = service.confirm(waiting, intent == "yes", "voice")
         if outcome is not None:
             say(outcome.text)
 
@@ -81,3 +95,18 @@ class ActionDesk:
             if self.world.changed:
                 self.bridge.publish(Outgoing(self.topics.world, json.dumps(
                     self.world.flush(), ensure_ascii=False).encode(), retain=True))
+
+
+def closed_entrances(settings: Settings) -> dict[str, str]:
+    """The API entrances that may not act, each with why (naming the setting to change)."""
+    closed: dict[str, str] = {}
+    wyoming, http = settings.api.wyoming, settings.api.http
+    if wyoming is None or not wyoming.actions:
+        closed["wyoming"] = ("actions are off for Wyoming, which has no authentication "
+                             "(api.wyoming.actions: false)")
+    if http is None or (http.actions == "auto" and http.token_file is None):
+        closed["http"] = ("actions are off for HTTP without a token "
+                          "(api.http.actions: auto, and no api.http.token_file)")
+    elif not http.actions:  # "auto" (with a token) is true
+        closed["http"] = "actions are off for HTTP (api.http.actions: false)"
+    return closed

@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from appliance.actions.decision import AnswerText, parse_decision
-from appliance.actions.service import ActionService
+from appliance.actions.service import ActionService, DuplicateProposal
 from appliance.actions.world import WorldState
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
 from appliance.generate.base import GenerationFailed, GeneratorCrashed
@@ -142,10 +142,14 @@ class Dispatcher:
         action = actions.registry.by_phrase(request.text)
         if action is None:
             return False
+        try:
+            outcome = actions.propose(request.id, action.name, {}, request.entrance,
+                                      on_outcome=lambda later: self.outlets.say(request,
+                                                                                later.text))
+        except DuplicateProposal as exc:
+            raise Rejected(str(exc)) from None
         if watcher is not None:
             self.outlets.watchers[request.id] = watcher
-        outcome = actions.propose(request.id, action.name, {}, request.source,
-                                  on_outcome=lambda later: self.outlets.say(request, later.text))
         self.outlets.say(request, outcome.text)
         self._answer(request, outcome.answer_fields())
         return True
@@ -159,9 +163,7 @@ class Dispatcher:
             names = list(self.rules.actions_of(request.rule))
         else:
             names = list(actions.registry.actions)
-        if request.source == "voice" and self.kid_safe:
-            names = [n for n in names if n in actions.verifier.kid_safe_actions]
-        return names or None
+        return actions.offered(request.entrance, names) or None
 
     def on_event(self, topic: str, event: dict[str, Any], now: float | None = None) -> int:
         """Apply the sensor rules to ``event``; returns how many generations it queued."""
@@ -318,10 +320,13 @@ class Dispatcher:
         decision = parse_decision(reply, stream.text)
         if decision.action is None:
             return {"text": decision.answer or ""}
-        outcome = self.actions.propose(request.id, decision.action, decision.args or {},
-                                       request.source, allowed=names,
-                                       on_outcome=lambda later: self.outlets.say(
-                                           request, later.text))
+        try:
+            outcome = self.actions.propose(request.id, decision.action, decision.args or {},
+                                           request.entrance, allowed=names,
+                                           on_outcome=lambda later: self.outlets.say(
+                                               request, later.text))
+        except DuplicateProposal as exc:
+            return unanswered("error", error=str(exc))
         stream.stream(Chunk(request.id, 0, outcome.text))  # the outcome is what is said
         fields = outcome.answer_fields()
         del fields["tokens"], fields["finish_reason"]  # the model's, from its completion

@@ -10,10 +10,15 @@ commits with ``synchronous=FULL``: it is on the card before it returns, so a
 power cut (the common crash on a Pi) loses no acknowledged question. The
 other writes use ``NORMAL`` (one fsync fewer each): if a power cut takes one
 of them back, the question is still journaled and is answered again after
-boot, which QoS 1's at-least-once already allows. A write that cannot commit
-(disk full, a card remounted read-only) raises :class:`JournalError`, and the
-caller does not acknowledge. A journal that cannot be read is moved aside with
-a timestamp and a fresh one is started (:attr:`Journal.recovered` says so).
+boot, which QoS 1's at-least-once already allows. An action's last run is
+written with ``FULL`` too: its cooldown must hold after a power cut. A write
+that cannot commit (disk full, a card remounted read-only) raises
+:class:`JournalError`, and the caller does not acknowledge. A journal that
+cannot be read is moved aside with a timestamp and a fresh one is started
+(:attr:`Journal.recovered` says so).
+
+The same file keeps the sensor readings and when each action last ran (see
+:mod:`appliance.actions.world`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from appliance.actions.world import Stamp
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.protocol.messages import Outgoing, Request
@@ -52,7 +58,15 @@ CREATE TABLE IF NOT EXISTS requests (
 CREATE TABLE IF NOT EXISTS world (
     name TEXT PRIMARY KEY,
     fields TEXT NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    mono REAL NOT NULL DEFAULT 0,
+    boot TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    mono REAL NOT NULL,
+    boot TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,8 +80,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 _COLUMNS = ("id", "source", "text", "max_tokens", "reply_topic", "correlation", "rule",
             "client", "attempts", "tier")
-_ADDED_COLUMNS = {"tier": "TEXT NOT NULL DEFAULT 'auto'"}
-"""Columns newer than the first release, added to an older journal in place."""
+_ADDED_COLUMNS = {
+    "requests": {"tier": "TEXT NOT NULL DEFAULT 'auto'"},
+    # A reading kept by an older release has no boot: it is stale (never from this boot).
+    "world": {"mono": "REAL NOT NULL DEFAULT 0", "boot": "TEXT NOT NULL DEFAULT ''"},
+}
+"""Columns newer than the first release, by table, added to an older journal in place."""
 
 class JournalError(ApplianceError):
     """The journal cannot be written (disk full, read-only) or read."""
@@ -119,10 +137,11 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
-            have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in have:
-                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.execute(f"SELECT {', '.join(_COLUMNS)} FROM requests LIMIT 1").fetchall()
             db.execute("SELECT seq, topic, payload, qos, retain, correlation FROM outbox "
                        "LIMIT 1").fetchall()
@@ -138,17 +157,22 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"cannot {what}: {exc}") from None
 
+    @contextmanager
+    def _durable(self) -> Iterator[None]:
+        """Writes inside commit with ``synchronous=FULL``: on the card when they return."""
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+
     def add(self, request: Request) -> bool:
         """Record ``request``; ``False`` if one with its id is already journaled."""
         row = asdict(request)
-        with self._writing("journal the request"):
-            self._db.execute("PRAGMA synchronous=FULL")  # it is acknowledged right after
-            try:
-                cur = self._db.execute(
-                    f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
-            finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._writing("journal the request"), self._durable():  # acknowledged right after
+            cur = self._db.execute(
+                f"INSERT OR IGNORE INTO requests ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COLUMNS))})", [row[c] for c in _COLUMNS])
         return cur.rowcount == 1
 
     def update_text(self, request_id: str, text: str) -> None:
@@ -195,23 +219,35 @@ class Journal:
         with self._writing("retire the answer"):
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (key,))
 
-    def world(self) -> dict[str, tuple[dict[str, Any], float]]:
+    def world(self) -> dict[str, tuple[dict[str, Any], Stamp]]:
         """The sensor readings kept from before (see :mod:`appliance.actions.world`)."""
-        rows = self._db.execute("SELECT name, fields, at FROM world")
+        rows = self._db.execute("SELECT name, fields, at, mono, boot FROM world")
         kept = {}
-        for name, fields, at in rows:
-            with contextlib.suppress(ValueError):
-                kept[name] = (json.loads(fields), float(at))
+        for name, fields, at, mono, boot in rows:
+            with contextlib.suppress(ValueError, TypeError):
+                kept[name] = (json.loads(fields), Stamp(float(at), float(mono), str(boot)))
         return kept
 
-    def save_world(self, readings: dict[str, tuple[dict[str, Any], float]]) -> None:
+    def save_world(self, readings: dict[str, tuple[dict[str, Any], Stamp]]) -> None:
         """Keep the latest readings (a lost one costs a stale reading, nothing more)."""
         with self._writing("keep the sensor readings"), self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT OR REPLACE INTO world (name, fields, at) VALUES (?, ?, ?)",
-                [(name, json.dumps(fields, ensure_ascii=False), at)
-                 for name, (fields, at) in readings.items()])
+                "INSERT OR REPLACE INTO world (name, fields, at, mono, boot) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(name, json.dumps(fields, ensure_ascii=False), s.at, s.mono, s.boot)
+                 for name, (fields, s) in readings.items()])
+
+    def runs(self) -> dict[str, Stamp]:
+        """When each action last ran (its cooldown counts from there)."""
+        rows = self._db.execute("SELECT name, at, mono, boot FROM runs")
+        return {name: Stamp(float(at), float(mono), str(boot)) for name, at, mono, boot in rows}
+
+    def save_run(self, name: str, stamp: Stamp) -> None:
+        """Keep that action ``name`` ran at ``stamp``, on the card: its cooldown must hold."""
+        with self._writing("keep the action's last run"), self._durable():
+            self._db.execute("INSERT OR REPLACE INTO runs (name, at, mono, boot) "
+                             "VALUES (?, ?, ?, ?)", (name, stamp.at, stamp.mono, stamp.boot))
 
     def close(self) -> None:
         """Close the database."""

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
+import json
 import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance.catalog import resolve_llm
 from appliance.config import Settings
@@ -20,6 +28,7 @@ from appliance.download import is_verified
 from appliance.errors import ApplianceError
 from appliance.hardware import mem_available_bytes
 from appliance.llm.gguf import check_model_file
+from appliance.mqtt.contract import Topics
 from appliance.thermal import SensorError, ZoneMissing, read_celsius
 from appliance.voice.playback import require_aplay
 from appliance.voice.tts import Espeak, check_tts, voice_name
@@ -118,6 +127,72 @@ def check_broker(settings: Settings) -> Check:
         return Check("broker", "fail", f"{where}: {exc.strerror or exc}")
 
 
+STATE_WAIT_S = 3.0
+_IMAGE_HOSTNAMES = frozenset({"raspberrypi", "localhost", "debian", "ubuntu", "dietpi"})
+"""Hostnames every card of an OS image starts with: as a device_id they clash."""
+
+
+def check_device_id(settings: Settings) -> Check:
+    """No other device uses this device_id: the service's retained state names a clash.
+
+    The service notices when another client takes its MQTT session over (a
+    cloned SD card) and keeps saying so in ``problems.mqtt`` of its state. We
+    read that state as a listener of our own, never with the device's client
+    id (that would take the session over ourselves).
+    """
+    device = settings.device_id
+    try:
+        state = _retained_state(settings)
+    except OSError as exc:
+        return Check("device id", "warn", f"cannot tell: the broker is not reachable "
+                     f"({exc.strerror or exc})")
+    clash = (state or {}).get("problems", {}).get("mqtt") if isinstance(state, dict) else None
+    if isinstance(clash, str):
+        return Check("device id", "fail", clash)
+    if device in _IMAGE_HOSTNAMES:
+        return Check("device id", "warn", f"{device!r} is the OS image's hostname: every "
+                     "cloned card has it; set device_id (docs/fleet.md)")
+    seen = "no clash in its state" if state is not None else "no state published yet"
+    return Check("device id", "ok", f"{device}: {seen}")
+
+
+def _retained_state(settings: Settings) -> dict[str, Any] | None:
+    """The retained ``<base>/state``, or ``None`` when the broker holds none."""
+    mqtt = settings.mqtt
+    got: dict[str, Any] = {}
+    subscribed, done = threading.Event(), threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                         client_id=f"appliance-doctor-{uuid.uuid4().hex[:12]}")
+    if mqtt.username is not None:
+        client.username_pw_set(mqtt.username, read_password(settings))
+    if mqtt.tls is not None:
+        client.tls_set(ca_certs=_path(mqtt.tls.ca_file), certfile=_path(mqtt.tls.cert_file),
+                       keyfile=_path(mqtt.tls.key_file), cert_reqs=ssl.CERT_REQUIRED)
+    topic = Topics.under(settings.base_topic).state
+    client.on_connect = lambda c, *_: c.subscribe(topic, qos=0)
+    client.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        with contextlib.suppress(ValueError):
+            got["state"] = json.loads(message.payload)
+        done.set()
+
+    client.on_message = on_message
+    client.connect(mqtt.host, mqtt.port, keepalive=10)
+    client.loop_start()
+    try:  # a retained message comes right after the subscription is granted, if at all
+        if subscribed.wait(STATE_WAIT_S):
+            done.wait(1.0)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got.get("state")
+
+
+def _path(path: object) -> str | None:
+    return None if path is None else str(path)
+
+
 def check_journal(settings: Settings) -> Check:
     """The data_dir is writable, and no unreadable journal had to be set aside."""
     data = settings.data_dir
@@ -187,6 +262,7 @@ CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("speech out", check_speech_out),
     ("audio", check_audio),
     ("broker", check_broker),
+    ("device id", check_device_id),
     ("service", check_service),
     ("user", check_user),
 )

@@ -5,7 +5,11 @@ those of paho, llama.cpp and friends all pass the same processors and come out
 as JSON lines (under systemd, or when stderr is not a terminal) or as coloured
 console lines (on a terminal). Every event carries a ``component``; a request
 id bound with :func:`bind_request` follows a request through every component
-that logs while it is handled.
+that logs while it is handled. A secret registered with :func:`add_secret`
+(the MQTT password, the escalation API key, the HTTP token: registered by
+:mod:`appliance.config.secrets` as it reads them, in any command) is replaced by
+``[redacted]`` in every event, whoever logs it and wherever in the event it
+hides (a message, an error text, a traceback).
 """
 
 from __future__ import annotations
@@ -23,6 +27,41 @@ _HANDLER_NAME = "appliance"
 
 # Standard-library loggers that are too chatty at INFO for a device's journal.
 _QUIET_LIBRARIES = ("paho", "urllib3", "asyncio")
+
+REDACTED = "[redacted]"
+MIN_SECRET_CHARS = 4
+"""Shorter values are not redacted: replacing every "a" would make the log unreadable."""
+_secrets: set[str] = set()
+
+
+def add_secret(value: str | None) -> None:
+    """Never log ``value`` from now on: it becomes ``[redacted]`` in every event."""
+    if value is not None and len(value) >= MIN_SECRET_CHARS:
+        _secrets.add(value)
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with every registered secret replaced, looking into dicts and lists."""
+    if isinstance(value, str):
+        for secret in _secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = str(value)  # an exception or another object: rendered as its text anyway
+    scrubbed = _scrub(text)
+    return value if scrubbed == text else scrubbed
+
+
+def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+    """Replace every registered secret in ``event`` (after tracebacks are rendered)."""
+    if not _secrets:
+        return event
+    return {key: _scrub(value) for key, value in event.items()}
 
 
 def _component_from_logger_name(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
@@ -56,6 +95,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _redact_secrets,
             renderer,
         ],
     )

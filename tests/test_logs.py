@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -11,12 +12,55 @@ import pytest
 
 from appliance import logs
 from appliance.catalog import ResolvedModel
+from appliance.config.loader import parse_settings
+from appliance.config.secrets import read_password
 from appliance.llm import Engine
+from appliance.log_limit import RateLimitedLog
 from tests.conftest import make_settings
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_flood_is_logged_in_bursts_then_one_counted_line_per_window() -> None:
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+
+    async def flood() -> list[dict[str, object]]:
+        limited = RateLimitedLog(logs.get_logger("x"), "refused", every_s=0.05, burst=2)
+        for i in range(30):
+            limited.warning("busy" if i % 3 else "slow", peer=f"p{i}")
+        assert [e["peer"] for e in _lines(out)] == ["p0", "p1"]  # the burst, at once
+        for _ in range(400):  # the rest, summed when the window ends, even if all is quiet
+            if len(_lines(out)) == 3:
+                break
+            await asyncio.sleep(0.05)
+        limited.warning("busy", peer="late")  # the summary opened a window: one more fits
+        limited.warning("busy", peer="later")  # and this one waits for its end
+        assert len(_lines(out)) == 4
+        limited.close()
+        return _lines(out)
+
+    lines = asyncio.run(flood())
+    counts = [{k: e[k] for k in ("busy", "slow") if k in e} for e in lines]
+    assert counts == [{"slow": 1}, {"busy": 1}, {"busy": 19, "slow": 9}, {"busy": 1}]
+    assert lines[2]["peer"] == "p29" and lines[2]["within_s"] == 0.05  # the latest, as example
+    assert {e["component"] for e in lines} == {"x"} and lines[3]["peer"] == "late"
+
+
+def test_a_secret_is_redacted_once_read_whichever_command_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_secrets", set())  # this test's secrets stay in this test
+    monkeypatch.setenv("TEST_MQTT_PASSWORD", "hunter2-for-the-log")
+    settings = parse_settings("mqtt:\n  username: u\n  password_env: TEST_MQTT_PASSWORD\n",
+                              "c.yaml")
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    assert read_password(settings) == "hunter2-for-the-log"  # as doctor or act read it
+    logs.get_logger("cli").warning("failed", error="bad password hunter2-for-the-log")
+    (line,) = _lines(out)
+    assert line["error"] == "bad password [redacted]"
 
 
 def test_json_events_carry_component_and_request_id() -> None:

@@ -4,6 +4,10 @@ The file is opened exactly as the service opens it, so ``config check`` run as
 the service's user finds what ``run`` would find: a directory, a file that user
 may not read, one that is not UTF-8 text or is empty are each a
 :class:`~appliance.errors.ConfigError` at the key's line, before anything starts.
+
+Every secret read here is registered with :func:`appliance.logs.add_secret` as
+it is read, so whichever command read it (``run``, ``doctor``, ``act``...),
+no log line of that process shows it: it is ``[redacted]`` wherever it hides.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import stat
 from appliance.config.schema import Settings
 from appliance.errors import ConfigError
 from appliance.files import open_regular
-from appliance.logs import get_logger
+from appliance.logs import add_secret, get_logger
 
 log = get_logger("config")
 
@@ -46,14 +50,17 @@ def read_api_token(settings: Settings) -> str | None:
 
 def _read(settings: Settings, key: str, path: os.PathLike[str] | None,
           env: str | None) -> str | None:
+    """The secret from ``path`` or ``$env`` (``None`` if neither is set), never to be logged."""
     if path is not None:
-        return _read_file(settings, f"{key}_file", path)
-    if env is not None:
+        value = _read_file(settings, f"{key}_file", path)
+    elif env is not None:
         value = os.environ.get(env)
         if value is None:
             raise _error(settings, f"{key}_env", f"names ${env}, which is not set")
-        return value
-    return None
+    else:
+        return None
+    add_secret(value)
+    return value
 
 
 def _read_file(settings: Settings, key: str, path: os.PathLike[str]) -> str:

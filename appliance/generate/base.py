@@ -12,10 +12,15 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from appliance.errors import ModelError
-from appliance.llm.types import ChatRequest, Chunk, Completion
+from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
 
 Tier = Literal["local", "remote"]
 OnChunk = Callable[[Chunk], None]
+
+BYTES_PER_TOKEN = 16
+"""A remote answer's byte budget per token of its token budget (a token averages 4 bytes)."""
+MAX_TOKENS = 32768
+"""The token budget of a request that names none (``llm.max_tokens``'s own bound)."""
 
 
 class GenerationFailed(ModelError):
@@ -54,3 +59,42 @@ class Generator(Protocol):
 
     def set_budget(self, tokens: int | None) -> None:
         """The live token budget for running and later generations (``None``: no cap)."""
+
+
+class AnswerCap:
+    """Cuts a remote answer at the budget a local one has: tokens, and bytes.
+
+    A remote server may ignore ``max_tokens``: 200,000 chunks, or one chunk of
+    60 MB. Each chunk counts as a token (a streaming server sends about one per
+    chunk), and the text may not pass :data:`BYTES_PER_TOKEN` bytes per token of
+    the budget, so that neither many small chunks nor one huge one gets through.
+    ``limit`` is the request's own ``max_tokens``; ``budget()`` the live budget
+    (heat), read on every chunk.
+    """
+
+    def __init__(self, limit: int | None, budget: Callable[[], int | None]) -> None:
+        self.limit = limit if limit is not None else MAX_TOKENS
+        self.budget = budget
+        self.tokens = 0
+        self.bytes = 0
+        self.cut: FinishReason | None = None
+
+    def take(self, delta: str) -> str:
+        """The part of ``delta`` within the budget ('' once it is spent; :attr:`cut` says why)."""
+        if self.cut is not None:
+            return ""
+        live = self.budget()
+        tokens, why = (live, "throttled") if live is not None and live < self.limit \
+            else (self.limit, "length")
+        if self.tokens >= tokens:
+            self.cut = why
+            return ""
+        room = tokens * BYTES_PER_TOKEN - self.bytes
+        raw = delta.encode("utf-8", "replace")[:room]  # a lone surrogate becomes "?"
+        if len(raw) == room:
+            self.cut = why
+        self.tokens += 1
+        self.bytes += len(raw)
+        if self.tokens >= tokens:
+            self.cut = why
+        return raw.decode("utf-8", "ignore")  # a character cut in two is dropped

@@ -2,9 +2,17 @@
 
 ``POST {endpoint}/chat/completions`` with ``stream: true``; the answer comes as
 server-sent events, ``data: {chunk}`` lines until ``data: [DONE]``. Only the
-system prompt and the question leave the device. A server that does not
-start answering within ``first_token_timeout_s``, or fails or stalls later,
-raises :class:`GeneratorUnavailable`, and the router answers locally.
+system prompt and the question leave the device.
+
+The server is not trusted to behave. Its first token must come within
+``first_token_timeout_s`` of the request and the whole answer within
+``timeout_s`` (deadlines from the request, so keep-alive comments buy no
+time); each event must have the shape of a chat completion chunk; a line
+may not pass :data:`MAX_LINE_BYTES`; the answer is cut at the local budget
+(:class:`~appliance.generate.base.AnswerCap`). Anything else raises
+:class:`GeneratorUnavailable`, and the router answers locally. Its error
+texts are never repeated (they can quote our API key): a failure says only
+``upstream answered 401 (auth)`` or what went wrong in our own words.
 """
 
 from __future__ import annotations
@@ -12,18 +20,45 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from appliance.generate.base import GenerationFailed, GeneratorUnavailable, OnChunk, Tier
+from appliance.generate.base import (
+    AnswerCap,
+    GenerationFailed,
+    GeneratorUnavailable,
+    OnChunk,
+    Tier,
+)
 from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
 from appliance.logs import get_logger
 
 log = get_logger("remote")
 
+MAX_LINE_BYTES = 256 * 1024
+"""The longest server-sent-event line read; a longer one is a broken server, not an answer."""
+
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "tool_calls": "stop",
                                     "content_filter": "stop"}
+_STATUS_CLASS = {400: "bad request", 401: "auth", 403: "auth", 404: "not found",
+                 408: "timeout", 413: "too large", 429: "rate limited"}
+
+
+class _Malformed(ValueError):
+    """The server's stream is not what an OpenAI-compatible server sends."""
+
+
+@dataclass(frozen=True)
+class _Event:
+    """What one ``data:`` chunk says, checked."""
+
+    delta: str
+    finish: str | None
+    model: str | None
+    completion_tokens: int | None
 
 
 class OpenAIGenerator:
@@ -35,9 +70,12 @@ class OpenAIGenerator:
                  first_token_timeout_s: float, timeout_s: float) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.model = model
-        self.first_token_timeout_s = first_token_timeout_s
+        self.first_token_timeout_s = min(first_token_timeout_s, timeout_s)
         self.timeout_s = timeout_s
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # identity: a compressed stream could inflate without bound before we see a line
+        headers = {"Accept-Encoding": "identity"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(
             timeout_s, connect=first_token_timeout_s, read=first_token_timeout_s))
         self._running: dict[str, asyncio.Task[Completion]] = {}
@@ -77,40 +115,53 @@ class OpenAIGenerator:
             body["temperature"] = temperature
         if request.stop:
             body["stop"] = list(request.stop)
+        cap = AnswerCap(request.max_tokens, lambda: self._budget)
         first_at: float | None = None
         finish: FinishReason = "stop"
         usage_tokens: int | None = None
         model = self.model
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.timeout_s), self._client.stream(
-                    "POST", f"{self.endpoint}/chat/completions", json=body) as response:
+            # The first token is due first_token_timeout_s after the request, the end
+            # timeout_s after it: keep-alive comments or empty chunks do not move either.
+            async with asyncio.timeout(self.first_token_timeout_s) as deadline, \
+                    self._client.stream("POST", f"{self.endpoint}/chat/completions",
+                                        json=body) as response:
                 if response.status_code != 200:
-                    text = (await response.aread()).decode(errors="replace")[:200]
-                    raise GeneratorUnavailable(f"the server answered HTTP "
-                                               f"{response.status_code}: {text}")
-                async for data in _events(response):
-                    choice = (data.get("choices") or [{}])[0]
-                    delta = (choice.get("delta") or {}).get("content") or ""
-                    model = data.get("model") or model
-                    if data.get("usage"):
-                        usage_tokens = data["usage"].get("completion_tokens")
+                    raise GeneratorUnavailable(_status(response.status_code))
+                async for event in _events(response):
+                    model = event.model or model
+                    usage_tokens = event.completion_tokens or usage_tokens
+                    delta = cap.take(event.delta) if event.delta else ""
                     if delta:
-                        first_at = first_at or time.monotonic()
+                        if first_at is None:
+                            first_at = time.monotonic()
+                            deadline.reschedule(loop.time() + self.timeout_s
+                                                - (first_at - started))
                         if on_chunk is not None:
                             on_chunk(Chunk(request.id, len(parts), delta))
                         parts.append(delta)
-                    if choice.get("finish_reason"):
-                        finish = _FINISH.get(choice["finish_reason"], "stop")
-                    if self._budget is not None and len(parts) >= self._budget:
-                        finish = "throttled"
-                        break
-        except (httpx.HTTPError, TimeoutError, ValueError) as exc:
-            why = "no answer in time" if isinstance(exc, TimeoutError | httpx.TimeoutException) \
-                else f"{type(exc).__name__}: {exc}"
-            raise GeneratorUnavailable(f"{self.endpoint}: {why}") from None
+                    if event.finish:
+                        finish = _FINISH.get(event.finish, "stop")
+                    if cap.cut is not None:
+                        finish = cap.cut
+                        break  # leaving the block closes the connection
+        except TimeoutError:
+            raise GeneratorUnavailable(
+                f"no first token within {self.first_token_timeout_s:g} s" if first_at is None
+                else f"no complete answer within {self.timeout_s:g} s") from None
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            raise GeneratorUnavailable("the server cannot be reached") from None
+        except httpx.TimeoutException:
+            raise GeneratorUnavailable("the server stalled") from None
+        except httpx.HTTPError as exc:  # its text can quote the server's bytes: the class only
+            raise GeneratorUnavailable(f"the connection failed ({type(exc).__name__})") from None
+        except _Malformed as exc:
+            raise GeneratorUnavailable(f"the server's stream is malformed: {exc}") from None
         if not parts:
-            raise GenerationFailed(f"{self.endpoint}: the server sent an empty answer")
-        return _done(request, model, parts, finish, started, first_at, usage_tokens)
+            raise GenerationFailed("the server sent an empty answer")
+        return _done(request, model, parts, finish, started, first_at,
+                     None if cap.cut else usage_tokens)
 
     def cancel(self, request_id: str) -> None:
         """Stop reading the stream (the server sees the connection close)."""
@@ -120,12 +171,18 @@ class OpenAIGenerator:
             task.cancel()
 
     def set_budget(self, tokens: int | None) -> None:
-        """A live cap on the chunks read (heat still shortens remote answers)."""
+        """A live cap on the answer (heat shortens remote answers too)."""
         self._budget = tokens
 
     async def close(self) -> None:
         """Close the HTTP connections."""
         await self._client.aclose()
+
+
+def _status(code: int) -> str:
+    """A refusal in our words: a status and its class, never the server's text."""
+    kind = _STATUS_CLASS.get(code) or ("server error" if code >= 500 else "refused")
+    return f"upstream answered {code} ({kind})"
 
 
 def _messages(request: ChatRequest) -> list[dict[str, str]]:
@@ -141,18 +198,65 @@ def _cap(limit: int | None, budget: int | None) -> int | None:
     return min(caps) if caps else None
 
 
-async def _events(response: httpx.Response) -> Any:
-    """The JSON objects of an SSE stream's ``data:`` lines, until ``[DONE]``."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
+async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response's lines, none longer than :data:`MAX_LINE_BYTES` (held in memory)."""
+    pending = bytearray()
+    async for data in response.aiter_raw():
+        pending += data
+        while (end := pending.find(b"\n")) >= 0:
+            if end > MAX_LINE_BYTES:
+                break
+            line = bytes(pending[:end])
+            del pending[:end + 1]
+            yield line.rstrip(b"\r")
+        if len(pending) > MAX_LINE_BYTES:
+            raise _Malformed(f"a line longer than {MAX_LINE_BYTES} bytes")
+    if pending:
+        yield bytes(pending)
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[_Event]:
+    """The checked chunks of an SSE stream's ``data:`` lines, until ``[DONE]``."""
+    async for line in _lines(response):
+        if not line.startswith(b"data:"):
             continue  # blank lines end events, ":" lines are comments
         data = line[5:].strip()
-        if data.startswith("[DONE]"):
+        if data.startswith(b"[DONE]"):
             return
-        event = json.loads(data)
-        if isinstance(event, dict) and "error" in event:
-            raise GeneratorUnavailable(f"the server failed mid-answer: {event['error']}")
-        yield event
+        try:
+            event = json.loads(data)
+        except (ValueError, RecursionError):
+            raise _Malformed("an event is not JSON") from None
+        yield _checked(event)
+
+
+def _checked(event: object) -> _Event:
+    """One chunk, if it has the shape of ``chat.completion.chunk``; :class:`_Malformed` if not."""
+    if not isinstance(event, dict):
+        raise _Malformed("an event is not a JSON object")
+    if "error" in event:
+        raise _Malformed("the server reported an error mid-answer")
+    choices = event.get("choices")
+    if choices is None:
+        choices = []
+    if not isinstance(choices, list) or any(not isinstance(c, dict) for c in choices):
+        raise _Malformed("'choices' is not a list of objects")
+    choice = choices[0] if choices else {}
+    delta = choice.get("delta")
+    if delta is None:
+        delta = {}
+    if not isinstance(delta, dict):
+        raise _Malformed("'delta' is not an object")
+    content = delta.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _Malformed("'delta.content' is not text")
+    finish = choice.get("finish_reason")
+    usage = event.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    model = event.get("model")
+    return _Event(content or "", finish if isinstance(finish, str) else None,
+                  model[:200] if isinstance(model, str) and model else None,
+                  tokens if type(tokens) is int and tokens > 0 else None)
 
 
 def _done(request: ChatRequest, model: str, parts: list[str], finish: FinishReason,

@@ -5,7 +5,9 @@ It speaks the typed JSON lines of :mod:`appliance.protocol.worker_pipe`:
 commands on stdin, events on a private copy of stdout (the real stdout is
 pointed at stderr so that nothing native can corrupt the protocol).
 
-Run as ``python -m appliance.generate.worker [CONFIG]``.
+Run as ``python -m appliance.generate.worker [CONFIG]``. It ignores SIGTERM and
+SIGINT, which reach the whole process group on a stop: it ends when its stdin
+closes, which the supervisor does once the running answer is done.
 
 The engine is loaded and driven from the main thread only; a reader thread
 takes the commands. llama.cpp's OpenMP thread team belongs to the thread
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import sys
 import threading
 from typing import TextIO
@@ -117,6 +120,10 @@ class _Worker:
 def main(argv: list[str] | None = None) -> int:
     """Load the model named by the config and serve commands until stdin closes."""
     argv = sys.argv[1:] if argv is None else argv
+    # systemd's SIGTERM (and a terminal's Ctrl-C) reach the whole group: the supervisor
+    # stops us by closing stdin, after the running answer is finished, not before.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     try:

@@ -7,7 +7,8 @@ every second, ``loop_misc`` (keepalive pings). Every paho callback then runs
 on our loop: no hand-over between threads, no wake-up byte per message, no
 lock. Connecting (a blocking ``socket.create_connection`` and TLS handshake)
 is the one step that runs in a thread, with backoff from 1 to 60 s between
-attempts, forever.
+attempts, forever; :meth:`AsyncioDriver.hold_off` makes the next attempt wait
+longer (a device whose session another client keeps taking over).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class AsyncioDriver:
         self._stopping = False
         self._writing = False
         self._up = False
+        self._hold_s = 0.0
         self._thread = threading.get_ident()  # the loop's thread (we are built on it)
         client.on_socket_open = self._opened
         client.on_socket_close = self._closing
@@ -134,14 +136,19 @@ class AsyncioDriver:
                 # A session that got its CONNACK starts the backoff over; a refused one not.
                 delay = BACKOFF_START_S if self._up else min(delay * 2, BACKOFF_MAX_S)
                 self._up = False
+                wait, self._hold_s = max(delay, self._hold_s), 0.0
                 if not self._stopping:
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(wait)
         finally:
             misc.cancel()
 
     def connected(self) -> None:
         """The broker accepted us (CONNACK success): the next drop retries after 1 s."""
         self._up = True
+
+    def hold_off(self, seconds: float) -> None:
+        """Wait at least ``seconds`` before the next connection attempt (once)."""
+        self._hold_s = seconds
 
     async def _misc(self) -> None:
         while True:

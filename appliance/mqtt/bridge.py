@@ -8,6 +8,10 @@ removed when their PUBACK arrives, so neither a broker restart nor a killed
 supervisor loses one. An outbox that cannot be written (disk full) keeps the
 answers in memory and tries again every second; a publish the broker refuses
 (PUBACK reason code 0x80 or above) is reported, never taken for delivered.
+
+Two devices with one ``device_id`` share one client id and take the session
+from each other for ever; :class:`~appliance.mqtt.clash.Clash` tells from the
+drops, names the clash (:attr:`Bridge.clash`) and says how long to back off.
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from appliance.config.secrets import read_password
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.mqtt.aio import AsyncioDriver
+from appliance.mqtt.clash import Clash
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import Outgoing
 
 log = get_logger("bridge")
 
 RETRY_S = 1.0
-SESSION_TAKEN_OVER = 0x8E
 
 
 class Outbox(Protocol):
@@ -154,6 +158,8 @@ class Bridge:
         client.suppress_exceptions = True  # a bug in a callback must not break paho's state
         client.enable_logger()
         self.driver = AsyncioDriver(client, self._loop, self.where, self._connect_failed)
+        self.clash = Clash(self._loop, self.where, self.client_id, settings.device_id,
+                           lambda: self.on_change())
 
     @property
     def where(self) -> str:
@@ -210,6 +216,7 @@ class Bridge:
             self.client.subscribe(topic, qos=1)
         self.publish(Outgoing(self.topics.status, b"online", retain=True))
         log.info("connected", broker=self.where, client_id=self.client_id)
+        self.clash.connected()
         self.on_connected()
         self.on_change()
 
@@ -221,11 +228,10 @@ class Bridge:
         was = self.connected.is_set()
         self.connected.clear()
         if self._closing:
+            self.clash.cancel()
             log.info("disconnected", broker=self.where, reason="shutting down")
-        elif reason.value == SESSION_TAKEN_OVER:
-            log.error("session_taken_over", broker=self.where, client_id=self.client_id,
-                      code=reason.value, reason=str(reason),
-                      hint="another client connected with the same client id")
+        elif (wait := self.clash.dropped(was, reason.value, str(reason))) is not None:
+            self.driver.hold_off(wait)
         elif was:
             log.warning("disconnected", broker=self.where, reason=str(reason),
                         code=reason.value)

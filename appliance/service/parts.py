@@ -4,7 +4,10 @@ A part is a coroutine that runs until shutdown. One that crashes (or ends
 when it should not) is logged with its traceback and started again after a
 backoff; one that keeps crashing ends the process with an error, so systemd
 restarts the whole service. :meth:`Parts.dead` names the parts not running
-right now, which is what the systemd watchdog consults.
+right now, which is what the systemd watchdog consults. Once shutdown has
+begun (:meth:`Parts.stopping`), a part that ends is done, not crashed: a
+clean stop logs no error and schedules no restart, so log-based alerting
+sees no crash on every reboot.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Parts:
                     return
                 log.error("part_ended", part=part.name)
             part.alive = False
+            if self._stopping:
+                return  # crashed while stopping: nothing to restart it for
             now = self.clock()
             part.crashes = [t for t in part.crashes if now - t < CRASH_WINDOW_S] + [now]
             if len(part.crashes) >= MAX_CRASHES:
@@ -78,9 +83,13 @@ class Parts:
         """The parts not running right now (crashed and waiting to restart, or given up)."""
         return [p.name for p in self._parts.values() if not p.alive]
 
+    def stopping(self) -> None:
+        """Shutdown has begun: parts that end from now on are not restarted."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """Cancel every part and wait for them."""
-        self._stopping = True
+        self.stopping()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -239,6 +239,7 @@ class Supervisor:
 
     def _bridge_changed(self) -> None:
         self.status.problem("outbox", self.bridge.outbox_error)
+        self.status.problem("mqtt", self.bridge.clash.text)
 
     def _start_gpio(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.settings.gpio.enabled:
@@ -354,10 +355,12 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         log.info("stopping")
+        self.parts.stopping()  # the worker ends first, on purpose: not a crash to restart
         self.notifier.stopping()
         if self.apis is not None:
             await self.apis.close()
         await self.dispatcher.drain(FINISH_ON_STOP_S)
+        self.desk.close()  # the questions still waiting end in a record
         await self.worker.stop()
         await self.parts.stop()
         await self.bridge.close()

@@ -13,13 +13,15 @@ from appliance.cli.benches import (
     api,
     bridge,
     escalation,
+    fuzz,
     knowledge,
     llm,
+    soak,
     thermal,
     voice,
 )
 
-_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api)
+_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api, fuzz, soak)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

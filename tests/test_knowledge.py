@@ -74,6 +74,7 @@ def _top(retriever: Retriever, question: str, k: int = 3) -> list[tuple[str, str
 
 # --- retrieval ------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("question", "doc", "section"), [
     ("The screen shows nothing at all", "greenhouse.md",
      "Troubleshooting > The display is blank"),
@@ -91,18 +92,21 @@ def test_a_paraphrased_question_finds_its_section(retriever: Retriever, question
     assert (doc, section) in _top(retriever, question)
 
 
+@pytest.mark.slow
 def test_the_question_set_hits_the_right_section_in_the_top_3(retriever: Retriever) -> None:
     hits = sum((q["doc"], q["section"]) in _top(retriever, q["q"]) for q in QUESTIONS)
     assert len(QUESTIONS) >= 40
     assert hits / len(QUESTIONS) >= 0.85
 
 
+@pytest.mark.slow
 def test_exact_part_numbers_and_codes_are_found(retriever: Retriever) -> None:
     assert _top(retriever, "RBC-15", 1) == [
         ("ups.txt", "4. MAINTENANCE > 4.2 Replacing the battery")]
     assert ("wind-turbine.html", "Charge controller") in _top(retriever, "E07", 2)
 
 
+@pytest.mark.slow
 def test_query_syntax_never_reaches_fts5(retriever: Retriever) -> None:
     for question in ('wi-fi "unbalanced', "AND", "pump OR", "c++ 100% (pump", "a.b: it's",
                      'NEAR(pump seal) * ^ -', "   ", ""):
@@ -113,6 +117,7 @@ def test_query_syntax_never_reaches_fts5(retriever: Retriever) -> None:
     assert match_expression(['say"hi']) == '"say""hi"'
 
 
+@pytest.mark.slow
 def test_min_score_leaves_out_weak_passages(retriever: Retriever) -> None:
     best = retriever.search("Water drips from under the pump housing", 5)
     assert [p.score for p in best] == sorted((p.score for p in best), reverse=True)
@@ -122,6 +127,7 @@ def test_min_score_leaves_out_weak_passages(retriever: Retriever) -> None:
     assert all(p.score >= floor for p in kept)
 
 
+@pytest.mark.slow
 def test_passages_carry_what_a_prompt_and_a_cache_need(retriever: Retriever) -> None:
     seal = retriever.search("mechanical seal leaking", 1)[0]
     assert seal.source == {"doc": "pump.pdf", "section": "4 Maintenance > 4.2 Mechanical seal",
@@ -135,6 +141,7 @@ def test_passages_carry_what_a_prompt_and_a_cache_need(retriever: Retriever) -> 
     assert "page" not in text_doc.source
 
 
+@pytest.mark.slow
 def test_the_hash_is_stable_across_indexes_and_changes_with_the_text(
         tmp_path: Path, embedder: Embedder, retriever: Retriever) -> None:
     index = KnowledgeIndex(tmp_path / "k.sqlite3", embedder)
@@ -152,6 +159,7 @@ def test_the_hash_is_stable_across_indexes_and_changes_with_the_text(
     again.close()
 
 
+@pytest.mark.slow
 def test_a_retriever_sees_manuals_added_while_it_is_open(tmp_path: Path,
                                                          embedder: Embedder) -> None:
     index = KnowledgeIndex(tmp_path / "k.sqlite3", embedder)
@@ -167,6 +175,7 @@ def test_a_retriever_sees_manuals_added_while_it_is_open(tmp_path: Path,
     r.close()
 
 
+@pytest.mark.slow
 def test_batched_embeddings_equal_single_ones(embedder: Embedder) -> None:
     texts = ["short", "a much longer sentence about the pump and its mechanical seal leaking",
              "Ümlaut café naïve — déjà vu", "x" * 500]
@@ -183,7 +192,7 @@ def _paths(doc: Document) -> list[str]:
 
 
 def test_each_format_gives_its_title_and_section_paths() -> None:
-    docs = {p.name: formats.read(p, formats.format_of(p), p.read_bytes()) for p in DOCUMENTS}
+    docs = {p.name: formats.read(formats.format_of(p), p.read_bytes()) for p in DOCUMENTS}
     assert docs["greenhouse.md"].title == "GH-400 Greenhouse Climate Controller"
     assert "Maintenance > Cleaning the air intake filters" in _paths(docs["greenhouse.md"])
     assert docs["kiosk-printer.adoc"].title == "KP-80 Kiosk Receipt Printer: Service Guide"
@@ -200,7 +209,7 @@ def test_each_format_gives_its_title_and_section_paths() -> None:
 
 
 def test_pdf_sections_come_from_the_outline_with_their_pages() -> None:
-    doc = pdf.read(MANUALS / "pump.pdf")
+    doc = pdf.read((MANUALS / "pump.pdf").read_bytes())
     assert doc.pages == 6
     assert doc.title == "AquaMax CP-750 Centrifugal Pump: Installation and Service Manual"
     pages = {s.title: s.page for s in doc.sections}
@@ -220,11 +229,11 @@ def test_pdf_without_outline_uses_numbered_headings_and_the_page_cap(tmp_path: P
         made.set_font("Helvetica", size=12)
         made.multi_cell(0, 8, page)
     made.output(str(tmp_path / "plain.pdf"))
-    doc = pdf.read(tmp_path / "plain.pdf")
+    doc = pdf.read((tmp_path / "plain.pdf").read_bytes())
     assert [(s.title, s.page) for s in doc.sections] == [
         ("1 Safety", 1), ("2 Care > 2.1 Oiling", 2), ("2 Care > 2.2 Storage", 2)]
     with pytest.raises(KnowledgeError, match="2 pages is over the limit of 1"):
-        pdf.read(tmp_path / "plain.pdf", max_pages=1)
+        pdf.read((tmp_path / "plain.pdf").read_bytes(), max_pages=1)
 
 
 def test_the_committed_pump_pdf_is_what_its_script_writes(tmp_path: Path) -> None:
@@ -336,6 +345,7 @@ def _password_pdf(path: Path) -> None:
     made.output(str(path))
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "  max_file_mb: 0.01\n")
     bad = tmp_path / "bad"
@@ -369,6 +379,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path) -> No
     assert sorted(d["name"] for d in json.loads(out)) == sorted(p.name for p in good)
 
 
+@pytest.mark.slow
 def test_re_adding_is_a_no_op_and_a_changed_file_replaces_its_chunks(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     manual = tmp_path / "greenhouse.md"
@@ -394,6 +405,7 @@ def test_re_adding_is_a_no_op_and_a_changed_file_replaces_its_chunks(tmp_path: P
     assert [(d["name"], d["passages"]) for d in json.loads(out)] == [("greenhouse.md", 16)]
 
 
+@pytest.mark.slow
 def test_search_json_shape_and_remove(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     code, _out, err = _knowledge(cfg, "add", str(MANUALS / "pump.pdf"),
@@ -418,6 +430,7 @@ def test_search_json_shape_and_remove(tmp_path: Path) -> None:
     assert code == 2 and "--k" in err
 
 
+@pytest.mark.slow
 def test_an_index_of_another_embedding_model_is_embedded_again(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     assert _knowledge(cfg, "add", str(MANUALS / "pump.pdf"))[0] == 0
@@ -437,6 +450,7 @@ def test_an_index_of_another_embedding_model_is_embedded_again(tmp_path: Path) -
     assert code == 0 and out.startswith("1. pump.pdf, p. 4: 4 Maintenance > 4.2 Mechanical seal")
 
 
+@pytest.mark.slow
 def test_search_before_any_add_says_what_to_do(tmp_path: Path) -> None:
     code, _out, err = _knowledge(_config(tmp_path), "search", "anything")
     assert code == 1 and "appliance knowledge add" in err and err.count("\n") == 1

@@ -4,6 +4,10 @@
   than the manuals) over the test manuals (``tests/manuals``); a hit is the right document
   and section within the top 3 (target >= 0.85). Measured for the hybrid the appliance
   uses, and for each half alone (embeddings only, BM25 only) in the same run.
+* Refusals: the question set and the off-topic set (``tests/knowledge_offtopic.yaml``,
+  questions the manuals do not answer) against ``knowledge.min_score``: a question is
+  refused (``mode: only``) when its best passage scores under it. Precision is the share
+  of refused questions that were off topic, recall the share of off-topic ones refused.
 * Retrieval latency: ``Retriever.search`` end to end (question embedding, vector scores,
   FTS5 BM25, passage rows) over a generated corpus of ``chunks`` passages; p50 and p99
   (target p50 <= 5 ms at 10,000), the question's embedding alone, and the load average
@@ -23,13 +27,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 import appliance
 from appliance.catalog import ResolvedModel
-from appliance.config.schema import LlmSettings
+from appliance.config.schema import KnowledgeSettings, LlmSettings
 from appliance.knowledge.chunking import approx_tokens
 from appliance.knowledge.embedding import Embedder
 from appliance.knowledge.errors import KnowledgeError
@@ -42,6 +47,7 @@ from appliance.service.knowledge_context import passage_text
 _TESTS = Path(appliance.__file__).resolve().parent.parent / "tests"
 MANUALS = _TESTS / "manuals"
 QUESTIONS = _TESTS / "knowledge_questions.yaml"
+OFF_TOPIC = _TESTS / "knowledge_offtopic.yaml"
 SECTIONS_PER_FILE = 100
 
 
@@ -55,6 +61,7 @@ class KnowledgeBench:
     hit3_dense: float
     hit3_bm25: float
     misses: tuple[str, ...]
+    refusals: Refusals
     chunks: int
     corpus_mb: float
     build_s: float
@@ -76,6 +83,44 @@ class KnowledgeBench:
         return self.corpus_mb / self.build_s
 
 
+@dataclass(frozen=True)
+class Refusals:
+    """What ``min_score`` refuses of the on-topic and the off-topic questions."""
+
+    min_score: float | None
+    on_topic: int
+    off_topic: int
+    on_topic_refused: int
+    off_topic_refused: int
+    lowest_on_topic: float    # the best passage's score, for the worst-served question
+    highest_off_topic: float  # and for the off-topic question that looks most covered
+
+    @property
+    def precision(self) -> float | None:
+        """Off-topic share of the refused questions (None when none was refused)."""
+        refused = self.on_topic_refused + self.off_topic_refused
+        return self.off_topic_refused / refused if refused else None
+
+    @property
+    def recall(self) -> float:
+        """Share of the off-topic questions refused."""
+        return self.off_topic_refused / self.off_topic
+
+
+def refusals(retriever: Retriever, on_topic: list[str], off_topic: list[str],
+             min_score: float | None) -> Refusals:
+    """Each question's best score against ``min_score``, as ``knowledge.mode: only`` does."""
+    def best(question: str) -> float:
+        found = retriever.search(question, 1)
+        return found[0].score if found else float("-inf")
+
+    on = [best(q) for q in on_topic]
+    off = [best(q) for q in off_topic]
+    floor = float("-inf") if min_score is None else min_score
+    return Refusals(min_score, len(on), len(off), sum(s < floor for s in on),
+                    sum(s < floor for s in off), min(on), max(off))
+
+
 class _TimedEmbedder(Embedder):
     """The real embedder, adding up the time it spends."""
 
@@ -89,7 +134,7 @@ class _TimedEmbedder(Embedder):
             self.spent += time.perf_counter() - started
 
 
-def _load_questions(path: Path) -> list[dict[str, str]]:
+def _load_questions(path: Path) -> list[Any]:
     if not path.is_file():
         raise KnowledgeError(f"{path}: the question set is missing; bench knowledge runs in a "
                              "source checkout (tests/knowledge_questions.yaml, tests/manuals)")
@@ -168,10 +213,13 @@ def _token_ratio(manuals: Path, index: Path, model_path: Path) -> float:
 
 
 def run_retrieval_bench(*, chunks: int = 10000, rounds: int = 3, manuals: Path = MANUALS,
-                        questions: Path = QUESTIONS, model_path: Path | None = None,
+                        questions: Path = QUESTIONS, off_topic: Path = OFF_TOPIC,
+                        min_score: float | None = KnowledgeSettings().min_score,
+                        model_path: Path | None = None,
                         workdir: Path | None = None) -> KnowledgeBench:
     """Measure quality on the test manuals and speed on ``chunks`` generated passages."""
     asked = _load_questions(questions)
+    unrelated = [str(q) for q in _load_questions(off_topic)]
     embedder = _TimedEmbedder()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
@@ -186,6 +234,9 @@ def run_retrieval_bench(*, chunks: int = 10000, rounds: int = 3, manuals: Path =
             retriever = Retriever(small, embedder, **weights)
             rates[name] = _hit_rates(retriever, asked)
             retriever.close()
+        retriever = Retriever(small, embedder)
+        refused = refusals(retriever, [q["q"] for q in asked], unrelated, min_score)
+        retriever.close()
         ratio = _token_ratio(manuals, small, model_path) if model_path else None
 
         corpus = root / "corpus"
@@ -219,7 +270,8 @@ def run_retrieval_bench(*, chunks: int = 10000, rounds: int = 3, manuals: Path =
     hit3, hit1, misses = rates["hybrid"]
     return KnowledgeBench(
         questions=len(asked), hit3=hit3, hit1=hit1, hit3_dense=rates["dense"][0],
-        hit3_bm25=rates["bm25"][0], misses=tuple(misses), chunks=built, corpus_mb=corpus_mb,
+        hit3_bm25=rates["bm25"][0], misses=tuple(misses), refusals=refused, chunks=built,
+        corpus_mb=corpus_mb,
         build_s=build_s, embed_share=embed_share, p50_ms=statistics.median(latencies),
         p99_ms=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         question_embed_p50_ms=statistics.median(embeds), load_average=load, token_ratio=ratio)
@@ -232,6 +284,7 @@ def report(r: KnowledgeBench) -> list[str]:
         f"({round(r.hit3 * r.questions)}/{r.questions} questions; top 1: {r.hit1:.3f})  "
         "(target >= 0.85)",
         f"           embeddings alone {r.hit3_dense:.3f}   BM25 alone {r.hit3_bm25:.3f}",
+        *report_refusals(r.refusals),
         f"retrieval  over {r.chunks} passages: p50 {r.p50_ms:.2f} ms   p99 {r.p99_ms:.2f} ms"
         f"  (target p50 <= 5 ms); the question's embedding alone p50 "
         f"{r.question_embed_p50_ms:.2f} ms",
@@ -244,6 +297,17 @@ def report(r: KnowledgeBench) -> list[str]:
         lines.append(f"tokens     real / estimated (words x 1.3): {r.token_ratio:.2f}")
     lines += [f"missed     {q}" for q in r.misses]
     return lines
+
+
+def report_refusals(r: Refusals) -> list[str]:
+    """The refusal figures as lines for a person."""
+    precision = "-" if r.precision is None else f"{r.precision:.3f}"
+    return [
+        f"refusals   below knowledge.min_score {r.min_score}: precision {precision}   recall "
+        f"{r.recall:.3f}  ({r.off_topic_refused}/{r.off_topic} off-topic questions refused, "
+        f"{r.on_topic_refused}/{r.on_topic} on-topic)",
+        f"           best score: lowest on-topic {r.lowest_on_topic:.3f}, highest off-topic "
+        f"{r.highest_off_topic:.3f}"]
 
 
 @dataclass(frozen=True)

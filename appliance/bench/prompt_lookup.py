@@ -76,7 +76,7 @@ def quoting_passages(manuals: Path, count: int) -> list[Passage]:
             fmt = format_of(path)
         except KnowledgeError:
             continue  # the PDF's generator script, not a manual
-        document = read(path, fmt, path.read_bytes())
+        document = read(fmt, path.read_bytes())
         per_doc.append([
             Passage(path.name, c.section, c.page, c.text, 0.0,
                     passage_hash(path.name, c.section, c.page, c.text), c.tokens)

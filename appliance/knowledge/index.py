@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from appliance.files import open_regular
 from appliance.knowledge import formats
 from appliance.knowledge.chunking import Chunk, chunk, passage_hash
 from appliance.knowledge.document import SEPARATOR, Document
@@ -50,20 +52,28 @@ class DocumentInfo:
 
 
 def _read_file(path: Path, max_bytes: int) -> tuple[str, bytes]:
-    """``(format, data)`` of a file fit to index; raises with the reason it is not."""
-    if path.is_dir():
-        raise KnowledgeError("is a directory; name the files in it")
-    if not path.exists():
-        raise KnowledgeError("no such file")
-    fmt = formats.format_of(path)
+    """``(format, data)`` of a file fit to index; raises with the reason it is not.
+
+    The file is opened once, through :func:`open_regular`: a FIFO or a device named like a
+    manual (or a link to one) is refused instead of waited on or read forever, and no more
+    than ``max_bytes`` are read even from a file that grows meanwhile.
+    """
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise KnowledgeError(f"{size / 1e6:.3g} MB is over knowledge.max_file_mb "
-                                 f"({max_bytes / 1e6:.3g} MB)")
-        data = path.read_bytes()
+        with open_regular(path) as fh:
+            fmt = formats.format_of(path)
+            size = os.fstat(fh.fileno()).st_size
+            if size <= max_bytes:
+                data = fh.read(max_bytes + 1)
+                size = len(data)
+    except IsADirectoryError:
+        raise KnowledgeError("is a directory; name the files in it") from None
+    except FileNotFoundError:
+        raise KnowledgeError("no such file") from None
     except OSError as exc:
         raise KnowledgeError(f"cannot read it ({exc.strerror or exc})") from None
+    if size > max_bytes:
+        raise KnowledgeError(f"{size / 1e6:.3g} MB is over knowledge.max_file_mb "
+                             f"({max_bytes / 1e6:.3g} MB)")
     if not data.strip():
         raise KnowledgeError("empty file")
     return fmt, data
@@ -160,7 +170,7 @@ class KnowledgeIndex:
                     progress("pages", done, total)
 
             try:
-                document = formats.read(path, fmt, data, pages)
+                document = formats.read(fmt, data, pages)
             except _PARSE_ERRORS as exc:
                 raise KnowledgeError(f"cannot be read as {fmt} ({type(exc).__name__}: "
                                      f"{exc})") from None

@@ -1,4 +1,4 @@
-"""``appliance bench knowledge``: passage cache, prompt lookup, retrieval, build rate."""
+"""``appliance bench knowledge``: passage cache, prompt lookup, retrieval, refusals, build rate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from appliance.catalog import resolve_llm
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench knowledge``."""
-    p = cmds.add_parser("knowledge", help="manual retrieval: hit rate, latency, build rate")
+    p = cmds.add_parser("knowledge", help="manual retrieval: hit rate, refusals, latency, "
+                                          "build rate")
     p.add_argument("--chunks", type=int, default=10000, help="generated passages to time")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the question set")
     p.add_argument("--lookup-prompts", type=int, default=8,
@@ -40,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
     lookup = (run_prompt_lookup_bench(resolved, MANUALS, prompts=args.lookup_prompts,
                                       rounds=args.rounds)
               if args.lookup_prompts > 0 else None)
-    r = run_retrieval_bench(chunks=args.chunks, rounds=args.rounds, model_path=model)
+    r = run_retrieval_bench(chunks=args.chunks, rounds=args.rounds, model_path=model,
+                            min_score=settings.knowledge.min_score)
     if args.json:
         print(json.dumps({**dataclasses.asdict(r), "chunks_per_s": r.chunks_per_s,
+                          "refusal_precision": r.refusals.precision,
+                          "refusal_recall": r.refusals.recall,
                           "mb_per_s": r.mb_per_s, "passage_cache": {
                               **dataclasses.asdict(cache), "ratio": cache.ratio},
                           "prompt_lookup": None if lookup is None else {

@@ -53,8 +53,8 @@ def decode(data: bytes) -> str:
         return data.decode("cp1252", errors="replace")
 
 
-def read(path: Path, fmt: str, data: bytes, progress: ProgressFn | None = None) -> Document:
-    """Parse ``data`` (the bytes of ``path``) as ``fmt``."""
+def read(fmt: str, data: bytes, progress: ProgressFn | None = None) -> Document:
+    """Parse ``data`` (the bytes of a file) as ``fmt``."""
     if fmt == "pdf":
-        return pdf.read(path, progress=progress)
+        return pdf.read(data, progress=progress)
     return TEXT_READERS[fmt](decode(data))

@@ -5,23 +5,31 @@ from __future__ import annotations
 import re
 
 from appliance.knowledge.document import Document, DocumentBuilder, join_lines
+from appliance.knowledge.formats.inline import Emphasis, Step, Wrapped, apply, substitute
 
-_TITLE = re.compile(r"^(={1,6})\s+(\S.*?)\s*$")
+_TITLE = re.compile(r"(={1,6})\s+(\S.*)")
 _DELIMITER = re.compile(r"^(-{4,}|\.{4,}|={4,}|\*{4,}|_{4,}|\+{4,}|/{4,}|\|===|--)\s*$")
 _SKIP = re.compile(r"^(\[.*\]|//(?!/).*|:[\w-]+!?:.*|\+|(image|include|toc)::.*)\s*$")
-_INLINE = [
-    (re.compile(r"<<[^,>]+,\s*([^>]+)>>"), r"\1"),            # <<id,text>>
-    (re.compile(r"<<([^>]+)>>"), r"\1"),                      # <<Section title>>
-    (re.compile(r"(?:link:)?(?:https?://)?\S*\[([^\]]+)\]"), r"\1"),  # link:url[text], kbd:[x]
-    (re.compile(r"(\*{1,2}|_{1,2}|`{1,2}|#{1,2})(?=\S)(.+?)(?<=\S)\1"), r"\2"),
+# Every step is linear in the line's length (see appliance.knowledge.formats.inline).
+_INLINE: list[Step] = [
+    Wrapped(r"<<([^>]+)(>>)?", lambda m: _xref(m[1]), 2),    # <<id,text>>, <<Section title>>
+    # link:url[text], kbd:[x], https://host[text]: a macro starts a word, its target has
+    # no brackets, so an attempt scans no further than the next bracket.
+    substitute(r"(?<![^\s\[\]])[^\s\[\]]*\[([^\[\]]+)\]", r"\1"),
+    Emphasis(("**", "*", "__", "_", "``", "`", "##", "#"), open_after=r"\S",
+             close_before=r"(?<=\S)"),
 ]
+
+
+def _xref(inside: str) -> str:
+    """The words a cross reference shows: its text after the comma, else its target."""
+    target, comma, text = inside.partition(",")
+    return text.lstrip() if comma and target and text.strip() else inside
 
 
 def inline(text: str) -> str:
     """AsciiDoc inline markup removed, leaving the words."""
-    for pattern, repl in _INLINE:
-        text = pattern.sub(repl, text)
-    return text
+    return apply(_INLINE, text)
 
 
 def _cells(line: str) -> str:
@@ -58,9 +66,9 @@ def read(text: str) -> Document:
             flush()
             block = stripped
             continue
-        if (m := _TITLE.match(line)) and not para:
+        if (m := _TITLE.fullmatch(line)) and not para:
             level = len(m.group(1)) - 1
-            doc.heading(level, inline(m.group(2)))
+            doc.heading(level, inline(m.group(2).rstrip()))
             in_header = level == 0  # author, revision and attribute lines follow the title
             continue
         if not stripped:

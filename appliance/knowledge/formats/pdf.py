@@ -14,7 +14,6 @@ import selectors
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from appliance.knowledge.document import Document, DocumentBuilder, join_lines
@@ -31,26 +30,34 @@ _NUMBERED = re.compile(r"^((?:\d+\.)*\d+)\.?\s+[A-Z]")
 _SENTENCE_END = (".", "!", "?", ":")
 
 
-def _messages(path: Path, max_pages: int, timeout_s: float) -> Iterator[dict[str, Any]]:
-    """The worker's JSON lines as they come; raises on a timeout or a crash."""
+def _messages(data: bytes, max_pages: int, timeout_s: float) -> Iterator[dict[str, Any]]:
+    """The worker's JSON lines as they come; raises on a timeout or a crash.
+
+    The worker reads the PDF's bytes from its stdin: the file was opened once, by the
+    caller, through :func:`appliance.files.open_regular`, and is never opened by name again.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance.knowledge.formats.pdf_worker", str(path),
-         str(max_pages)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
+        [sys.executable, "-m", "appliance.knowledge.formats.pdf_worker", str(max_pages)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
-    buffer, page = b"", 0
+    buffer, page = bytearray(), 0
     try:
+        try:
+            with proc.stdin:
+                proc.stdin.write(data)
+        except BrokenPipeError:
+            pass  # it stopped before reading it all: its exit status tells
         while True:
             if not selector.select(timeout_s):
                 raise KnowledgeError(f"page {page + 1}: no text after {timeout_s:g} s; the "
                                      "PDF may be malformed")
-            data = os.read(proc.stdout.fileno(), 1 << 16)
-            if not data:
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
                 break
-            buffer += data
-            if b"\n" not in data:
+            buffer += chunk
+            if b"\n" not in chunk:
                 continue
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
@@ -91,13 +98,13 @@ def _numbered_heading(line: str) -> int | None:
     return None
 
 
-def read(path: Path, *, max_pages: int = MAX_PAGES, page_timeout_s: float = PAGE_TIMEOUT_S,
+def read(data: bytes, *, max_pages: int = MAX_PAGES, page_timeout_s: float = PAGE_TIMEOUT_S,
          progress: ProgressFn | None = None) -> Document:
-    """Parse a PDF manual; raises :class:`KnowledgeError` with the reason it cannot."""
+    """Parse a PDF manual (its bytes); raises :class:`KnowledgeError` with the reason it cannot."""
     doc = DocumentBuilder()
     outline: list[list[Any]] = []
     total = 0
-    for message in _messages(path, max_pages, page_timeout_s):
+    for message in _messages(data, max_pages, page_timeout_s):
         if "error" in message:
             raise KnowledgeError(message["error"])
         if "pages" in message:

@@ -1,4 +1,4 @@
-"""The PDF text extractor, run in a child process: ``python -m ... PATH MAX_PAGES``.
+"""The PDF text extractor, run in a child process: ``python -m ... MAX_PAGES``, the PDF on stdin.
 
 A hostile or broken PDF can make pypdf slow, deep or hungry, so the parent runs this with a
 time limit per page and this process caps its own memory. It writes JSON lines to stdout:
@@ -8,6 +8,7 @@ first ``{"pages", "title", "outline": [[level, title, page], ...]}``, then one
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import resource
@@ -44,13 +45,13 @@ def _outline(reader: Any) -> list[list[Any]]:
     return entries
 
 
-def extract(path: str, max_pages: int) -> None:
-    """Write the PDF's metadata and text as JSON lines, or one error line."""
+def extract(data: bytes, max_pages: int) -> None:
+    """Write the metadata and text of the PDF ``data`` as JSON lines, or one error line."""
     from pypdf import PasswordType, PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError
 
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
             _emit({"error": "encrypted with a password; save an unprotected copy and add that"})
             return
@@ -84,7 +85,7 @@ def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     logging.getLogger("pypdf").setLevel(logging.CRITICAL)
     sys.setrecursionlimit(5000)
-    extract(argv[0], int(argv[1]))
+    extract(sys.stdin.buffer.read(), int(argv[0]))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from appliance.knowledge.document import Document, DocumentBuilder, join_lines
+from appliance.knowledge.formats.inline import Emphasis, Step, apply, substitute
 
 _ADORNMENT = re.compile(r"^([!-/:-@\[-`{-~])\1{2,}\s*$")
 _TABLE_BORDER = re.compile(r"^[\s=+\-|]+$")
@@ -12,23 +13,24 @@ _DIRECTIVE = re.compile(r"^(\s*)\.\.\s+(?:([\w:-]+)::(.*))?")
 # Directives whose body is text worth indexing; any other directive or comment is skipped.
 _KEPT = {"note", "warning", "tip", "important", "caution", "danger", "attention", "hint",
          "admonition", "topic", "sidebar", "code", "code-block", "sourcecode", "rubric"}
-_INLINE = [
-    (re.compile(r"`([^`<]+?)\s*<[^>]*>`__?"), r"\1"),        # `text <url>`_
-    (re.compile(r":[\w:-]+:`([^`<]+?)(?:\s*<[^>]*>)?`"), r"\1"),  # :role:`text`
-    (re.compile(r"``(.+?)``"), r"\1"),
-    (re.compile(r"`([^`]+)`_{0,2}"), r"\1"),
-    (re.compile(r"\*\*(.+?)\*\*"), r"\1"),
-    (re.compile(r"(?<!\w)\*(\S.*?)\*(?!\w)"), r"\1"),
-    (re.compile(r"\s*\[(?:#|\*|\d+)[\w-]*\]_"), ""),          # footnote references
-    (re.compile(r"(\w)_\b"), r"\1"),                          # word_ hyperlink references
+# Every step is linear in the line's length (see appliance.knowledge.formats.inline).
+_INLINE: list[Step] = [
+    substitute(r"`([^`<]+)<[^`>]*>`__?", lambda m: m[1].rstrip()),      # `text <url>`_
+    # :role:`text` and :role:`text <target>`, the role starting a word.
+    substitute(r"(?<![\w:-]):[\w:-]+:`([^`<]+)(<[^`>]*>)?`",
+               lambda m: m[1].rstrip() if m[2] else m[1]),
+    Emphasis(("``",)),
+    substitute(r"`([^`]+)`_{0,2}", r"\1"),
+    Emphasis(("**",)),
+    Emphasis(("*",), open_before=r"(?<!\w)", open_after=r"\S", close_after=r"(?!\w)"),
+    substitute(r"(?<!\s)\s*\[(?:#|\*|\d)[\w-]*\]_", ""),     # footnote references
+    substitute(r"(\w)_\b", r"\1"),                            # word_ hyperlink references
 ]
 
 
 def inline(text: str) -> str:
     """ReStructuredText inline markup removed, leaving the words."""
-    for pattern, repl in _INLINE:
-        text = pattern.sub(repl, text)
-    return text
+    return apply(_INLINE, text)
 
 
 def _indent(line: str) -> int:
@@ -45,7 +47,11 @@ def _paragraph(block: list[str]) -> str:
             last = _indent(line)
         runs[-1].append(inline(line))
     text = "\n".join(join_lines(run) for run in runs)
-    return re.sub(r"\s*::$", ":", text) if not text.endswith(" ::") else text[:-3]
+    if text.endswith(" ::"):     # "Paragraph ::": the marker alone goes
+        return text[:-3]
+    if text.endswith("::"):      # "Paragraph::" reads "Paragraph:"
+        return text[:-2].rstrip() + ":"
+    return text
 
 
 def read(text: str) -> Document:

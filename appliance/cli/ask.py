@@ -8,7 +8,7 @@ import sys
 
 from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
-from appliance.llm import ChatRequest, Chunk, Engine
+from appliance.llm import ChatRequest, Chunk
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     """Load the model, answer, print."""
     from appliance.cli import load
+    from appliance.llm.engine import Engine  # llama_cpp: loaded only when a model runs
 
     if not args.text.strip():
         raise UsageError("ask: the question is empty")

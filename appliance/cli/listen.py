@@ -8,7 +8,6 @@ import json
 
 from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
-from appliance.llm import Engine
 from appliance.voice.tts import check_tts
 from appliance.voice.wake import check_wake
 
@@ -35,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from appliance.cli import load
+    from appliance.llm.engine import Engine
     from appliance.voice.listen import Listener
 
     if args.say and not args.out:

@@ -29,8 +29,9 @@ from appliance import logs
 from appliance.catalog import resolve_llm
 from appliance.config import load_settings
 from appliance.errors import ApplianceError
-from appliance.llm import ChatRequest, Engine
+from appliance.llm import ChatRequest
 from appliance.llm.batching import ChunkBatcher
+from appliance.llm.engine import Engine
 from appliance.llm.kv_disk import passage_cache
 from appliance.protocol import worker_pipe as pipe
 

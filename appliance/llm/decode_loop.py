@@ -30,8 +30,9 @@ The state contract that the engine's prefix cache relies on holds at every
 yield: ``llm.input_ids[:llm.n_tokens]`` are exactly the tokens whose KV cells
 the context holds (the prompt and the answer's tokens before the one just
 yielded, plus, when drafting, draft tokens already verified), and
-``llm._requires_eval`` is set whenever the context's last logits do not
-belong to the last of them.
+:func:`~appliance.llm.native.requires_eval` is true whenever the context's
+last logits do not belong to the last of them. What this needs of
+llama-cpp-python beyond its public API goes through :mod:`appliance.llm.native`.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from collections.abc import Iterator, Sequence
 
 import llama_cpp
 import numpy as np
-from llama_cpp import _internals
 from llama_cpp.llama_grammar import LlamaGrammar
 
 from appliance.errors import ModelError
+from appliance.llm import native
 from appliance.llm.lookup import PromptLookup
 from appliance.llm.prompt import common_prefix
 
@@ -105,7 +106,7 @@ class Generation(Iterator[int]):
     def logits(self) -> np.ndarray:
         """The logits that sampled the last token (a view, valid until the next is asked for)."""
         llm = self._llm
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, self._row),
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(native.context(llm), self._row),
                                      shape=(llm.n_vocab(),))
 
     def _run(self, tokens: list[int]) -> Iterator[int]:
@@ -126,7 +127,7 @@ class Generation(Iterator[int]):
                 yield token
             # A draft must fit the batch and the context along with the token before it.
             guess = [] if draft is None else draft.propose(
-                min(llm.n_batch, llm._n_ctx - llm.n_tokens) - 1)
+                min(llm.n_batch, native.context_size(llm) - llm.n_tokens) - 1)
             if guess:
                 sampled = self._verify(sampled[-1], guess)
                 rows = range(len(sampled))
@@ -139,9 +140,8 @@ class Generation(Iterator[int]):
         llm = self._llm
         batch = [last, *guess]
         n = llm.n_tokens
-        llm._ctx.kv_cache_seq_rm(-1, n, -1)
-        llm._batch.set_batch(batch, n_past=n, logits_all=True)  # logits at every position
-        llm._ctx.decode(llm._batch)
+        native.drop_kv(llm, n)
+        native.decode_with_all_logits(llm, batch, n_past=n)
         llm.input_ids[n: n + len(batch)] = batch
         sampled: list[int] = []
         for i in range(len(batch)):
@@ -156,9 +156,9 @@ class Generation(Iterator[int]):
         # Keep the KV cells of `last` and of the guessed tokens the model agreed with; the
         # token sampled at the miss (or after a full match) is evaluated next time round.
         keep = n + len(sampled)
-        llm._ctx.kv_cache_seq_rm(-1, keep, -1)
-        llm.n_tokens = keep
-        llm._requires_eval = len(sampled) <= len(guess)
+        native.drop_kv(llm, keep)
+        native.set_n_tokens(llm, keep)
+        native.set_requires_eval(llm, len(sampled) <= len(guess))
         return sampled
 
 
@@ -172,11 +172,11 @@ def _reuse_prefix(llm: llama_cpp.Llama, tokens: list[int]) -> list[int]:
     n = llm.n_tokens
     if n > 0:
         prefix = common_prefix(llm.input_ids[:n].tolist(), tokens)
-        if prefix == len(tokens) == n and not llm._requires_eval:
+        if prefix == len(tokens) == n and not native.requires_eval(llm):
             return []
         reuse = prefix - 1 if prefix == len(tokens) else prefix
-        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            llm.n_tokens = reuse
+        if reuse > 0 and native.drop_kv(llm, reuse):
+            native.set_n_tokens(llm, reuse)
             return tokens[reuse:]
     llm.reset()
     return tokens
@@ -188,25 +188,20 @@ class _Sampler:
     def __init__(self, llm: llama_cpp.Llama, grammar: LlamaGrammar | None, *, temp: float,
                  top_p: float, top_k: int, min_p: float, repeat_penalty: float,
                  frequency_penalty: float, presence_penalty: float) -> None:
-        self._ctx = llm._ctx.ctx
+        self._ctx = native.context(llm)
         self._n_vocab = llm.n_vocab()
-        # The very chain Llama.generate builds (penalties, then greedy or top-k, typical,
-        # top-p, min-p, temperature, dist with llm's seed), without the grammar.
-        self._chain = llm._init_sampler(
-            top_k=top_k, top_p=top_p, min_p=min_p, temp=temp, repeat_penalty=repeat_penalty,
+        self._chain = native.sampler_chain(
+            llm, top_k=top_k, top_p=top_p, min_p=min_p, temp=temp, repeat_penalty=repeat_penalty,
             frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
-        # Llama._init_sampler's chain is the penalties and greedy exactly when temp is 0.
+        # That chain is the penalties and greedy exactly when temp is 0.
         self._near_top = (temp == 0.0 and repeat_penalty >= 1.0 and frequency_penalty >= 0.0
                           and presence_penalty >= 0.0)
-        self._grammar: _internals.LlamaSampler | None = None
+        self._grammar: native.SamplerChain | None = None
         if grammar is None:
             return
-        native = llama_cpp.llama_sampler_init_grammar(
-            llm._model.vocab, grammar._grammar.encode(), grammar._root.encode())
-        if not native:
+        self._grammar = native.grammar_sampler(llm, grammar)
+        if self._grammar is None:
             raise ModelError("llama.cpp could not compile the output grammar")
-        self._grammar = _internals.LlamaSampler()  # a chain of one: it owns and frees it
-        llama_cpp.llama_sampler_chain_add(self._grammar.sampler, native)
         self._ids = np.arange(self._n_vocab, dtype=np.intc)
         self._data = np.zeros(self._n_vocab, dtype=_TOKEN_DATA)
         self._all = _candidates(self._data)
@@ -219,7 +214,7 @@ class _Sampler:
     def sample(self, idx: int) -> int:
         """Sample from the logits of output ``idx`` of the last decode, and accept the token."""
         if self._grammar is None:
-            return llama_cpp.llama_sampler_sample(self._chain.sampler, self._ctx, idx)
+            return llama_cpp.llama_sampler_sample(self._chain.handle, self._ctx, idx)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, idx),
                                        shape=(self._n_vocab,))
         token = self._pick_near_top(logits) if self._near_top else None
@@ -230,8 +225,8 @@ class _Sampler:
                 # the penalties, where Llama.generate applies it after them, changes nothing:
                 # both leave a rejected token at -inf and an allowed one penalized the same.
                 token = self._pick(logits, with_grammar=True)
-        llama_cpp.llama_sampler_accept(self._grammar.sampler, token)
-        llama_cpp.llama_sampler_accept(self._chain.sampler, token)
+        llama_cpp.llama_sampler_accept(self._grammar.handle, token)
+        llama_cpp.llama_sampler_accept(self._chain.handle, token)
         return token
 
     def _pick(self, logits: np.ndarray, *, with_grammar: bool) -> int:
@@ -287,8 +282,8 @@ class _Sampler:
         cur.size, cur.selected, cur.sorted = len(ids), -1, False
         if with_grammar:
             assert self._grammar is not None
-            llama_cpp.llama_sampler_apply(self._grammar.sampler, ctypes.byref(cur))
-        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(cur))
+            llama_cpp.llama_sampler_apply(self._grammar.handle, ctypes.byref(cur))
+        llama_cpp.llama_sampler_apply(self._chain.handle, ctypes.byref(cur))
         if cur.selected < 0:
             return -1, -math.inf
         return int(records["id"][cur.selected]), float(records["logit"][cur.selected])
@@ -298,7 +293,7 @@ class _Sampler:
         assert self._grammar is not None
         self._one.id, self._one.logit, self._one.p = token, 1.0, 0.0
         self._single.size, self._single.selected, self._single.sorted = 1, -1, False
-        llama_cpp.llama_sampler_apply(self._grammar.sampler, ctypes.byref(self._single))
+        llama_cpp.llama_sampler_apply(self._grammar.handle, ctypes.byref(self._single))
         return self._one.logit != -math.inf
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import llama_cpp
 import numpy as np
 
+from appliance.llm import native
 from appliance.llm.batching import SENTENCE_END
 from appliance.llm.types import ChatRequest, Chunk, FinishReason
 
@@ -31,7 +32,7 @@ class Decoder:
                  logits: Callable[[], np.ndarray] | None) -> None:
         self._llm = llm
         self._logits = logits
-        self._vocab = llama_cpp.llama_model_get_vocab(llm._model.model) if llm else None
+        self._vocab = native.vocab(llm) if llm else None
         self._request_id = request.id
         self._on_chunk = on_chunk
         self._stops = tuple(s for s in request.stop if s)

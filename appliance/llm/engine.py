@@ -29,7 +29,7 @@ from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
 from appliance.errors import ModelError
 from appliance.hardware import physical_cores
-from appliance.llm import decode_loop
+from appliance.llm import decode_loop, native
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
 from appliance.llm.kv_disk import DiskKvCache
@@ -118,7 +118,7 @@ class Engine:
     def _apply_threads(self) -> None:
         wanted = self._wanted_threads
         if wanted != self.threads:
-            self._llm._ctx.set_n_threads(*wanted)
+            native.set_threads(self._llm, *wanted)
             log.info("threads_changed", n_threads=wanted[0], n_threads_batch=wanted[1],
                      was=self.threads[0])
             self.threads = wanted
@@ -170,8 +170,8 @@ class Engine:
             llm = self._llm
             self._restore(*self._prefixes_of(rendered))
             keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), wanted)
-            llm.n_tokens = keep
-            llm._ctx.kv_cache_seq_rm(0, keep, -1)
+            native.set_n_tokens(llm, keep)
+            native.drop_kv(llm, keep, seq=0)
             evaluated = 0
             while llm.n_tokens < len(wanted) and not pending():
                 step = wanted[llm.n_tokens: llm.n_tokens + PREFILL_STEP]
@@ -219,7 +219,7 @@ class Engine:
         # the KV cache does not hold yet. A prompt held whole with its logits live (a
         # prefilled final question) is sampled at once; otherwise at least one is replayed.
         reused = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        live = reused == len(tokens) == llm.n_tokens and not llm._requires_eval
+        live = reused == len(tokens) == llm.n_tokens and not native.requires_eval(llm)
         evaluated = fresh + (0 if live else max(1, len(tokens) - reused))
         sampling = request.sampling
         llm.set_seed(sampling.seed if sampling.seed is not None else s.seed)

@@ -14,7 +14,6 @@ import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,26 +58,6 @@ class GgufHeader:
     def data_end(self) -> int:
         """The byte just past the last tensor's data: the least size a whole file has."""
         return self.data_offset + max((t.offset + t.nbytes for t in self.tensors), default=0)
-
-
-@cache
-def _ggml_types() -> tuple[tuple[int, int], ...]:
-    """(block size, bytes per block) of every ggml type, from the ggml that llama.cpp runs.
-
-    Asked of the library itself: tables copied elsewhere drift (the ``gguf`` package's
-    Q8_1 size no longer matches this ggml's). A removed type has block size 0.
-    """
-    import ctypes
-
-    import llama_cpp
-    from llama_cpp._ggml import libggml
-
-    libggml.ggml_blck_size.restype, libggml.ggml_blck_size.argtypes = ctypes.c_int64, [
-        ctypes.c_int]
-    libggml.ggml_type_size.restype, libggml.ggml_type_size.argtypes = ctypes.c_size_t, [
-        ctypes.c_int]
-    return tuple((libggml.ggml_blck_size(t), libggml.ggml_type_size(t))
-                 for t in range(llama_cpp.GGML_TYPE_COUNT))
 
 
 class _Reader:
@@ -200,7 +179,9 @@ def _parse(r: _Reader, tensors: bool) -> GgufHeader:
 
 
 def _tensor_table(r: _Reader, count: int, alignment: int) -> tuple[TensorInfo, ...]:
-    types = _ggml_types()
+    from appliance.llm.native import ggml_type_sizes  # loads llama.cpp: only here
+
+    types = ggml_type_sizes()
     table: list[TensorInfo] = []
     names: set[str] = set()
     expected = 0  # llama.cpp requires the tensors in order, each padded to the alignment

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import llama_cpp
 
 from appliance.errors import ModelError
+from appliance.llm import native
 
 FLASH_ATTENTION = True
 """Whether the engine's contexts use flash attention; a saved state depends on it.
@@ -43,7 +44,7 @@ class KvSnapshot:
 
 def capture(llm: llama_cpp.Llama) -> KvSnapshot:
     """The current KV state of ``llm`` (its first ``n_tokens`` tokens)."""
-    ctx = llm._ctx.ctx
+    ctx = native.context(llm)
     size = llama_cpp.llama_state_seq_get_size(ctx, 0)
     buffer = (ctypes.c_uint8 * size)()
     written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
@@ -55,12 +56,12 @@ def capture(llm: llama_cpp.Llama) -> KvSnapshot:
 
 def restore(llm: llama_cpp.Llama, snapshot: KvSnapshot) -> None:
     """Make ``llm``'s context hold exactly ``snapshot``; the next generate replays one token."""
-    llm._ctx.kv_cache_seq_rm(0, 0, -1)
+    native.drop_kv(llm, 0, seq=0)
     buffer = (ctypes.c_uint8 * snapshot.size).from_buffer_copy(snapshot.data)
-    if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, buffer, snapshot.size, 0) == 0:
+    if llama_cpp.llama_state_seq_set_data(native.context(llm), buffer, snapshot.size, 0) == 0:
         llm.reset()
         raise ModelError("llama.cpp refused a saved KV state (another model or context size?)")
     n = len(snapshot.tokens)
     llm.input_ids[:n] = snapshot.tokens
-    llm.n_tokens = n
-    llm._requires_eval = True
+    native.set_n_tokens(llm, n)
+    native.set_requires_eval(llm, True)

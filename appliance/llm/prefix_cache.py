@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import llama_cpp
 
-from appliance.llm import kv_state
+from appliance.llm import kv_state, native
 from appliance.llm.kv_disk import DiskKvCache
 from appliance.llm.kv_state import KvSnapshot
 
@@ -53,7 +53,7 @@ class PrefixCache:
             return n, 0
         if base:
             reused, evaluated = self.restore(llm, base)
-            llm.n_tokens = len(base)  # it may hold more (an earlier answer): eval drops it
+            native.set_n_tokens(llm, len(base))  # it may hold more: eval drops the rest
         else:
             llm.reset()
             reused, evaluated = 0, 0

@@ -28,7 +28,7 @@ Deliver = Callable[[str | None, list[Outgoing]], None]
 SetOutput = Callable[[str, bool], None]
 
 
-class ExecutionError(Exception):
+class ExecutionError(ApplianceError):
     """The action could not be carried out; the message says why."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from appliance.actions.decision import DECIMAL_DIGITS, argument_grammar, argument_values
 from appliance.config.schema import Action
+from appliance.errors import ApplianceError
 from appliance.voice.activation import normalize
 
 TYPES = {"integer", "number", "string", "boolean"}
@@ -34,8 +35,8 @@ KEYS = {"type", "minimum", "maximum", "multipleOf", "enum", "minLength", "maxLen
         "default", "description"}
 
 
-class SchemaError(ValueError):
-    """An action's ``args`` is not in the supported schema subset."""
+class SchemaError(ApplianceError, ValueError):
+    """An action's ``args`` is not in the supported schema subset (also a ``ValueError``)."""
 
 
 def _is_number(value: Any) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from appliance.errors import ApplianceError
+
 
 @dataclass(frozen=True)
 class _Kind:
@@ -43,7 +45,7 @@ class Problem(Enum):
         return self.value.status
 
 
-class ApiError(Exception):
+class ApiError(ApplianceError):
     """A request that gets an error answer; ``str()`` is the public one-line message.
 
     ``param`` names the offending field (OpenAI reports it); ``retry_after_s``

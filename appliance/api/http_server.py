@@ -41,7 +41,7 @@ from appliance.config.schema import HttpSettings
 from appliance.config.secrets import read_api_token
 from appliance.errors import ConfigError
 from appliance.logs import get_logger
-from appliance.service.guard import INTERNAL_ERROR
+from appliance.service.guard import INTERNAL_ERROR, guarded
 
 log = get_logger("http_api")
 
@@ -115,25 +115,15 @@ class HttpApi:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        api = api_of(request.path)
         connection = request.protocol
         if isinstance(connection, Connection):
             connection.request_started()
         try:
-            response = await handler(request)
-        except ApiError as exc:
-            response = error_response(api, exc)
-            if exc.problem is Problem.TIMEOUT:
-                response.force_close()  # the rest of that body is not worth waiting for
-        except web.HTTPException as exc:
-            response = error_response(api, _http_error(request, exc))
-        except Exception:
-            log.exception("http_handler_failed", path=request.path)
-            response = error_response(api, ApiError(Problem.INTERNAL, INTERNAL_ERROR))
+            response = await _answer(request, handler)
         finally:
             if isinstance(connection, Connection):
                 connection.request_ended()
-        self.metrics.requests.labels(api, str(response.status)).inc()
+        self.metrics.requests.labels(api_of(request.path), str(response.status)).inc()
         return response
 
     @web.middleware
@@ -163,6 +153,29 @@ def _connection_limit(configured: int) -> int:
                 nofile=soft, fix="raise LimitNOFILE in the unit or lower "
                 "api.http.max_connections")
     return max(soft // 2, 1)
+
+
+async def _internal_error(request: web.Request, _handler: Handler) -> web.StreamResponse:
+    """The guard's answer to a bug: ``internal error`` in the shape of the API asked."""
+    return error_response(api_of(request.path), ApiError(Problem.INTERNAL, INTERNAL_ERROR))
+
+
+def _path(request: web.Request, _handler: Handler) -> dict[str, object]:
+    return {"path": request.path}
+
+
+@guarded(_internal_error, event="http_handler_failed", context=_path)
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The route's response, or its refusal in the shape of the API that was asked."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(api_of(request.path), exc)
+        if exc.problem is Problem.TIMEOUT:
+            response.force_close()  # the rest of that body is not worth waiting for
+        return response
+    except web.HTTPException as exc:
+        return error_response(api_of(request.path), _http_error(request, exc))
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> ApiError:

@@ -39,8 +39,8 @@ class BadEvent(ApplianceError):
         self.code = code
 
 
-class Idle(Exception):
-    """The client sent nothing for ``idle_timeout_s`` while nothing was being answered."""
+class Idle(ApplianceError):
+    """A client silent for ``idle_timeout_s`` while nothing was answered, or not reading."""
 
 
 class EventReader:

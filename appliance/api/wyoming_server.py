@@ -53,7 +53,7 @@ from appliance.config.schema import WyomingSettings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.log_limit import RateLimitedLog
 from appliance.logs import get_logger
-from appliance.service.guard import INTERNAL_ERROR
+from appliance.service.guard import INTERNAL_ERROR, guarded
 from appliance.voice.kid_safe import KidFilter
 
 log = get_logger("wyoming")
@@ -153,6 +153,23 @@ class Connection(AsyncEventHandler):
             self.writer.close()
             return
         server.connections.add(self)
+        try:
+            await self._serve()
+        finally:
+            await self.disconnect()
+            self.writer.close()
+
+    async def _failed(self, *_: object) -> None:
+        """The guard's answer to a bug: one ``error`` event, ``internal error``."""
+        with contextlib.suppress(ConnectionError, RuntimeError, Idle):
+            await self.write_event(Error(text=INTERNAL_ERROR).event())
+
+    def _peer(self, *_: object) -> dict[str, object]:
+        return {"peer": self.peer}
+
+    @guarded(_failed, event="wyoming_handler_failed", context=_peer)
+    async def _serve(self) -> None:
+        """Read and answer events until the end of the stream or a bad client."""
         reader: EventReader = self.reader  # type: ignore[assignment]
         try:
             while True:  # until the end of the stream (the library's stop() ends it too)
@@ -174,13 +191,6 @@ class Connection(AsyncEventHandler):
             log.info("wyoming_client_idle", peer=self.peer, reason=str(exc))
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("wyoming_client_gone", peer=self.peer, reason=type(exc).__name__)
-        except Exception:
-            log.exception("wyoming_handler_failed", peer=self.peer)
-            with contextlib.suppress(ConnectionError, RuntimeError, Idle):
-                await self.write_event(Error(text=INTERNAL_ERROR).event())
-        finally:
-            await self.disconnect()
-            self.writer.close()
 
     async def _drop(self, exc: BadEvent) -> None:
         """Tell the client what was wrong with what it sent, and hang up."""
@@ -235,12 +245,13 @@ class Connection(AsyncEventHandler):
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` beside the reading loop, which notices a disconnect (and cancels it)."""
-        task = asyncio.create_task(self._guarded(work))
+        task = asyncio.create_task(self._run_task(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
+    @guarded(_failed, event="wyoming_handler_failed", context=_peer)
+    async def _run_task(self, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
         except BadEvent as exc:
@@ -248,8 +259,6 @@ class Connection(AsyncEventHandler):
         except (ConnectionError, Idle) as exc:
             log.info("wyoming_client_gone", peer=self.peer, reason=str(exc) or type(exc).__name__)
             self.writer.close()  # and the reading loop ends
-        except Exception:
-            log.exception("wyoming_handler_failed", peer=self.peer)
 
     # --- speech to text ---------------------------------------------------------------------
     async def _hear(self, message: Transcribe | AudioStart | AudioChunk | AudioStop) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.config import Settings
 from appliance.config.secrets import read_password
@@ -21,7 +22,11 @@ from appliance.errors import ApplianceError, UsageError
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
 
+    from appliance.mqtt.contract import Topics
+
 WAIT_S = 10.0
+"""How long the broker and the appliance each get to answer."""
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,11 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _client(settings: Settings, topics: list[str]) -> tuple[paho.Client, queue.Queue[Any]]:
-    """A connected client subscribed to ``topics``; messages arrive on the queue."""
+    """A client subscribed to ``topics`` (messages arrive on the queue), or one line why not.
+
+    A broker that does not answer CONNECT or SUBSCRIBE within :data:`WAIT_S`, or
+    refuses either (credentials, an ACL), is an :class:`ApplianceError`.
+    """
     import paho.mqtt.client as paho  # only these commands need it: the CLI starts faster
     from paho.mqtt.enums import CallbackAPIVersion
 
     mqtt = settings.mqtt
+    where = f"the broker at {mqtt.host}:{mqtt.port}"
     inbox: queue.Queue[Any] = queue.Queue()
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
                          client_id=f"appliance-cli-{uuid.uuid4().hex[:12]}")
@@ -52,19 +62,53 @@ def _client(settings: Settings, topics: list[str]) -> tuple[paho.Client, queue.Q
         client.tls_set(ca_certs=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
                        certfile=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
                        keyfile=str(mqtt.tls.key_file) if mqtt.tls.key_file else None)
-    subscribed: queue.Queue[int] = queue.Queue()
+    connacks: queue.Queue[Any] = queue.Queue()
+    subacks: queue.Queue[list[Any]] = queue.Queue()
     client.on_message = lambda _c, _u, m: inbox.put(m)
-    client.on_subscribe = lambda *_a: subscribed.put(1)
+    client.on_connect = lambda _c, _u, _f, reason, _p: connacks.put(reason)
+    client.on_subscribe = lambda _c, _u, _mid, reasons, _p: subacks.put(reasons)
     try:
         client.connect(mqtt.host, mqtt.port, keepalive=30)
     except OSError as exc:
-        raise ApplianceError(f"cannot reach the broker at {mqtt.host}:{mqtt.port}: "
-                             f"{exc.strerror or exc}") from None
+        raise ApplianceError(f"cannot reach {where}: {exc.strerror or exc}") from None
     client.loop_start()
-    for topic in topics:
-        client.subscribe(topic, qos=1)
-        subscribed.get(timeout=WAIT_S)
+    try:
+        reason = _broker_reply(connacks, f"no CONNACK from {where} within {WAIT_S:g} s")
+        if reason.is_failure:
+            raise ApplianceError(f"{where} refused the connection: {reason}")
+        client.subscribe([(topic, 1) for topic in topics])
+        reasons = _broker_reply(subacks, f"no SUBACK from {where} within {WAIT_S:g} s for "
+                                   f"{', '.join(topics)}")
+        refused = [f"{topic} ({code})" for topic, code in zip(topics, reasons, strict=False)
+                   if code.is_failure]
+        if refused:
+            raise ApplianceError(f"{where} refused the subscription to {', '.join(refused)}")
+    except BaseException:
+        _close(client)
+        raise
     return client, inbox
+
+
+def _broker_reply(replies: queue.Queue[T], missing: str) -> T:
+    """The broker's next answer, or :class:`ApplianceError` ``missing`` after :data:`WAIT_S`."""
+    try:
+        return replies.get(timeout=WAIT_S)
+    except queue.Empty:
+        raise ApplianceError(missing) from None
+
+
+def _close(client: paho.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    """``payload`` as a JSON object, or ``None`` when it is not one."""
+    try:
+        body = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def run_act(args: argparse.Namespace) -> int:
@@ -86,29 +130,52 @@ def run_act(args: argparse.Namespace) -> int:
     try:
         client.publish(topics.act, json.dumps({"id": request_id, "name": args.name,
                                                "args": action_args}), qos=1)
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                message = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise ApplianceError(f"no answer from the appliance on {topics.base} within "
-                                     f"{WAIT_S:g} s; is it running?") from None
-            body = json.loads(message.payload)
-            if body.get("id") != request_id:
-                continue
-            if message.topic == topics.error:
-                raise ApplianceError(f"act: {body['error']}")
-            break
+        body = _record(inbox, topics, request_id)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        _close(client)
     if args.json:
         print(json.dumps(body, ensure_ascii=False))
     else:
-        needs = f"; needs {', '.join(body['needs'])}" if body.get("needs") else ""
+        needs = body.get("needs")
+        wanted = (f"; needs {', '.join(map(str, needs))}"
+                  if isinstance(needs, list) and needs else "")
         reason = f": {body['reason']}" if body.get("reason") else ""
-        print(f"{body['action']}: {body['verdict']}{reason}{needs}")
-    return 0 if body.get("verdict") in ("done", "awaiting_confirmation") else 1
+        print(f"{body['action']}: {body['verdict']}{reason}{wanted}")
+    return 0 if body["verdict"] in ("done", "awaiting_confirmation") else 1
+
+
+def _record(inbox: queue.Queue[Any], topics: Topics, request_id: str) -> dict[str, Any]:
+    """The verifier's record for ``request_id``; its error, or silence, as one line.
+
+    Other clients' records and errors share these topics: a message that is not
+    a JSON object with our id is someone else's and is skipped (and counted, so
+    that a silence can say what else came).
+    """
+    deadline = time.monotonic() + WAIT_S
+    skipped: dict[str, int] = {}
+    while True:
+        try:
+            message = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            others = "".join(f"; skipped {n} unreadable message(s) on {topic}"
+                             for topic, n in skipped.items())
+            raise ApplianceError(f"no answer from the appliance on {topics.base} within "
+                                 f"{WAIT_S:g} s; is it running?{others}") from None
+        body = _json_object(message.payload)
+        if body is None:
+            skipped[message.topic] = skipped.get(message.topic, 0) + 1
+            continue
+        if body.get("id") != request_id:
+            continue
+        if message.topic == topics.error:
+            error = body.get("error")
+            raise ApplianceError(f"act: {error}" if isinstance(error, str) and error else
+                                 f"act: the error on {topics.error} for this request has no "
+                                 "'error' text")
+        if not (isinstance(body.get("action"), str) and isinstance(body.get("verdict"), str)):
+            raise ApplianceError(f"act: the record on {topics.action} for this request has no "
+                                 "'action' and 'verdict' strings")
+        return body
 
 
 def run_world(args: argparse.Namespace) -> int:
@@ -124,14 +191,33 @@ def run_world(args: argparse.Namespace) -> int:
     except queue.Empty:
         raise ApplianceError(f"no readings published on {topics.world} yet") from None
     finally:
-        client.disconnect()
-        client.loop_stop()
-    readings = json.loads(message.payload)
+        _close(client)
+    readings = _readings(message.payload, topics.world)
     if args.json:
         print(json.dumps(readings, ensure_ascii=False))
         return 0
     for name, reading in readings.items():
-        age = time.time() - float(reading["at"])
+        age = time.time() - reading["at"]
         fields = json.dumps(reading["fields"], ensure_ascii=False)
         print(f"{name:<20} {age:8.0f} s ago  {fields}")
     return 0
+
+
+def _readings(payload: bytes, topic: str) -> dict[str, Any]:
+    """The retained snapshot (``{name: {"fields": {...}, "at": unix time}}``), checked.
+
+    Anyone may publish retained on ``topic``: what is not the snapshot's shape is
+    an :class:`ApplianceError` naming the first thing wrong.
+    """
+    readings = _json_object(payload)
+    if readings is None:
+        raise ApplianceError(f"world: {topic} holds no JSON object ({len(payload)} bytes)")
+    for name, reading in readings.items():
+        if not isinstance(reading, dict):
+            raise ApplianceError(f"world: {topic}: {name!r} is not an object")
+        at, fields = reading.get("at"), reading.get("fields")
+        if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+            raise ApplianceError(f"world: {topic}: {name!r} has no 'at' time")
+        if not isinstance(fields, dict):
+            raise ApplianceError(f"world: {topic}: {name!r} has no 'fields' object")
+    return readings

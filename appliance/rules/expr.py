@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.errors import ApplianceError
+
 _TOKEN = re.compile(r"""
     \s*(?:
       (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
@@ -46,8 +48,12 @@ MAX_DEPTH = 32
 """How deeply parentheses and ``not`` may nest in a condition."""
 
 
-class ExpressionError(ValueError):
-    """A condition that does not parse; the message says where."""
+class ExpressionError(ApplianceError, ValueError):
+    """A condition that does not parse; the message says where.
+
+    Also a :class:`ValueError`, as it was before it joined :class:`ApplianceError`:
+    callers that catch bad values catch it too.
+    """
 
 
 @dataclass(frozen=True)

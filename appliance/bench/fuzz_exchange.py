@@ -116,6 +116,10 @@ def _dechunk(data: bytes) -> tuple[bytes, bytes]:
         body, data = body + data[:size], data[size + 2:]
 
 
+ANSWERABLE_WAIT = 6
+"""How many times the per-case deadline an answerable case may take (it queues for the model)."""
+
+
 def error_shape(api: str, body: Any) -> bool:
     """Whether ``body`` is an error in ``api``'s own shape (``any``: either)."""
     ollama = isinstance(body, dict) and isinstance(body.get("error"), str) and bool(
@@ -127,6 +131,8 @@ def error_shape(api: str, body: Any) -> bool:
 
 async def exchange_http(port: int, case: HttpCase, timeout_s: float) -> str | None:
     """Send one hostile request; why its answer breaks the contract, or ``None``."""
+    if case.answerable:  # it may wait its turn for the model, like any question
+        timeout_s *= ANSWERABLE_WAIT
     async with RawConnection(port, time.monotonic() + timeout_s) as conn:
         await conn.send(case.raw, half_close=case.half_close)
         while await conn.more():
@@ -137,6 +143,9 @@ async def exchange_http(port: int, case: HttpCase, timeout_s: float) -> str | No
         return None if case.may_close else "closed without an answer"
     response = Response(bytes(conn.received))
     body = response.json()
+    if case.answerable and response.status == 200 and isinstance(body, dict) and not (
+            error_shape(case.api, body) or response.extra.strip()):
+        return None
     if not 400 <= response.status < 500:
         return f"status {response.status or 'unreadable'}: {response.body[:80]!r}"
     if not error_shape(case.api, body):

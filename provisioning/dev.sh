@@ -37,7 +37,8 @@ setup_python() {
 run_tests() {
     local rc=0
     "$VENV/bin/ruff" check .
-    "$VENV/bin/python" -m pytest "$@" || rc=$?
+    # Two workers, each test file on one of them (module-scoped services stay per file).
+    "$VENV/bin/python" -m pytest -n 2 --dist loadfile "$@" || rc=$?
     if [ "$rc" -eq 5 ]; then
         echo "pytest collected no tests: failing" >&2
         return 1

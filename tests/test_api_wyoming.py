@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import re
 import socket
 import wave
@@ -23,37 +24,49 @@ from zeroconf import DNSQuestionType, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from appliance.bench.broker import free_port
-from tests.conftest import smollm2_path
-from tests.services import ApplianceProcess, Broker
+from tests.helpers import MODEL, keep_notify_drained, llm_config, write_config
+from tests.services import ApplianceProcess, Broker, Peer
 from tests.speech import PHRASES, korean_model, speak
-from tests.test_api_http import keep_notify_drained
 
 pytestmark = pytest.mark.slow
-
-GRAMMAR = "[" + ", ".join(PHRASES) + "]"
-
 
 class WyomingApp:
     """``appliance run`` with the Wyoming server (Korean speech, espeak-ng's Korean voice)."""
 
-    def __init__(self, workdir: Path, broker: Broker, voice: str = "") -> None:
+    def __init__(self, workdir: Path, broker: Broker, voice: dict[str, Any] | None = None,
+                 ) -> None:
         self.workdir = workdir
         self.port = free_port()
         (workdir / "temp").write_text("51000\n")
-        config = workdir / "config.yaml"
-        config.write_text(
-            f"device_id: wy1\ndata_dir: {workdir / 'data'}\n"
-            f"llm:\n  model_path: {smollm2_path()}\n  temperature: 0\n  max_tokens: 400\n"
-            f"  n_ctx: 1024\n"
-            f"mqtt:\n  port: {broker.port}\n  ask_rate_per_min: 1000\n"
-            f"thermal:\n  zone_path: {workdir / 'temp'}\n"
-            f"voice:\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
-            f"  tts: espeak-ng\n  tts_voice: ko\n{voice}"
-            f"api:\n  wyoming: {{listen: 'tcp://127.0.0.1:{self.port}', zeroconf: true, "
-            f"name: appliance-test-{self.port}}}\n")
+        config = write_config(workdir / "config.yaml", {
+            "device_id": "wy1", "llm": llm_config(400),
+            "mqtt": {"port": broker.port, "ask_rate_per_min": 1000},
+            "thermal": {"zone_path": workdir / "temp"},
+            "voice": {"model_path": korean_model(), "grammar": list(PHRASES),
+                      "tts": "espeak-ng", "tts_voice": "ko", **(voice or {})},
+            "api": {"wyoming": {"listen": f"tcp://127.0.0.1:{self.port}", "zeroconf": True,
+                                "name": f"appliance-test-{self.port}"}}})
+        self.states = Peer(broker.port, ["appliance/wy1/state"])
         self.process = ApplianceProcess(workdir, config)
         self.process.start()
         keep_notify_drained(self.process)
+
+    def mark(self) -> int:
+        """Where the states published from now on begin (for :meth:`generating`)."""
+        while True:
+            try:
+                self.states.seen.append(self.states.messages.get_nowait())
+            except queue.Empty:
+                return len(self.states.seen)
+
+    async def generating(self, since: int) -> None:
+        """Wait until a generation runs that began after ``since`` (from :meth:`mark`)."""
+        await asyncio.to_thread(self.states.wait_for,
+                                lambda m: m.json()["state"] == "thinking", 60, since)
+
+    def close(self) -> None:
+        self.process.close()
+        self.states.close()
 
     def client(self) -> AsyncTcpClient:
         return AsyncTcpClient("127.0.0.1", self.port, read_timeout=120)
@@ -70,7 +83,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WyomingApp]:
     broker.start()
     a = WyomingApp(tmp_path_factory.mktemp("wyoming"), broker)
     yield a
-    a.process.close()
+    a.close()
     broker.stop()
 
 
@@ -127,7 +140,7 @@ def test_describe_lists_asr_tts_and_handle(app: WyomingApp) -> None:
     assert info.tts[0].name == "espeak-ng" and info.tts[0].voices[0].languages == ["ko"]
     assert info.tts[0].supports_synthesize_streaming and info.tts[0].installed
     assert _rate(info) == 22050
-    assert info.handle[0].installed and info.handle[0].models[0].name == smollm2_path().stem
+    assert info.handle[0].installed and info.handle[0].models[0].name == MODEL
     assert info.handle[0].models[0].languages == ["ko", "en"]
 
 
@@ -208,11 +221,12 @@ def test_describe_is_answered_while_a_generation_runs(app: WyomingApp) -> None:
             arrived.append("info")
 
         async with app.client() as busy:
+            since = app.mark()
             await busy.write_event(Transcript(
                 text="Tell me a very long story about a dragon and a knight.").event())
             answer = asyncio.create_task(_until(busy, "handled", "not-handled", "error"))
             answer.add_done_callback(lambda t: arrived.append(t.result()[-1].type))
-            await asyncio.sleep(0.3)  # the generation is under way
+            await app.generating(since)
             await asyncio.gather(describe(), describe(), describe())
             await answer
         return arrived
@@ -246,8 +260,9 @@ def test_garbage_and_disconnects_leave_the_server_serving(app: WyomingApp,
 
         client = app.client()  # and away while the model answers
         await client.connect()
+        since = app.mark()
         await client.write_event(Transcript(text="Tell me a very long story.").event())
-        await asyncio.sleep(1.0)
+        await app.generating(since)
         await client.disconnect()
 
     run(mid_stream())
@@ -264,9 +279,10 @@ def test_a_disconnect_cancels_the_generation(app: WyomingApp) -> None:
     async def scenario() -> None:
         client = app.client()
         await client.connect()
+        since = app.mark()
         await client.write_event(Transcript(text="Tell me a very long story about a cat.",
                                             context={"conversation_id": "gone"}).event())
-        await asyncio.sleep(1.5)
+        await app.generating(since)
         await client.disconnect()
         async with app.client() as second:
             await second.write_event(Transcript(text="Say hi.").event())
@@ -281,7 +297,7 @@ def test_a_disconnect_cancels_the_generation(app: WyomingApp) -> None:
 def test_toy_mode_refusal_is_not_handled(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "broker")
     broker.start()
-    app = WyomingApp(tmp_path, broker, voice="  kid_safe: true\n")
+    app = WyomingApp(tmp_path, broker, voice={"kid_safe": True})
     try:
         async def scenario() -> Event:
             async with app.client() as client:
@@ -291,7 +307,7 @@ def test_toy_mode_refusal_is_not_handled(tmp_path: Path) -> None:
         event = run(scenario())
         assert event.type == "not-handled" and NotHandled.from_event(event).text
     finally:
-        app.process.close()
+        app.close()
         broker.stop()
 
 

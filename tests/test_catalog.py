@@ -128,6 +128,7 @@ def _cli_env(tmp_path: Path, catalog_text: str) -> tuple[Path, dict[str, str]]:
     return cfg, {"APPLIANCE_CATALOG": str(catalog)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["config", "check"], ["run"]])
 def test_config_check_and_run_report_a_bad_catalog_in_one_line(tmp_path: Path,
                                                                command: list[str]) -> None:
@@ -138,6 +139,7 @@ def test_config_check_and_run_report_a_bad_catalog_in_one_line(tmp_path: Path,
                              "models.tiny.size: expected a positive whole number, got 'big'\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["models", "list"], ["models", "pull", "tiny"],
                                      ["models", "verify"]])
 def test_models_commands_report_a_bad_catalog_in_one_line(tmp_path: Path,
@@ -149,6 +151,7 @@ def test_models_commands_report_a_bad_catalog_in_one_line(tmp_path: Path,
                              "mapping of model names to their entries, got a list\n")
 
 
+@pytest.mark.slow
 def test_a_catalog_file_outside_the_models_dir_is_never_written(tmp_path: Path) -> None:
     with serve(Served(BODY)) as url:
         escape = tmp_path / "escaped.gguf"
@@ -164,6 +167,7 @@ def test_a_catalog_file_outside_the_models_dir_is_never_written(tmp_path: Path) 
     assert not escape.exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_pull_with_an_uppercase_catalog_hash_installs_the_right_file(tmp_path: Path) -> None:
     with serve(Served(BODY)) as url:
         cfg, env = _cli_env(tmp_path, GOOD.replace(SHA, SHA.upper())

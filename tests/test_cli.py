@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def _config(tmp_path: Path, model_path: Path) -> Path:
     cfg = tmp_path / "config.yaml"

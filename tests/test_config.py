@@ -113,6 +113,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     assert not missing, f"config.example.yaml lacks {missing}"
 
 
+@pytest.mark.slow
 def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "config.yaml"
     bad.write_text("llm:\n  temperature: 0\n  bogus: 1\n")
@@ -124,6 +125,7 @@ def test_cli_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_model_file(tmp_path: Path) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\nllm:\n  model: llama-3.2-3b-instruct-q4_k_m\n")
@@ -134,6 +136,7 @@ def test_cli_missing_model_file(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_config_check_masks_nothing_secret(tmp_path: Path, model_path: Path) -> None:
     secret = tmp_path / "mqtt.pass"
     secret.write_text("hunter2\n")
@@ -261,6 +264,7 @@ def test_a_huge_config_file_is_refused_unread(tmp_path: Path) -> None:
     assert str(info.value) == f"{big}: larger than 1 MiB; this is not a config file"
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_alias_bomb_with_one_line(tmp_path: Path) -> None:
     bomb = tmp_path / "config.yaml"
     bomb.write_text(BILLION_LAUGHS)
@@ -334,6 +338,7 @@ def _without_read_rights(path: Path) -> list[str]:
     return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}"]
 
 
+@pytest.mark.slow
 def test_check_and_run_refuse_a_password_file_the_service_cannot_read(
         tmp_path: Path, model_path: Path) -> None:
     secret = tmp_path / "mqtt.pass"

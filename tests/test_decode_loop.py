@@ -114,6 +114,7 @@ QUESTIONS = ("What is two plus two?", "Name a colour.", "Why is the sky blue?",
              "Give me one tip for watering tomatoes.")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_unconstrained_tokens_are_those_of_llama_generate(llm: llama_cpp.Llama,
                                                           question: str) -> None:
@@ -125,6 +126,7 @@ def test_unconstrained_tokens_are_those_of_llama_generate(llm: llama_cpp.Llama,
     assert ours == theirs and len(ours) > 3
 
 
+@pytest.mark.slow
 def test_sampled_tokens_are_those_of_llama_generate_with_the_same_seed(
         llm: llama_cpp.Llama) -> None:
     tokens = _prompt(llm, "Tell me a story about a fox.")
@@ -142,6 +144,7 @@ def _state(llm: llama_cpp.Llama) -> tuple[int, list[int], bool]:
     return llm.n_tokens, llm.input_ids[: llm.n_tokens].tolist(), llm._requires_eval
 
 
+@pytest.mark.slow
 def test_the_context_is_left_as_llama_generate_leaves_it(llm: llama_cpp.Llama) -> None:
     first = _prompt(llm, "What is two plus two?")
     second = _prompt(llm, "Name a colour.")
@@ -160,6 +163,7 @@ def test_the_context_is_left_as_llama_generate_leaves_it(llm: llama_cpp.Llama) -
     assert n == len(first) + 4 and ids == first + taken[:4]
 
 
+@pytest.mark.slow
 def test_a_restored_prompt_replays_its_last_token(llm: llama_cpp.Llama) -> None:
     tokens = _prompt(llm, "Name a colour.")
     llm.reset()
@@ -170,6 +174,7 @@ def test_a_restored_prompt_replays_its_last_token(llm: llama_cpp.Llama) -> None:
     assert llm.n_tokens == len(tokens) and not llm._requires_eval
 
 
+@pytest.mark.slow
 def test_logits_are_those_that_sampled_the_token(llm: llama_cpp.Llama) -> None:
     tokens = _prompt(llm, "Repeat: the red valve opens the tank.", "The red valve opens the tank.")
     plain = dict(GREEDY, repeat_penalty=1.0)  # greedy is then the argmax of the raw logits
@@ -215,6 +220,7 @@ def _with_and_without_drafts(llm: llama_cpp.Llama, tokens: list[int],
     return plain, drafted, gen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("question", "passage"), PASSAGES)
 def test_greedy_answers_are_the_same_with_drafts(llm: llama_cpp.Llama, question: str,
                                                  passage: str) -> None:
@@ -225,6 +231,7 @@ def test_greedy_answers_are_the_same_with_drafts(llm: llama_cpp.Llama, question:
     assert gen.accepted > 0, llm.detokenize(plain).decode()
 
 
+@pytest.mark.slow
 def test_drafts_under_a_grammar_still_obey_it_and_change_nothing(llm: llama_cpp.Llama) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 200}},
               "required": ["answer"], "additionalProperties": False}
@@ -236,6 +243,7 @@ def test_drafts_under_a_grammar_still_obey_it_and_change_nothing(llm: llama_cpp.
     assert _obeys(json.loads(llm.detokenize(drafted).decode()), schema)
 
 
+@pytest.mark.slow
 def test_the_engine_drafts_when_asked_and_answers_the_same(engine: Engine) -> None:
     question, passage = PASSAGES[1]
     plain = engine.complete(ChatRequest(question, max_tokens=60, context=(passage,)))
@@ -246,11 +254,13 @@ def test_the_engine_drafts_when_asked_and_answers_the_same(engine: Engine) -> No
     assert drafted.drafted >= drafted.accepted
 
 
+@pytest.mark.slow
 def test_an_empty_prompt_is_refused(llm: llama_cpp.Llama) -> None:
     with pytest.raises(ValueError, match="at least one prompt token"):
         generate(llm, [], grammar=None, **GREEDY)
 
 
+@pytest.mark.slow
 def test_a_grammar_llama_cpp_cannot_compile_is_a_model_error(llm: llama_cpp.Llama) -> None:
     broken = LlamaGrammar.from_string('root ::= "a" (', verbose=False)
     with pytest.raises(ModelError, match="could not compile the output grammar"):
@@ -344,6 +354,7 @@ def test_the_schema_check_itself_rejects_what_it_should() -> None:
     assert not _obeys({"colour": "red", "sure": 1}, SCHEMAS["enum"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "request_text"), CASES)
 def test_grammar_output_parses_obeys_and_matches_llama_generate(
         llm: llama_cpp.Llama, name: str, request_text: str) -> None:
@@ -361,6 +372,7 @@ def test_grammar_output_parses_obeys_and_matches_llama_generate(
     assert _obeys(json.loads(text), schema), text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_sampled_grammar_output_still_obeys(llm: llama_cpp.Llama, name: str) -> None:
     grammar = grammar_for(json.dumps(SCHEMAS[name]))
@@ -372,6 +384,7 @@ def test_sampled_grammar_output_still_obeys(llm: llama_cpp.Llama, name: str) -> 
         assert _obeys(json.loads(text), SCHEMAS[name]), text
 
 
+@pytest.mark.slow
 def test_a_grammar_far_from_the_model_reads_the_whole_vocabulary_and_still_matches(
         llm: llama_cpp.Llama, monkeypatch: pytest.MonkeyPatch) -> None:
     """Greedy looks near the top of the logits first; what it cannot find there, it reads all."""

@@ -63,6 +63,7 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
         download("http://127.0.0.1:9/nothing", tmp_path / "x", SHA, timeout_s=2)
 
 
+@pytest.mark.slow
 def test_models_pull_and_verify_cli(tmp_path: Path) -> None:
     served = Served(BODY, cut_at=1 << 20)
     cfg = tmp_path / "config.yaml"

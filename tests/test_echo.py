@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings, parse_settings
@@ -23,6 +25,7 @@ from appliance.voice.controller import VoiceController
 from appliance.voice.recognizer import Heard
 from appliance.voice.tts import Espeak
 from tests.conftest import STORY, device_config
+from tests.helpers import eventually_async
 from tests.services import Message, Peer, run_supervisor
 from tests.speech import (
     PHRASES,
@@ -35,16 +38,15 @@ from tests.speech import (
 
 BASE = "appliance/e1"
 SUNNY_DAY = "Describe a sunny day in the park in three sentences."
-GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 
 
-def _run(tmp_path: Path, model_path: Path, port: int, voice: str, max_tokens: int,
+def _run(tmp_path: Path, model_path: Path, port: int, voice: dict[str, Any], max_tokens: int,
          action: Callable[[Supervisor, Peer], Awaitable[None]]) -> Peer:
-    rest = (f"thermal:\n  zone_path: {tmp_path / 't'}\n"
-            f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
-            "  intents: {멈춰: stop}\n  tts_voice: ko\n  source: stdin\n"
-            f"  output_device: \"{speaker_device(tmp_path / 'played.raw')}\"\n"
-            "  activation: always\n  end_silence_s: 0.4\n" + voice)
+    rest = {"thermal": {"zone_path": tmp_path / "t"},
+            "voice": {"enabled": True, "model_path": korean_model(), "grammar": list(PHRASES),
+                      "intents": {"멈춰": "stop"}, "tts_voice": "ko", "source": "stdin",
+                      "output_device": speaker_device(tmp_path / "played.raw"),
+                      "activation": "always", "end_silence_s": 0.4, **voice}}
     cfg = device_config(tmp_path, model_path, port, "e1", max_tokens, rest)
     peer = Peer(port, [f"{BASE}/#"])
     try:
@@ -70,28 +72,19 @@ def _is_state(state: str) -> Callable[[Message], bool]:
 async def _wait(peer: Peer, predicate: Callable[[Message], bool],
                 after: int = 0) -> tuple[int, Message]:
     """The first message from the ``after``-th on that meets ``predicate``, and its index."""
+    found = await asyncio.to_thread(peer.wait_for, predicate, 120, after)
+    return next(i for i in range(after, len(peer.seen)) if peer.seen[i] is found), found
 
-    def find() -> tuple[int, Message]:
-        deadline = time.monotonic() + 120
-        while True:
-            for i in range(after, len(peer.seen)):
-                if predicate(peer.seen[i]):
-                    return i, peer.seen[i]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no such message; heard: " + ", ".join(
-                    m.json()["text"] for m in peer.seen if m.topic == f"{BASE}/heard"))
-            with contextlib.suppress(queue.Empty):
-                peer.seen.append(peer.messages.get(timeout=left))
 
-    return await asyncio.to_thread(find)
+NOT_HEARD = (-1, None)
 
 
 async def _heard_within(peer: Peer, mic: Microphone, seconds: float, text: str,
                         after: int) -> tuple[int, Message] | None:
     """The transcript ``text`` from the ``after``-th message on, within ``seconds`` of audio."""
     until = mic.heard_s + seconds
-    while mic.heard_s < until:
+
+    def find() -> tuple[int, Message] | tuple[int, None] | None:
         with contextlib.suppress(queue.Empty):
             while True:
                 peer.seen.append(peer.messages.get_nowait())
@@ -99,24 +92,27 @@ async def _heard_within(peer: Peer, mic: Microphone, seconds: float, text: str,
             message = peer.seen[i]
             if message.topic == f"{BASE}/heard" and message.json()["text"] == text:
                 return i, message
-        await asyncio.sleep(0.05)
-    return None
+        return NOT_HEARD if mic.heard_s >= until else None
+
+    found = await eventually_async(find, 300, f"{seconds:g} s of audio heard")
+    return None if found is NOT_HEARD else found  # type: ignore[return-value]
 
 
 async def _hear_out(supervisor: Supervisor, mic: Microphone, quiet_s: float) -> None:
     """Let the microphone hear ``quiet_s`` more of the room, end it, and let it all be handled."""
     until = mic.heard_s + quiet_s
-    while mic.heard_s < until:
-        await asyncio.sleep(0.05)
+    await eventually_async(lambda: mic.heard_s >= until, 300, f"{quiet_s:g} s of quiet heard")
     mic.close()
     assert supervisor.voice is not None and supervisor.voice.voice_in is not None
-    while not supervisor.voice.voice_in.ended:
-        await asyncio.sleep(0.05)
+    voice_in = supervisor.voice.voice_in
+    await eventually_async(lambda: voice_in.ended, 60, "end of the microphone's stream")
     await asyncio.sleep(0)  # the last results, posted before it ended, run first
-    while supervisor.dispatcher.running is not None or len(supervisor.dispatcher.queue):
-        await asyncio.sleep(0.05)
+    dispatcher = supervisor.dispatcher
+    await eventually_async(lambda: dispatcher.running is None and not len(dispatcher.queue),
+                           500, "idle dispatcher")
 
 
+@pytest.mark.slow
 def test_the_spoken_answer_heard_again_is_no_second_request(
         tmp_path: Path, model_path: Path, broker: LocalBroker, mic: Microphone) -> None:
 
@@ -128,13 +124,14 @@ def test_the_spoken_answer_heard_again_is_no_second_request(
                     and m.json()["state"] != "speaking", after=spoke)
         await _hear_out(supervisor, mic, 3.0)
 
-    peer = _run(tmp_path, model_path, broker.port, "", 60, talk)
+    peer = _run(tmp_path, model_path, broker.port, {}, 60, talk)
     heard = _heard(peer)
     assert heard and all(h.get("echo_guarded") for h in heard)  # it heard itself, and knew it
     assert [a["id"] for a in _answers(peer)] == ["first"]
     assert (tmp_path / "played.raw").stat().st_size > 3 * 22050 * 2  # seconds of speech
 
 
+@pytest.mark.slow
 def test_with_while_speaking_listen_the_echo_is_a_request(
         tmp_path: Path, model_path: Path, broker: LocalBroker, mic: Microphone) -> None:
 
@@ -145,13 +142,15 @@ def test_with_while_speaking_listen_the_echo_is_a_request(
         await _wait(peer, lambda m: m.topic == f"{BASE}/answer",
                     after=first + 1)  # the kiosk answered itself
 
-    peer = _run(tmp_path, model_path, broker.port, "  while_speaking: listen\n", 60, talk)
+    peer = _run(tmp_path, model_path, broker.port, {"while_speaking": "listen"}, 60,
+                talk)
     heard = _heard(peer)
     assert heard and not any(h.get("echo_guarded") for h in heard)
     first, second = _answers(peer)[:2]
     assert first["id"] == "first" and second["source"] == "voice"
 
 
+@pytest.mark.slow
 def test_a_spoken_stop_still_cuts_the_answer_short(
         tmp_path: Path, model_path: Path, broker: LocalBroker, mic: Microphone) -> None:
     """The stop is said in a pause of the answer's speech.
@@ -186,7 +185,7 @@ def test_a_spoken_stop_still_cuts_the_answer_short(
                     and m.json()["state"] != "speaking", after=heard_at)
         await _hear_out(supervisor, mic, 2.0)
 
-    peer = _run(tmp_path, model_path, broker.port, "", 400, interrupt)
+    peer = _run(tmp_path, model_path, broker.port, {}, 400, interrupt)
     (answer,) = _answers(peer)
     assert answer["id"] == "long"
     if answer["finish_reason"] != "cancelled":  # it had all been written: the speech was cut

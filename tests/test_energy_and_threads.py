@@ -10,8 +10,12 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import BASE, STORY
 from tests.services import ApplianceProcess, Peer
+
+pytestmark = pytest.mark.slow
 
 RECORDED = Path(__file__).parent / "data" / "pmic_read_adc.txt"
 

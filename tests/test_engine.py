@@ -16,6 +16,8 @@ from appliance.llm.prompt import common_prefix
 from appliance.llm.types import Confidence, Sampling, Turn
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.slow
+
 STORY = "Tell me a long story about a dragon and a knight."
 
 
@@ -110,8 +112,9 @@ def test_prefix_cache_reuses_the_system_prompt(engine: Engine) -> None:
     assert result.cached_tokens < result.prompt_tokens
 
 
-def test_cached_and_uncached_answers_are_identical(engine: Engine, model_path: Path) -> None:
-    settings = make_settings(model_path, "  prefix_cache_entries: 0\n")
+def test_cached_and_uncached_answers_are_identical(engine: Engine, model_path: Path,
+                                                   tmp_path: Path) -> None:
+    settings = make_settings(model_path, tmp_path, {"prefix_cache_entries": 0})
     uncached = Engine(settings.llm, ResolvedModel(model_path, "smollm2", None))
     engine.warm_up()
     try:
@@ -132,7 +135,7 @@ def test_prompt_longer_than_the_context_is_refused(engine: Engine) -> None:
 def test_unloadable_model_is_a_model_error(tmp_path: Path, model_path: Path) -> None:
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf at all" * 100)
-    settings = make_settings(model_path)
+    settings = make_settings(model_path, tmp_path)
     with pytest.raises(ModelError, match="not a GGUF file"):
         Engine(settings.llm, ResolvedModel(junk, "junk", None))
 

@@ -14,6 +14,8 @@ from tests.conftest import BASE, STORY
 from tests.model_server import ALIAS, ModelServer
 from tests.services import ApplianceProcess, Message, Peer
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server(tmp_path: Path, model_path: Path) -> Iterator[ModelServer]:

@@ -20,8 +20,11 @@ from appliance.config import load_settings
 from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, STORY, _config
+from tests.helpers import eventually_async
 from tests.services import ApplianceProcess, Broker, Message, Peer
 from tests.speech import korean_model, sequence, speak
+
+pytestmark = pytest.mark.slow
 
 
 def _answer(peer: Peer, request_id: str, timeout: float = 90) -> Message:
@@ -71,7 +74,9 @@ def test_a_hung_worker_is_killed_restarted_and_its_request_answered(
 def _kill_workers(app: ApplianceProcess, kills: int) -> None:
     """SIGKILL the model worker shortly after each of ``kills`` starts."""
     seen: set[int] = set()
+    deadline = time.monotonic() + 60 * kills  # a guard against a worker that never restarts
     while len(seen) < kills:
+        assert time.monotonic() < deadline, f"{len(seen)} of {kills} workers started"
         try:
             pid = app.worker_pid()
         except (IndexError, ValueError, FileNotFoundError):
@@ -155,8 +160,7 @@ def test_no_watchdog_ping_while_the_dispatcher_is_dead(
         monkeypatch.setattr(supervisor.notifier, "watchdog",
                             lambda: pings.append(supervisor.parts.dead()))
         running = asyncio.create_task(supervisor.run())
-        while not pings:
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: pings, 300, "WATCHDOG=1")
         monkeypatch.setattr(supervisor.dispatcher.queue, "get", broken)
         supervisor.dispatcher.submit(Request(id="wake", source="mqtt", text="hi"))
         return await asyncio.wait_for(running, 60), pings

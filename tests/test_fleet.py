@@ -13,6 +13,8 @@ import pytest
 
 from tests.services import ApplianceProcess, Broker, Peer
 
+pytestmark = pytest.mark.slow
+
 SITE = "site/greenhouse"
 
 

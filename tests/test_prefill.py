@@ -10,12 +10,12 @@ of them after the final transcript.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import pytest
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import Settings, load_settings
@@ -25,8 +25,11 @@ from appliance.protocol.messages import Request
 from appliance.protocol.worker_pipe import Prefilled
 from appliance.service.supervisor import Supervisor
 from tests.conftest import device_config
+from tests.helpers import eventually_async
 from tests.services import run_supervisor
 from tests.speech import PHRASES, Microphone, korean_model, pcm_of, speak
+
+pytestmark = pytest.mark.slow
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 UTTERANCE = "안녕하세요 날씨 온도 음악 틀어 날씨 온도 안녕하세요 음악 틀어"  # ten words
@@ -64,8 +67,7 @@ class Seen:
         supervisor.dispatcher.answer_listeners.append(lambda _r, a: self.answers.append(a))
 
     async def answered(self, count: int) -> None:
-        while len(self.answers) < count:
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: len(self.answers) >= count, 500, f"{count} answers")
 
 
 def _run(tmp_path: Path, model_path: Path, port: int,
@@ -129,8 +131,8 @@ def test_a_voice_request_still_preempts_a_sensor_answer_with_prefill_on(
         dispatcher = supervisor.dispatcher
         assert dispatcher.on_event(supervisor.topics.event("greenhouse"),
                                    {"temperature": 45}) == 1
-        while dispatcher.running is None:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: dispatcher.running is not None, 60,
+                               "running sensor generation", 0.01)
         mic.say(question)
         await seen.answered(2)
 

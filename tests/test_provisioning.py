@@ -88,6 +88,7 @@ def test_the_units_timeouts_agree_with_the_supervisor() -> None:
     assert _seconds(text, "TimeoutStopSec") > FINISH_ON_STOP_S
 
 
+@pytest.mark.slow
 def test_shell_scripts_pass_shellcheck() -> None:
     scripts = ["provisioning/install.sh", "provisioning/dev.sh", "provisioning/apt.sh",
                ".ci/run"]
@@ -96,6 +97,7 @@ def test_shell_scripts_pass_shellcheck() -> None:
     assert result.returncode == 0, result.stdout
 
 
+@pytest.mark.slow
 def test_cloud_init_user_data_is_valid() -> None:
     result = subprocess.run(["cloud-init", "schema", "--config-file", str(USER_DATA)],
                             capture_output=True, text=True, check=False)
@@ -254,6 +256,7 @@ def test_install_sh_keeps_an_existing_config_and_says_so(staged: tuple[Path, str
     assert same.returncode == 0 and same.stderr == "", same.stderr
 
 
+@pytest.mark.slow
 def test_the_units_command_line_notifies_systemd(tmp_path: Path, model_path: Path) -> None:
     broker = Broker(tmp_path / "broker")
     broker.start()

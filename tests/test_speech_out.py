@@ -44,6 +44,7 @@ def test_first_piece_is_early_then_whole_sentences() -> None:
     assert for_speech("**Bold** and `code`") == "Bold and code"
 
 
+@pytest.mark.slow
 def test_espeak_and_piper_synthesize_pcm() -> None:
     said = Espeak("en").synthesize("Hello there.")
     voice = Piper(piper_voice())
@@ -54,6 +55,7 @@ def test_espeak_and_piper_synthesize_pcm() -> None:
                for i in range(0, len(spoken.pcm), 2)) > 1000  # sound, not silence
 
 
+@pytest.mark.slow
 def test_broken_voices_are_one_line_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
@@ -66,6 +68,7 @@ def test_broken_voices_are_one_line_errors(tmp_path: Path) -> None:
         Piper(bad)
 
 
+@pytest.mark.slow
 def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
                                                               model_path: Path) -> None:
     onnx = piper_voice()
@@ -107,6 +110,7 @@ def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
     assert check.returncode == 1 and "MISMATCH" in check.stderr and ".onnx.json" in check.stderr
 
 
+@pytest.mark.slow
 def test_end_silence_ends_an_utterance_sooner_than_vosk(tmp_path: Path) -> None:
     pcm = read_wav(sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav", gap_s=2.5))
     model = load_model(korean_model())
@@ -125,6 +129,7 @@ def _results(recognizer: Recognizer, pcm: bytes) -> list[Heard]:
     return [h for i in range(0, len(pcm), 3200) for h in recognizer.feed(pcm[i:i + 3200])]
 
 
+@pytest.mark.slow
 def test_the_utterance_is_settled_early_in_the_quiet_and_ends_at_end_silence(
         tmp_path: Path) -> None:
     """Vosk's final words come as a partial at SETTLE_S, so prefill can read them all.
@@ -142,6 +147,7 @@ def test_the_utterance_is_settled_early_in_the_quiet_and_ends_at_end_silence(
     assert final.end_s - settled.end_s >= 0.7 - SETTLE_S - 0.11  # and it waited the rest
 
 
+@pytest.mark.slow
 def test_speech_that_resumes_after_the_settle_point_continues_the_utterance(
         tmp_path: Path) -> None:
     hello, weather = (read_wav(speak(t, tmp_path / f"{i}.wav"))
@@ -175,6 +181,7 @@ def test_silence_tracker_learns_the_noise_floor() -> None:
     assert not tracker.heard_speech and tracker.quiet_s == 0
 
 
+@pytest.mark.slow
 def test_settings_for_piper_speech(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("voice:\n  tts: piper\n  early_words: 0\n  end_silence_s: 0.3\n"
@@ -187,6 +194,7 @@ def test_settings_for_piper_speech(tmp_path: Path) -> None:
     assert result.returncode == 2 and f"{cfg}:2: voice.early_words:" in result.stderr
 
 
+@pytest.mark.slow
 def test_speaker_plays_through_aplay_and_volume_steps_scale_it(tmp_path: Path) -> None:
     played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
     cfg = tmp_path / "c.yaml"
@@ -208,6 +216,7 @@ def test_speaker_plays_through_aplay_and_volume_steps_scale_it(tmp_path: Path) -
     assert speaker.last_answer == "Hello there. How are you?"
 
 
+@pytest.mark.slow
 def test_unknown_intent_action_is_a_config_error(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("voice:\n  intents:\n    louder: volume_upp\n")

@@ -41,6 +41,7 @@ def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phrase", [p for p in PHRASES if p != "멈춰"])
 def test_listen_recognizes_each_phrase_and_answers(tmp_path: Path, model_path: Path,
                                                    phrase: str) -> None:
@@ -57,6 +58,7 @@ def test_listen_recognizes_each_phrase_and_answers(tmp_path: Path, model_path: P
         assert reply.getnframes() > reply.getframerate() // 10  # some real speech
 
 
+@pytest.mark.slow
 def test_intent_acts_without_the_model(tmp_path: Path, model_path: Path) -> None:
     wav = speak("멈춰", tmp_path / "stop.wav")
     result = run_cli("--config", str(_listen_config(tmp_path, model_path)), "listen",
@@ -65,6 +67,7 @@ def test_intent_acts_without_the_model(tmp_path: Path, model_path: Path) -> None
     assert body["intent"] == "stop" and body["answer"] == "" and body["ms_first_token"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("setup", "message"), [
     ("missing_model", "not a vosk model"),
     ("corrupt_model", "the vosk model cannot be loaded"),
@@ -94,6 +97,7 @@ def test_bad_voice_inputs_are_one_line_errors(tmp_path: Path, model_path: Path, 
     assert message in line and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_any_rate_and_channels_are_converted(tmp_path: Path) -> None:
     stereo = tmp_path / "stereo.wav"
     speak("날씨", tmp_path / "mono.wav")
@@ -132,6 +136,7 @@ def test_kid_filter_replaces_an_injected_sentence() -> None:
     assert spoken == ["Cats are soft.", REFUSAL, REFUSAL, "Bye."]  # whole sentences, even early
 
 
+@pytest.mark.slow
 def test_run_hears_a_wav_and_answers_with_source_voice(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
@@ -145,6 +150,7 @@ def test_run_hears_a_wav_and_answers_with_source_voice(
     assert "listening" in states  # partial results while the phrase was being spoken
 
 
+@pytest.mark.slow
 def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess], peer: Peer,
                                          tmp_path: Path) -> None:
     played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
@@ -161,6 +167,7 @@ def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess]
     assert seconds > 0.5 and not [m for m in peer.seen if m.topic == f"{BASE}/error"]
 
 
+@pytest.mark.slow
 def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
@@ -171,6 +178,7 @@ def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
     assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["source"] == "voice"
 
 
+@pytest.mark.slow
 def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], peer: Peer,
                                       tmp_path: Path) -> None:
     parts = [speak(p, tmp_path / f"{i}.wav") for i, p in enumerate(["날씨", "안녕하세요", "온도"])]
@@ -187,6 +195,7 @@ def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], pe
     assert [json.loads(line)["text"] for line in kept] == heard
 
 
+@pytest.mark.slow
 def test_run_missing_microphone_is_an_error_and_asks_still_work(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
     start(root=_voice_yaml("  source: mic\n  device: hw:99\n  tts: none\n"))
@@ -197,6 +206,7 @@ def test_run_missing_microphone_is_an_error_and_asks_still_work(
     assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["id"] == "still"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["stop intent", "talk button"])
 def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
                                              how: str) -> None:

@@ -59,6 +59,7 @@ def _events(wav: Path, wake: WakeSettings | None) -> list[Heard | Woke]:
     return events + list(hearing.finish())
 
 
+@pytest.mark.slow
 def test_the_wake_word_is_heard_and_no_other_phrase_wakes_it(voices: dict[str, Path]) -> None:
     def wakes(model: str, wav: Path) -> int:
         detector = WakeWord(WakeSettings(engine="micro", model=model))
@@ -71,6 +72,7 @@ def test_the_wake_word_is_heard_and_no_other_phrase_wakes_it(voices: dict[str, P
     assert sum(WakeWord(never).feed(c) for c in wav_chunks(voices["wake"])) == 0
 
 
+@pytest.mark.slow
 def test_vosk_hears_only_what_follows_the_wake_word(voices: dict[str, Path],
                                                     tmp_path: Path) -> None:
     stream = _stream(voices, tmp_path / "stream.wav", wake=True)
@@ -107,6 +109,7 @@ def _voice(wav: Path) -> str:
             "  wake: {engine: micro, model: okay_nabu}\n")
 
 
+@pytest.mark.slow
 def test_run_wakes_on_the_wake_word_and_answers_what_follows(
         start: Callable[..., ApplianceProcess], peer: Peer, voices: dict[str, Path],
         tmp_path: Path) -> None:
@@ -123,6 +126,7 @@ def test_run_wakes_on_the_wake_word_and_answers_what_follows(
     assert len([m for m in peer.seen if m.topic == f"{BASE}/answer"]) == 1
 
 
+@pytest.mark.slow
 def test_run_without_the_wake_word_wakes_nothing(
         start: Callable[..., ApplianceProcess], peer: Peer, voices: dict[str, Path],
         tmp_path: Path) -> None:
@@ -133,6 +137,7 @@ def test_run_without_the_wake_word_wakes_nothing(
     assert not [m for m in peer.seen if m.topic in (f"{BASE}/heard", f"{BASE}/answer")]
 
 
+@pytest.mark.slow
 def test_an_unknown_wake_word_model_is_a_one_line_error(tmp_path: Path,
                                                         model_path: Path) -> None:
     cfg = tmp_path / "c.yaml"

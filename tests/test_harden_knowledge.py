@@ -66,6 +66,7 @@ PATHOLOGICAL: dict[tuple[str, str], str] = {
 }
 
 
+@pytest.mark.slow  # 34 megabyte lines: seconds of CPU, kept out of the fast layer
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("fmt", "line"), list(PATHOLOGICAL),
                          ids=[f"{fmt}:{line}" for fmt, line in PATHOLOGICAL])

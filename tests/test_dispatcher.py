@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings
 from appliance.generate.local import ModelWorker
@@ -19,14 +21,17 @@ from appliance.service.status import Status
 from tests.conftest import device_config
 from tests.services import Peer
 
+pytestmark = pytest.mark.slow  # a real model worker and broker
+
 
 def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) -> None:
     broker = LocalBroker(tmp_path / "broker")
     broker.start()
     cfg = device_config(
         tmp_path, model_path, broker.port, "d1", 300,
-        "rules:\n  - name: hot\n    source: greenhouse\n    when: temperature > 40\n"
-        "    prompt: Write a very long story about a greenhouse at {temperature} degrees.\n")
+        {"rules": [{"name": "hot", "source": "greenhouse", "when": "temperature > 40",
+                    "prompt": "Write a very long story about a greenhouse at {temperature} "
+                              "degrees."}]})
     settings = load_settings(cfg)
     topics = Topics.under(settings.base_topic)
     peer = Peer(broker.port, [f"{topics.base}/#"])

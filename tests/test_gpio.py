@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.bench.broker import LocalBroker
@@ -98,6 +99,7 @@ def test_no_gpio_is_a_clear_error() -> None:
         GpioParts(parse_settings(GPIO_YAML).gpio, lambda *_: None)
 
 
+@pytest.mark.slow
 def test_button_press_raises_an_alert_and_fan_follows_heat(
         tmp_path: Path, model_path: Path, factory: MockFactory) -> None:
     broker = LocalBroker(tmp_path / "broker")
@@ -106,10 +108,10 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
     zone.write_text("50000\n")
     cfg = device_config(
         tmp_path, model_path, broker.port, "g1", 24,
-        f"thermal:\n  zone_path: {zone}\n  interval_s: 0.1\n"
+        yaml.safe_load(f"thermal:\n  zone_path: {zone}\n  interval_s: 0.1\n"
         "rules:\n  - name: visitor\n    source: kiosk_button\n    when: state == 'pressed'\n"
         "    prompt: A visitor pressed the help button. Greet them in one sentence.\n"
-        + GPIO_YAML)
+        + GPIO_YAML))
     settings = load_settings(cfg)
     peer = Peer(broker.port, ["appliance/g1/#"])
 
@@ -135,17 +137,67 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
         broker.stop()
 
 
+@pytest.mark.slow
+def test_button_works_while_the_broker_is_down(
+        tmp_path: Path, model_path: Path, factory: MockFactory) -> None:
+    """Offline, a press still fires its rule; the alert and the event go out once it is back."""
+    broker = LocalBroker(tmp_path / "broker")
+    broker.start()
+    cfg = device_config(
+        tmp_path, model_path, broker.port, "o1", 24,
+        yaml.safe_load(f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
+        "rules:\n  - name: visitor\n    source: kiosk_button\n    when: state == 'pressed'\n"
+        "    prompt: A visitor pressed the help button. Greet them in one sentence.\n"
+        + GPIO_YAML))
+    peer = Peer(broker.port, ["appliance/o1/#"])  # a persistent session: it gets what it missed
+    broker.stop()
+
+    async def press_offline(supervisor: Supervisor) -> None:
+        answered: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        supervisor.dispatcher.answer_listeners.append(
+            lambda _request, payload: answered.put_nowait(payload))
+        factory.pin(17).drive_low()  # pressed, with no broker anywhere
+        factory.pin(17).drive_high()
+        alert = await asyncio.wait_for(answered.get(), 120)
+        assert alert["rule"] == "visitor" and alert["finish_reason"] != "error"
+        await asyncio.to_thread(broker.start)
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/o1/alert", 120)
+        await asyncio.to_thread(peer.wait_for,
+                                lambda m: m.topic == "appliance/o1/event/kiosk_button", 60)
+        # The broker keeps one client's messages in order: once this ask is answered,
+        # an echo of our own event (sent before it) would have queued a second alert.
+        await asyncio.to_thread(peer.publish, "appliance/o1/ask",
+                                b'{"id": "after-echo", "text": "Say hi.", "max_tokens": 2}')
+        await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/o1/answer"
+                                and m.json().get("id") == "after-echo", 120)
+        dispatcher = supervisor.dispatcher
+        assert dispatcher.queue.queued_for_rule("visitor") is None
+        assert dispatcher.running is None or dispatcher.running.rule != "visitor"
+
+    try:
+        run_supervisor(load_settings(cfg), cfg, factory, press_offline)
+        alerts = [m for m in peer.seen if m.topic == "appliance/o1/alert"]
+        assert len(alerts) == 1 and alerts[0].json()["rule"] == "visitor"
+        pressed = [m.json() for m in peer.seen if m.topic == "appliance/o1/event/kiosk_button"]
+        assert pressed[:1] == [{"state": "pressed", "value": 1}]
+        assert not [m for m in peer.seen if m.topic == "appliance/o1/error"]
+    finally:
+        peer.close()
+        broker.stop()
+
+
+@pytest.mark.slow
 def test_state_leds_follow_thinking_and_voice_errors(
         tmp_path: Path, model_path: Path, factory: MockFactory) -> None:
     broker = LocalBroker(tmp_path / "broker")
     broker.start()
     cfg = device_config(
         tmp_path, model_path, broker.port, "s1", 300,
-        f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
+        yaml.safe_load(f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
         f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  source: mic\n"
         "  device: hw:99\n  tts: none\n"
         "gpio:\n  enabled: true\n  state_leds: {listening: 5, thinking: 6, speaking: 13, "
-        "error: 19}\n")
+        "error: 19}\n"))
     peer = Peer(broker.port, ["appliance/s1/#"])
 
     async def think(supervisor: Supervisor) -> None:

@@ -10,8 +10,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import BASE, STORY, _config
 from tests.services import ApplianceProcess, Broker, Message, Peer
+
+pytestmark = pytest.mark.slow  # `appliance run` as a process
 
 
 def _answer(peer: Peer, request_id: str, topic: str = f"{BASE}/answer",

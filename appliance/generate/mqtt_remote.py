@@ -60,7 +60,12 @@ class MqttGenerator:
     @property
     def subscriptions(self) -> list[str]:
         """Where its replies come."""
-        return [f"{self.reply_base}/+", self.stream_topic]
+        return self.reply_topics(self.ask_topic, self.reply_base.removesuffix("/escalation"))
+
+    @staticmethod
+    def reply_topics(ask_topic: str, reply_base: str) -> list[str]:
+        """The :attr:`subscriptions` of a generator built with these (known before it is)."""
+        return [f"{reply_base}/escalation/+", f"{ask_topic.removesuffix('/ask')}/answer/stream"]
 
     def handles(self, topic: str) -> bool:
         """Whether an inbound message on ``topic`` is for us."""

@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.config import Settings
 from appliance.config.secrets import read_password
@@ -38,7 +39,7 @@ from appliance.logs import get_logger
 from appliance.mqtt.aio import AsyncioDriver
 from appliance.mqtt.clash import Clash
 from appliance.mqtt.contract import Topics
-from appliance.protocol.messages import Outgoing
+from appliance.protocol.messages import Outgoing, error_message
 
 log = get_logger("bridge")
 
@@ -72,16 +73,6 @@ class Inbound:
     hops: int = 0
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """The broker refused one of our publishes."""
-
-    topic: str
-    reason: str
-    code: int
-    request_id: str | None
-
-
 def _user_properties(props: Properties | None) -> tuple[str, int]:
     """The ``client`` (or ``client_id``) and ``hops`` user properties.
 
@@ -111,24 +102,22 @@ class Bridge:
 
     ``on_message`` runs on the loop for every inbound message on ``subscriptions``;
     ``on_connected`` runs on the loop after each (re)connection, so that the
-    owner can republish what a restarted broker forgot (status, discovery);
-    ``on_refused`` runs for each publish the broker refuses; ``on_change``
-    when the connection or the outbox's health changes.
+    owner can republish what a restarted broker forgot (status, discovery).
+    A publish the broker refuses becomes an ``error`` message of our own;
+    ``problem(kind, text or None)`` hears of the outbox's and the connection's health.
     """
 
     def __init__(self, settings: Settings, outbox: Outbox, subscriptions: list[str],
                  on_message: Callable[[Inbound], None],
                  on_connected: Callable[[], None] = lambda: None, *,
-                 on_refused: Callable[[Refusal], None] = lambda _r: None,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+                 problem: Callable[[str, str | None], None] = lambda _k, _t: None) -> None:
         self.settings = settings
         self.topics = Topics.under(settings.base_topic)
         self.store = outbox
         self.subscriptions = subscriptions
         self.on_message = on_message
         self.on_connected = on_connected
-        self.on_refused = on_refused
-        self.on_change = on_change
+        self.problem = problem
         self.connected = asyncio.Event()
         self.received = 0
         self.outbox_error: str | None = None
@@ -159,7 +148,12 @@ class Bridge:
         client.enable_logger()
         self.driver = AsyncioDriver(client, self._loop, self.where, self._connect_failed)
         self.clash = Clash(self._loop, self.where, self.client_id, settings.device_id,
-                           lambda: self.on_change())
+                           self.on_change)
+
+    def on_change(self) -> None:
+        """Report the outbox's and the connection's health."""
+        self.problem("outbox", self.outbox_error)
+        self.problem("mqtt", self.clash.text)
 
     @property
     def where(self) -> str:
@@ -212,8 +206,11 @@ class Bridge:
             return
         self.driver.connected()
         self.connected.set()
+        own_events = f"{self.topics.base}/event/"
         for topic in self.subscriptions:
-            self.client.subscribe(topic, qos=1)
+            # No local: our own events (GPIO) reach the rules directly, not via the broker.
+            self.client.subscribe(topic, options=SubscribeOptions(
+                qos=1, noLocal=topic.startswith(own_events)))
         self.publish(Outgoing(self.topics.status, b"online", retain=True))
         log.info("connected", broker=self.where, client_id=self.client_id)
         self.clash.connected()
@@ -269,7 +266,9 @@ class Bridge:
         log.error("publish_refused", topic=message.topic, reason=reason, code=code,
                   request_id=request_id)
         if message.topic != self.topics.error:
-            self.on_refused(Refusal(message.topic, reason, code, request_id))
+            self.deliver(None, [error_message(
+                self.topics.error, message.topic, f"the broker refused the message: {reason}"
+                + (f" (reason code 0x{code:02X})" if code else ""), request_id)])
 
     def start(self) -> None:
         """Connect in the background (retrying forever) and resend the outbox of earlier runs."""

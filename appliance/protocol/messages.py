@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,3 +72,12 @@ class Outgoing:
     correlation: bytes | None = None
     response_topic: str | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+
+
+def error_message(error_topic: str, topic: str, text: str,
+                  request_id: str | None = None) -> Outgoing:
+    """The ``<base>/error`` message about ``topic``: ``{"id"?, "topic", "error"}``."""
+    body: dict[str, str] = {"topic": topic, "error": text}
+    if request_id is not None:
+        body = {"id": request_id, **body}
+    return Outgoing(error_topic, json.dumps(body).encode())

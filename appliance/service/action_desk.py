@@ -48,7 +48,7 @@ class ActionDesk:
     @property
     def topics_handled(self) -> list[str]:
         """The command topics :meth:`on_command` takes."""
-        return [self.topics.confirm, self.topics.act]
+        return command_topics(self.topics)
 
     def _publish_record(self, record: dict[str, Any]) -> None:
         self.bridge.deliver(None, [Outgoing(self.topics.action, json.dumps(
@@ -95,6 +95,11 @@ class ActionDesk:
             if self.world.changed:
                 self.bridge.publish(Outgoing(self.topics.world, json.dumps(
                     self.world.flush(), ensure_ascii=False).encode(), retain=True))
+
+
+def command_topics(topics: Topics) -> list[str]:
+    """The command topics of an action desk under ``topics`` (``cmd/confirm``, ``cmd/act``)."""
+    return [topics.confirm, topics.act]
 
 
 def closed_entrances(settings: Settings) -> dict[str, str]:

@@ -29,6 +29,7 @@ from appliance.actions.decision import AnswerText, parse_decision
 from appliance.actions.service import ActionService, DuplicateProposal
 from appliance.actions.world import WorldState
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
+from appliance.errors import ApplianceError
 from appliance.generate.base import GenerationFailed, GeneratorCrashed
 from appliance.knowledge import Passage
 from appliance.llm import ChatRequest, Chunk, FinishReason, new_request_id
@@ -40,7 +41,7 @@ from appliance.rules import RuleSet
 from appliance.service.guard import INTERNAL_ERROR
 from appliance.service.journal import Journal, JournalError
 from appliance.service.knowledge_context import KnowledgeContext, refusal
-from appliance.service.outlets import Outlet, Outlets, Stream, Watcher
+from appliance.service.outlets import Outlet, Outlets, Stream, VoiceOut, Watcher
 from appliance.service.router import Router
 from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
@@ -53,7 +54,7 @@ COOLING_REPLY = "I'm cooling down, please ask again in a minute."
 BRIEF_INSTRUCTION = " Keep the answer to one short sentence."
 
 
-class Rejected(Exception):
+class Rejected(ApplianceError):
     """A request was refused (queue full); the message is the public error text."""
 
 
@@ -77,10 +78,12 @@ class Dispatcher:
                  topics: Topics, rules: RuleSet, status: Status, queue_size: int,
                  stream: bool, llm: LlmSettings,
                  on_alert: Callable[[], None] = lambda: None, kid_safe: bool = False,
-                 device_id: str = "") -> None:
+                 device_id: str = "", speaker: VoiceOut | None = None,
+                 knowledge: KnowledgeContext | None = None, actions: ActionService | None = None,
+                 world: WorldState | None = None, power: PowerMonitor | None = None) -> None:
         self.router, self.journal = router, journal
         self.outlets = Outlets(outlet, topics, stream=stream, kid_safe=kid_safe,
-                               device_id=device_id)
+                               device_id=device_id, speaker=speaker)
         self.on_alert = on_alert
         self.kid_safe = kid_safe
         self.llm = llm
@@ -94,10 +97,10 @@ class Dispatcher:
         self._preempted = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self.knowledge: KnowledgeContext | None = None  # set when knowledge.enabled
-        self.actions: ActionService | None = None  # set when actions are configured
-        self.world: WorldState | None = None  # the latest readings, for rules
-        self.power: PowerMonitor | None = None  # the meter that prices each answer
+        self.knowledge = knowledge  # when knowledge.enabled
+        self.actions = actions  # when actions are configured
+        self.world = world  # the latest readings, for rules
+        self.power = power  # the meter that prices each answer
         self.answer_listeners = self.outlets.listeners
 
     # --- intake ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from appliance.actions.world import WorldState
 from appliance.config import Settings
@@ -21,10 +22,11 @@ from appliance.logs import get_logger
 from appliance.mqtt.bridge import Inbound
 from appliance.mqtt.contract import InputError, Topics, parse_ask, parse_cancel, parse_event
 from appliance.mqtt.topic_policy import TopicPolicy
-from appliance.protocol.messages import Outgoing, Request
+from appliance.protocol.messages import Outgoing, Request, error_message
 from appliance.rules import RuleSet, parse_condition
 from appliance.service.dispatcher import Dispatcher, Rejected
 from appliance.service.guard import INTERNAL_ERROR, guarded
+from appliance.service.inbox import CancelRunning, Connected, Inbox, Item, Prefill, Reading, Spoken
 from appliance.service.journal import JournalError
 from appliance.service.outlets import Outlet
 from appliance.service.ratelimit import RateLimiter
@@ -38,6 +40,7 @@ MAX_HOPS = 3
 HOPS = "hops"
 
 Route = tuple[Callable[[str], bool], Callable[[Inbound], None]]
+Forward = Callable[[Outgoing, Callable[[], None], Callable[[], None]], None]
 
 
 class _Held(Exception):
@@ -49,12 +52,17 @@ class Intake:
 
     ``ack`` is called for every message once it is journaled or refused, so
     the broker redelivers whatever a crash interrupted before that point.
+    ``routes`` send other topics to their owners (the remote generator, the
+    action desk); ``forward`` (the bridge's) hands a fleet ask on;
+    ``on_connected`` runs when :meth:`run` takes a :class:`Connected`.
     """
 
     def __init__(self, settings: Settings, topics: Topics, rules: RuleSet,
                  dispatcher: Dispatcher, outlet: Outlet, ack: Callable[[Inbound], None],
                  on_discovery_request: Callable[[], None], status: Status | None = None,
-                 ) -> None:
+                 *, inbox: Inbox | None = None, world: WorldState | None = None,
+                 routes: tuple[Route, ...] = (), forward: Forward | None = None,
+                 on_connected: Callable[[], None] = lambda: None) -> None:
         self.settings, self.topics, self.rules = settings, topics, rules
         self.dispatcher, self.outlet, self.ack = dispatcher, outlet, ack
         self.on_discovery_request = on_discovery_request
@@ -65,36 +73,46 @@ class Intake:
                                                mqtt.discovery.prefix, mqtt.response_topics)
         self.discovery_status = f"{mqtt.discovery.prefix}/status"
         self.event_prefix = f"{topics.base}/event/"
-        self.world: WorldState | None = None  # set by the owner: events update it
+        self.inbox, self.world, self.on_connected = inbox, world, on_connected
         self.world_topics = {topic: name for name, topic in settings.world.topics.items()}
         self.known_names = known_names(settings)
         self._held: dict[Inbound, str] = {}  # message -> the request id it was given
         self._retry_due = False
-        self._routes: list[Route] = []
-        self._extra_topics: list[str] = []
+        self._routes = routes
         fleet = settings.fleet
         self.fleet_ask = f"{fleet.topic}/ask" if fleet else None
-        self.forward: Callable[[Outgoing, Callable[[], None], Callable[[], None]], None] | None \
-            = None  # the bridge's, to hand a fleet ask on
+        self.forward = forward
 
-    def route(self, topics: list[str], handles: Callable[[str], bool],
-              handler: Callable[[Inbound], None]) -> None:
-        """Send messages on ``topics`` (for which ``handles`` is true) to ``handler``."""
-        self._extra_topics += topics
-        self._routes.append((handles, handler))
+    async def run(self) -> None:
+        """Take what the entrances put into the inbox, one item at a time, for ever."""
+        assert self.inbox is not None
+        while True:
+            self.take(await self.inbox.get())
 
-    def subscriptions(self) -> list[str]:
-        """Every topic we listen to."""
-        topics = [self.topics.ask, self.topics.events, self.topics.cancel,
-                  *(t for t in self.rules.topics if not t.startswith(self.event_prefix)),
-                  *(t for t in self.world_topics if t not in self.rules.topics),
-                  *self._extra_topics]
-        if self.settings.mqtt.discovery.enabled:
-            topics.append(self.discovery_status)
-        fleet = self.settings.fleet
-        if fleet is not None:
-            topics.append(f"$share/{fleet.group}/{fleet.topic}/ask")
-        return topics
+    def take(self, item: Item) -> None:
+        """Handle one item of the inbox (on the loop)."""
+        if isinstance(item, Inbound):
+            self._handle(item)
+        else:
+            self._take_local(item)
+
+    @guarded(lambda _self, _item: None)
+    def _take_local(self, item: Item) -> None:
+        if isinstance(item, Reading):
+            self.sensor(item.name, item.event)
+        elif isinstance(item, Spoken):
+            try:
+                self.dispatcher.submit(item.request)
+            except (Rejected, JournalError) as exc:
+                log.warning("voice_request_dropped", reason=str(exc))
+        elif isinstance(item, CancelRunning):
+            running = self.dispatcher.running
+            if running is not None:
+                self.dispatcher.cancel(running.id)
+        elif isinstance(item, Prefill):
+            self.dispatcher.prefill(item.text)
+        elif isinstance(item, Connected):
+            self.on_connected()
 
     def _failed(self, inbound: Inbound) -> None:
         """The guard's answer to a bug: one ``internal error``, and the message is done."""
@@ -219,12 +237,42 @@ class Intake:
         except JournalError as exc:
             raise self._hold(inbound, None, exc) from None
 
+    def sensor(self, name: str, event: dict[str, Any]) -> None:
+        """A reading of this device's own (a GPIO input), on the loop.
+
+        It reaches the rules at once, broker or not, exactly as a parsed
+        ``<base>/event/<name>`` message would; other devices get it through the
+        outbox once the broker can be reached. The bridge subscribes to our
+        event topics with *no local*, so our own copy never comes back here.
+        """
+        topic = self.topics.event(name)
+        self.outlet.deliver(None, [Outgoing(topic, json.dumps(event).encode())])
+        if self.world is not None:
+            self.world.update(name, event)
+        try:
+            self.dispatcher.on_event(topic, event)
+        except JournalError as exc:
+            log.error("event_not_journaled", name=name, error=str(exc))
+            self.status.problem("journal", str(exc))
+
     def _error(self, topic: str, message: str, request_id: str | None) -> None:
-        payload = {"topic": topic, "error": message}
-        if request_id is not None:
-            payload = {"id": request_id, **payload}
         log.info("rejected", topic=topic, error=message)
-        self.outlet.deliver(None, [Outgoing(self.topics.error, json.dumps(payload).encode())])
+        self.outlet.deliver(None, [error_message(self.topics.error, topic, message, request_id)])
+
+
+def listen_topics(settings: Settings, topics: Topics, rules: RuleSet,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+    """Every topic the intake takes (``extra``: those of its routes)."""
+    events = f"{topics.base}/event/"
+    world = [topic for topic in settings.world.topics.values() if topic not in rules.topics]
+    listened = [topics.ask, topics.events, topics.cancel,
+                *(t for t in rules.topics if not t.startswith(events)), *world, *extra]
+    mqtt = settings.mqtt
+    if mqtt.discovery.enabled:
+        listened.append(f"{mqtt.discovery.prefix}/status")
+    if settings.fleet is not None:
+        listened.append(f"$share/{settings.fleet.group}/{settings.fleet.topic}/ask")
+    return listened
 
 
 def _readable_id(payload: bytes) -> str | None:

@@ -64,10 +64,10 @@ class Outlets:
     """Every way out for answers; ``stream(request)`` makes one request's chunk stream."""
 
     def __init__(self, outlet: Outlet, topics: Topics, *, stream: bool, kid_safe: bool,
-                 device_id: str) -> None:
+                 device_id: str, speaker: VoiceOut | None = None) -> None:
         self.outlet, self.topics = outlet, topics
         self.publish_chunks, self.kid_safe, self.device_id = stream, kid_safe, device_id
-        self.speaker: VoiceOut | None = None  # set when voice answers are spoken
+        self.speaker = speaker  # where voice answers are spoken
         self.listeners: list[Callable[[Request, dict[str, Any]], None]] = []
         self.watchers: dict[str, Watcher] = {}
         self.streamed: dict[str, int] = {}  # request id -> chunks published so far

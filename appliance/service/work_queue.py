@@ -13,10 +13,6 @@ import itertools
 from appliance.protocol.messages import Request
 
 
-class QueueFull(Exception):
-    """No room for another request."""
-
-
 class WorkQueue:
     """Prioritized, FIFO within a priority; :meth:`get` waits for work.
 

@@ -53,7 +53,7 @@ class VoiceController:
     ``submit(request)`` queues a voice request, ``cancel_running()`` stops the
     answer being generated, ``prefill(text)`` lets an idle model read a
     question so far, ``publish`` sends transcripts, ``facts(**kw)`` reports
-    ``hearing``/``speaking``, ``on_action(name)`` hears intents that are not
+    ``hearing``/``speaking``, ``on_action(name, say)`` hears intents that are not
     the controller's own (yes/no answers to a confirmation).
     """
 
@@ -61,14 +61,14 @@ class VoiceController:
                  submit: Callable[[Request], None], cancel_running: Callable[[], None],
                  prefill: Callable[[str], None], publish: Callable[[Outgoing], None],
                  facts: Callable[..., None], on_error: Callable[[str], None],
-                 on_action: Callable[[str], None] = lambda _a: None,
+                 on_action: Callable[[str, Callable[[str], None]], None] = lambda _a, _s: None,
                  pin_factory: Factory | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings, self.loop = settings, loop
         self.voice = voice = settings.voice
         self.topics = Topics.under(settings.base_topic)
         self.submit, self.cancel_running, self.prefill = submit, cancel_running, prefill
-        self.publish, self.facts, self.on_error = publish, facts, on_error
+        self.publish, self.facts, self._on_error = publish, facts, on_error
         self.on_action = on_action
         self.pin_factory = pin_factory
         self.clock = clock
@@ -233,12 +233,33 @@ class VoiceController:
                                            else -VOLUME_STEP)
             log.info("volume", volume=volume)
         else:
-            self.on_action(action)
+            self.on_action(action, self.say)
+
+    def on_error(self, message: str) -> None:
+        """Speech cannot work (on the loop): remember it, and pass it on."""
+        self.failed = True
+        self._on_error(message)
 
     def say(self, text: str) -> None:
         """Speak ``text`` (a refusal or a question of our own), if there is a speaker."""
         if self.speaker is not None:
             self.speaker.say(text)
+
+    # --- the answers' way out (VoiceOut): to the speaker, if one started ----------------
+    def feed(self, request_id: str, delta: str) -> None:
+        """More of the answer to ``request_id``."""
+        if self.speaker is not None:
+            self.speaker.feed(request_id, delta)
+
+    def finish(self, request_id: str) -> None:
+        """The answer to ``request_id`` is complete."""
+        if self.speaker is not None:
+            self.speaker.finish(request_id)
+
+    def restart(self, request_id: str) -> None:
+        """What was fed for ``request_id`` is void; the answer starts over."""
+        if self.speaker is not None:
+            self.speaker.restart(request_id)
 
     def speaking_changed(self, on: bool) -> None:
         """The speaker started (``True``) or stopped making sound (on the loop)."""

@@ -162,3 +162,14 @@ def keep_notify_drained(process: ApplianceProcess) -> None:
                 pass
 
     threading.Thread(target=drain, daemon=True, name="notify drain").start()
+
+
+async def read_until(client: Any, *types: str) -> list[Any]:
+    """A Wyoming client's events until one of ``types`` (inclusive); fails at a disconnect."""
+    events = []
+    while True:
+        event = await client.read_event()
+        assert event is not None, f"disconnected after {[e.type for e in events]}"
+        events.append(event)
+        if event.type in types:
+            return events

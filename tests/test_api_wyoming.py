@@ -24,7 +24,7 @@ from zeroconf import DNSQuestionType, IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from appliance.bench.broker import free_port
-from tests.helpers import MODEL, keep_notify_drained, llm_config, write_config
+from tests.helpers import MODEL, keep_notify_drained, llm_config, read_until, write_config
 from tests.services import ApplianceProcess, Broker, Peer
 from tests.speech import PHRASES, korean_model, speak
 
@@ -91,21 +91,10 @@ def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-async def _until(client: AsyncTcpClient, *types: str) -> list[Event]:
-    """Events until one of ``types`` (inclusive)."""
-    events = []
-    while True:
-        event = await client.read_event()
-        assert event is not None, f"disconnected after {[e.type for e in events]}"
-        events.append(event)
-        if event.type in types:
-            return events
-
-
 async def _describe(app: WyomingApp) -> Info:
     async with app.client() as client:
         await client.write_event(Describe().event())
-        event = (await _until(client, "info"))[-1]
+        event = (await read_until(client, "info"))[-1]
     return Info.from_event(event)
 
 
@@ -127,7 +116,7 @@ async def _transcribe(app: WyomingApp, wav: Path, chunk_frames: int = 1024) -> s
             await client.write_event(AudioChunk(rate=rate, width=width, channels=channels,
                                                 audio=frames[i: i + step]).event())
         await client.write_event(AudioStop().event())
-        event = (await _until(client, "transcript", "error"))[-1]
+        event = (await read_until(client, "transcript", "error"))[-1]
     assert event.type == "transcript", event
     return Transcript.from_event(event).text
 
@@ -168,7 +157,7 @@ def test_a_sentence_is_synthesized_at_the_advertised_rate(app: WyomingApp) -> No
     async def scenario() -> list[Event]:
         async with app.client() as client:
             await client.write_event(Synthesize(text="안녕하세요. 반갑습니다.").event())
-            return await _until(client, "audio-stop", "error")
+            return await read_until(client, "audio-stop", "error")
 
     rate = _rate(run(_describe(app)))
     events = run(scenario())
@@ -190,7 +179,7 @@ def test_streamed_synthesis_speaks_each_sentence_once(app: WyomingApp) -> None:
             await client.write_event(Synthesize(
                 text="첫 번째 문장입니다. 두 번째 문장입니다. 끝").event())
             await client.write_event(SynthesizeStop().event())
-            return await _until(client, "synthesize-stopped", "error")
+            return await read_until(client, "synthesize-stopped", "error")
 
     events = run(scenario())
     assert events[-1].type == "synthesize-stopped"
@@ -204,7 +193,7 @@ def test_a_transcript_is_handled_by_the_model(app: WyomingApp) -> None:
         async with app.client() as client:
             await client.write_event(Transcript(text="What is two plus two?",
                                                 context={"conversation_id": "c1"}).event())
-            return (await _until(client, "handled", "not-handled", "error"))[-1]
+            return (await read_until(client, "handled", "not-handled", "error"))[-1]
 
     event = run(scenario())
     assert event.type == "handled", event
@@ -224,7 +213,7 @@ def test_describe_is_answered_while_a_generation_runs(app: WyomingApp) -> None:
             since = app.mark()
             await busy.write_event(Transcript(
                 text="Tell me a very long story about a dragon and a knight.").event())
-            answer = asyncio.create_task(_until(busy, "handled", "not-handled", "error"))
+            answer = asyncio.create_task(read_until(busy, "handled", "not-handled", "error"))
             answer.add_done_callback(lambda t: arrived.append(t.result()[-1].type))
             await app.generating(since)
             await asyncio.gather(describe(), describe(), describe())
@@ -286,7 +275,7 @@ def test_a_disconnect_cancels_the_generation(app: WyomingApp) -> None:
         await client.disconnect()
         async with app.client() as second:
             await second.write_event(Transcript(text="Say hi.").event())
-            assert (await _until(second, "handled", "not-handled", "error"))[-1].type == \
+            assert (await read_until(second, "handled", "not-handled", "error"))[-1].type == \
                 "handled"
 
     run(scenario())
@@ -302,7 +291,7 @@ def test_toy_mode_refusal_is_not_handled(tmp_path: Path) -> None:
         async def scenario() -> Event:
             async with app.client() as client:
                 await client.write_event(Transcript(text="where can I buy a gun").event())
-                return (await _until(client, "handled", "not-handled", "error"))[-1]
+                return (await read_until(client, "handled", "not-handled", "error"))[-1]
 
         event = run(scenario())
         assert event.type == "not-handled" and NotHandled.from_event(event).text

@@ -37,6 +37,7 @@ from appliance.config.schema import WyomingSettings
 from appliance.errors import ConfigError
 from appliance.hardware import rss_bytes
 from appliance.voice.pieces import SentenceSplitter, for_speech, sentences
+from tests.helpers import read_until
 from tests.services import ApplianceProcess
 from tests.speech import PHRASES, korean_model, speak
 
@@ -206,17 +207,6 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coroutine)
 
 
-async def _until(client: AsyncTcpClient, *types: str) -> list[Event]:
-    """Events until one of ``types`` (inclusive); fails at a disconnect."""
-    events = []
-    while True:
-        event = await client.read_event()
-        assert event is not None, f"disconnected after {[e.type for e in events]}"
-        events.append(event)
-        if event.type in types:
-            return events
-
-
 async def _one_error(wy: Wy, *events: Event) -> dict[str, Any]:
     """Send ``events``; the server answers one error and hangs up."""
     async with wy.client() as client:
@@ -231,7 +221,7 @@ async def _one_error(wy: Wy, *events: Event) -> dict[str, Any]:
 async def _describe(wy: Wy) -> None:
     async with wy.client() as client:
         await client.write_event(Describe().event())
-        assert (await _until(client, "info"))[-1].type == "info"
+        assert (await read_until(client, "info"))[-1].type == "info"
 
 
 def _raw(port: int, data: bytes = b"", timeout: float = 30) -> bytes:
@@ -268,7 +258,7 @@ def test_a_megabyte_to_synthesize_is_refused_without_freezing_the_loop(start: St
         await _describe(wy)
         async with wy.client() as client:
             await client.write_event(Synthesize(text="안녕하세요.").event())
-            return await _until(client, "audio-stop", "error")
+            return await read_until(client, "audio-stop", "error")
 
     async def scenario() -> list[Any]:
         return await asyncio.wait_for(asyncio.gather(
@@ -322,7 +312,7 @@ def test_connections_are_capped_and_idle_or_half_sent_ones_time_out(start: Start
     async def long_answer() -> Event:  # waiting for a generation is not idleness
         async with wy.client() as client:
             await client.write_event(Transcript(text="Count from one to thirty.").event())
-            return (await _until(client, "handled", "not-handled", "error"))[-1]
+            return (await read_until(client, "handled", "not-handled", "error"))[-1]
 
     assert run(long_answer()).type == "handled"
     refused = [e for e in wy.log_events() if e.get("event") == "wyoming_connection_refused"]
@@ -373,7 +363,7 @@ async def _transcribe(wy: Wy, wav: Path) -> str:
             await client.write_event(AudioChunk(rate=16000, width=2, channels=1,
                                                 audio=frames[i: i + 4096]).event())
         await client.write_event(AudioStop().event())
-        event = (await _until(client, "transcript", "error"))[-1]
+        event = (await read_until(client, "transcript", "error"))[-1]
     assert event.type == "transcript", event
     return str(Transcript.from_event(event).text)
 

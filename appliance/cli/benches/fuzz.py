@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from appliance.cli.benches import add_private_service_arguments, private_service_models
 
 RSS_TARGET_MIB = 30
 
@@ -16,20 +17,15 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                       help="hostile cases in all (a third MQTT, the rest HTTP and Wyoming)")
     fuzz.add_argument("--seed", type=int, default=7, help="seed of the generated cases")
     fuzz.add_argument("--concurrency", type=int, default=8, help="connections at a time")
-    fuzz.add_argument("--model", type=Path, help="GGUF to serve (default: the test model)")
-    fuzz.add_argument("--speech", type=Path,
-                      help="vosk model (default: voice.model_path, else the test model)")
+    add_private_service_arguments(fuzz)
     fuzz.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Start a private ``appliance run`` and fuzz it; exit 1 when a contract is broken."""
     from appliance.bench.fuzz_bench import run_fuzz_bench
-    from appliance.bench.private_run import bench_models
-    from appliance.cli import load
 
-    settings = load(args)
-    model, speech = bench_models(args.model, args.speech or settings.voice.model_path)
+    model, speech = private_service_models(args)
     r = run_fuzz_bench(model, speech, args.count, seed=args.seed,
                        concurrency=args.concurrency)
     m, s = r.mqtt, r.servers

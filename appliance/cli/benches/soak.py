@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from appliance.cli.benches import add_private_service_arguments, private_service_models
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -11,20 +12,15 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     soak = cmds.add_parser("soak", help="mixed MQTT, HTTP and Wyoming traffic with actions, "
                                         "cancels and escalation; growth per minute")
     soak.add_argument("--minutes", type=float, default=15.0, help="how long (default 15)")
-    soak.add_argument("--model", type=Path, help="GGUF to serve (default: the test model)")
-    soak.add_argument("--speech", type=Path,
-                      help="vosk model (default: voice.model_path, else the test model)")
+    add_private_service_arguments(soak)
     soak.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Soak a private ``appliance run``; exit 1 on steady growth, failures or a death."""
-    from appliance.bench.private_run import bench_models
     from appliance.bench.soak import Sample, run_soak
-    from appliance.cli import load
 
-    settings = load(args)
-    model, speech = bench_models(args.model, args.speech or settings.voice.model_path)
+    model, speech = private_service_models(args)
     print(f"{'minute':>6}  {'RSS app':>8} {'worker':>8} MiB  {'fds app':>7} {'worker':>6}  "
           f"{'threads app':>11} {'worker':>6}  {'answered':>8} {'failed':>6}", flush=True)
 

@@ -37,7 +37,7 @@ from appliance.config.schema import WyomingSettings
 from appliance.errors import ConfigError
 from appliance.hardware import rss_bytes
 from appliance.voice.pieces import SentenceSplitter, for_speech, sentences
-from tests.helpers import read_until
+from tests.helpers import eventually, read_until
 from tests.services import ApplianceProcess
 from tests.speech import PHRASES, korean_model, speak
 
@@ -325,6 +325,8 @@ def test_connections_are_capped_and_idle_or_half_sent_ones_time_out(start: Start
 def test_fast_hifi_audio_is_read_no_faster_than_vosk_hears_it(start: Start,
                                                               tmp_path: Path) -> None:
     wy = Wy(start)
+    eventually(lambda: any(e.get("event") == "wyoming_asr_ready" for e in wy.log_events()),
+               120, "the vosk model loaded (its memory is not the streams')")
     before, since = wy.rss(), time.monotonic()
 
     async def flood() -> int:  # 192 kHz, 32-bit stereo: 1.5 MB a second of audio

@@ -215,9 +215,13 @@ class Speech:
                 log.error("wyoming_tts_unavailable", error=self.tts_error)
 
     def _model_loaded(self, task: asyncio.Task[vosk.Model]) -> None:
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             self.asr_error = str(task.exception())
             log.error("wyoming_asr_unavailable", error=self.asr_error)
+        else:
+            log.info("wyoming_asr_ready", model=str(self.model_path))
 
     async def transcription(self) -> Transcription:
         """A new stream's transcription, in one of :data:`MAX_TRANSCRIPTIONS` slots.

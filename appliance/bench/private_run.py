@@ -102,12 +102,16 @@ class PrivateAppliance:
                 raise ApplianceError("appliance run ended:\n" + self.tail())
             try:
                 if httpx.get(f"http://127.0.0.1:{self.http_port}/api/ps",
-                             timeout=5).json()["models"]:
+                             timeout=5).json()["models"] and self._speech_ready():
                     return
             except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.2)
         raise ApplianceError(f"appliance run did not load its model within {READY_S:.0f} s")
+
+    def _speech_ready(self) -> bool:
+        """The vosk model is loaded (in the background): its memory is not a run's growth."""
+        return self.speech is None or "wyoming_asr_ready" in self.tail(1 << 30)
 
     def tail(self, chars: int = 2000) -> str:
         """The end of the service's log."""

@@ -4,10 +4,12 @@ A catalog entry is either downloaded (``url``) into ``<data_dir>/models`` or
 shipped inside a PyPI package (``package``/``module``), which is found with
 :func:`importlib.util.find_spec` without importing the package.
 
-A catalog may come from a site (``$APPLIANCE_CATALOG``) and ``pull`` may run as
-root, so it is checked whole when it is loaded: every field has its type, a
-downloaded file's name is a plain name, and each problem is one line naming the
-catalog file, the line and the field.
+A catalog may come from a site and ``pull`` may run as root, so it is checked
+whole when it is loaded: every field has its type, a downloaded file's name is a
+plain name, and each problem is one line naming the catalog file, the line and
+the field. A site's catalog is trusted only when it is signed: it then comes from
+a mirror made by ``appliance catalog`` through :mod:`appliance.trust`, and its
+entries name their files as ``target:`` of that mirror instead of by ``url:``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class CatalogEntry:
     n_ctx: int | None = None
     notes: str = ""
     companion_sha256: str | None = None
+    target: str | None = None  # a file of the signed site mirror, fetched through TUF
+    base: str | None = None  # a lora adapter: the catalog name of the model it fits
 
     @property
     def companion_suffix(self) -> str | None:
@@ -78,6 +82,24 @@ def default_catalog_path() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "catalog.yaml"
 
 
+def trusted_catalog_path(data_dir: Path) -> Path:
+    """Where the site catalog last verified through TUF is kept (see :mod:`appliance.trust`)."""
+    return data_dir / "trust" / "catalog.yaml"
+
+
+def catalog_for(settings: Settings) -> Mapping[str, CatalogEntry]:
+    """The catalog this device's config resolves names in.
+
+    With ``models.mirror`` set, the signed site catalog that ``models pull``
+    last verified, once there is one; otherwise :func:`default_catalog_path`.
+    """
+    if settings.models.mirror is not None:
+        signed = trusted_catalog_path(settings.data_dir)
+        if signed.is_file():
+            return load_catalog(signed)
+    return load_catalog()
+
+
 def load_catalog(path: Path | None = None) -> Mapping[str, CatalogEntry]:
     """All catalog entries by name; a malformed catalog is a one-line :class:`CatalogError`.
 
@@ -89,7 +111,7 @@ def load_catalog(path: Path | None = None) -> Mapping[str, CatalogEntry]:
     return _CatalogParser(path).parse()
 
 
-_KINDS = ("llm", "vosk", "piper")
+_KINDS = ("llm", "vosk", "piper", "lora")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -144,6 +166,12 @@ def _url(value: Any) -> str:
     return text
 
 
+def _target(value: Any) -> str:
+    if not _NAME.fullmatch(_text(value)):
+        raise ValueError(f"{value!r} is not a plain file name of the signed mirror")
+    return str(value)
+
+
 def _module(value: Any) -> str:
     if not _MODULE.fullmatch(_text(value)):
         raise ValueError(f"{value!r} is not a Python module name")
@@ -159,7 +187,8 @@ def _package(value: Any) -> str:
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "kind": _kind, "file": _text, "sha256": _sha256, "size": _count, "url": _url,
     "package": _package, "module": _module, "license": _text, "chat_format": _text,
-    "n_ctx": _count, "notes": _text, "companion_sha256": _sha256,
+    "n_ctx": _count, "notes": _text, "companion_sha256": _sha256, "target": _target,
+    "base": _text,
 }
 
 
@@ -277,8 +306,9 @@ class _CatalogParser:
         for field in ("kind", "file"):
             if field not in values:
                 raise self.fail(key, f"'{field}:' is missing")
-        if (values.get("url") is None) == (values.get("package") is None):
-            raise self.fail(key, "give either 'url:' (downloaded) or 'package:' (a PyPI package)")
+        if sum(values.get(source) is not None for source in ("url", "package", "target")) != 1:
+            raise self.fail(key, "give either 'url:' (downloaded) or 'package:' (a PyPI package)"
+                                 ", or 'target:' (a file of the signed site mirror)")
         if (values.get("package") is None) != (values.get("module") is None):
             raise self.fail(key, "'package:' and 'module:' go together")
         if problem := _bad_file(values["file"], packaged=values.get("package") is not None):
@@ -317,7 +347,7 @@ def resolve_llm(settings: Settings) -> ResolvedModel:
                            key="llm.model")
 
     try:
-        entry = lookup(llm.model)
+        entry = lookup(llm.model, catalog_for(settings))
         path = entry.location(settings.models_dir)
     except CatalogError as exc:
         raise fail(str(exc)) from None

@@ -57,6 +57,18 @@ def check_model(settings: Settings) -> Check:
                  f"run: appliance models verify {model.name}")
 
 
+def check_catalog(settings: Settings) -> Check:
+    """Where models come from, and whether that is signed (:mod:`appliance.trust.policy`).
+
+    An unsigned site catalog, allowed by ``models.allow_unsigned_site_catalog``,
+    is a warning on every run: whoever can change it chooses the weights.
+    """
+    from appliance.trust.policy import signing_state
+
+    status, detail = signing_state(settings)
+    return Check("catalog", status, detail)
+
+
 def check_memory(settings: Settings) -> Check:
     """There is room for the model in ``MemAvailable``."""
     size = resolve_llm(settings).path.stat().st_size
@@ -255,6 +267,7 @@ def _group_exists(name: str) -> bool:
 
 CHECKS: tuple[tuple[str, Callable[[Settings], Check]], ...] = (
     ("model", check_model),
+    ("catalog", check_catalog),
     ("memory", check_memory),
     ("journal", check_journal),
     ("temperature", check_temperature),

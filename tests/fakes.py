@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from appliance.generate.base import OnChunk, Tier
-from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
+from appliance.generate.base import Tier
+from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason, OnChunk
 from appliance.protocol.messages import Outgoing
 
 
@@ -158,7 +158,7 @@ class FakeClock:
 
 @dataclass
 class FakeStream:
-    """A request's chunk stream: records the chunks and each restart (the router's Stream)."""
+    """A request's chunk stream: records the chunks and each restart (a ChunkStream)."""
 
     chunks: list[Chunk] = field(default_factory=list)
     restarts: int = 0

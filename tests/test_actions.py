@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from appliance.config import load_settings, parse_settings
 from appliance.llm import ChatRequest, Engine
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, _config, run_cli
-from tests.helpers import eventually_async
+from tests.helpers import eventually, eventually_async
 from tests.services import ApplianceProcess, Broker, Message, Peer
 from tests.speech import PHRASES, korean_model, sequence, speak
 
@@ -260,10 +259,8 @@ def test_killed_before_the_publish_it_is_sent_once_after_restart(
     peer: Peer | None = None
     try:
         app.start()
-        deadline = time.monotonic() + 60
-        while _outbox(tmp_path / "data", "speaker/set") == 0:
-            assert time.monotonic() < deadline, "the action was never journaled"
-            time.sleep(0.1)
+        eventually(lambda: _outbox(tmp_path / "data", "speaker/set"), 60,
+                   "journaled action")
         app.kill()  # verified and due, not yet sent
         broker.start()
         peer = Peer(port, ["speaker/set"])
@@ -290,10 +287,8 @@ def test_killed_after_the_publish_it_is_never_sent_twice(
         peer.publish(f"{BASE}/cmd/act", json.dumps({"id": "v", "name": "vent_open",
                                                     "args": {"percent": 60}}))
         assert vent.wait_for(lambda m: True).json() == {"position": 60}
-        deadline = time.monotonic() + 30
-        while _outbox(tmp_path / "data", "zigbee2mqtt/vent/set"):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)  # until the broker's PUBACK retired it
+        eventually(lambda: not _outbox(tmp_path / "data", "zigbee2mqtt/vent/set"), 30,
+                   "PUBACK that retires the publish from the outbox")
         app.kill()
         app.start()
         vent.drain(3)

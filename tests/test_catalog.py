@@ -80,7 +80,7 @@ def _error(tmp_path: Path, text: str | bytes) -> str:
     (GOOD.replace("file: tiny.gguf", "file: .."), ":4: models.tiny.file: '..' must be a plain"),
     (GOOD.replace("    file: tiny.gguf\n", ""), ":2: models.tiny: 'file:' is missing"),
     (GOOD.replace("kind: llm", "kind: gguf"),
-     ":3: models.tiny.kind: expected one of llm, vosk, piper, got 'gguf'"),
+     ":3: models.tiny.kind: expected one of llm, vosk, piper, lora, got 'gguf'"),
     (GOOD.replace("    url: http://127.0.0.1:9/tiny.gguf\n", ""),
      ":2: models.tiny: give either 'url:' (downloaded) or 'package:' (a PyPI package)"),
     (GOOD + "    package: tiny\n    module: tiny\n", ":2: models.tiny: give either"),
@@ -122,7 +122,8 @@ def test_an_uppercase_sha256_is_accepted_and_kept_lowercase(tmp_path: Path) -> N
 
 def _cli_env(tmp_path: Path, catalog_text: str) -> tuple[Path, dict[str, str]]:
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nllm:\n  model: tiny\n")
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nllm:\n  model: tiny\n"
+                   "models:\n  allow_unsigned_site_catalog: true\n")  # $APPLIANCE_CATALOG
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(catalog_text)
     return cfg, {"APPLIANCE_CATALOG": str(catalog)}

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.helpers import write_config
 
 pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, model_path: Path) -> Path:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-                   "  temperature: 0\n  max_tokens: 32\n"
-                   f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
-                   "mqtt:\n  port: 9\n")
+    """``llm.model_path`` on line 3, where the bad-model test expects it."""
     (tmp_path / "temp").write_text("48312\n")
-    return cfg
+    return write_config(tmp_path / "config.yaml", base={
+        "data_dir": tmp_path,
+        "llm": {"model_path": model_path, "temperature": 0, "max_tokens": 32, "n_threads": 1},
+        "thermal": {"zone_path": tmp_path / "temp"}, "mqtt": {"port": 9}})
 
 
 def test_ask_json(tmp_path: Path, model_path: Path) -> None:

@@ -14,7 +14,7 @@ from appliance.actions.world import WorldState
 from appliance.config import parse_settings
 from appliance.generate.local import ModelWorker
 from appliance.generate.mqtt_remote import MqttGenerator
-from appliance.gpio import GpioParts
+from appliance.gpio import GpioDevices
 from appliance.mqtt.bridge import Bridge
 from appliance.power.monitor import PowerMonitor
 from appliance.service.action_desk import ActionDesk
@@ -30,7 +30,7 @@ from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
 from appliance.voice.controller import VoiceController
 
-PART_CLASSES = (Journal, WorldState, ModelWorker, MqttGenerator, Inbox, GpioParts, Bridge,
+PART_CLASSES = (Journal, WorldState, ModelWorker, MqttGenerator, Inbox, GpioDevices, Bridge,
                 Router, ActionDesk, PowerMonitor, VoiceController, Outlets, Dispatcher,
                 Intake, StateOutlet, ThermalWatchdog)
 

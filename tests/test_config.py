@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from appliance.config import load_settings, parse_settings
-from appliance.config.loader import MAX_FILE_BYTES, MAX_VALUES
+from appliance.config.loader import MAX_FILE_BYTES
 from appliance.config.schema import Settings
 from appliance.config.secrets import read_password
+from appliance.config.yaml_reading import MAX_VALUES
 from appliance.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 

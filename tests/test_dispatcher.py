@@ -19,6 +19,7 @@ from appliance.service.journal import Journal
 from appliance.service.router import Router
 from appliance.service.status import Status
 from tests.conftest import device_config
+from tests.helpers import eventually_async
 from tests.services import Peer
 
 pytestmark = pytest.mark.slow  # a real model worker and broker
@@ -48,12 +49,12 @@ def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) ->
         bridge.start()
         await asyncio.wait_for(worker.ready.wait(), 60)
         assert dispatcher.on_event(topics.event("greenhouse"), {"temperature": 45}) == 1
-        while dispatcher.running is None:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # the sensor generation is under way
+        sensor = await eventually_async(lambda: dispatcher.running, 60, "the sensor generation")
+        await eventually_async(lambda: dispatcher.outlets.streamed.get(sensor.id, 0) > 0, 60,
+                               "the sensor generation's first chunk")  # under way
         dispatcher.submit(Request(id="v1", source="voice", text="Say hello."))
-        while dispatcher.running is not None or len(dispatcher.queue):
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: dispatcher.running is None and not len(dispatcher.queue),
+                               120, "idle dispatcher")
         assert journal.pending() == []
         await worker.stop()
         for task in tasks:

@@ -67,7 +67,8 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path) -> None:
 def test_models_pull_and_verify_cli(tmp_path: Path) -> None:
     served = Served(BODY, cut_at=1 << 20)
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\n")
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\n"
+                   "models:\n  allow_unsigned_site_catalog: true\n")  # $APPLIANCE_CATALOG
     with serve(served) as url:
         catalog = tmp_path / "catalog.yaml"
         catalog.write_text(yaml.safe_dump({"models": {"tiny": {

@@ -51,7 +51,8 @@ def _run(tmp_path: Path, model_path: Path, port: int, voice: dict[str, Any], max
     peer = Peer(port, [f"{BASE}/#"])
     try:
         run_supervisor(load_settings(cfg), cfg, None, lambda s: action(s, peer))
-        peer.drain(1)  # what is still on its way
+        # its last message, ``offline`` as it closes: all it sent before has come in by then
+        peer.wait_for(lambda m: m.topic == f"{BASE}/status" and m.payload == b"offline", 30)
     finally:
         peer.close()
     return peer

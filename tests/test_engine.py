@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -216,7 +217,21 @@ def test_low_confidence_stops_after_the_watched_tokens(engine: Engine) -> None:
     assert not relaxed.low_confidence and relaxed.tokens == 20
 
 
-def test_thread_count_changes_between_tokens(engine: Engine) -> None:
+@pytest.fixture
+def two_thread_engine(model_path: Path, tmp_path: Path) -> Iterator[Engine]:
+    """An engine of two decode threads (the shared one has the tests' one thread).
+
+    The prompt is evaluated by one thread: two of them would spin against the
+    other test process on a two-core machine.
+    """
+    eng = Engine(make_settings(model_path, tmp_path, {"n_threads": 2, "n_threads_batch": 1}).llm,
+                 ResolvedModel(model_path, "smollm2-135m-instruct-q4_1", None))
+    yield eng
+    eng.close()
+
+
+def test_thread_count_changes_between_tokens(two_thread_engine: Engine) -> None:
+    engine = two_thread_engine
     seen: list[int] = []
 
     def on_chunk(chunk: Chunk) -> None:

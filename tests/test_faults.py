@@ -20,7 +20,7 @@ from appliance.config import load_settings
 from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, STORY, _config
-from tests.helpers import eventually_async
+from tests.helpers import eventually, eventually_async
 from tests.services import ApplianceProcess, Broker, Message, Peer
 from tests.speech import korean_model, sequence, speak
 
@@ -126,9 +126,7 @@ def test_no_broker_at_boot_still_means_ready_and_voice_answers(
                 return [row[0] for row in db.execute(
                     "SELECT payload FROM outbox WHERE topic = ?", (f"{BASE}/answer",))]
 
-        deadline = time.monotonic() + 90
-        while not outbox() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        eventually(outbox, 90, "answer kept in the outbox")
         (waiting,) = outbox()  # answered offline, kept for the broker
         assert json.loads(waiting)["source"] == "voice"
         broker = LocalBroker(tmp_path / "late-broker", port=port)

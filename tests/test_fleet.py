@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import own_device
 from tests.services import ApplianceProcess, Broker, Peer
 
 pytestmark = pytest.mark.slow
@@ -18,24 +19,15 @@ pytestmark = pytest.mark.slow
 SITE = "site/greenhouse"
 
 
-def _device(tmp_path: Path, model_path: Path, port: int, name: str) -> ApplianceProcess:
-    home = tmp_path / name
-    home.mkdir()
-    (home / "temp").write_text("45000\n")
-    config = home / "config.yaml"
-    config.write_text(
-        f"device_id: {name}\ndata_dir: {home / 'data'}\n"
-        f"llm:\n  model_path: {model_path}\n  temperature: 0\n  n_ctx: 512\n  n_threads: 1\n"
-        f"mqtt:\n  port: {port}\n  keepalive_s: 5\n  discovery: {{enabled: false}}\n"
-        "  stream_answers: false\n"
-        f"thermal:\n  zone_path: {home / 'temp'}\n"
-        f"fleet:\n  group: greenhouse\n  topic: {SITE}\n")
-    return ApplianceProcess(home, config)
+def _device(tmp_path: Path, port: int, name: str) -> ApplianceProcess:
+    return own_device(tmp_path, name, port, {
+        "mqtt": {"discovery": {"enabled": False}, "stream_answers": False},
+        "fleet": {"group": "greenhouse", "topic": SITE}})
 
 
 @pytest.fixture
 def fleet(tmp_path: Path, model_path: Path, broker: Broker) -> Iterator[list[ApplianceProcess]]:
-    devices = [_device(tmp_path, model_path, broker.port, f"d{i}") for i in range(3)]
+    devices = [_device(tmp_path, broker.port, f"d{i}") for i in range(3)]
     for device in devices:
         device.start()
     yield devices

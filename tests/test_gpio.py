@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +12,11 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings, parse_settings
-from appliance.gpio import GpioParts, GpioUnavailable
+from appliance.gpio import GpioDevices, GpioUnavailable
 from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
 from tests.conftest import STORY, device_config
+from tests.helpers import eventually, eventually_async
 from tests.services import Peer, run_supervisor
 from tests.speech import korean_model
 
@@ -42,7 +42,7 @@ def factory() -> Iterator[MockFactory]:
 
 def test_inputs_become_events_and_outputs_follow(factory: MockFactory) -> None:
     events: list[tuple[str, dict[str, object]]] = []
-    parts = GpioParts(parse_settings(GPIO_YAML).gpio,
+    parts = GpioDevices(parse_settings(GPIO_YAML).gpio,
                       lambda name, event: events.append((name, event)), factory)
     try:
         factory.pin(17).drive_low()  # pressed (pull-up)
@@ -51,9 +51,7 @@ def test_inputs_become_events_and_outputs_follow(factory: MockFactory) -> None:
                           ("kiosk_button", {"state": "released", "value": 0})]
         factory.pin(4).drive_high()
         motion = parts.inputs["hall_motion"]
-        deadline = time.monotonic() + 5
-        while not motion.is_active and time.monotonic() < deadline:  # sampled on a thread
-            time.sleep(0.02)
+        eventually(lambda: motion.is_active, 5, "motion (sampled on a thread)", 0.02)
         assert motion.is_active
         fan, led = factory.pin(23), factory.pin(22)
         parts.show_level(0, 60.0)
@@ -74,7 +72,7 @@ def test_inputs_become_events_and_outputs_follow(factory: MockFactory) -> None:
 
 
 def test_fan_runs_while_the_sensor_is_lost(factory: MockFactory) -> None:
-    parts = GpioParts(parse_settings(GPIO_YAML).gpio, lambda *_: None, factory)
+    parts = GpioDevices(parse_settings(GPIO_YAML).gpio, lambda *_: None, factory)
     try:
         fan, led = factory.pin(23), factory.pin(22)
         parts.show_level(0, 50.0)
@@ -96,7 +94,7 @@ def test_fan_runs_while_the_sensor_is_lost(factory: MockFactory) -> None:
 
 def test_no_gpio_is_a_clear_error() -> None:
     with pytest.raises(GpioUnavailable, match="GPIO unavailable"):
-        GpioParts(parse_settings(GPIO_YAML).gpio, lambda *_: None)
+        GpioDevices(parse_settings(GPIO_YAML).gpio, lambda *_: None)
 
 
 @pytest.mark.slow
@@ -121,8 +119,7 @@ def test_button_press_raises_an_alert_and_fan_follows_heat(
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/g1/alert")
         assert not factory.pin(23).state
         zone.write_text("72000\n")
-        while not factory.pin(23).state:
-            await asyncio.sleep(0.05)
+        await eventually_async(lambda: factory.pin(23).state, 60, "fan on when warm")
         assert factory.pin(22).state  # warm: the status LED is lit
 
     try:
@@ -155,7 +152,7 @@ def test_button_works_while_the_broker_is_down(
     async def press_offline(supervisor: Supervisor) -> None:
         answered: asyncio.Queue[dict[str, object]] = asyncio.Queue()
         supervisor.dispatcher.answer_listeners.append(
-            lambda _request, payload: answered.put_nowait(payload))
+            lambda _request, answer: answered.put_nowait(answer.to_json()))
         factory.pin(17).drive_low()  # pressed, with no broker anywhere
         factory.pin(17).drive_high()
         alert = await asyncio.wait_for(answered.get(), 120)
@@ -201,14 +198,13 @@ def test_state_leds_follow_thinking_and_voice_errors(
     peer = Peer(broker.port, ["appliance/s1/#"])
 
     async def think(supervisor: Supervisor) -> None:
-        while not factory.pin(19).state:  # no microphone here: the error LED comes on
-            await asyncio.sleep(0.05)
+        # no microphone here: the error LED comes on
+        await eventually_async(lambda: factory.pin(19).state, 60, "error LED on")
         supervisor.dispatcher.submit(Request(id="t", source="mqtt", text=STORY))
-        while not factory.pin(6).state:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: factory.pin(6).state, 60, "thinking LED on", 0.01)
         assert not factory.pin(5).state and not factory.pin(13).state
         await asyncio.to_thread(peer.wait_for, lambda m: m.topic == "appliance/s1/answer")
-        await asyncio.sleep(0.1)
+        await eventually_async(lambda: not factory.pin(6).state, 10, "thinking LED off")
         assert not factory.pin(6).state and factory.pin(19).state
 
     try:

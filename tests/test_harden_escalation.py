@@ -26,6 +26,7 @@ from appliance.generate.mqtt_remote import MqttGenerator
 from appliance.llm.types import ChatRequest, Chunk, Completion
 from appliance.protocol.messages import Outgoing
 from tests.conftest import BASE
+from tests.helpers import eventually_async
 from tests.services import ApplianceProcess, Message, Peer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -252,8 +253,7 @@ def test_an_appliance_upstream_is_cut_at_the_local_budget_too() -> None:
                                first_token_timeout_s=5, timeout_s=10)
         asked = asyncio.create_task(remote.generate(ChatRequest("Hi.", max_tokens=4, id="m"),
                                                     chunks.append))
-        while not sent:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: sent, 10, "the ask sent upstream", 0.01)
         for seq in range(50):
             remote.on_message(remote.stream_topic, json.dumps(
                 {"id": "m", "seq": seq, "delta": "word "}).encode())

@@ -14,6 +14,7 @@ import pytest
 
 from appliance.mqtt.clash import SESSION_TAKEN_OVER, Clash
 from tests.conftest import BASE, run_cli
+from tests.helpers import own_device
 from tests.services import ApplianceProcess, Broker, Peer
 
 
@@ -30,23 +31,14 @@ def _events(log: Path) -> list[dict[str, object]]:
     return lines
 
 
-def _clone(tmp_path: Path, model_path: Path, port: int, name: str) -> ApplianceProcess:
+def _clone(tmp_path: Path, port: int, name: str) -> ApplianceProcess:
     """A device of its own (data_dir, config) that calls itself ``t1``, like a cloned card."""
-    home = tmp_path / name
-    home.mkdir()
-    (home / "temp").write_text("45000\n")
-    config = home / "config.yaml"
-    config.write_text(
-        f"device_id: t1\ndata_dir: {home / 'data'}\n"
-        f"llm:\n  model_path: {model_path}\n  temperature: 0\n  n_ctx: 512\n  n_threads: 1\n"
-        f"mqtt:\n  port: {port}\n  keepalive_s: 5\n"
-        f"thermal:\n  zone_path: {home / 'temp'}\n")
-    return ApplianceProcess(home, config)
+    return own_device(tmp_path, name, port, {"device_id": "t1"})
 
 
 @pytest.fixture
 def clones(tmp_path: Path, model_path: Path, broker: Broker) -> Iterator[list[ApplianceProcess]]:
-    devices = [_clone(tmp_path, model_path, broker.port, name) for name in ("a", "b")]
+    devices = [_clone(tmp_path, broker.port, name) for name in ("a", "b")]
     yield devices
     for device in devices:
         device.close()

@@ -32,6 +32,7 @@ import pytest
 from appliance.bench.broker import free_port
 from appliance.hardware import rss_bytes
 from tests.conftest import smollm2_path
+from tests.helpers import eventually
 from tests.services import ApplianceProcess
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ class Api:
 
     def assert_fed_since(self, since: float) -> None:
         """Pings came after ``since``, never further apart than systemd's WatchdogSec."""
-        _wait(lambda: any(t > since for t in self.pings), "a watchdog ping", 30)
+        eventually(lambda: any(t > since for t in self.pings), 30, "watchdog ping")
         times = [since, *(t for t in self.pings if t > since), time.monotonic()]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert max(gaps) < self.watchdog_s, f"the watchdog went unfed for {max(gaps):.1f} s"
@@ -95,15 +96,6 @@ class Api:
         answer = ollama.Client(host=self.url, timeout=120).chat(
             model=MODEL, messages=ASK, options={"num_predict": 4})
         assert answer.done
-
-
-def _wait(condition: Callable[[], Any], what: str, limit_s: float = 30) -> Any:
-    """Poll until ``condition()`` is truthy (the limit only keeps a broken build from hanging)."""
-    deadline = time.monotonic() + limit_s
-    while not (found := condition()):
-        assert time.monotonic() < deadline, f"no {what} after {limit_s} s"
-        time.sleep(0.05)
-    return found
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 30) -> bytes:
@@ -210,7 +202,7 @@ def test_idle_and_slow_connections_are_capped_and_time_out(
         sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     api.served()  # a well-behaved client is served while they are open
     # Every one of them is dropped: for a newcomer, or at the head's deadline.
-    _wait(lambda: all(closed_by_server(s) for s in sockets), "closed idle sockets")
+    eventually(lambda: all(closed_by_server(s) for s in sockets), 30, "closed idle sockets")
     for sock in sockets:
         sock.close()
     # A kept-alive connection closes once idle; a body that does not come is a 408.
@@ -226,8 +218,8 @@ def test_idle_and_slow_connections_are_capped_and_time_out(
     # The refusals are counted, in at most one line every five seconds.
     def refusals() -> list[dict[str, Any]]:
         return [e for e in api.log_events() if e.get("event") == "http_refused"]
-    _wait(lambda: sum(e.get("dropped_idle", 0) + e.get("slow_header", 0)
-                      for e in refusals()) >= 70, "70 refusals in the log")
+    eventually(lambda: sum(e.get("dropped_idle", 0) + e.get("slow_header", 0)
+                           for e in refusals()) >= 70, 30, "70 refusals in the log")
     assert len(refusals()) <= 2 + (time.monotonic() - began) / 5
     api.served()
 

@@ -28,6 +28,7 @@ from appliance.knowledge.embedding import Embedder
 from appliance.knowledge.index import KnowledgeIndex
 from appliance.service.knowledge_context import KnowledgeContext
 from tests.conftest import run_cli, smollm2_path
+from tests.helpers import write_config
 
 MANUALS = Path(__file__).with_name("manuals")
 ON_TOPIC = [q["q"] for q in yaml.safe_load(
@@ -80,8 +81,8 @@ def test_a_pathological_megabyte_line_is_read_in_linear_time(fmt: str, line: str
 
 @pytest.mark.slow
 def test_a_fifo_and_a_device_named_like_manuals_get_one_line_each(tmp_path: Path) -> None:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {smollm2_path()}\n")
+    cfg = write_config(tmp_path / "config.yaml", base={
+        "data_dir": tmp_path / "data", "llm": {"model_path": smollm2_path()}})
     fifo = tmp_path / "fifo.md"
     os.mkfifo(fifo)  # no writer: a plain open() waits forever
     zero = tmp_path / "zero.txt"

@@ -175,10 +175,8 @@ class Wy:
     def assert_fed_since(self, since: float) -> None:
         """The watchdog was pinged at its pace from ``since`` until a ping after now."""
         now = time.monotonic()
-        deadline = now + 4 * WATCHDOG_S
-        while not any(p > now for p in self.pings):
-            assert time.monotonic() < deadline, "no watchdog ping"
-            time.sleep(0.1)
+        eventually(lambda: any(p > now for p in self.pings), 4 * WATCHDOG_S, "watchdog ping",
+                   0.1)
         times = [since, *(p for p in self.pings if p > since)]
         gap = max(b - a for a, b in itertools.pairwise(times))
         assert gap < WATCHDOG_S, f"the watchdog went unfed for {gap:.1f} s"

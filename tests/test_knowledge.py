@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from appliance.knowledge.index import KnowledgeIndex
 from appliance.knowledge.query import match_expression, terms
 from appliance.knowledge.retriever import Retriever
 from tests.conftest import run_cli, smollm2_path
+from tests.helpers import write_config
 
 MANUALS = Path(__file__).with_name("manuals")
 QUESTIONS = yaml.safe_load(Path(__file__).with_name("knowledge_questions.yaml").read_text())
@@ -56,11 +58,9 @@ def retriever(tmp_path_factory: pytest.TempPathFactory,
     r.close()
 
 
-def _config(tmp_path: Path, knowledge: str = "") -> Path:
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {smollm2_path()}\n"
-                   + (f"knowledge:\n{knowledge}" if knowledge else ""))
-    return cfg
+def _config(tmp_path: Path, knowledge: dict[str, Any] | None = None) -> Path:
+    return write_config(tmp_path / "config.yaml", {"knowledge": knowledge} if knowledge else {},
+                        {"data_dir": tmp_path / "data", "llm": {"model_path": smollm2_path()}})
 
 
 def _knowledge(cfg: Path, *args: str) -> tuple[int, str, str]:
@@ -347,7 +347,7 @@ def _password_pdf(path: Path) -> None:
 
 @pytest.mark.slow
 def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, "  max_file_mb: 0.01\n")
+    cfg = _config(tmp_path, {"max_file_mb": 0.01})
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.pdf").write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 8)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,7 @@ from appliance.catalog import ResolvedModel
 from appliance.llm import ChatRequest, Engine
 from appliance.llm.kv_disk import DiskKvCache, model_identity
 from tests.conftest import BASE, make_settings, run_cli
+from tests.helpers import smollm2_path, write_config
 from tests.services import ApplianceProcess, Peer
 
 pytestmark = pytest.mark.slow
@@ -113,27 +116,39 @@ def test_the_disk_budget_is_honoured(model_path: Path, tmp_path: Path) -> None:
         engine.close()
 
 
-def _knowledge_config(tmp_path: Path, model_path: Path, mode: str) -> str:
-    return (f"knowledge:\n  enabled: true\n  mode: {mode}\n  top_k: 2\n  min_score: 0.25\n"
-            f"  cache_mb: 64\n")
+def _knowledge_config(mode: str) -> dict[str, Any]:
+    return {"knowledge": {"enabled": True, "mode": mode, "top_k": 2, "min_score": 0.25,
+                          "cache_mb": 64}}
 
 
-@pytest.fixture
-def indexed(tmp_path: Path, model_path: Path) -> Path:
-    """The test manuals indexed into the data_dir the ``start`` fixture uses."""
-    cfg = tmp_path / "index.yaml"
-    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {model_path}\n")
+@pytest.fixture(scope="module")
+def manuals_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir with the test manuals indexed, made once for the module's tests."""
+    home = tmp_path_factory.mktemp("index")
+    cfg = write_config(home / "index.yaml", base={
+        "data_dir": home / "data", "llm": {"model_path": smollm2_path()}})
     done = run_cli("--config", str(cfg), "knowledge", "add",
                    *(str(p) for p in sorted(MANUALS.iterdir()) if p.suffix != ".py"),
                    timeout=600)
     assert done.returncode == 0, done.stderr
-    return cfg
+    return home / "data"
+
+
+@pytest.fixture
+def indexed(manuals_index: Path, tmp_path: Path, model_path: Path) -> Path:
+    """The test manuals indexed into the data_dir the ``start`` fixture uses.
+
+    A copy of the module's index: a test may write to its own data_dir.
+    """
+    shutil.copytree(manuals_index, tmp_path / "data")
+    return write_config(tmp_path / "index.yaml", base={
+        "data_dir": tmp_path / "data", "llm": {"model_path": model_path}})
 
 
 def test_an_ask_is_answered_with_its_sources(
         indexed: Path, start: Callable[..., ApplianceProcess], peer: Peer,
         tmp_path: Path, model_path: Path) -> None:
-    start(root=_knowledge_config(tmp_path, model_path, "assist"))
+    start(_knowledge_config("assist"))
     peer.publish(f"{BASE}/ask", json.dumps({
         "id": "k1", "text": "How deep do the moisture probes go into the ground?",
         "max_tokens": 24}))
@@ -147,7 +162,7 @@ def test_an_ask_is_answered_with_its_sources(
 def test_mode_only_refuses_what_the_manuals_do_not_cover(
         indexed: Path, start: Callable[..., ApplianceProcess], peer: Peer,
         tmp_path: Path, model_path: Path) -> None:
-    start(root=_knowledge_config(tmp_path, model_path, "only"))
+    start(_knowledge_config("only"))
     peer.publish(f"{BASE}/ask", json.dumps({"id": "off", "text": "How do I bake bread?"}))
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer"
                            and m.json()["id"] == "off", 90).json()

@@ -22,6 +22,7 @@ from appliance.power import (
     open_meter,
     parse_pmic_read_adc,
 )
+from tests.helpers import eventually_async
 
 RECORDED = Path(__file__).parent / "data" / "pmic_read_adc.txt"
 RAPL_MAX_UJ = 262143328850  # max_energy_range_uj of a real package zone
@@ -260,10 +261,8 @@ def test_meter_none_measures_nothing(events: Callable[[], list[dict[str, object]
 
 # --- the monitor as a task --------------------------------------------------------------
 
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(20):  # a guard against hanging, not a measurement
-        while not condition():
-            await asyncio.sleep(0.01)
+async def until(condition: Callable[[], bool], what: str) -> None:
+    await eventually_async(condition, 20, what, 0.01)  # a guard against hanging, not a measure
 
 
 def test_sampling_runs_beside_the_loop_and_cancels_cleanly(tmp_path: Path) -> None:
@@ -275,13 +274,13 @@ def test_sampling_runs_beside_the_loop_and_cancels_cleanly(tmp_path: Path) -> No
 
     async def scenario() -> int:
         task = asyncio.create_task(monitor.run())
-        await until(pid_file.exists)  # vcgencmd is running, and so is this coroutine
+        await until(pid_file.exists, "running vcgencmd")  # and so is this coroutine
         assert monitor.power_w is None
         go.touch()
-        await until(lambda: monitor.power_w is not None)
+        await until(lambda: monitor.power_w is not None, "power reading")
         go.unlink()
         pid_file.unlink()
-        await until(pid_file.exists)  # the next sample, a second later, waits on "go"
+        await until(pid_file.exists, "next sample")  # a second later, it waits on "go"
         task.cancel()
         async with asyncio.timeout(20):  # a monitor waiting for a live child would hang here
             with pytest.raises(asyncio.CancelledError):

@@ -64,7 +64,8 @@ class Seen:
 
         voice.prefill, voice.submit = on_prefill, on_submit
         supervisor.worker.generate = on_generate  # type: ignore[method-assign]
-        supervisor.dispatcher.answer_listeners.append(lambda _r, a: self.answers.append(a))
+        supervisor.dispatcher.answer_listeners.append(
+            lambda _r, a: self.answers.append(a.to_json()))
 
     async def answered(self, count: int) -> None:
         await eventually_async(lambda: len(self.answers) >= count, 500, f"{count} answers")

@@ -263,7 +263,7 @@ def test_the_units_command_line_notifies_systemd(tmp_path: Path, model_path: Pat
     config = tmp_path / "config.yaml"
     (tmp_path / "temp").write_text("45000\n")
     config.write_text(f"device_id: svc\ndata_dir: {tmp_path / 'data'}\n"
-                      f"llm:\n  model_path: {model_path}\n  n_ctx: 512\n"
+                      f"llm:\n  model_path: {model_path}\n  n_ctx: 512\n  n_threads: 1\n"
                       f"mqtt:\n  port: {broker.port}\n"
                       f"thermal:\n  zone_path: {tmp_path / 'temp'}\n")
     _, command, env = _unit_with_exec(tmp_path, config)

@@ -59,6 +59,11 @@ def answer(r: Router, text: str = "What time is it?", level: ThermalLevel = NORM
     return run(r.run(request, chat, stream, level=level, queued=queued)), stream
 
 
+def escalated(routed: Routed) -> dict[str, Any] | None:
+    """The answer's ``escalation`` field, as published."""
+    return routed.escalation.to_json() if routed.escalation is not None else None
+
+
 # --- escalation thresholds ------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("how", "reason"), [
@@ -73,7 +78,7 @@ def test_each_route_reason_escalates(how: dict[str, Any], reason: str) -> None:
     local, remote = FakeGenerator(), FakeGenerator([Reply(("big", " answer"))], name="big")
     r = router(local, remote, level_at_least="warm", queue_over=2, min_words=6)
     routed, stream = answer(r, **how)
-    assert (routed.tier, routed.escalation) == ("remote", {"reason": reason})
+    assert (routed.tier, escalated(routed)) == ("remote", {"reason": reason})
     assert routed.completion.text == stream.text == "big answer"
     assert local.requests == []
 
@@ -120,7 +125,7 @@ def test_low_confidence_restarts_the_stream_and_escalates() -> None:
     routed, stream = answer(router(local, remote, confidence_below=-2.0))
     assert local.requests[0].confidence is not None  # the local model was watched
     assert routed.tier == "remote"
-    assert routed.escalation == {"reason": "confidence", "confidence": -3.5, "local_tokens": 1}
+    assert escalated(routed) == {"reason": "confidence", "confidence": -3.5, "local_tokens": 1}
     assert (stream.restarts, stream.text) == (1, "sure")
 
 
@@ -136,7 +141,7 @@ def test_a_failing_remote_falls_back_to_a_local_answer(failure: GenerationFailed
     r.on_change = lambda: changed.append(True)
     routed, stream = answer(r, tier="remote")
     assert routed.tier == "local"
-    assert routed.escalation == {"reason": "asked", "fallback": str(failure)}
+    assert escalated(routed) == {"reason": "asked", "fallback": str(failure)}
     assert (stream.text, stream.restarts, changed) == ("local", 0, [True])
     assert local.requests[0].confidence is None
 
@@ -150,7 +155,7 @@ def test_a_remote_that_dies_mid_stream_voids_what_it_sent() -> None:
     local = FakeGenerator([Reply(("whole", " local"))])
     remote = DiesAfterOne([Reply(("half",))])
     routed, stream = answer(router(local, remote), tier="remote")
-    assert routed.escalation == {"reason": "asked", "fallback": "stream cut"}
+    assert escalated(routed) == {"reason": "asked", "fallback": "stream cut"}
     assert (stream.restarts, stream.text) == (1, "whole local")
 
 
@@ -168,7 +173,7 @@ def test_the_breaker_opens_after_failures_in_a_row_and_skips_the_remote() -> Non
     routed, _ = answer(r, tier="remote")
     assert len(remote.requests) == 2  # the third was not even tried
     assert routed.escalation is not None and routed.tier == "local"
-    assert routed.escalation["fallback"] == ("the remote model is skipped after repeated "
+    assert routed.escalation.fallback == ("the remote model is skipped after repeated "
                                              "failures (last: still down)")
     assert r.describe() == {"model": "fake", "open": True, "retry_in_s": 60,
                             "error": "still down"}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BASE, STORY, _config
+from tests.helpers import eventually
 from tests.services import ApplianceProcess, Broker, Message, Peer
 
 pytestmark = pytest.mark.slow  # `appliance run` as a process
@@ -113,11 +114,12 @@ def test_cancel_a_running_request(start: Callable[..., ApplianceProcess], peer: 
 
 def test_broker_restart_during_generation_loses_no_answer(
         start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
-    start()
+    app = start()
     peer.publish(f"{BASE}/ask", json.dumps({"id": "outage", "text": STORY, "max_tokens": 200}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     broker.stop()
-    time.sleep(2)
+    log = app.workdir / f"run-{app.runs}.log"
+    eventually(lambda: '"disconnected"' in log.read_text(), 30, "logged loss of the broker")
     broker.start()
     answer = _answer(peer, "outage", timeout=90).json()
     assert answer["tokens"] > 0

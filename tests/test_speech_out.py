@@ -21,7 +21,7 @@ from appliance.voice.recognizer import (
     SilenceTracker,
     load_model,
 )
-from appliance.voice.service import Speaker
+from appliance.voice.service import Loudspeaker
 from appliance.voice.tts import Espeak, Piper, SpeechError
 from tests.conftest import run_cli
 from tests.http_server import Served, serve
@@ -81,7 +81,7 @@ def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
         f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {model_path}\n  temperature: 0\n"
         f"  max_tokens: 40\n  n_ctx: 512\nvoice:\n  enabled: true\n"
         f"  model_path: {korean_model()}\n  grammar: [날씨, 온도]\n  tts: piper\n"
-        "  tts_voice: joe\n")
+        "  tts_voice: joe\nmodels:\n  allow_unsigned_site_catalog: true\n")
     catalog = tmp_path / "catalog.yaml"
     with serve(Served(b"", files=files)) as url:
         entry["url"] = url.rsplit("/", 1)[0] + "/joe.onnx"
@@ -200,7 +200,7 @@ def test_speaker_plays_through_aplay_and_volume_steps_scale_it(tmp_path: Path) -
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"voice:\n  tts_voice: en\n  output_device: \"file:'{played}',raw\"\n")
     events: queue.Queue[bool] = queue.Queue()
-    speaker = Speaker(load_settings(cfg), events.put)
+    speaker = Loudspeaker(load_settings(cfg), events.put)
     levels = []
     try:
         for step in (0.0, -0.4):

@@ -1,6 +1,6 @@
 """Thermal: policy with hysteresis, firmware report decoding, the watchdog on a real file.
 
-The faults run the watchdog on a real zone file and drive a real GpioParts fan
+The faults run the watchdog on a real zone file and drive a real GpioDevices fan
 on gpiozero's MockFactory; time is an injected clock, and vcgencmd is a small
 shell script in tmp_path (the only stand-in: a Pi's firmware tool cannot run here).
 """
@@ -21,7 +21,7 @@ from appliance.config import parse_settings
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, ThermalLevel, ThermalSettings
 from appliance.doctor import check_temperature
 from appliance.errors import ApplianceError
-from appliance.gpio import GpioParts
+from appliance.gpio import GpioDevices
 from appliance.thermal import (
     SensorError,
     ThermalPolicy,
@@ -189,7 +189,7 @@ class Rig:
         self.now = 0.0
         self.changes: list[str] = []
         self.factory = factory
-        self.parts = GpioParts(parse_settings(GPIO_YAML).gpio, lambda *_: None, factory)
+        self.parts = GpioDevices(parse_settings(GPIO_YAML).gpio, lambda *_: None, factory)
         settings = ThermalSettings(zone_path=self.zone, stale_after_s=30, vcgencmd=vcgencmd,
                                    vcgencmd_every_s=10)
         self.dog = ThermalWatchdog(settings, lambda level: self.changes.append(level.name),

@@ -37,7 +37,8 @@ def _voice_yaml(extra: str = "", tts_voice: str = "ko") -> str:
 def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
     cfg = tmp_path / "listen.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-                   "  temperature: 0\n  max_tokens: 40\n  n_ctx: 512\n" + _voice_yaml(extra))
+                   "  temperature: 0\n  max_tokens: 40\n  n_ctx: 512\n  n_threads: 1\n"
+                   + _voice_yaml(extra))
     return cfg
 
 

@@ -1,6 +1,6 @@
 """A restarted generation is spoken from its start: the old take's pieces are dropped and cut.
 
-The dispatcher's stream calls ``Speaker.restart(request_id)`` when a request's
+The dispatcher's stream calls ``Loudspeaker.restart(request_id)`` when a request's
 generation starts over (a retry after a worker restart, a fallback from a
 remote tier). Real espeak-ng and aplay; ALSA's file plugin stands in for the
 sound card, and a new stream truncates its file, so the file holds what the
@@ -15,10 +15,11 @@ from pathlib import Path
 from appliance.config import Settings, load_settings
 from appliance.llm import Chunk
 from appliance.mqtt.contract import Topics
+from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Outgoing, Request
 from appliance.service.outlets import Outlets
 from appliance.voice.pieces import SpokenAnswer
-from appliance.voice.service import Speaker
+from appliance.voice.service import Loudspeaker
 from appliance.voice.tts import Espeak
 
 OLD = ("This is the answer as the first attempt wrote it, and it goes on for a while. "
@@ -50,7 +51,7 @@ def test_a_restarted_answer_is_spoken_from_its_start_without_the_old_pieces(
         tmp_path: Path) -> None:
     settings, played = _settings(tmp_path)
     events: queue.Queue[bool] = queue.Queue()
-    speaker = Speaker(settings, events.put)
+    speaker = Loudspeaker(settings, events.put)
     try:
         speaker.feed("r1", OLD)  # its first pieces are complete: they are queued at once
         assert events.get(timeout=30) is True  # the old take is playing
@@ -71,7 +72,7 @@ def test_restart_before_anything_was_said_and_after_the_end_changes_nothing(
         tmp_path: Path) -> None:
     settings, played = _settings(tmp_path)
     events: queue.Queue[bool] = queue.Queue()
-    speaker = Speaker(settings, events.put)
+    speaker = Loudspeaker(settings, events.put)
     try:
         speaker.restart("r1")  # nothing fed yet
         speaker.say(NEW)
@@ -98,12 +99,12 @@ class _Mqtt:
 def _through_outlets(tmp_path: Path, again: str) -> None:
     """A voice answer streams through the real outlets into the speaker, then starts over.
 
-    ``again``: ``restart`` (the router falls back: ``Stream.restart()``) or
+    ``again``: ``restart`` (the router falls back: ``RequestStream.restart()``) or
     ``retry`` (the dispatcher runs the request again: a new stream of it).
     """
     settings, played = _settings(tmp_path)
     events: queue.Queue[bool] = queue.Queue()
-    speaker = Speaker(settings, events.put)
+    speaker = Loudspeaker(settings, events.put)
     mqtt = _Mqtt()
     outlets = Outlets(mqtt, Topics.under("appliance/t"), stream=True, kid_safe=False,
                       device_id="t")
@@ -119,7 +120,7 @@ def _through_outlets(tmp_path: Path, again: str) -> None:
             stream = outlets.stream(request)
         assert events.get(timeout=30) is False
         stream(Chunk("v1", 0, NEW))
-        outlets.answer(request, {"text": NEW, "finish_reason": "stop"}, "appliance/t/answer")
+        outlets.answer(request, Answer("v1", "voice", NEW, "stop"), "appliance/t/answer")
         assert [events.get(timeout=30), events.get(timeout=30)] == [True, False]
     finally:
         speaker.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from appliance.voice.hearing import Hearing, Woke
 from appliance.voice.recognizer import Heard, Recognizer, load_model
 from appliance.voice.wake import WakeWord, WakeWordError, check_wake
 from tests.conftest import BASE, run_cli
+from tests.helpers import eventually
 from tests.services import ApplianceProcess, Peer
 from tests.speech import PHRASES, korean_model, piper_speak, silence
 
@@ -92,15 +92,13 @@ def test_vosk_hears_only_what_follows_the_wake_word(voices: dict[str, Path],
 def _log_lines(app: ApplianceProcess, until: str, timeout: float = 120) -> list[dict[str, object]]:
     """The run's JSON log lines, once one of them is the event ``until``."""
     path = app.workdir / f"run-{app.runs}.log"
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [json.loads(line) for line in path.read_text().splitlines()
+
+    def lines() -> list[dict[str, object]] | None:
+        found = [json.loads(line) for line in path.read_text().splitlines()
                  if line.startswith("{")]
-        if any(line.get("event") == until for line in lines):
-            return lines
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {until!r} in {path}")
-        time.sleep(0.2)
+        return found if any(line.get("event") == until for line in found) else None
+
+    return eventually(lines, timeout, f"{until!r} in {path}", 0.2)
 
 
 def _voice(wav: Path) -> str:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
-from appliance.llm.types import Chunk
+from appliance.llm.types import Chunk, OnChunk
 
 MAX_RANGE = 1000
 """Most values a bounded argument takes in the grammar (each is one choice)."""
@@ -76,7 +76,7 @@ class Decision:
 class AnswerText:
     """Wraps a stream: passes on only the text of an ``{"answer": "..."}`` reply."""
 
-    def __init__(self, stream: Callable[[Chunk], None]) -> None:
+    def __init__(self, stream: OnChunk) -> None:
         self.stream = stream
         self._raw = ""
         self._at: int | None = None  # where the answer's text starts in the raw reply

@@ -30,6 +30,7 @@ from appliance.actions.verifier import Verdict, Verifier
 from appliance.config.schema import Action
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
+from appliance.protocol.answer import ActionReport
 
 log = get_logger("actions")
 
@@ -61,15 +62,9 @@ class Outcome:
                 "source": self.source, "verdict": self.verdict, "reason": self.reason,
                 "needs": list(self.needs), "ms": round(self.ms, 1)}
 
-    def answer_fields(self) -> dict[str, Any]:
-        """What an answer about it carries."""
-        fields: dict[str, Any] = {"text": self.text, "tokens": 0, "finish_reason": "stop",
-                                  "action": self.action, "verdict": self.verdict}
-        if self.needs:
-            fields["needs"] = list(self.needs)
-        if self.reason:
-            fields["reason"] = self.reason
-        return fields
+    def report(self) -> ActionReport:
+        """What an answer about it says of the action."""
+        return ActionReport(self.action, self.verdict, self.needs, self.reason)
 
 
 @dataclass

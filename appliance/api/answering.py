@@ -2,7 +2,7 @@
 
 :func:`deltas` turns a :class:`~appliance.api.gate.Pending` request into the
 text a client should see (with tools, the answer inside the constrained JSON
-reply, not the JSON itself) and ends with an :class:`Outcome`. An answer that
+reply, not the JSON itself) and ends with a :class:`Final`. An answer that
 could not be generated raises its :class:`~appliance.api.errors.ApiError`.
 A streaming route waits for the first of these before it sends anything, so
 that an error that comes first still gets its own status code, not a broken
@@ -22,15 +22,16 @@ from appliance.api.gate import Pending, check_answer
 from appliance.api.tools import Reply, ReplyStream
 from appliance.llm import Chunk
 from appliance.logs import get_logger
+from appliance.protocol.answer import Answer
 
 log = get_logger("http_api")
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How a generation ended: its answer payload and what the model replied."""
+class Final:
+    """How a generation ended: its answer and what the model replied."""
 
-    payload: dict[str, Any]
+    answer: Answer
     reply: Reply
 
     @property
@@ -38,12 +39,11 @@ class Outcome:
         """The finish reason as both APIs name it."""
         if self.reply.call is not None:
             return "tool_calls"
-        return "length" if self.payload.get("finish_reason") in ("length", "throttled") \
-            else "stop"
+        return "length" if self.answer.finish_reason in ("length", "throttled") else "stop"
 
 
-async def deltas(pending: Pending, tools: bool) -> AsyncIterator[str | Outcome]:
-    """The client-visible text as it streams, then the :class:`Outcome`."""
+async def deltas(pending: Pending, tools: bool) -> AsyncIterator[str | Final]:
+    """The client-visible text as it streams, then the :class:`Final`."""
     reader = ReplyStream() if tools else None
     async for event in pending.events():
         if isinstance(event, Chunk):
@@ -52,16 +52,16 @@ async def deltas(pending: Pending, tools: bool) -> AsyncIterator[str | Outcome]:
                 yield text
             continue
         check_answer(event)
-        text = str(event.get("text", ""))
-        yield Outcome(event, reader.finish(text) if reader is not None else Reply(text))
+        text = event.text
+        yield Final(event, reader.finish(text) if reader is not None else Reply(text))
 
 
-async def collect(stream: AsyncIterator[str | Outcome]) -> Outcome:
+async def collect(stream: AsyncIterator[str | Final]) -> Final:
     """Wait for the outcome (non-streamed responses)."""
     async for event in stream:
-        if isinstance(event, Outcome):
+        if isinstance(event, Final):
             return event
-    raise AssertionError("deltas() always ends with an Outcome")
+    raise AssertionError("deltas() always ends with a Final")
 
 
 class Encoder(Protocol):
@@ -75,10 +75,10 @@ class Encoder(Protocol):
     def delta(self, text: str) -> bytes:
         """One piece of streamed text."""
 
-    def closing(self, outcome: Outcome) -> list[bytes]:
+    def closing(self, final: Final) -> list[bytes]:
         """The end of a stream."""
 
-    def whole(self, outcome: Outcome) -> dict[str, Any]:
+    def whole(self, final: Final) -> dict[str, Any]:
         """The non-streamed response."""
 
     def failure(self, error: ApiError) -> bytes:
@@ -99,7 +99,7 @@ async def respond(request: web.Request, pending: Pending, encoder: Encoder, *, t
         await response.prepare(request)
         try:
             lines = encoder.opening()
-            while not isinstance(event, Outcome):
+            while not isinstance(event, Final):
                 lines.append(encoder.delta(event))
                 for line in lines:
                     await response.write(line)

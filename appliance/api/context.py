@@ -8,6 +8,7 @@ from typing import Any
 from appliance.api.errors import ApiError, Problem
 from appliance.api.gate import ApiGate
 from appliance.api.model_card import ModelCard
+from appliance.api.model_names import adapter_of
 from appliance.config import Settings
 from appliance.service.status import Status
 
@@ -21,13 +22,18 @@ class Context:
     settings: Settings
     status: Status
 
-    def check_model(self, requested: Any, param: str = "model") -> None:
-        """Refuse a request for a model we do not have."""
+    def check_model(self, requested: Any, param: str = "model") -> str | None:
+        """Refuse a request for a model we do not have; the LoRA adapter its name picks.
+
+        ``None``: the base model (see :mod:`appliance.api.model_names`).
+        """
         if not isinstance(requested, str) or not requested.strip():
             raise ApiError(Problem.BAD_REQUEST, f"{param}: the model's name is required",
                            param=param)
-        if not self.card.matches(requested):
+        try:
+            return adapter_of(self.card, self.settings.llm.adapters, requested)
+        except LookupError:
             raise ApiError(Problem.UNKNOWN_MODEL,
                            f"model {requested!r} not found; this appliance serves "
-                           f"{self.card.name!r}", param=param)
+                           f"{self.card.name!r}", param=param) from None
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 from appliance.api.errors import ApiError, Problem
+from appliance.errors import ErrorCode
 from appliance.llm import ChatRequest, Chunk, new_request_id
+from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Api, Request
-from appliance.service.dispatcher import Dispatcher, Rejected
+from appliance.service.dispatcher import Dispatcher
 from appliance.service.ratelimit import RateLimiter
+from appliance.service.scheduler import Rejected
 
 COOLING_DOWN = "the appliance is cooling down; ask again in a minute"
 COOLING_RETRY_S = 60
@@ -32,30 +34,30 @@ class Pending:
     def __init__(self, request: Request, dispatcher: Dispatcher) -> None:
         self.request = request
         self._dispatcher = dispatcher
-        self._events: asyncio.Queue[Chunk | dict[str, Any]] = asyncio.Queue()
-        self.final: dict[str, Any] | None = None
+        self._events: asyncio.Queue[Chunk | Answer] = asyncio.Queue()
+        self.final: Answer | None = None
 
     def chunk(self, chunk: Chunk) -> None:
         """Answer text as it streams (called by the dispatcher)."""
         self._events.put_nowait(chunk)
 
-    def answer(self, payload: dict[str, Any]) -> None:
+    def answer(self, answer: Answer) -> None:
         """The final answer (called by the dispatcher)."""
-        self.final = payload
-        self._events.put_nowait(payload)
+        self.final = answer
+        self._events.put_nowait(answer)
 
-    async def events(self) -> AsyncIterator[Chunk | dict[str, Any]]:
-        """Every chunk, then the answer's payload, as they arrive."""
+    async def events(self) -> AsyncIterator[Chunk | Answer]:
+        """Every chunk, then the answer, as they arrive."""
         while True:
             event = await self._events.get()
             yield event
-            if isinstance(event, dict):
+            if isinstance(event, Answer):
                 return
 
-    async def result(self) -> dict[str, Any]:
-        """Wait for the answer's payload (chunks are dropped)."""
+    async def result(self) -> Answer:
+        """Wait for the answer (chunks are dropped)."""
         async for event in self.events():
-            if isinstance(event, dict):
+            if isinstance(event, Answer):
                 return event
         raise AssertionError("events() always ends with the answer")
 
@@ -65,17 +67,31 @@ class Pending:
             self._dispatcher.cancel(self.request.id)
 
 
-def check_answer(payload: dict[str, Any]) -> None:
+_PROBLEMS: dict[ErrorCode, Problem] = {
+    ErrorCode.CONTEXT_TOO_LONG: Problem.CONTEXT_TOO_LONG,
+    ErrorCode.WORKER_RESTARTING: Problem.UNAVAILABLE,
+    ErrorCode.QUEUE_FULL: Problem.QUEUE_FULL,
+    ErrorCode.RATE_LIMITED: Problem.RATE_LIMITED,
+    ErrorCode.COOLING_DOWN: Problem.COOLING_DOWN,
+    ErrorCode.CANCELLED: Problem.UNAVAILABLE,
+    ErrorCode.INTERNAL: Problem.INTERNAL,
+}
+"""How the APIs name each kind of failure (each API then writes its own shape)."""
+
+_RETRY_S: dict[ErrorCode, int] = {
+    ErrorCode.WORKER_RESTARTING: QUEUE_RETRY_S, ErrorCode.QUEUE_FULL: QUEUE_RETRY_S,
+    ErrorCode.COOLING_DOWN: COOLING_RETRY_S}
+
+
+def check_answer(answer: Answer) -> None:
     """Raise the :class:`ApiError` for an answer that no generation could give."""
-    reason = payload.get("finish_reason")
-    if reason == "error":
-        message = str(payload.get("error") or "the answer could not be generated")
-        if "more than llm.n_ctx" in message:
-            raise ApiError(Problem.CONTEXT_TOO_LONG, message, param="messages")
-        if "restarting" in message:
-            raise ApiError(Problem.UNAVAILABLE, message, retry_after_s=QUEUE_RETRY_S)
-        raise ApiError(Problem.INTERNAL, message)
-    if reason == "throttled" and not payload.get("tokens"):
+    error = answer.error
+    if answer.failed:
+        code = error.code if error is not None else ErrorCode.INTERNAL
+        message = error.message if error is not None else "the answer could not be generated"
+        raise ApiError(_PROBLEMS[code], message, retry_after_s=_RETRY_S.get(code),
+                       param="messages" if code is ErrorCode.CONTEXT_TOO_LONG else None)
+    if answer.finish_reason == "throttled" and not answer.tokens:
         # The level rose to "no generation" while the request waited in the queue.
         raise ApiError(Problem.COOLING_DOWN, COOLING_DOWN, retry_after_s=COOLING_RETRY_S)
 
@@ -88,8 +104,11 @@ class ApiGate:
         self.limiter = limiter
 
     def submit(self, chat: ChatRequest, client: str, max_tokens: int | None = None,
-               api: Api = "http") -> Pending:
-        """Queue ``chat`` for ``client`` (its address) of ``api``; raises :class:`ApiError`."""
+               api: Api = "http", conversation: str | None = None) -> Pending:
+        """Queue ``chat`` for ``client`` (its address) of ``api``; raises :class:`ApiError`.
+
+        ``conversation``: the conversation it continues (Wyoming's ``conversation_id``).
+        """
         if self.dispatcher.level.max_tokens == 0:
             raise ApiError(Problem.COOLING_DOWN, COOLING_DOWN, retry_after_s=COOLING_RETRY_S)
         if not self.limiter.allow(client):
@@ -98,10 +117,12 @@ class ApiGate:
                            f"too many requests from {client}: at most {per_minute} a minute",
                            retry_after_s=math.ceil(60 / max(per_minute, 1)))
         request = Request(id=new_request_id(), source="api", text=chat.text,
-                          max_tokens=max_tokens, client=client, chat=chat, api=api)
+                          max_tokens=max_tokens, client=client, chat=chat, api=api,
+                          conversation=conversation)
         pending = Pending(request, self.dispatcher)
         try:
             self.dispatcher.submit(request, pending)
         except Rejected as exc:
-            raise ApiError(Problem.QUEUE_FULL, str(exc), retry_after_s=QUEUE_RETRY_S) from None
+            raise ApiError(_PROBLEMS[exc.code], str(exc),
+                           retry_after_s=_RETRY_S.get(exc.code)) from None
         return pending

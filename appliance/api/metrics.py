@@ -9,7 +9,6 @@ our own, so nothing else in the process adds to it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from appliance import __version__
 from appliance.config.schema import ThermalLevel
+from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Request
 from appliance.service.status import Status
 
@@ -49,20 +49,21 @@ class Metrics:
                                 ["api", "code"], registry=self.registry)
         self.registry.register(_StatusCollector(status, levels))
 
-    def observe(self, request: Request, payload: dict[str, Any]) -> None:
+    def observe(self, request: Request, answer: Answer) -> None:
         """Count one answer (of any source)."""
-        labels = (request.source, str(payload.get("tier") or "none"))
-        self.answers.labels(*labels, str(payload.get("finish_reason"))).inc()
-        tokens = payload.get("tokens")
-        if not isinstance(tokens, int) or tokens <= 0:
+        labels = (request.source, answer.tier or "none")
+        self.answers.labels(*labels, answer.finish_reason).inc()
+        tokens = answer.tokens
+        if tokens <= 0:
             return
         self.tokens.labels(*labels).inc(tokens)
-        if isinstance(payload.get("ttft_ms"), int | float):
-            self.ttft.labels(*labels).observe(payload["ttft_ms"] / 1000)
-        if tokens > 1 and isinstance(payload.get("tokens_per_s"), int | float):
-            self.tokens_per_s.labels(*labels).observe(payload["tokens_per_s"])
-        if isinstance(payload.get("energy_j"), int | float) and payload["energy_j"] >= 0:
-            self.energy.labels(*labels).inc(payload["energy_j"])
+        done = answer.completion
+        if done is not None:
+            self.ttft.labels(*labels).observe(round(done.ttft_ms, 1) / 1000)
+            if tokens > 1:
+                self.tokens_per_s.labels(*labels).observe(round(done.tokens_per_s, 2))
+        if answer.energy is not None and answer.energy.joules >= 0:
+            self.energy.labels(*labels).inc(round(answer.energy.joules, 3))
 
     def render(self) -> bytes:
         """The text exposition of everything."""

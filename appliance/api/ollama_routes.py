@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from appliance.api import chat
-from appliance.api.answering import Outcome, respond
+from appliance.api.answering import Final, respond
 from appliance.api.context import Context
 from appliance.api.errors import ApiError, bad_request
 from appliance.api.http_body import read_json
+from appliance.api.model_names import answered_name, variant_names
 from appliance.api.schema import simplify
 from appliance.api.tools import ToolCall, parse_tools
 from appliance.llm.types import Sampling
@@ -68,13 +70,15 @@ class _Routes:
     async def version(self, _request: web.Request) -> web.Response:
         return web.json_response({"version": OLLAMA_VERSION})
 
-    def _listing(self) -> dict[str, Any]:
-        card = self.card
-        return {"name": card.tagged, "model": card.tagged, "modified_at": card.modified_iso,
+    def _listing(self, name: str | None = None) -> dict[str, Any]:
+        card, name = self.card, name or self.card.tagged
+        return {"name": name, "model": name, "modified_at": card.modified_iso,
                 "size": card.size, "digest": card.digest, "details": card.details()}
 
     async def tags(self, _request: web.Request) -> web.Response:
-        return web.json_response({"models": [self._listing()]})
+        variants = variant_names(self.card, self.ctx.settings.llm.adapters)  # LoRA adapters
+        return web.json_response({"models": [self._listing(),
+                                             *(self._listing(v) for v in variants)]})
 
     async def ps(self, _request: web.Request) -> web.Response:
         if not self.ctx.status.ready:
@@ -108,16 +112,16 @@ class _Routes:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
-        self.ctx.check_model(body.get("model"))
+        adapter = self.ctx.check_model(body.get("model"))
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise bad_request("messages: expected a list of messages")
         parsed = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
-        return await self._answer(request, body, parsed, "message")
+        return await self._answer(request, body, parsed, "message", adapter)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
-        self.ctx.check_model(body.get("model"))
+        adapter = self.ctx.check_model(body.get("model"))
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise bad_request("prompt: expected a string")
@@ -129,14 +133,18 @@ class _Routes:
             raise bad_request("system: expected a string")
         parsed = [chat.Message("system", system)] if system else []
         parsed.append(chat.Message("user", prompt))
-        return await self._answer(request, body, parsed, "response")
+        return await self._answer(request, body, parsed, "response", adapter)
 
     async def _answer(self, request: web.Request, body: dict[str, Any],
-                      messages: list[chat.Message], field: str) -> web.StreamResponse:
+                      messages: list[chat.Message], field: str,
+                      adapter: str | None) -> web.StreamResponse:
         options = await asyncio.to_thread(_options, body)  # schemas: off the loop
-        chat_request = chat.chat_request(messages, options, self.ctx.settings.llm.system_prompt)
+        chat_request = replace(chat.chat_request(messages, options,
+                                                 self.ctx.settings.llm.system_prompt),
+                               adapter=adapter)
         pending = self.ctx.gate.submit(chat_request, request.remote or "", options.max_tokens)
-        return await respond(request, pending, _Ndjson(self.card.tagged, field),
+        name = answered_name(self.card.tagged, self.card, adapter)
+        return await respond(request, pending, _Ndjson(name, field),
                              tools=options.uses_tools, stream=body.get("stream", True) is not False)
 
 
@@ -158,26 +166,26 @@ class _Ndjson:
     def delta(self, text: str) -> bytes:
         return _line({**self._part(text), "done": False})
 
-    def closing(self, outcome: Outcome) -> list[bytes]:
-        call = outcome.reply.call
+    def closing(self, final: Final) -> list[bytes]:
+        call = final.reply.call
         lines = [_line({**self._part("", call), "done": False})] if call is not None else []
-        return [*lines, _line(self._end(outcome, ""))]
+        return [*lines, _line(self._end(final, ""))]
 
-    def whole(self, outcome: Outcome) -> dict[str, Any]:
-        return self._end(outcome, outcome.reply.text, outcome.reply.call)
+    def whole(self, final: Final) -> dict[str, Any]:
+        return self._end(final, final.reply.text, final.reply.call)
 
     def failure(self, error: ApiError) -> bytes:
         return _line(error_body(error))
 
-    def _end(self, outcome: Outcome, text: str, call: ToolCall | None = None) -> dict[str, Any]:
-        payload = outcome.payload
-        total_ns = int(float(payload.get("total_ms") or 0) * 1e6)
-        first_ns = int(float(payload.get("ttft_ms") or 0) * 1e6)
+    def _end(self, final: Final, text: str, call: ToolCall | None = None) -> dict[str, Any]:
+        done = final.answer.completion
+        total_ns = int(done.total_ms * 1e6) if done is not None else 0
+        first_ns = int(done.ttft_ms * 1e6) if done is not None else 0
         return {
             **self._part(text, call), "done": True,
-            "done_reason": "length" if outcome.finish == "length" else "stop",
+            "done_reason": "length" if final.finish == "length" else "stop",
             "total_duration": total_ns, "load_duration": 0, "prompt_eval_duration": first_ns,
-            "eval_count": int(payload.get("tokens") or 0),
+            "eval_count": final.answer.tokens,
             "eval_duration": max(total_ns - first_ns, 0)}
 
 

@@ -12,17 +12,20 @@ import asyncio
 import json
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from appliance.api import chat
-from appliance.api.answering import Outcome, respond
+from appliance.api.answering import Final, respond
 from appliance.api.context import Context
 from appliance.api.errors import ApiError, bad_request
 from appliance.api.http_body import read_json
+from appliance.api.model_names import answered_name, variant_names
 from appliance.api.schema import simplify
 from appliance.api.tools import Choice, ToolCall, parse_tools
+from appliance.protocol.answer import Answer
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool"}
@@ -48,20 +51,22 @@ class _Routes:
         self.ctx = ctx
         self.card = ctx.card
 
-    def _model(self) -> dict[str, Any]:
-        return {"id": self.card.name, "object": "model",
+    def _model(self, name: str | None = None) -> dict[str, Any]:
+        return {"id": name or self.card.name, "object": "model",
                 "created": int(self.card.modified_at.timestamp()), "owned_by": "appliance"}
 
     async def models(self, _request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [self._model()]})
+        variants = variant_names(self.card, self.ctx.settings.llm.adapters)  # LoRA adapters
+        return web.json_response({"object": "list", "data": [
+            self._model(), *(self._model(v) for v in variants)]})
 
     async def model(self, request: web.Request) -> web.Response:
-        self.ctx.check_model(request.match_info["model"])
-        return web.json_response(self._model())
+        adapter = self.ctx.check_model(request.match_info["model"])
+        return web.json_response(self._model(answered_name(self.card.name, self.card, adapter)))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await read_json(request)
-        self.ctx.check_model(body.get("model"))
+        adapter = self.ctx.check_model(body.get("model"))
         if chat.integer(body.get("n"), "n", 0, 1 << 20) not in (None, 1):
             raise bad_request("n: only one choice is generated", "n")
         messages = body.get("messages")
@@ -69,11 +74,14 @@ class _Routes:
             raise bad_request("messages: expected a list of messages", "messages")
         parsed = _messages(messages)
         options = await asyncio.to_thread(_options, body)  # schemas: off the loop
-        chat_request = chat.chat_request(parsed, options, self.ctx.settings.llm.system_prompt)
+        chat_request = replace(chat.chat_request(parsed, options,
+                                                 self.ctx.settings.llm.system_prompt),
+                               adapter=adapter)
         pending = self.ctx.gate.submit(chat_request, request.remote or "", options.max_tokens)
         usage = isinstance(body.get("stream_options"), dict) and bool(
             body["stream_options"].get("include_usage"))
-        return await respond(request, pending, _Sse(self.card.name, usage),
+        name = answered_name(self.card.name, self.card, adapter)
+        return await respond(request, pending, _Sse(name, usage),
                              tools=options.uses_tools, stream=body.get("stream") is True)
 
 
@@ -98,27 +106,27 @@ class _Sse:
     def delta(self, text: str) -> bytes:
         return self._chunk({"content": text})
 
-    def closing(self, outcome: Outcome) -> list[bytes]:
-        call = outcome.reply.call
+    def closing(self, final: Final) -> list[bytes]:
+        call = final.reply.call
         lines = [self._chunk({"tool_calls": [{"index": 0, **_call(call)}]})] if call else []
-        lines.append(self._chunk({}, outcome.finish))
+        lines.append(self._chunk({}, final.finish))
         if self.usage:
             lines.append(_event({"id": self.id, "object": "chat.completion.chunk",
                                  "created": self.created, "model": self.model, "choices": [],
-                                 "usage": _usage(outcome.payload)}))
+                                 "usage": _usage(final.answer)}))
         return [*lines, b"data: [DONE]\n\n"]
 
-    def whole(self, outcome: Outcome) -> dict[str, Any]:
-        call = outcome.reply.call
+    def whole(self, final: Final) -> dict[str, Any]:
+        call = final.reply.call
         message: dict[str, Any] = {"role": "assistant",
-                                   "content": None if call else outcome.reply.text}
+                                   "content": None if call else final.reply.text}
         if call is not None:
             message["tool_calls"] = [_call(call)]
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model, "choices": [
-                    {"index": 0, "message": message, "finish_reason": outcome.finish,
+                    {"index": 0, "message": message, "finish_reason": final.finish,
                      "logprobs": None}],
-                "usage": _usage(outcome.payload)}
+                "usage": _usage(final.answer)}
 
     def failure(self, error: ApiError) -> bytes:
         return _event(error_body(error)) + b"data: [DONE]\n\n"
@@ -134,9 +142,9 @@ def _call(call: ToolCall) -> dict[str, Any]:
                          "arguments": json.dumps(call.arguments, ensure_ascii=False)}}
 
 
-def _usage(payload: dict[str, Any]) -> dict[str, int]:
-    completion = int(payload.get("tokens") or 0)
-    prompt = int(payload.get("prompt_tokens") or 0)
+def _usage(answer: Answer) -> dict[str, int]:
+    completion = answer.tokens
+    prompt = answer.completion.prompt_tokens if answer.completion is not None else 0
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 

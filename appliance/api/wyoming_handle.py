@@ -1,10 +1,11 @@
 """Wyoming's "handle": a transcript answered by the model, or not handled, with the reason.
 
 Home Assistant sends each utterance on a new connection with its
-``conversation_id``; a few earlier turns of that conversation go with the
-question. In toy mode (``voice.kid_safe``) the children's system prompt and
-token limit apply, a question with a blocked word is not handled, and a
-blocked sentence of an answer becomes the friendly refusal.
+``conversation_id``: the service's conversations (``service/conversations.py``)
+keep its earlier turns, as for every entrance. In toy mode (``voice.kid_safe``)
+the children's system prompt and token limit apply (the dispatcher's
+preparation sees a Wyoming request), a question with a blocked word is not
+handled, and a blocked sentence of an answer becomes the friendly refusal.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from wyoming.asr import Transcript
 from wyoming.event import Event
 from wyoming.handle import Handled, NotHandled
 
-from appliance.api.conversations import Conversations
 from appliance.api.errors import ApiError, Problem
 from appliance.api.gate import ApiGate, Pending, check_answer
 from appliance.llm import ChatRequest
 from appliance.logs import get_logger
-from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT, REFUSAL, KidFilter
+from appliance.protocol.messages import CONVERSATION_ID
+from appliance.voice.kid_safe import REFUSAL, KidFilter
 from appliance.voice.pieces import sentences
 
 log = get_logger("wyoming")
@@ -32,13 +33,13 @@ class Handler:
     def __init__(self, gate: ApiGate, kid: KidFilter | None) -> None:
         self.gate = gate
         self.kid = kid
-        self.conversations = Conversations()
 
     async def handle(self, message: Transcript, peer: str, waiting: set[Pending]) -> Event:
         """``handled`` or ``not-handled`` for one transcript; ``waiting`` holds its request."""
         context: dict[str, Any] = message.context if isinstance(message.context, dict) else {}
         conversation = context.get("conversation_id")
-        conversation = conversation if isinstance(conversation, str) else None
+        if not isinstance(conversation, str) or not CONVERSATION_ID.fullmatch(conversation):
+            conversation = None  # answered alone
         try:
             text = await self._answer(message.text.strip(), conversation, peer, waiting)
         except ApiError as exc:
@@ -53,19 +54,18 @@ class Handler:
         kid = self.kid
         if kid is not None and kid.sentence(text) != text:
             raise ApiError(Problem.BAD_REQUEST, REFUSAL)
-        chat = ChatRequest(text, history=self.conversations.history(conversation),
-                           system_prompt=KID_SYSTEM_PROMPT if kid is not None else None)
-        pending = self.gate.submit(chat, peer, KID_MAX_TOKENS if kid is not None else None,
-                                   api="wyoming")
+        # Toy mode's prompt and limit, and the conversation's earlier turns, are the
+        # preparation's (appliance.service.preparation).
+        pending = self.gate.submit(ChatRequest(text), peer, api="wyoming",
+                                   conversation=conversation)
         waiting.add(pending)
         try:
-            payload = await pending.result()
+            final = await pending.result()
         finally:
             waiting.discard(pending)
             pending.cancel()
-        check_answer(payload)
-        answer = str(payload.get("text", ""))
+        check_answer(final)
+        answer = final.text
         if kid is not None:
             answer = " ".join(kid.sentence(s) for s in sentences(answer))
-        self.conversations.add(conversation, text, answer)
         return answer

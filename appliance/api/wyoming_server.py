@@ -46,7 +46,7 @@ from appliance.api.wyoming_admit import Admission
 from appliance.api.wyoming_events import BadEvent, EventReader, Idle, parse
 from appliance.api.wyoming_handle import Handler
 from appliance.api.wyoming_info import build_info
-from appliance.api.wyoming_speak import Speaker
+from appliance.api.wyoming_speak import SynthesisSession
 from appliance.config import Settings
 from appliance.config.addresses import check_uri
 from appliance.config.schema import WyomingSettings
@@ -134,13 +134,13 @@ class Connection(AsyncEventHandler):
         self._pending: set[Pending] = set()
         self._answering = 0
         self._write_lock = asyncio.Lock()
-        self.speaker = Speaker(server.speech, self.write_event, self._spawn,
-                               server.settings.voice.early_words, self.peer)
+        self.synthesis = SynthesisSession(server.speech, self.write_event, self._spawn,
+                                          server.settings.voice.early_words, self.peer)
 
     @property
     def busy(self) -> bool:
         """We owe the client an answer (so its silence is no idleness)."""
-        return self._answering > 0 or self.speaker.busy
+        return self._answering > 0 or self.synthesis.busy
 
     async def run(self) -> None:
         """Serve events until the client leaves; a bad client is dropped with a log line."""
@@ -219,7 +219,7 @@ class Connection(AsyncEventHandler):
         for task in list(self._tasks):
             task.cancel()
         self._drop_transcription()
-        self.speaker.close()
+        self.synthesis.close()
 
     def _drop_transcription(self) -> None:
         if self._transcription is not None:
@@ -236,7 +236,7 @@ class Connection(AsyncEventHandler):
         elif isinstance(message, Transcribe | AudioStart | AudioChunk | AudioStop):
             await self._hear(message)
         elif isinstance(message, Synthesize | SynthesizeStart | SynthesizeChunk | SynthesizeStop):
-            await self.speaker.handle(message)
+            await self.synthesis.handle(message)
         elif isinstance(message, Transcript):
             self._spawn(self._handle(message))
         else:

@@ -63,7 +63,7 @@ def _spoken_pieces(text: str) -> list[str]:
     return [piece for sentence in sentences(text) if (piece := for_speech(sentence))]
 
 
-class Speaker:
+class SynthesisSession:
     """Answers one connection's synthesis events through ``write``."""
 
     def __init__(self, speech: Speech, write: Write, spawn: Spawn, early_words: int,
@@ -146,13 +146,13 @@ class Speaker:
 class _Stream:
     """One ``synthesize-start`` … ``-stop`` stream, synthesized in order by one task."""
 
-    def __init__(self, speaker: Speaker) -> None:
-        self.speaker = speaker
-        self._splitter = SentenceSplitter(speaker.early_words)
+    def __init__(self, session: SynthesisSession) -> None:
+        self.session = session
+        self._splitter = SentenceSplitter(session.early_words)
         self._chars = 0
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._speaking = False
-        self._task = speaker.spawn(self._run())
+        self._task = session.spawn(self._run())
 
     @property
     def busy(self) -> bool:
@@ -179,16 +179,16 @@ class _Stream:
         self._task.cancel()
 
     async def _run(self) -> None:
-        speaker = self.speaker
+        session = self.session
         while (sentence := await self._queue.get()) is not None:
             self._speaking = True
             try:
                 spoken = for_speech(sentence)
-                audio = await speaker.synthesize(spoken) if spoken else None
+                audio = await session.synthesize(spoken) if spoken else None
                 if audio is None:
                     continue
-                await speaker.write(AudioStart(rate=audio.rate, width=2, channels=1).event())
-                await speaker.send(audio)
-                await speaker.write(AudioStop().event())
+                await session.write(AudioStart(rate=audio.rate, width=2, channels=1).event())
+                await session.send(audio)
+                await session.write(AudioStop().event())
             finally:
                 self._speaking = False

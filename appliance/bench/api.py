@@ -12,14 +12,14 @@
   first token less the worker's own for that generation (from the ``completed``
   log line), and the client's tokens/s over the worker's. Targets: at most
   10 ms added to time to first token at p50, at least 95 % of the tokens/s.
-* Speech: the real-time factor (processing time over audio length) of a
-  Wyoming ``transcribe`` stream sent at full speed, against a bare vosk
-  ``KaldiRecognizer`` fed the same audio in this process. Target: at most 1.1x.
+* Speech (:mod:`~appliance.bench.speech_rtf`): the real-time factor (processing
+  time over audio length) of a Wyoming ``transcribe`` stream sent at full speed,
+  against a bare vosk ``KaldiRecognizer`` fed the same audio in this process.
+  Target: at most 1.1x.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import subprocess
@@ -30,20 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import vosk
-from wyoming.asr import Transcribe
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.client import AsyncTcpClient
 
 from appliance.bench.broker import LocalBroker, free_port
+from appliance.bench.speech_rtf import speech_rtf
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings
 from appliance.llm import ChatRequest, Chunk, Engine
-from appliance.voice.audio import RATE, read_wav
 
 QUESTIONS = ("What is two plus two?", "Name a colour.", "Why is the sky blue?",
              "Say hello to the kitchen.", "What day comes after Monday?")
-CHUNK_BYTES = 3200  # 100 ms of 16 kHz 16-bit mono
 SETTLE_S = 0.3
 """Pause after each answer: llama.cpp's threads spin for a while after a generation, and a
 path that starts while they still spin would look faster than one that starts cold."""
@@ -150,45 +145,6 @@ def _openai(client: httpx.Client, url: str, model: str, question: str,
     return timed.ttft_ms, timed.tokens_per_s
 
 
-def _speak(text: str, voice: str, out: Path) -> bytes:
-    """``text`` spoken by espeak-ng, as 16 kHz mono PCM with a second of silence after."""
-    raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), "--", text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out),
-                    "pad", "0", "1"], check=True)
-    return read_wav(out)
-
-
-def _bare_vosk(model: vosk.Model, grammar: tuple[str, ...], pcm: bytes) -> float:
-    """Seconds a bare recognizer takes for ``pcm``, fed 100 ms at a time at full speed."""
-    started = time.perf_counter()
-    kaldi = (vosk.KaldiRecognizer(model, RATE, json.dumps([*grammar, "[unk]"],
-                                                           ensure_ascii=False))
-             if grammar else vosk.KaldiRecognizer(model, RATE))
-    for i in range(0, len(pcm), CHUNK_BYTES):
-        kaldi.AcceptWaveform(pcm[i: i + CHUNK_BYTES])
-    kaldi.FinalResult()
-    return time.perf_counter() - started
-
-
-async def _wyoming(port: int, pcm: bytes) -> float:
-    """Seconds from the first audio sent to the transcript, through the Wyoming server."""
-    async with AsyncTcpClient("127.0.0.1", port, read_timeout=120) as client:
-        started = time.perf_counter()
-        await client.write_event(Transcribe().event())
-        await client.write_event(AudioStart(rate=RATE, width=2, channels=1).event())
-        for i in range(0, len(pcm), CHUNK_BYTES):
-            await client.write_event(AudioChunk(rate=RATE, width=2, channels=1,
-                                                audio=pcm[i: i + CHUNK_BYTES]).event())
-        await client.write_event(AudioStop().event())
-        while (event := await client.read_event()) is not None:
-            if event.type == "transcript":
-                return time.perf_counter() - started
-            if event.type == "error":
-                raise RuntimeError(f"the Wyoming server said: {event.data.get('text')}")
-    raise RuntimeError("the Wyoming server hung up before the transcript")
-
-
 def _config(work: Path, settings: Settings, model: ResolvedModel, broker: LocalBroker,
             http_port: int, wyoming_port: int) -> Path:
     llm, voice = settings.llm, settings.voice
@@ -244,7 +200,7 @@ def run_api_bench(settings: Settings, model: ResolvedModel, *, rounds: int = 4,
             _wait_ready(url, proc, log)
             engine.warm_up()
             figures = _generation(engine, url, model.name, rounds, max_tokens, log)
-            speech = _speech(settings, wyoming_port, speech_voice, work, rounds)
+            speech = speech_rtf(settings, wyoming_port, speech_voice, work, rounds)
         finally:
             engine.close()
             proc.terminate()
@@ -302,23 +258,3 @@ def _worker_generations(log: Path) -> list[tuple[float, float]]:
             if event.get("event") == "completed":
                 found.append((float(event["ttft_ms"]), float(event["tokens_per_s"])))
     return found
-
-
-def _speech(settings: Settings, port: int, speech_voice: str, work: Path,
-            rounds: int) -> tuple[float | None, float | None, float]:
-    voice = settings.voice
-    if voice.model_path is None:
-        return None, None, 0.0
-    texts = list(voice.grammar[:5]) or ["what is the weather like today",
-                                        "turn on the kitchen light"]
-    clips = [_speak(text, speech_voice, work / f"phrase{i}.wav") for i, text in enumerate(texts)]
-    model = vosk.Model(str(voice.model_path))
-    ours: list[float] = []
-    bare: list[float] = []
-    for _ in range(rounds):
-        for pcm in clips:
-            seconds = len(pcm) / (RATE * 2)
-            bare.append(_bare_vosk(model, voice.grammar, pcm) / seconds)
-            ours.append(asyncio.run(_wyoming(port, pcm)) / seconds)
-    audio = sum(len(pcm) for pcm in clips) / (RATE * 2)
-    return statistics.median(ours), statistics.median(bare), audio

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from appliance.bench.fuzz_bodies import chat_body
 from appliance.bench.fuzz_exchange import (
     EventReader,
     RawConnection,
@@ -33,7 +34,7 @@ from appliance.bench.fuzz_exchange import (
     exchange_wyoming,
     fetch_http,
 )
-from appliance.bench.fuzz_http import HttpCase, chat_body, http_cases, request
+from appliance.bench.fuzz_http import HttpCase, http_cases, request
 from appliance.bench.fuzz_wyoming import WyomingCase, valid_wyoming, wyoming_cases
 
 HTTP_SHARE = 0.6

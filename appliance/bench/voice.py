@@ -35,6 +35,7 @@ from pathlib import Path
 
 import vosk
 
+from appliance.bench.spoken import spoken_wav
 from appliance.config import Settings
 from appliance.llm import ChatRequest, Engine
 from appliance.voice.activation import match_intent
@@ -140,15 +141,6 @@ class VoiceBench:
     prefill: Prefill
 
 
-def _speak(text: str, voice: str, out: Path, pad_s: float = 2.0) -> Path:
-    """``text`` spoken, then silence as a microphone would go on hearing it."""
-    raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(raw), "--", text], check=True)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(out),
-                    "pad", "0", str(pad_s)], check=True)
-    return out
-
-
 def _quiet_room(out: Path, seconds: float) -> Path:
     """A quiet room: pink noise around -50 dBFS, the same every run."""
     subprocess.run(["sox", "-R", "-n", "-r", str(RATE), "-c", "1", "-b", "16", str(out),
@@ -249,7 +241,8 @@ def run_voice_bench(settings: Settings, engine: Engine, speech_voice: str,
     model, synthesizer = listener.model, listener.synthesizer
     assert synthesizer is not None, "bench voice needs voice.tts"
     with tempfile.TemporaryDirectory(prefix="appliance-bench-") as tmp:
-        wavs = [_speak(p, speech_voice, Path(tmp) / f"{i}.wav") for i, p in enumerate(phrases)]
+        wavs = [spoken_wav(p, speech_voice, Path(tmp) / f"{i}.wav", 2.0)
+                for i, p in enumerate(phrases)]
         talk = Path(tmp) / "talk.wav"
         subprocess.run(["sox", *map(str, wavs * 4), str(talk)], check=True)
         wake = measure_wake_cost(settings, model, _quiet_room(Path(tmp) / "quiet.wav", 20),
@@ -274,8 +267,8 @@ def run_voice_bench(settings: Settings, engine: Engine, speech_voice: str,
         runs = {(live, early): _answered([listener.listen(wav, realtime=live, early_words=early)
                                           for wav in wavs])
                 for live in (True, False) for early in sorted({0, voice.early_words})}
-        prefill = measure_prefill(listener, engine, _speak(utterance, speech_voice,
-                                                           Path(tmp) / "long.wav"),
+        prefill = measure_prefill(listener, engine, spoken_wav(utterance, speech_voice,
+                                                               Path(tmp) / "long.wav", 2.0),
                                   utterance, rounds)
         tts = []
         for result in runs[True, 0]:  # the TTS time of a real first sentence

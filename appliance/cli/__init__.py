@@ -12,11 +12,22 @@ import sys
 from collections.abc import Sequence
 
 from appliance import __version__, logs
-from appliance.cli import act, ask, bench, config_cmd, doctor, knowledge, listen, models, run
+from appliance.cli import (
+    act,
+    ask,
+    bench,
+    catalog_cmd,
+    config_cmd,
+    doctor,
+    knowledge,
+    listen,
+    models,
+    run,
+)
 from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
 
-_COMMANDS = (run, ask, listen, act, config_cmd, doctor, models, knowledge, bench)
+_COMMANDS = (run, ask, listen, act, config_cmd, doctor, models, catalog_cmd, knowledge, bench)
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:

@@ -10,8 +10,10 @@ import argparse
 
 from appliance.cli.benches import (
     actions,
+    adapters,
     api,
     bridge,
+    conversation,
     escalation,
     fuzz,
     knowledge,
@@ -21,7 +23,8 @@ from appliance.cli.benches import (
     voice,
 )
 
-_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api, fuzz, soak)
+_BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api, fuzz, soak,
+            adapters, conversation)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

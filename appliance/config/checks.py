@@ -48,6 +48,10 @@ def check_settings(settings: Settings, fail: Fail) -> None:
         if name not in STATE_LED_NAMES:
             raise fail(f"gpio.state_leds.{name}",
                        f"unknown state; expected one of {', '.join(STATE_LED_NAMES)}")
+    mirror = settings.models.mirror
+    if mirror is not None and not mirror.startswith(("http://", "https://")):
+        raise fail("models.mirror", "expected the http:// or https:// URL of a mirror made by "
+                   f"`appliance catalog`, got {mirror!r}")
     if settings.gpio.fan_off_c >= settings.gpio.fan_on_c:
         raise fail("gpio.fan_off_c", f"must be below gpio.fan_on_c ({settings.gpio.fan_on_c})")
     _unique(settings.thermal.levels, "thermal.levels", fail)
@@ -56,6 +60,7 @@ def check_settings(settings: Settings, fail: Fail) -> None:
     _check_topics(settings, fail)
     _check_escalation(settings, fail)
     _check_actions(settings, fail)
+    _check_adapters(settings, fail)
     api = settings.api
     try:
         if api.http is not None:
@@ -184,6 +189,37 @@ def _check_topics(settings: Settings, fail: Fail) -> None:
     for i, topic_filter in enumerate(mqtt.response_topics):
         if not topic_filter or topic_filter.startswith("$"):
             raise fail(f"mqtt.response_topics[{i}]", "expected a topic filter such as replies/#")
+
+
+ADAPTER_SOURCES = ("voice", "mqtt", "sensor", "api")
+"""The sources ``llm.adapter_for`` may give an adapter (``protocol.messages.Source``)."""
+
+
+def _check_adapters(settings: Settings, fail: Fail) -> None:
+    """LoRA adapters: plain names, one file each, and every use names one that exists.
+
+    Whether a file fits the model is checked at start-up (``appliance.preflight``).
+    """
+    llm = settings.llm
+    for name, adapter in llm.adapters.items():
+        if not name or any(c in name for c in ":/ ") or name == "latest":
+            raise fail(f"llm.adapters.{name}", "an adapter's name is a plain word (no ':', "
+                       "'/' or space, not 'latest'): clients ask for <model>:<adapter>")
+        if (adapter.path is None) == (adapter.model is None):
+            raise fail(f"llm.adapters.{name}", "give exactly one of path: (a .gguf file) "
+                       "and model: (a catalog name)")
+    known = ", ".join(llm.adapters) or "none is configured"
+    for source, name in llm.adapter_for.items():
+        if source not in ADAPTER_SOURCES:
+            raise fail(f"llm.adapter_for.{source}", f"unknown source; expected one of "
+                       f"{', '.join(ADAPTER_SOURCES)}")
+        if name not in llm.adapters:
+            raise fail(f"llm.adapter_for.{source}", f"no adapter {name!r} in llm.adapters "
+                       f"({known})")
+    for i, rule in enumerate(settings.rules):
+        if rule.adapter is not None and rule.adapter not in llm.adapters:
+            raise fail(f"rules[{i}].adapter", f"no adapter {rule.adapter!r} in llm.adapters "
+                       f"({known})")
 
 
 def _unique(items: tuple[Any, ...], key: str, fail: Fail) -> None:

@@ -54,6 +54,18 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 @dataclass(frozen=True)
+class AdapterSettings:
+    """A LoRA adapter of the base model: a ``.gguf`` file (``path``) or a catalog name (``model``).
+
+    ``scale`` multiplies its effect (llama.cpp applies ``scale * alpha / rank``).
+    """
+
+    path: Path | None = field(default=None, metadata=EXISTING)
+    model: str | None = None
+    scale: float = field(default=1.0, metadata=bounds(-8.0, 8.0))
+
+
+@dataclass(frozen=True)
 class LlmSettings:
     """The local language model and how it generates."""
 
@@ -74,6 +86,10 @@ class LlmSettings:
     repeat_penalty: float = field(default=1.1, metadata=bounds(0.5, 2.0))
     frequency_penalty: float = field(default=0.0, metadata=bounds(-2.0, 2.0))
     presence_penalty: float = field(default=0.0, metadata=bounds(-2.0, 2.0))
+    adapters: Mapping[str, AdapterSettings] = field(default_factory=dict)
+    """LoRA adapters by name, loaded once beside the model (see docs/models.md)."""
+    adapter_for: Mapping[str, str] = field(default_factory=dict)
+    """The adapter each source uses (``voice``, ``mqtt``, ``sensor``, ``api``); none: the base."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +277,8 @@ class Rule:
     min_interval_s: float = field(default=60.0, metadata=bounds(0.0, 86400.0))
     actions: tuple[str, ...] = ()
     knowledge: bool = False
+    adapter: str | None = None
+    """The LoRA adapter (a name in ``llm.adapters``) this rule's questions use."""
 
 
 @dataclass(frozen=True)
@@ -370,6 +388,17 @@ class KnowledgeSettings:
 
 
 @dataclass(frozen=True)
+class ConversationSettings:
+    """Follow-up questions that remember: every entrance that names a conversation."""
+
+    # Forgotten this long after their last use (Home Assistant's chat sessions: 5 min).
+    idle_s: float = field(default=300.0, metadata=bounds(1.0, 86400.0))
+    max_kept: int = field(default=32, metadata=bounds(1, 10000))  # conversations kept at once
+    # Turns kept per conversation; the model drops the oldest sooner if they overflow n_ctx.
+    max_turns: int = field(default=40, metadata=bounds(2, 1000))
+
+
+@dataclass(frozen=True)
 class WyomingSettings:
     """The Wyoming server (Home Assistant's Wyoming integration)."""
 
@@ -421,6 +450,22 @@ class PowerSettings:
 
 
 @dataclass(frozen=True)
+class ModelsSettings:
+    """Where models come from: a signed site mirror, and the root of trust pinned for it.
+
+    ``mirror`` is the base URL of a folder made by ``appliance catalog`` (its
+    ``metadata/`` and ``targets/``); it is trusted only through The Update
+    Framework, starting from the root file at ``trust_root``. A catalog file named
+    by ``$APPLIANCE_CATALOG`` is unsigned: it is refused by ``models pull`` and
+    ``verify`` unless ``allow_unsigned_site_catalog`` is true (``doctor`` warns).
+    """
+
+    mirror: str | None = None
+    trust_root: Path = Path("/etc/appliance/root.json")
+    allow_unsigned_site_catalog: bool = False
+
+
+@dataclass(frozen=True)
 class LogSettings:
     """Logging: level and rendering (``auto`` picks JSON off a terminal or under systemd)."""
 
@@ -446,8 +491,10 @@ class Settings:
     escalation: EscalationSettings = EscalationSettings()
     fleet: FleetSettings | None = None
     knowledge: KnowledgeSettings = KnowledgeSettings()
+    conversation: ConversationSettings = ConversationSettings()
     api: ApiSettings = ApiSettings()
     power: PowerSettings = PowerSettings()
+    models: ModelsSettings = ModelsSettings()
     log: LogSettings = LogSettings()
     source: str = field(default="<defaults>", compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

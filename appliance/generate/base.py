@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from appliance.errors import ModelError
-from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
+from appliance.errors import ErrorCode, ModelError
+from appliance.llm.types import ChatRequest, Completion, FinishReason, OnChunk
 
 Tier = Literal["local", "remote"]
-OnChunk = Callable[[Chunk], None]
 
 BYTES_PER_TOKEN = 16
 """A remote answer's byte budget per token of its token budget (a token averages 4 bytes)."""
@@ -24,7 +23,15 @@ MAX_TOKENS = 32768
 
 
 class GenerationFailed(ModelError):
-    """The generator refused or could not finish a request; the message says why."""
+    """The generator refused or could not finish a request; the message says why.
+
+    ``code`` is the kind (for the APIs' status codes); by default the class's.
+    """
+
+    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class GeneratorCrashed(GenerationFailed):
@@ -33,6 +40,8 @@ class GeneratorCrashed(GenerationFailed):
 
 class GeneratorUnavailable(GenerationFailed):
     """The generator cannot take requests now (restarting, unreachable, circuit open)."""
+
+    code = ErrorCode.WORKER_RESTARTING
 
 
 class Generator(Protocol):

@@ -27,10 +27,10 @@ from appliance.generate.base import (
     GenerationFailed,
     GeneratorCrashed,
     GeneratorUnavailable,
-    OnChunk,
     Tier,
 )
 from appliance.llm import ChatRequest, Chunk, Completion
+from appliance.llm.types import OnChunk
 from appliance.logs import get_logger
 from appliance.protocol import worker_pipe as pipe
 
@@ -176,7 +176,7 @@ class ModelWorker:
         elif isinstance(event, pipe.Done):
             self._resolve(event.completion.id, event.completion)
         elif isinstance(event, pipe.Failed):
-            self._resolve(event.id, GenerationFailed(event.error))
+            self._resolve(event.id, GenerationFailed(event.error, event.code))
         elif isinstance(event, pipe.Pong):
             self._last_pong = time.monotonic()
         elif isinstance(event, pipe.Prefilled):

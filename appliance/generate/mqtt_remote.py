@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.generate.base import AnswerCap, GeneratorUnavailable, OnChunk, Tier
-from appliance.llm.types import ChatRequest, Chunk, Completion
+from appliance.generate.base import AnswerCap, GeneratorUnavailable, Tier
+from appliance.llm.types import ChatRequest, Chunk, Completion, OnChunk
 from appliance.protocol.messages import Outgoing
 
 MAX_REPLY_BYTES = 1 << 20

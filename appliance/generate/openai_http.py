@@ -30,10 +30,9 @@ from appliance.generate.base import (
     AnswerCap,
     GenerationFailed,
     GeneratorUnavailable,
-    OnChunk,
     Tier,
 )
-from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
+from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason, OnChunk
 from appliance.logs import get_logger
 
 log = get_logger("remote")

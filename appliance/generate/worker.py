@@ -30,6 +30,7 @@ from appliance.catalog import resolve_llm
 from appliance.config import load_settings
 from appliance.errors import ApplianceError
 from appliance.llm import ChatRequest
+from appliance.llm.adapter_files import resolve_adapters
 from appliance.llm.batching import ChunkBatcher
 from appliance.llm.engine import Engine
 from appliance.llm.kv_disk import passage_cache
@@ -74,7 +75,7 @@ class _Worker:
             batcher.flush()
             self.send(pipe.Done(result))
         except ApplianceError as exc:
-            self.send(pipe.Failed(request.id, str(exc)))
+            self.send(pipe.Failed(request.id, str(exc), exc.code))
         finally:
             self.cancels.pop(request.id, None)
 
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(argv[0] if argv else None)
         logs.configure(settings.log.level, settings.log.format)
         model = resolve_llm(settings)
-        engine = Engine(settings.llm, model, passage_cache(settings, model.path))
+        engine = Engine(settings.llm, model, passage_cache(settings, model.path),
+                        resolve_adapters(settings))  # every LoRA adapter, loaded once
         engine.warm_up()
     except ApplianceError as exc:
         out.write(pipe.encode(pipe.Fatal(str(exc))))

@@ -1,5 +1,5 @@
 """GPIO: buttons and sensors in, status LED, fan and buzzer out."""
 
-from appliance.gpio.parts import GpioParts, GpioUnavailable
+from appliance.gpio.devices import GpioDevices, GpioUnavailable
 
-__all__ = ["GpioParts", "GpioUnavailable"]
+__all__ = ["GpioDevices", "GpioUnavailable"]

@@ -37,7 +37,7 @@ def passage_hash(doc: str, section: str, page: int | None, text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Excerpt:
     """One indexed passage of a document."""
 
     section: str        # the section path, "Maintenance > Filters" ("" before any heading)
@@ -75,13 +75,13 @@ def _pack(pieces: list[tuple[str, bool]]) -> list[str]:
     return [*chunks, current] if current else chunks
 
 
-def chunk(document: Document) -> list[Chunk]:
+def chunk(document: Document) -> list[Excerpt]:
     """The document's chunks in reading order."""
-    chunks: list[Chunk] = []
+    chunks: list[Excerpt] = []
     for section in document.sections:
         pieces = [(piece, i == 0) for paragraph in section.paragraphs
                   for i, piece in enumerate(_pieces(paragraph))]
         title = SEPARATOR.join(section.path)
         for text in _pack(pieces):
-            chunks.append(Chunk(title, section.page, text, approx_tokens(text)))
+            chunks.append(Excerpt(title, section.page, text, approx_tokens(text)))
     return chunks

@@ -12,7 +12,7 @@ from typing import Literal
 
 from appliance.files import open_regular
 from appliance.knowledge import formats
-from appliance.knowledge.chunking import Chunk, chunk, passage_hash
+from appliance.knowledge.chunking import Excerpt, chunk, passage_hash
 from appliance.knowledge.document import SEPARATOR, Document
 from appliance.knowledge.embedding import MODEL_ID, Embedder
 from appliance.knowledge.errors import KnowledgeError
@@ -79,7 +79,7 @@ def _read_file(path: Path, max_bytes: int) -> tuple[str, bytes]:
     return fmt, data
 
 
-def _rows(name: str, document: Document, chunks: list[Chunk]) -> list[list[object]]:
+def _rows(name: str, document: Document, chunks: list[Excerpt]) -> list[list[object]]:
     """``[ord, section, page, title, body, tokens, hash]`` for each chunk."""
     rows: list[list[object]] = []
     for number, c in enumerate(chunks):

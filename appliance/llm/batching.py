@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from appliance.llm.types import Chunk
+from appliance.llm.types import Chunk, OnChunk
 
 SENTENCE_END = (".", "!", "?", "\n", "。", "！", "？")
 EAGER_CHUNKS = 8
@@ -23,7 +23,7 @@ EAGER_CHUNKS = 8
 class ChunkBatcher:
     """Batches the chunks of one request; call :meth:`flush` when it is done."""
 
-    def __init__(self, emit: Callable[[Chunk], None], interval_s: float,
+    def __init__(self, emit: OnChunk, interval_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.emit, self.interval_s, self.clock = emit, interval_s, clock
         self._parts: list[str] = []

@@ -16,7 +16,7 @@ import numpy as np
 
 from appliance.llm import native
 from appliance.llm.batching import SENTENCE_END
-from appliance.llm.types import ChatRequest, Chunk, FinishReason
+from appliance.llm.types import ChatRequest, Chunk, FinishReason, OnChunk
 
 
 class Decoder:
@@ -28,7 +28,7 @@ class Decoder:
     """
 
     def __init__(self, llm: llama_cpp.Llama | None, request: ChatRequest,
-                 on_chunk: Callable[[Chunk], None] | None,
+                 on_chunk: OnChunk | None,
                  logits: Callable[[], np.ndarray] | None) -> None:
         self._llm = llm
         self._logits = logits

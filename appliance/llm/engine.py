@@ -11,15 +11,17 @@ batch), so that at every token it can
 
 each within one token. The prompt prefix (system prompt, and reference text)
 is restored from a :class:`~appliance.llm.prefix_cache.PrefixCache` instead of
-being evaluated again. Calls are serialized: one context serves one
-generation at a time.
+being evaluated again. A request may name a LoRA adapter
+(:mod:`appliance.llm.adapters`): all are loaded once, switched per request, and
+every cached state is kept under the adapter it was computed with. Calls are
+serialized: one context serves one generation at a time.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TypeVar
 
@@ -27,9 +29,11 @@ import llama_cpp
 
 from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
-from appliance.errors import ModelError
+from appliance.errors import ModelError, PromptTooLong
 from appliance.hardware import physical_cores
 from appliance.llm import decode_loop, native
+from appliance.llm.adapter_files import AdapterFile
+from appliance.llm.adapters import AdapterSet
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
 from appliance.llm.kv_disk import DiskKvCache
@@ -37,12 +41,11 @@ from appliance.llm.kv_state import FLASH_ATTENTION
 from appliance.llm.lookup import PromptLookup
 from appliance.llm.memory import check_fits
 from appliance.llm.native_log import route_native_logs
-from appliance.llm.prefix_cache import PrefixCache
+from appliance.llm.prefix_cache import PrefixCache, cacheable_prefixes
 from appliance.llm.prompt import ChatPrompt, PromptTokens, common_prefix
-from appliance.llm.types import ChatRequest, Chunk, Completion, FinishReason
+from appliance.llm.types import ChatRequest, Completion, FinishReason, OnChunk
 from appliance.logs import bind_request, get_logger
 
-ChunkCallback = Callable[[Chunk], None]
 Budget = Callable[[], int]
 
 log = get_logger("engine")
@@ -59,7 +62,8 @@ class Engine:
     """
 
     def __init__(self, settings: LlmSettings, model: ResolvedModel,
-                 disk_cache: DiskKvCache | None = None) -> None:
+                 disk_cache: DiskKvCache | None = None,
+                 adapters: Mapping[str, AdapterFile] | None = None) -> None:
         route_native_logs()
         check_fits(model.path, settings.n_ctx)
         self.settings = settings
@@ -82,6 +86,7 @@ class Engine:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"{model.path}: cannot load the model: {exc}") from exc
         self.prompt = ChatPrompt(self._llm)
+        self.adapters = AdapterSet(self._llm, adapters or {})
         self._prefixes = PrefixCache(settings.prefix_cache_entries, disk_cache)
         self._lock = threading.Lock()
         self.threads = self.default_threads
@@ -95,17 +100,30 @@ class Engine:
         """The underlying :class:`llama_cpp.Llama`, for benchmarks and diagnostics."""
         return self._llm
 
-    def warm_up(self, system_prompt: str | None = None) -> None:
-        """Evaluate and cache the system prompt now, so the first question is fast too."""
+    def warm_up(self, system_prompt: str | None = None, adapter: str | None = None) -> None:
+        """Evaluate and cache the system prompt (under ``adapter``): a fast first question."""
         prefix = self.prompt.prefix_tokens(system_prompt or self.settings.system_prompt)
         with self._lock:
-            self._prefixes.restore(self._llm, prefix)
+            self._prefixes.restore(self._llm, prefix, variant=self._use(adapter))
 
-    def cache_passage(self, passage: str, system_prompt: str | None = None) -> int:
+    def cache_passage(self, passage: str, system_prompt: str | None = None,
+                      adapter: str | None = None) -> int:
         """Compute and keep the state after [system prompt + ``passage``]; tokens evaluated."""
         request = ChatRequest("", system_prompt=system_prompt, context=(passage,))
         with self._lock:
-            return self._restore(*self._prefixes_of(self._render(request)))[1]
+            variant = self._use(adapter)
+            return self._restore(*cacheable_prefixes(*self._render(request)), variant)[1]
+
+    def _use(self, adapter: str | None) -> str:
+        """Switch to ``adapter`` (``None``: none); the variant states are now kept under.
+
+        On a change the context is emptied: its KV cells were computed under the
+        adapter before, and would be silently wrong under this one.
+        """
+        if self.adapters.activate(self._llm, adapter):
+            self._llm.reset()
+            native.drop_kv(self._llm, 0)
+        return self.adapters.variant
 
     def set_threads(self, n_threads: int | None, n_threads_batch: int | None) -> None:
         """Decode and batch threads from the next token on (``None``: the configured count).
@@ -124,32 +142,31 @@ class Engine:
             self.threads = wanted
 
     def _render(self, request: ChatRequest) -> tuple[PromptTokens, tuple[int, ...]]:
-        """The prompt, and the prefix every prompt with its system message and turns shares."""
+        """The prompt, and the prefix every prompt with its system message and turns shares.
+
+        Earlier turns that would leave too little room for the answer's budget
+        in ``llm.n_ctx`` are dropped, the oldest exchange first; the system
+        prompt, the passages and the question always stay.
+        """
         system = (request.system_prompt if request.system_prompt is not None
                   else self.settings.system_prompt)
-        prompt = self.prompt.render(system, request.text, request.history, request.context)
-        return prompt, self.prompt.prefix_tokens(system, request.history)
+        history = request.history
+        wanted = self.settings.n_ctx - (request.max_tokens or self.settings.max_tokens)
+        prompt = self.prompt.render(system, request.text, history, request.context)
+        while history and len(prompt.tokens) > wanted:
+            history = history[2:] if len(history) > 1 else ()
+            prompt = self.prompt.render(system, request.text, history, request.context)
+        if len(history) < len(request.history):
+            log.info("history_trimmed", dropped=len(request.history) - len(history),
+                     kept=len(history), prompt_tokens=len(prompt.tokens))
+        return prompt, self.prompt.prefix_tokens(system, history)
 
-    @staticmethod
-    def _prefixes_of(rendered: tuple[PromptTokens, tuple[int, ...]],
-                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """``(longest cacheable prefix, the shorter one under it)`` of a rendered prompt.
-
-        With reference passages the longest is [system + first passage], which the
-        next question about the same passage shares whatever else it brings.
-        """
-        prompt, system = rendered
-        if tuple(prompt.tokens[: len(system)]) != system:
-            return (), ()
-        if prompt.passage_ends:
-            return tuple(prompt.tokens[: prompt.passage_ends[0]]), system
-        return system, ()
-
-    def _restore(self, prefix: tuple[int, ...], base: tuple[int, ...]) -> tuple[int, int]:
+    def _restore(self, prefix: tuple[int, ...], base: tuple[int, ...],
+                 variant: str) -> tuple[int, int]:
         if not prefix:
             self._llm.reset()
             return 0, 0
-        return self._prefixes.restore(self._llm, prefix, base)
+        return self._prefixes.restore(self._llm, prefix, base, variant)
 
     def prefill(self, request: ChatRequest, pending: Callable[[], bool]) -> tuple[int, int]:
         """Read ``request``'s prompt (its question so far, the turn closed) without answering.
@@ -163,12 +180,13 @@ class Engine:
         """
         with self._lock:
             self._apply_threads()
+            variant = self._use(request.adapter)
             rendered = self._render(request)
             wanted = rendered[0].tokens
             if len(wanted) >= self.settings.n_ctx:
                 return 0, 0
             llm = self._llm
-            self._restore(*self._prefixes_of(rendered))
+            self._restore(*cacheable_prefixes(*rendered), variant)
             keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), wanted)
             native.set_n_tokens(llm, keep)
             native.drop_kv(llm, keep, seq=0)
@@ -183,7 +201,7 @@ class Engine:
         self,
         request: ChatRequest,
         *,
-        on_chunk: ChunkCallback | None = None,
+        on_chunk: OnChunk | None = None,
         cancel: threading.Event | None = None,
         budget: Budget | None = None,
     ) -> Completion:
@@ -199,22 +217,23 @@ class Engine:
         with self._lock, bind_request(request.id):
             return self._complete(request, on_chunk, cancel, budget)
 
-    def _complete(self, request: ChatRequest, on_chunk: ChunkCallback | None,
+    def _complete(self, request: ChatRequest, on_chunk: OnChunk | None,
                   cancel: threading.Event | None, budget: Budget | None) -> Completion:
         s, llm = self.settings, self._llm
         started = time.monotonic()
         self._apply_threads()
+        variant = self._use(request.adapter)
         rendered = self._render(request)
         tokens = rendered[0].tokens
         limit = request.max_tokens or s.max_tokens
         room = s.n_ctx - len(tokens)
         if room < 1:
-            raise ModelError(f"the prompt has {len(tokens)} tokens, more than llm.n_ctx "
+            raise PromptTooLong(f"the prompt has {len(tokens)} tokens, more than llm.n_ctx "
                              f"({s.n_ctx}) allows; shorten it or raise llm.n_ctx")
         if cancel is not None and cancel.is_set():
             return self._result(request, Decoder.empty(), "cancelled", started, started,
                                 len(tokens), 0, 0)
-        cached, fresh = self._restore(*self._prefixes_of(rendered))
+        cached, fresh = self._restore(*cacheable_prefixes(*rendered), variant)
         # Tokens read for this answer: what the prefix cache had to evaluate, and whatever
         # the KV cache does not hold yet. A prompt held whole with its logits live (a
         # prefilled final question) is sampled at once; otherwise at least one is replayed.

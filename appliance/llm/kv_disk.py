@@ -4,8 +4,9 @@ The state after [system prompt + a manual's passage] is computed once and kept
 under ``<data_dir>/kv/``: a later question about the same passage restores it
 and evaluates only what follows, on a Pi the difference between seconds and
 tens of seconds of prompt reading. A file is named by the hash of the model's
-identity and the prefix's tokens, so a changed system prompt, passage or model
-never finds a stale state; its header repeats both, and a file that does not
+identity, the LoRA adapter it was computed under (its variant) and the prefix's
+tokens, so a changed system prompt, passage, adapter or model never finds a
+stale state; its header repeats them, and a file that does not
 match is treated as missing and removed.
 """
 
@@ -44,19 +45,23 @@ class DiskKvCache:
         self._model_bytes = model.encode()
         directory.mkdir(parents=True, exist_ok=True)
 
-    def _file(self, tokens: tuple[int, ...]) -> Path:
-        digest = hashlib.sha256(self._model_bytes)
+    def _identity(self, variant: str) -> bytes:
+        """The model's identity, and the adapter's (none: as before adapters existed)."""
+        return self._model_bytes + (b"\n" + variant.encode() if variant else b"")
+
+    def _file(self, tokens: tuple[int, ...], variant: str) -> Path:
+        digest = hashlib.sha256(self._identity(variant))
         digest.update(struct.pack(f"<{len(tokens)}i", *tokens))
         return self.directory / f"{digest.hexdigest()[:40]}.kv"
 
-    def load(self, tokens: tuple[int, ...]) -> KvSnapshot | None:
-        """The state after ``tokens``, if it is here and whole."""
-        path = self._file(tokens)
+    def load(self, tokens: tuple[int, ...], variant: str = "") -> KvSnapshot | None:
+        """The state after ``tokens`` computed under ``variant``, if it is here and whole."""
+        path = self._file(tokens, variant)
         try:
             raw = path.read_bytes()
         except OSError:
             return None
-        snapshot = self._decode(raw, tokens)
+        snapshot = self._decode(raw, tokens, variant)
         if snapshot is None:
             log.warning("kv_state_dropped", file=path.name, reason="does not match")
             path.unlink(missing_ok=True)
@@ -65,32 +70,31 @@ class DiskKvCache:
             os.utime(path)  # most recently used
         return snapshot
 
-    def _decode(self, raw: bytes, tokens: tuple[int, ...]) -> KvSnapshot | None:
+    def _decode(self, raw: bytes, tokens: tuple[int, ...], variant: str) -> KvSnapshot | None:
         head = len(MAGIC) + 8
         if not raw.startswith(MAGIC) or len(raw) < head:
             return None
         model_len, count = struct.unpack_from("<II", raw, len(MAGIC))
         body = head + model_len
-        if raw[head:body] != self._model_bytes or count != len(tokens):
+        if raw[head:body] != self._identity(variant) or count != len(tokens):
             return None
         stored = struct.unpack_from(f"<{count}i", raw, body)
         if stored != tokens:
             return None
-        return KvSnapshot(tokens, raw[body + 4 * count:])
+        return KvSnapshot(tokens, raw[body + 4 * count:], variant)
 
     def save(self, snapshot: KvSnapshot) -> None:
         """Keep ``snapshot`` (atomically), then trim the directory to the budget."""
-        size = len(MAGIC) + 8 + len(self._model_bytes) + 4 * len(snapshot.tokens) \
-            + snapshot.size
+        identity = self._identity(snapshot.variant)
+        size = len(MAGIC) + 8 + len(identity) + 4 * len(snapshot.tokens) + snapshot.size
         if size > self.budget_bytes:
             return
-        path = self._file(snapshot.tokens)
+        path = self._file(snapshot.tokens, snapshot.variant)
         tmp = path.with_suffix(".tmp")
         try:
             with tmp.open("wb") as out:
-                out.write(MAGIC + struct.pack("<II", len(self._model_bytes),
-                                              len(snapshot.tokens)))
-                out.write(self._model_bytes)
+                out.write(MAGIC + struct.pack("<II", len(identity), len(snapshot.tokens)))
+                out.write(identity)
                 out.write(struct.pack(f"<{len(snapshot.tokens)}i", *snapshot.tokens))
                 out.write(snapshot.data)
             os.replace(tmp, path)

@@ -4,7 +4,8 @@
 floats: about 250 MiB for Llama 3.2), which nothing here needs, since the
 next ``generate()`` re-evaluates one token anyway. A :class:`KvSnapshot` holds
 only the sequence's KV cells (about 0.1 MiB per token for a 3B model) and the
-tokens they stand for.
+tokens they stand for, and the ``variant`` (LoRA adapter and scale) they were
+computed under: a state is only valid under the same one.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ it do not mix.
 
 @dataclass(frozen=True)
 class KvSnapshot:
-    """The KV state after evaluating ``tokens`` from an empty context."""
+    """The KV state after evaluating ``tokens`` from an empty context, under ``variant``."""
 
     tokens: tuple[int, ...]
     data: bytes
+    variant: str = ""
 
     @property
     def size(self) -> int:
@@ -42,8 +44,8 @@ class KvSnapshot:
         return len(self.data)
 
 
-def capture(llm: llama_cpp.Llama) -> KvSnapshot:
-    """The current KV state of ``llm`` (its first ``n_tokens`` tokens)."""
+def capture(llm: llama_cpp.Llama, variant: str = "") -> KvSnapshot:
+    """The current KV state of ``llm`` (its first ``n_tokens`` tokens), made under ``variant``."""
     ctx = native.context(llm)
     size = llama_cpp.llama_state_seq_get_size(ctx, 0)
     buffer = (ctypes.c_uint8 * size)()
@@ -51,7 +53,7 @@ def capture(llm: llama_cpp.Llama) -> KvSnapshot:
     if not written:
         raise ModelError("llama.cpp could not copy the KV state")
     return KvSnapshot(tuple(int(t) for t in llm.input_ids[: llm.n_tokens]),
-                      bytes(memoryview(buffer)[:written]))
+                      bytes(memoryview(buffer)[:written]), variant)
 
 
 def restore(llm: llama_cpp.Llama, snapshot: KvSnapshot) -> None:

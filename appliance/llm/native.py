@@ -136,6 +136,35 @@ def grammar_sampler(llm: llama_cpp.Llama, grammar: LlamaGrammar) -> SamplerChain
     return SamplerChain(chain)
 
 
+def load_lora(llm: llama_cpp.Llama, path: Path) -> llama_cpp.llama_adapter_lora_p:
+    """Load the LoRA adapter at ``path`` for ``llm``'s model; it lives as long as the model.
+
+    llama.cpp frees it with the model, so nothing here frees it (twice would crash).
+    """
+    import llama_cpp
+
+    handle = llama_cpp.llama_adapter_lora_init(llm._model.model, str(path).encode())
+    if not handle:
+        raise ModelError(f"{path}: llama.cpp could not load this LoRA adapter for the model")
+    return handle
+
+
+def set_loras(llm: llama_cpp.Llama,
+              active: Sequence[tuple[llama_cpp.llama_adapter_lora_p, float]]) -> None:
+    """Make ``active`` (adapter, scale) pairs the context's adapters; ``()``: none.
+
+    The next decode rebuilds the graph; no weights are read again. The KV cache
+    is left as it is: what it holds was computed under the adapters before.
+    """
+    import llama_cpp
+
+    n = len(active)
+    handles = (llama_cpp.llama_adapter_lora_p_ctypes * n)(*(h for h, _ in active)) if n else None
+    scales = (ctypes.c_float * n)(*(s for _, s in active)) if n else None
+    if llama_cpp.llama_set_adapters_lora(context(llm), handles, n, scales) != 0:
+        raise ModelError("llama.cpp could not switch the LoRA adapters")
+
+
 @cache
 def ggml_type_sizes() -> tuple[tuple[int, int], ...]:
     """(block size, bytes per block) of every ggml type, from the ggml that llama.cpp runs.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,7 +59,8 @@ class ChatRequest:
     ``history`` holds earlier turns; ``context`` holds reference passages
     (from the manuals, the most relevant first) put before the question as
     data; ``json_schema`` (JSON text) constrains the output with a grammar;
-    ``stop`` ends the answer at any of these strings.
+    ``stop`` ends the answer at any of these strings; ``adapter`` names the LoRA
+    adapter of ``llm.adapters`` to answer with (``None``: the base model).
     """
 
     text: str
@@ -72,6 +74,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     confidence: Confidence | None = None
     prompt_lookup: bool = False
+    adapter: str | None = None
 
     def to_data(self) -> dict[str, Any]:
         """Plain JSON-able fields."""
@@ -100,6 +103,10 @@ class Chunk:
     request_id: str
     seq: int
     delta: str
+
+
+OnChunk = Callable[[Chunk], None]
+"""Hears each :class:`Chunk` of an answer as it is generated."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.errors import ApplianceError
+from appliance.protocol.messages import CONVERSATION_ID
 
 MAX_ID_LENGTH = 64
 MAX_DEPTH = 32
@@ -77,6 +78,7 @@ class Ask:
     id: str | None = None
     max_tokens: int | None = None
     tier: str = "auto"
+    conversation: str | None = None
 
 
 def _decode(payload: bytes, max_bytes: int) -> str:
@@ -155,7 +157,10 @@ def _request_id(value: Any) -> str | None:
 
 
 def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
-    """A question: ``{"id"?, "text", "max_tokens"?, "tier"?}`` or plain UTF-8 text."""
+    """A question: ``{"id"?, "text", "max_tokens"?, "tier"?, "conversation"?}`` or plain text.
+
+    ``conversation`` is ``"new"`` (start one) or the id an earlier answer carried.
+    """
     text = _decode(payload, max_bytes)
     if not text.lstrip().startswith("{"):
         if not text.strip():
@@ -166,7 +171,7 @@ def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
     request_id = raw_id if isinstance(raw_id, str) else None
     try:
         request_id = _request_id(raw_id)
-        unknown = set(data) - {"id", "text", "max_tokens", "tier"}
+        unknown = set(data) - {"id", "text", "max_tokens", "tier", "conversation"}
         if unknown:
             raise InputError(f"unknown field(s): {', '.join(sorted(unknown))}")
         question = data.get("text")
@@ -182,9 +187,14 @@ def parse_ask(payload: bytes, max_bytes: int, max_tokens_limit: int) -> Ask:
         tier = data.get("tier", "auto")
         if tier not in TIERS:
             raise InputError(f"tier must be one of {', '.join(TIERS)}")
+        conversation = data.get("conversation")
+        if conversation is not None and (not isinstance(conversation, str)
+                                         or not CONVERSATION_ID.fullmatch(conversation)):
+            raise InputError('conversation must be "new" or an id of 1 to 64 letters, digits, '
+                             '".", "_", ":" or "-"')
     except InputError as exc:
         raise InputError(str(exc), request_id) from None
-    return Ask(question.strip(), request_id, max_tokens, tier)
+    return Ask(question.strip(), request_id, max_tokens, tier, conversation)
 
 
 def parse_event(payload: bytes, max_bytes: int) -> dict[str, Any]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from appliance.llm.types import ChatRequest
 
 Source = Literal["voice", "mqtt", "sensor", "api"]
-Tier = Literal["auto", "local", "remote"]
+TierWanted = Literal["auto", "local", "remote"]
+"""Where a request may be answered (``auto``: the router decides); cf. ``generate.base.Tier``."""
 Api = Literal["http", "wyoming"]
 
 PRIORITY: dict[Source, int] = {"voice": 0, "api": 1, "mqtt": 1, "sensor": 2}
@@ -17,6 +19,13 @@ PRIORITY: dict[Source, int] = {"voice": 0, "api": 1, "mqtt": 1, "sensor": 2}
 
 INTERACTIVE: frozenset[Source] = frozenset({"voice", "api"})
 """Sources a person is waiting on at this moment: they preempt a running sensor rule."""
+
+
+NEW_CONVERSATION = "new"
+"""What an entrance asks for to start a conversation; the answer carries the new id."""
+
+CONVERSATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+"""A conversation id: 1 to 64 letters, digits, ``.``, ``_``, ``:`` or ``-``."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,9 @@ class Request:
     may be answered (``auto``: the router decides); ``chat`` carries what an
     API client sends beyond one question (its system prompt, earlier turns,
     sampling, tools as a schema), never journaled; ``api`` says which API an
-    ``api`` request came through (what it may do depends on it).
+    ``api`` request came through (what it may do depends on it);
+    ``conversation`` names the conversation it continues (its earlier turns
+    go with it, and its answer joins them).
     """
 
     id: str
@@ -41,9 +52,10 @@ class Request:
     rule: str | None = None
     client: str = ""
     attempts: int = 0
-    tier: Tier = "auto"
+    tier: TierWanted = "auto"
     chat: ChatRequest | None = None
     api: Api | None = None
+    conversation: str | None = None
 
     @property
     def entrance(self) -> str:

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ErrorCode
 from appliance.llm.types import ChatRequest, Completion
 
 
@@ -144,11 +144,20 @@ class Done(Message):
 
 @dataclass(frozen=True)
 class Failed(Message):
-    """Request ``id`` could not be answered; ``error`` says why in one line."""
+    """Request ``id`` could not be answered; ``error`` says why in one line, ``code`` its kind."""
 
     kind: ClassVar[str] = "failed"
     id: str
     error: str
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Failed:
+        """The failure from its fields; ``ValueError`` for an unknown ``code``."""
+        fields = dict(data)
+        if "code" in fields:
+            fields["code"] = ErrorCode(fields["code"])
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

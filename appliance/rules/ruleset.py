@@ -49,6 +49,7 @@ class RuleSet:
         self._previous: dict[str, Mapping[str, Any]] = {}
         self._fired_at: dict[str, float] = {}
         self._with_knowledge = {rule.name for rule in rules if rule.knowledge}
+        self._adapters = {rule.name: rule.adapter for rule in rules if rule.adapter}
         self._actions = {rule.name: rule.actions for rule in rules if rule.actions}
 
     @property
@@ -59,6 +60,10 @@ class RuleSet:
     def actions_of(self, rule: str | None) -> tuple[str, ...]:
         """The actions rule ``rule`` lets the model choose among."""
         return self._actions.get(rule or "", ())
+
+    def adapter_of(self, rule: str | None) -> str | None:
+        """The LoRA adapter rule ``rule`` answers with (``None``: its source's, or none)."""
+        return self._adapters.get(rule or "")
 
     def uses_knowledge(self, rule: str | None) -> bool:
         """Whether rule ``rule`` asks for what the manuals say (``knowledge: true``)."""

@@ -25,8 +25,9 @@ from appliance.actions.verifier import Verifier
 from appliance.actions.world import WorldState
 from appliance.config import Settings
 from appliance.llm import new_request_id
-from appliance.mqtt.bridge import Bridge, Inbound
+from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import InputError, Topics, parse_act, parse_confirm
+from appliance.mqtt.inbound import Inbound
 from appliance.protocol.messages import Outgoing
 
 

@@ -26,7 +26,7 @@ from appliance.generate.base import Generator
 from appliance.generate.local import ModelWorker
 from appliance.generate.mqtt_remote import MqttGenerator
 from appliance.generate.openai_http import OpenAIGenerator
-from appliance.gpio import GpioParts, GpioUnavailable
+from appliance.gpio import GpioDevices, GpioUnavailable
 from appliance.knowledge import index_path
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge
@@ -36,6 +36,7 @@ from appliance.power.monitor import PowerMonitor
 from appliance.protocol.messages import error_message
 from appliance.rules import RuleSet
 from appliance.service.action_desk import ActionDesk, command_topics
+from appliance.service.conversations import Conversations
 from appliance.service.dispatcher import Dispatcher
 from appliance.service.inbox import Inbox
 from appliance.service.intake import Intake, Route, listen_topics
@@ -67,7 +68,7 @@ class Service:
     knowledge: KnowledgeContext | None
     inbox: Inbox
     bridge: Bridge
-    gpio: GpioParts | None
+    gpio: GpioDevices | None
     desk: ActionDesk
     power: PowerMonitor
     voice: VoiceController | None
@@ -120,14 +121,17 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         settings, loop, submit=inbox.ask, cancel_running=inbox.cancel_running,
         prefill=inbox.prefill, publish=bridge.publish, facts=status.update,
         on_error=lambda message: _voice_failed(message, status, bridge, topics),
-        on_action=desk.spoken, pin_factory=pin_factory) if settings.voice.enabled else None
+        on_intent=desk.spoken, pin_factory=pin_factory) if settings.voice.enabled else None
     dispatcher = Dispatcher(
         router=router, outlet=bridge, journal=journal, topics=topics, rules=rules,
         status=status, queue_size=settings.mqtt.queue_size,
         stream=settings.mqtt.stream_answers, llm=settings.llm,
         on_alert=gpio.alert if gpio is not None else lambda: None,
         kid_safe=settings.voice.kid_safe, device_id=settings.device_id, speaker=voice,
-        knowledge=knowledge, actions=desk.service, world=world, power=power)
+        knowledge=knowledge, actions=desk.service, world=world, power=power,
+        # Toy mode keeps conversations in memory only: nothing a child says is written down.
+        conversations=Conversations(settings.conversation,
+                                    None if settings.voice.kid_safe else journal))
     state_outlet = StateOutlet(status, topics.state, bridge.publish,
                                worker_pid=lambda: worker.pid, power_w=lambda: power.power_w)
 
@@ -181,13 +185,13 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
                    watchdog, apis)
 
 
-def _gpio(settings: Settings, inbox: Inbox, pin_factory: Factory | None) -> GpioParts | None:
-    """The GPIO parts; their events go straight to the intake, broker or not."""
+def _gpio(settings: Settings, inbox: Inbox, pin_factory: Factory | None) -> GpioDevices | None:
+    """The GPIO devices; their events go straight to the intake, broker or not."""
     if not settings.gpio.enabled:
         log.info("gpio_disabled")
         return None
     try:
-        return GpioParts(settings.gpio, inbox.reading, pin_factory)
+        return GpioDevices(settings.gpio, inbox.reading, pin_factory)
     except GpioUnavailable as exc:
         log.warning("running_without_gpio", reason=str(exc))
         return None

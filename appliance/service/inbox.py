@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.mqtt.bridge import Inbound
+from appliance.mqtt.inbound import Inbound
 from appliance.protocol.messages import Request
 
 

@@ -19,17 +19,19 @@ from appliance.actions.world import WorldState
 from appliance.config import Settings
 from appliance.llm import new_request_id
 from appliance.logs import get_logger
-from appliance.mqtt.bridge import Inbound
 from appliance.mqtt.contract import InputError, Topics, parse_ask, parse_cancel, parse_event
+from appliance.mqtt.inbound import Inbound
 from appliance.mqtt.topic_policy import TopicPolicy
 from appliance.protocol.messages import Outgoing, Request, error_message
 from appliance.rules import RuleSet, parse_condition
-from appliance.service.dispatcher import Dispatcher, Rejected
+from appliance.service.conversations import Conversations
+from appliance.service.dispatcher import Dispatcher
 from appliance.service.guard import INTERNAL_ERROR, guarded
 from appliance.service.inbox import CancelRunning, Connected, Inbox, Item, Prefill, Reading, Spoken
 from appliance.service.journal import JournalError
 from appliance.service.outlets import Outlet
 from appliance.service.ratelimit import RateLimiter
+from appliance.service.scheduler import Rejected
 from appliance.service.status import Status
 
 log = get_logger("intake")
@@ -212,7 +214,8 @@ class Intake:
         request = Request(id=request_id, source="mqtt", text=ask.text,
                           max_tokens=ask.max_tokens, reply_topic=reply,
                           correlation=inbound.correlation, client=client,
-                          tier=ask.tier)  # type: ignore[arg-type]
+                          tier=ask.tier,  # type: ignore[arg-type]
+                          conversation=Conversations.resolve(ask.conversation))
         try:
             if not self.dispatcher.submit(request):
                 log.info("duplicate_ignored", id=request.id)

@@ -36,8 +36,10 @@ from typing import Any
 
 from appliance.actions.world import Stamp
 from appliance.errors import ApplianceError
+from appliance.llm.types import Turn
 from appliance.logs import get_logger
 from appliance.protocol.messages import Outgoing, Request
+from appliance.service.conversations import Conversation
 
 log = get_logger("journal")
 
@@ -53,7 +55,13 @@ CREATE TABLE IF NOT EXISTS requests (
     rule TEXT,
     client TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
-    tier TEXT NOT NULL DEFAULT 'auto'
+    tier TEXT NOT NULL DEFAULT 'auto',
+    conversation TEXT
+);
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    turns TEXT NOT NULL,
+    last_used REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS world (
     name TEXT PRIMARY KEY,
@@ -79,13 +87,22 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 _COLUMNS = ("id", "source", "text", "max_tokens", "reply_topic", "correlation", "rule",
-            "client", "attempts", "tier")
+            "client", "attempts", "tier", "conversation")
 _ADDED_COLUMNS = {
-    "requests": {"tier": "TEXT NOT NULL DEFAULT 'auto'"},
+    "requests": {"tier": "TEXT NOT NULL DEFAULT 'auto'", "conversation": "TEXT"},
     # A reading kept by an older release has no boot: it is stale (never from this boot).
     "world": {"mono": "REAL NOT NULL DEFAULT 0", "boot": "TEXT NOT NULL DEFAULT ''"},
 }
 """Columns newer than the first release, by table, added to an older journal in place."""
+
+def _turn(role: object, content: object) -> Turn:
+    """A kept turn; ``ValueError`` for one that is not a user's or the assistant's text."""
+    if role == "user" and isinstance(content, str):
+        return Turn("user", content)
+    if role == "assistant" and isinstance(content, str):
+        return Turn("assistant", content)
+    raise ValueError(f"not a conversation turn: {role!r}")
+
 
 class JournalError(ApplianceError):
     """The journal cannot be written (disk full, read-only) or read."""
@@ -185,6 +202,32 @@ class Journal:
         with self._writing("count the attempt"):
             self._db.execute("UPDATE requests SET attempts = attempts + 1 WHERE id = ?",
                              (request_id,))
+
+    def keep_conversation(self, conversation: Conversation) -> None:
+        """Store or replace ``conversation`` (its turns as JSON)."""
+        turns = json.dumps([[t.role, t.content] for t in conversation.turns], ensure_ascii=False)
+        with self._writing("keep the conversation"):
+            self._db.execute("INSERT OR REPLACE INTO conversations (id, turns, last_used) "
+                             "VALUES (?, ?, ?)", (conversation.id, turns, conversation.last_used))
+
+    def forget_conversation(self, conversation_id: str) -> None:
+        """Drop a conversation."""
+        with self._writing("forget the conversation"):
+            self._db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    def conversations(self) -> list[Conversation]:
+        """Every kept conversation (one that does not parse is skipped)."""
+        kept = []
+        for conversation_id, turns, last_used in self._db.execute(
+                "SELECT id, turns, last_used FROM conversations"):
+            try:
+                kept.append(Conversation(str(conversation_id), tuple(
+                    _turn(role, content) for role, content in json.loads(turns)),
+                    float(last_used)))
+            except (ValueError, TypeError) as exc:
+                log.warning("conversation_unreadable", conversation=conversation_id,
+                            error=str(exc))
+        return kept
 
     def pending(self) -> list[Request]:
         """Every unanswered request, oldest first."""

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from appliance.llm import Chunk
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
+from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Outgoing, Request
 
 log = get_logger("dispatcher")
@@ -49,8 +50,8 @@ class Watcher(Protocol):
     def chunk(self, chunk: Chunk) -> None:
         """Answer text as it streams."""
 
-    def answer(self, payload: dict[str, Any]) -> None:
-        """The final answer (the same fields as on MQTT)."""
+    def answer(self, answer: Answer) -> None:
+        """The final answer."""
 
     def restart(self) -> None:
         """The text streamed so far is void; the next chunks start it over."""
@@ -68,7 +69,7 @@ class Outlets:
         self.outlet, self.topics = outlet, topics
         self.publish_chunks, self.kid_safe, self.device_id = stream, kid_safe, device_id
         self.speaker = speaker  # where voice answers are spoken
-        self.listeners: list[Callable[[Request, dict[str, Any]], None]] = []
+        self.listeners: list[Callable[[Request, Answer], None]] = []
         self.watchers: dict[str, Watcher] = {}
         self.streamed: dict[str, int] = {}  # request id -> chunks published so far
 
@@ -76,10 +77,11 @@ class Outlets:
         """Toy mode: nothing of a voice conversation leaves the device."""
         return request.source == "voice" and self.kid_safe
 
-    def stream(self, request: Request) -> Stream:
+    def stream(self, request: Request) -> RequestStream:
         """The chunk stream of ``request`` (``seq`` continues across its attempts)."""
-        return Stream(self, request, publish=self.publish_chunks and not self.private(request)
-                      and request.source in ("mqtt", "voice"))
+        return RequestStream(self, request,
+                             publish=self.publish_chunks and not self.private(request)
+                             and request.source in ("mqtt", "voice"))
 
     def say(self, request: Request, text: str) -> None:
         """Speak ``text`` about a voice request (an action's outcome)."""
@@ -87,25 +89,25 @@ class Outlets:
             self.speaker.feed(request.id, text)
             self.speaker.finish(request.id)
 
-    def answer(self, request: Request, payload: dict[str, Any], default_topic: str) -> None:
-        """Hand the final ``payload`` to every outlet; MQTT retires the journaled request."""
+    def answer(self, request: Request, answer: Answer, default_topic: str) -> None:
+        """Hand the final ``answer`` to every outlet; MQTT retires the journaled request."""
         self.streamed.pop(request.id, None)
         if request.source == "voice" and self.speaker is not None:
             self.speaker.finish(request.id)
         watcher = self.watchers.pop(request.id, None)
         if watcher is not None:
-            watcher.answer(payload)
+            watcher.answer(answer)
         for listener in self.listeners:
-            listener(request, payload)
+            listener(request, answer)
         if request.source != "api":
             self.outlet.deliver(request.id, [] if self.private(request) else [Outgoing(
-                request.reply_topic or default_topic, _json(payload),
+                request.reply_topic or default_topic, _json(answer.to_json()),
                 correlation=request.correlation)])
-        log.info("answer_ready", finish_reason=payload["finish_reason"],
-                 tokens=payload.get("tokens"), topic=request.reply_topic or default_topic)
+        log.info("answer_ready", finish_reason=answer.finish_reason, tokens=answer.tokens,
+                 topic=request.reply_topic or default_topic)
 
 
-class Stream:
+class RequestStream:
     """One request's chunks to every outlet: MQTT stream, speaker, API watcher.
 
     ``seq`` keeps counting across attempts; the first chunk after

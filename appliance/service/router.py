@@ -15,15 +15,16 @@ system prompt and the question ever leave the device.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from appliance.config.schema import EscalationSettings, ThermalLevel
-from appliance.generate.base import GenerationFailed, Generator, OnChunk, Tier
+from appliance.generate.base import GenerationFailed, Generator, Tier
 from appliance.generate.breaker import CircuitBreaker
 from appliance.llm import ChatRequest, Completion
-from appliance.llm.types import Confidence
+from appliance.llm.types import Confidence, OnChunk
 from appliance.logs import get_logger
+from appliance.protocol.answer import Escalation
 from appliance.protocol.messages import Request
 
 log = get_logger("router")
@@ -32,7 +33,7 @@ CONFIDENCE_TOKENS = 8
 """Local tokens whose mean log-probability decides a ``confidence_below`` escalation."""
 
 
-class Stream(Protocol):
+class ChunkStream(Protocol):
     """Where a request's chunks go; :meth:`restart` voids those sent so far."""
 
     def __call__(self, chunk: Any) -> None:
@@ -44,19 +45,11 @@ class Stream(Protocol):
 
 @dataclass(frozen=True)
 class Routed:
-    """A completion and where it came from."""
+    """A completion and where it came from (``escalation``: why it was sent away, if it was)."""
 
     completion: Completion
     tier: Tier
-    escalation: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def answer_fields(self) -> dict[str, Any]:
-        """The answer's public fields."""
-        fields = {**self.completion.as_dict(), "tier": self.tier, **self.extra}
-        if self.escalation is not None:
-            fields["escalation"] = self.escalation
-        return fields
+    escalation: Escalation | None = None
 
 
 class LocalGenerator(Generator, Protocol):
@@ -115,12 +108,12 @@ class Router:
             return "words"
         return None
 
-    async def run(self, request: Request, chat: ChatRequest, stream: Stream, *,
+    async def run(self, request: Request, chat: ChatRequest, stream: ChunkStream, *,
                   level: ThermalLevel, queued: int = 0) -> Routed:
         """Answer ``chat`` for ``request`` on the right generator."""
         reason = self.reason(request, chat, level, queued)
         if reason is not None:
-            return await self._escalate(request, chat, stream, reason, {})
+            return await self._escalate(request, chat, stream, Escalation(reason))
         watch = self.settings.route.confidence_below
         if watch is not None and self._may_escalate(request, chat):
             chat = replace(chat, confidence=Confidence(CONFIDENCE_TOKENS, watch))
@@ -128,18 +121,17 @@ class Router:
         if completion.low_confidence:
             stream.restart()
             return await self._escalate(request, replace(chat, confidence=None), stream,
-                                        "confidence", {"confidence": completion.confidence,
-                                                       "local_tokens": completion.tokens})
+                                        Escalation("confidence", confidence=completion.confidence,
+                                                   local_tokens=completion.tokens))
         return Routed(completion, "local")
 
-    async def _escalate(self, request: Request, chat: ChatRequest, stream: Stream,
-                        reason: str, details: dict[str, Any]) -> Routed:
+    async def _escalate(self, request: Request, chat: ChatRequest, stream: ChunkStream,
+                        info: Escalation) -> Routed:
         assert self.remote is not None
-        info: dict[str, Any] = {"reason": reason, **details}
-        log.info("escalating", reason=reason, source=request.source)  # never the text
+        log.info("escalating", reason=info.reason, source=request.source)  # never the text
         if not self.breaker.allow():
-            info["fallback"] = (f"the remote model is skipped after repeated failures "
-                                f"(last: {self.breaker.last_error})")
+            info = replace(info, fallback=(f"the remote model is skipped after repeated "
+                                           f"failures (last: {self.breaker.last_error})"))
         else:
             private = ChatRequest(chat.text, max_tokens=chat.max_tokens, id=chat.id,
                                   system_prompt=chat.system_prompt, sampling=chat.sampling,
@@ -152,8 +144,8 @@ class Router:
                     log.warning("remote_skipped", for_s=self.settings.breaker_s,
                                 error=str(exc))
                 self.on_change()
-                log.warning("escalation_failed", reason=reason, error=str(exc))
-                info["fallback"] = str(exc)
+                log.warning("escalation_failed", reason=info.reason, error=str(exc))
+                info = replace(info, fallback=str(exc))
                 if sent.count:
                     stream.restart()
             else:
@@ -198,7 +190,7 @@ class Router:
 class _Counting:
     """A stream that counts what went through it (to know whether a restart is due)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: ChunkStream) -> None:
         self.stream, self.count = stream, 0
 
     def __call__(self, chunk: Any) -> None:

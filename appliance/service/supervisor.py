@@ -21,7 +21,7 @@ from gpiozero.pins import Factory
 from appliance.config import Settings
 from appliance.generate.local import ModelWorker
 from appliance.generate.openai_http import OpenAIGenerator
-from appliance.gpio import GpioParts
+from appliance.gpio import GpioDevices
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import error_message
@@ -80,8 +80,8 @@ class Supervisor:
         return self.built.voice
 
     @property
-    def gpio(self) -> GpioParts | None:
-        """The GPIO parts, when there are some."""
+    def gpio(self) -> GpioDevices | None:
+        """The GPIO devices, when there are some."""
         return self.built.gpio
 
     async def run(self) -> int:

@@ -80,29 +80,29 @@ class Activation:
 
 
 def match_intent(text: str, intents: Mapping[str, str]) -> str | None:
-    """The action of the intent phrase ``text`` is, if any (whole-utterance match)."""
+    """The intent that the phrase ``text`` names, if any (whole-utterance match)."""
     said = normalize(text)
-    for phrase, action in intents.items():
+    for phrase, intent in intents.items():
         if normalize(phrase) == said:
-            return action
+            return intent
     return None
 
 
 def route(gate: Activation, text: str, intents: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """``(action, request)`` for an utterance: an intent's action, or a request for the model.
+    """``(intent, request)`` for an utterance: an intent, or a request for the model.
 
     An intent works without the wake phrase or button ("stop" must interrupt at
     once); an intent after the wake phrase works too. Both are ``None`` when the
     utterance is not for us.
     """
-    action = match_intent(text, intents)
-    if action is not None:
-        return action, None
+    intent = match_intent(text, intents)
+    if intent is not None:
+        return intent, None
     request = gate.admit(text)
     if request is None:
         return None, None
-    action = match_intent(request, intents)
-    return (action, None) if action is not None else (None, request)
+    intent = match_intent(request, intents)
+    return (intent, None) if intent is not None else (None, request)
 
 
 def prefill_text(gate: Activation, partial: str, intents: Mapping[str, str]) -> str | None:

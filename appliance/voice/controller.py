@@ -40,7 +40,7 @@ from appliance.voice.activation import (
 )
 from appliance.voice.hearing import Woke, uses_wake_word
 from appliance.voice.recognizer import Heard
-from appliance.voice.service import Speaker, VoiceInput, source_name
+from appliance.voice.service import Loudspeaker, VoiceInput, source_name
 
 log = get_logger("voice")
 
@@ -53,7 +53,7 @@ class VoiceController:
     ``submit(request)`` queues a voice request, ``cancel_running()`` stops the
     answer being generated, ``prefill(text)`` lets an idle model read a
     question so far, ``publish`` sends transcripts, ``facts(**kw)`` reports
-    ``hearing``/``speaking``, ``on_action(name, say)`` hears intents that are not
+    ``hearing``/``speaking``, ``on_intent(name, say)`` hears intents that are not
     the controller's own (yes/no answers to a confirmation).
     """
 
@@ -61,7 +61,7 @@ class VoiceController:
                  submit: Callable[[Request], None], cancel_running: Callable[[], None],
                  prefill: Callable[[str], None], publish: Callable[[Outgoing], None],
                  facts: Callable[..., None], on_error: Callable[[str], None],
-                 on_action: Callable[[str, Callable[[str], None]], None] = lambda _a, _s: None,
+                 on_intent: Callable[[str, Callable[[str], None]], None] = lambda _i, _s: None,
                  pin_factory: Factory | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings, self.loop = settings, loop
@@ -69,14 +69,14 @@ class VoiceController:
         self.topics = Topics.under(settings.base_topic)
         self.submit, self.cancel_running, self.prefill = submit, cancel_running, prefill
         self.publish, self.facts, self._on_error = publish, facts, on_error
-        self.on_action = on_action
+        self.on_intent = on_intent
         self.pin_factory = pin_factory
         self.clock = clock
         # With a wake word engine the wake word opens the window; vosk never hears it.
         self.activation = Activation(voice.activation,
                                      "" if uses_wake_word(voice) else voice.wake_phrase,
                                      voice.wake_window_s)
-        self.speaker: Speaker | None = None
+        self.speaker: Loudspeaker | None = None
         self.voice_in: VoiceInput | None = None
         self.talk_button: Button | None = None
         self.failed = False
@@ -88,7 +88,7 @@ class VoiceController:
         """Start the speaker, the talk button and listening, as configured."""
         loop = self.loop
         if self.voice.tts != "none":
-            self.speaker = Speaker(
+            self.speaker = Loudspeaker(
                 self.settings, lambda on: loop.call_soon_threadsafe(self.speaking_changed, on),
                 lambda message: loop.call_soon_threadsafe(self.on_error, message))
         self._start_talk_button()
@@ -116,7 +116,7 @@ class VoiceController:
         self.talk_button = button
 
     def _talk_pressed(self) -> None:
-        self.act("stop")
+        self.obey("stop")
         self.activation.press()
         self._hold_open("button", True)
 
@@ -155,7 +155,7 @@ class VoiceController:
     def woke(self, woke: Woke) -> None:
         """The wake word engine heard the wake word (on the loop): a barge-in, then listen."""
         if self.echo_guarded:
-            self.act("stop")
+            self.obey("stop")
         self.activation.open_window()
 
     def heard(self, heard: Heard) -> None:
@@ -182,9 +182,9 @@ class VoiceController:
         if guarded:
             self._barge_in_only(heard.text)
             return
-        action, request = route(self.activation, heard.text, self.voice.intents)
-        if action is not None:
-            self.act(action)
+        intent, request = route(self.activation, heard.text, self.voice.intents)
+        if intent is not None:
+            self.obey(intent)
         if request is not None:
             self.submit(Request(id=new_request_id(), source="voice", text=request))
 
@@ -193,13 +193,13 @@ class VoiceController:
         said = normalize(text)
         wake = self.activation.wake
         if match_intent(text, self.voice.intents) == "stop":
-            self.act("stop")
+            self.obey("stop")
         elif wake and said.startswith(wake):
-            self.act("stop")
-            action, request = route(Activation("wake", wake, self.voice.wake_window_s),
+            self.obey("stop")
+            intent, request = route(Activation("wake", wake, self.voice.wake_window_s),
                                     text, self.voice.intents)
-            if action is not None:
-                self.act(action)
+            if intent is not None:
+                self.obey(intent)
             if request is not None:
                 self.submit(Request(id=new_request_id(), source="voice", text=request))
             else:
@@ -215,25 +215,25 @@ class VoiceController:
         if request is not None:
             self.prefill(request)
 
-    # --- acting --------------------------------------------------------------------------
-    def act(self, action: str) -> None:
-        """An intent: act without the model."""
-        log.info("intent", action=action)
+    # --- intents -------------------------------------------------------------------------
+    def obey(self, intent: str) -> None:
+        """An intent: do it without the model."""
+        log.info("intent", intent=intent)
         speaker = self.speaker
-        if action == "stop":  # barge-in: our voice is cut, so what follows is not guarded
+        if intent == "stop":  # barge-in: our voice is cut, so what follows is not guarded
             if speaker is not None:
                 speaker.stop()
             self._speaking = False
             self._echo_until = min(self._echo_until, self.clock())
             self.cancel_running()
-        elif action == "repeat" and speaker is not None:
+        elif intent == "repeat" and speaker is not None:
             speaker.say(speaker.last_answer)
-        elif action in ("volume_up", "volume_down") and speaker is not None:
-            volume = speaker.change_volume(VOLUME_STEP if action == "volume_up"
+        elif intent in ("volume_up", "volume_down") and speaker is not None:
+            volume = speaker.change_volume(VOLUME_STEP if intent == "volume_up"
                                            else -VOLUME_STEP)
             log.info("volume", volume=volume)
         else:
-            self.on_action(action, self.say)
+            self.on_intent(intent, self.say)
 
     def on_error(self, message: str) -> None:
         """Speech cannot work (on the loop): remember it, and pass it on."""

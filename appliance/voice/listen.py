@@ -31,11 +31,12 @@ from pathlib import Path
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
-from appliance.llm import ChatRequest, Chunk, Completion, Engine
+from appliance.llm import ChatRequest, Chunk, Completion, Engine, new_request_id
+from appliance.protocol.messages import Request
+from appliance.service.preparation import Preparation
 from appliance.voice.activation import Activation, prefill_text, route
 from appliance.voice.audio import paced, wav_chunks
 from appliance.voice.hearing import Hearing, Opening, Woke, uses_wake_word
-from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT
 from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.recognizer import Heard, load_model
 from appliance.voice.tts import Audio, Synthesizer, load_synthesizer, write_wav
@@ -96,6 +97,7 @@ class Listener:
     def __init__(self, settings: Settings, engine: Engine | None) -> None:
         voice = settings.voice
         self.settings, self.engine = settings, engine
+        self.preparation = Preparation(settings.llm, kid_safe=voice.kid_safe)
         self.model = load_model(voice.model_path)
         self.synthesizer: Synthesizer | None = (
             load_synthesizer(settings) if voice.tts != "none" else None)
@@ -178,12 +180,8 @@ class Listener:
             events.put(None)
 
     def _chat(self, text: str) -> ChatRequest:
-        """The model's request for ``text``; prefill reads the same one ahead."""
-        settings = self.settings
-        kid = settings.voice.kid_safe
-        return ChatRequest(
-            text, system_prompt=KID_SYSTEM_PROMPT if kid else None,
-            max_tokens=min(KID_MAX_TOKENS, settings.llm.max_tokens) if kid else None)
+        """The model's request for ``text`` (as the service prepares it); prefill reads it ahead."""
+        return self.preparation.chat(Request(id=new_request_id(), source="voice", text=text))
 
     def _answer(self, request: str, speech_end: float, say_to: Path | None,
                 early_words: int | None) -> _Answer:

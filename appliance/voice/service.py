@@ -4,7 +4,7 @@
 file), listens for the wake word when a wake word engine is configured,
 recognizes what :class:`~appliance.voice.hearing.Hearing` lets vosk hear, and
 hands every result to the loop.
-:class:`Speaker` speaks answers piece by piece as they stream in, stops at
+:class:`Loudspeaker` speaks answers piece by piece as they stream in, stops at
 once on barge-in, and starts one answer over when its generation restarts.
 """
 
@@ -118,8 +118,8 @@ class VoiceInput:
 class _Take:
     """One attempt at speaking one request's answer; its pieces carry it through the queues.
 
-    It is void once :meth:`Speaker.stop` (``epoch`` is old) or
-    :meth:`Speaker.restart` (``void``) has dropped it.
+    It is void once :meth:`Loudspeaker.stop` (``epoch`` is old) or
+    :meth:`Loudspeaker.restart` (``void``) has dropped it.
     """
 
     request_id: str
@@ -128,7 +128,7 @@ class _Take:
     void: bool = field(default=False)
 
 
-class Speaker:
+class Loudspeaker:
     """Speaks answers while they are still being generated, on two threads.
 
     The ``tts`` thread synthesizes pieces in order; the ``audio-out`` thread

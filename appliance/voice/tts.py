@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.catalog import CatalogEntry, lookup
+from appliance.catalog import CatalogEntry, catalog_for, lookup
 from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError, CatalogError, ConfigError
 
@@ -130,7 +130,7 @@ def _piper_model(settings: Settings, voice: str) -> Path:
         entry: CatalogEntry | None = None
     else:
         try:
-            entry = lookup(voice)
+            entry = lookup(voice, catalog_for(settings))
             path = entry.location(settings.models_dir)
         except CatalogError as exc:
             raise fail(str(exc)) from None

@@ -24,14 +24,10 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 def run(args: argparse.Namespace) -> int:
     """Build a generated corpus and the test manuals' index, and measure."""
-    from appliance.bench.knowledge import (
-        MANUALS,
-        report,
-        report_passage_cache,
-        run_passage_cache_bench,
-        run_retrieval_bench,
-    )
+    from appliance.bench.manuals import MANUALS
+    from appliance.bench.passage_cache import report_passage_cache, run_passage_cache_bench
     from appliance.bench.prompt_lookup import report_prompt_lookup, run_prompt_lookup_bench
+    from appliance.bench.retrieval import report, run_retrieval_bench
     from appliance.cli import load
 
     settings = load(args)

@@ -1,9 +1,8 @@
-"""GPIO through gpiozero: inputs that publish events, outputs that show the thermal level.
+"""The configured GPIO devices, through gpiozero: inputs that report events, outputs.
 
 The pin factory is gpiozero's choice (lgpio on a Pi 5) unless one is passed
 in; tests pass gpiozero's ``MockFactory``. gpiozero runs input callbacks on its
-own threads, so ``on_event`` must be thread-safe (the supervisor hands it to
-its loop with ``call_soon_threadsafe``).
+own threads, so ``on_event`` must be thread-safe (``Inbox.reading`` is).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ class GpioUnavailable(ApplianceError):
     """No usable GPIO on this machine (or the pins are busy)."""
 
 
-class GpioParts:
+class GpioDevices:
     """The configured GPIO devices.
 
     ``on_event(name, event)`` receives ``{"state", "value"}`` for every input

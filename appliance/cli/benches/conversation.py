@@ -1,0 +1,33 @@
+"""``appliance bench conversation``: a follow-up's first token with the kept state, and without."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from appliance.catalog import resolve_llm
+
+
+def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``bench conversation``."""
+    p = cmds.add_parser("conversation", help="a conversation's 4th turn: first token with the "
+                                             "state the 3rd left, against from scratch")
+    p.add_argument("--rounds", type=int, default=3, help="conversations to time")
+    p.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Answer a four-turn conversation ``--rounds`` times, and print the ratio."""
+    from appliance.bench.conversation import report_conversation, run_conversation_bench
+    from appliance.cli import load
+
+    r = run_conversation_bench(resolve_llm(load(args)), rounds=args.rounds,
+                               max_tokens=args.max_tokens)
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(r), "ratio": r.ratio}))
+    else:
+        print("\n".join(report_conversation(r)))
+    return 0

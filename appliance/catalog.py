@@ -29,6 +29,7 @@ import yaml
 
 from appliance.config.schema import Settings
 from appliance.errors import CatalogError, ConfigError
+from appliance.llm.thinking import ThinkingSpec, parse_thinking
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class CatalogEntry:
     companion_sha256: str | None = None
     target: str | None = None  # a file of the signed site mirror, fetched through TUF
     base: str | None = None  # a lora adapter: the catalog name of the model it fits
+    thinking: ThinkingSpec | None = None  # an llm that thinks first (appliance.llm.thinking)
 
     @property
     def companion_suffix(self) -> str | None:
@@ -188,7 +190,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "kind": _kind, "file": _text, "sha256": _sha256, "size": _count, "url": _url,
     "package": _package, "module": _module, "license": _text, "chat_format": _text,
     "n_ctx": _count, "notes": _text, "companion_sha256": _sha256, "target": _target,
-    "base": _text,
+    "base": _text, "thinking": parse_thinking,
 }
 
 
@@ -313,6 +315,8 @@ class _CatalogParser:
             raise self.fail(key, "'package:' and 'module:' go together")
         if problem := _bad_file(values["file"], packaged=values.get("package") is not None):
             raise self.fail(f"{key}.file", problem)
+        if values.get("thinking") is not None and values["kind"] != "llm":
+            raise self.fail(f"{key}.thinking", "only a language model (kind: llm) thinks")
         return CatalogEntry(name=name, **values)
 
 

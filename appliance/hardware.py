@@ -55,6 +55,21 @@ def load_average() -> float:
 
 M_ARENA_MAX = -8
 """glibc's ``mallopt`` parameter for the number of malloc arenas."""
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter: allocations this large are mapped, and unmapped when freed."""
+
+
+def return_large_buffers(threshold: int = 1 << 20) -> None:
+    """Let every buffer of ``threshold`` bytes or more go back to the system when it is freed.
+
+    glibc maps large allocations, but raises that threshold each time one is
+    freed; the model worker's KV snapshots and batches (megabytes, of every size)
+    then come from the heap, and resident memory keeps their high-water mark. A
+    fixed threshold keeps the worker's memory what it holds now. A no-op where
+    the C library is not glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def cap_malloc_arenas(arenas: int = 2) -> None:

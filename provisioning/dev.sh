@@ -37,8 +37,9 @@ setup_python() {
 run_tests() {
     local rc=0
     "$VENV/bin/ruff" check .
-    # Two workers, each test file on one of them (module-scoped services stay per file).
-    "$VENV/bin/python" -m pytest -n 2 --dist loadfile "$@" || rc=$?
+    # Two workers, each test file on one of them (module-scoped services stay per file),
+    # the longest files first (tests/data/module_seconds.txt), not xdist's most-tests-first.
+    "$VENV/bin/python" -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@" || rc=$?
     if [ "$rc" -eq 5 ]; then
         echo "pytest collected no tests: failing" >&2
         return 1

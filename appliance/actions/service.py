@@ -75,6 +75,7 @@ class _Pending:
     started: float
     timer: asyncio.TimerHandle | None = None
     on_outcome: Callable[[Outcome], None] = field(default=lambda _o: None)
+    conversation: str | None = None
 
 
 class ActionService:
@@ -97,12 +98,15 @@ class ActionService:
 
     def propose(self, request_id: str, name: str, args: Any, source: str, *,
                 allowed: Iterable[str] | None = None,
-                on_outcome: Callable[[Outcome], None] = lambda _o: None) -> Outcome:
+                on_outcome: Callable[[Outcome], None] = lambda _o: None,
+                conversation: str | None = None) -> Outcome:
         """Verify ``name(args)`` and act, or ask, or refuse; the outcome is recorded.
 
         ``on_outcome`` hears the final outcome of an action that waits for a
-        confirmation (done, declined, failed). Raises :class:`DuplicateProposal`
-        (and records nothing) while a question with ``request_id`` waits.
+        confirmation (done, declined, failed); ``conversation`` is the one it was
+        asked in, where a yes or no answers it (:meth:`waiting_in`). Raises
+        :class:`DuplicateProposal` (and records nothing) while a question with
+        ``request_id`` waits.
         """
         if request_id in self._pending:
             raise DuplicateProposal(
@@ -118,7 +122,8 @@ class ActionService:
         action = self.registry.actions[name]
         if action.confirm:
             pending = self._pending[request_id] = _Pending(action, args, source, started,
-                                                           on_outcome=on_outcome)
+                                                           on_outcome=on_outcome,
+                                                           conversation=conversation)
             pending.timer = asyncio.get_running_loop().call_later(
                 self.confirm_s, self._expire, request_id)
             label = (action.description or action.name).rstrip(".")
@@ -166,6 +171,11 @@ class ActionService:
             outcome = self._decline(request_id, pending, "declined")
         pending.on_outcome(outcome)
         return outcome
+
+    def waiting_in(self, conversation: str, by: str) -> str | None:
+        """The id of the question waiting in ``conversation`` that ``by`` may answer."""
+        return next((request_id for request_id, pending in reversed(self._pending.items())
+                     if pending.conversation == conversation and _answers(by, pending)), None)
 
     def latest_waiting(self, by: str) -> str | None:
         """The id of the most recent question still waiting that ``by`` may answer."""

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
-from appliance import __version__
+import appliance
 from appliance.config.schema import ThermalLevel
 from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Request
@@ -45,6 +45,12 @@ class Metrics:
         self.energy = Counter("appliance_answer_energy_joules",
                               "Energy spent on answers, where a power meter exists", by,
                               registry=self.registry)
+        self.thinking_tokens = Counter("appliance_thinking_tokens",
+                                       "Tokens a thinking model thought before answering", by,
+                                       registry=self.registry)
+        self.thinking_seconds = Counter("appliance_thinking_seconds",
+                                        "Time a thinking model spent thinking", by,
+                                        registry=self.registry)
         self.requests = Counter("appliance_api_requests", "HTTP API requests by route and status",
                                 ["api", "code"], registry=self.registry)
         self.registry.register(_StatusCollector(status, levels))
@@ -53,11 +59,14 @@ class Metrics:
         """Count one answer (of any source)."""
         labels = (request.source, answer.tier or "none")
         self.answers.labels(*labels, answer.finish_reason).inc()
+        done = answer.completion
+        if done is not None and done.thinking_tokens:
+            self.thinking_tokens.labels(*labels).inc(done.thinking_tokens)
+            self.thinking_seconds.labels(*labels).inc(round(done.thinking_ms / 1000, 3))
         tokens = answer.tokens
         if tokens <= 0:
             return
         self.tokens.labels(*labels).inc(tokens)
-        done = answer.completion
         if done is not None:
             self.ttft.labels(*labels).observe(round(done.ttft_ms, 1) / 1000)
             if tokens > 1:
@@ -94,7 +103,7 @@ class _StatusCollector(Collector):
         yield state
         info = GaugeMetricFamily("appliance_build_info", "Version and model", labels=[
             "version", "model"])
-        info.add_metric([__version__, s.model], 1)
+        info.add_metric([appliance.__version__, s.model], 1)
         yield info
 
 

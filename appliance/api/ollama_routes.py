@@ -5,7 +5,10 @@ Assistant never tries to pull; ``/api/pull`` of that name succeeds at once and
 of any other is a 404. ``/api/chat`` and ``/api/generate`` stream NDJSON by
 default, one object per line and never a blank line, the last with
 ``done: true``; tool calls carry their arguments as a JSON object. Errors are
-``{"error": "..."}`` with a status code.
+``{"error": "..."}`` with a status code. ``think: false|true`` turns a thinking
+model's thought off or on; the thought comes back as ``message.thinking``
+(``thinking`` for ``/api/generate``), in the last line of a stream, never in
+the content.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ class _Routes:
         options = await asyncio.to_thread(_options, body)  # schemas: off the loop
         chat_request = replace(chat.chat_request(messages, options,
                                                  self.ctx.settings.llm.system_prompt),
-                               adapter=adapter)
+                               adapter=adapter, think=_think(body.get("think")))
         pending = self.ctx.gate.submit(chat_request, request.remote or "", options.max_tokens)
         name = answered_name(self.card.tagged, self.card, adapter)
         return await respond(request, pending, _Ndjson(name, field),
@@ -156,9 +159,14 @@ class _Ndjson:
     def __init__(self, model: str, field: str) -> None:
         self.model, self.field = model, field  # field: "message" (chat) or "response"
 
-    def _part(self, text: str, call: ToolCall | None = None) -> dict[str, Any]:
-        return {"model": self.model, "created_at": _now(),
-                self.field: _message_out(text, call) if self.field == "message" else text}
+    def _part(self, text: str, call: ToolCall | None = None,
+              thinking: str | None = None) -> dict[str, Any]:
+        part: dict[str, Any] = {
+            "model": self.model, "created_at": _now(),
+            self.field: _message_out(text, call) if self.field == "message" else text}
+        if thinking:  # a thinking model's thought, beside the answer (never in it)
+            (part["message"] if self.field == "message" else part)["thinking"] = thinking
+        return part
 
     def opening(self) -> list[bytes]:
         return []
@@ -182,7 +190,7 @@ class _Ndjson:
         total_ns = int(done.total_ms * 1e6) if done is not None else 0
         first_ns = int(done.ttft_ms * 1e6) if done is not None else 0
         return {
-            **self._part(text, call), "done": True,
+            **self._part(text, call, final.answer.thinking), "done": True,
             "done_reason": "length" if final.finish == "length" else "stop",
             "total_duration": total_ns, "load_duration": 0, "prompt_eval_duration": first_ns,
             "eval_count": final.answer.tokens,
@@ -223,6 +231,15 @@ def _message(raw: Any, where: str) -> chat.Message:
     tool_name = raw.get("tool_name")
     return chat.Message(role, chat.text_of(raw.get("content"), f"{where}.content"),
                         tuple(calls), tool_name if isinstance(tool_name, str) else None)
+
+
+def _think(value: Any) -> bool | None:
+    """Ollama's ``think``: true, false, or an effort (``"low"``...), which means true."""
+    if value is None or isinstance(value, bool):
+        return value
+    if value in ("low", "medium", "high"):
+        return True
+    raise bad_request(f"think: expected true, false, low, medium or high, got {value!r}")
 
 
 def _options(body: dict[str, Any]) -> chat.Options:

@@ -4,6 +4,8 @@ Streamed answers are server-sent events, ``data: {chat.completion.chunk}``
 with ``choices[0].delta``, ending ``data: [DONE]``; a tool call comes as
 ``tool_calls`` with its arguments as JSON text and ``finish_reason:
 "tool_calls"``. Errors are ``{"error": {"message", "type", "param", "code"}}``.
+A thinking model's thought is ``reasoning_content`` on the message (a stream:
+one delta of it before the last), never in ``content``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class _Sse:
     def closing(self, final: Final) -> list[bytes]:
         call = final.reply.call
         lines = [self._chunk({"tool_calls": [{"index": 0, **_call(call)}]})] if call else []
+        if final.answer.thinking:
+            lines.append(self._chunk({"reasoning_content": final.answer.thinking}))
         lines.append(self._chunk({}, final.finish))
         if self.usage:
             lines.append(_event({"id": self.id, "object": "chat.completion.chunk",
@@ -122,6 +126,8 @@ class _Sse:
                                    "content": None if call else final.reply.text}
         if call is not None:
             message["tool_calls"] = [_call(call)]
+        if final.answer.thinking:
+            message["reasoning_content"] = final.answer.thinking
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.model, "choices": [
                     {"index": 0, "message": message, "finish_reason": final.finish,

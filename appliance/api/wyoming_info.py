@@ -28,7 +28,7 @@ from wyoming.info import (
     TtsVoice,
 )
 
-from appliance import __version__
+import appliance
 from appliance.api.speech import Speech
 from appliance.config import Settings
 
@@ -105,7 +105,7 @@ def _handle(settings: Settings, model: str, languages: list[str]) -> HandleProgr
     about = f"the local model {model}" + (f", with {' and '.join(extras)}" if extras else "")
     return HandleProgram(
         name="appliance", attribution=APPLIANCE, installed=True, description=about,
-        version=__version__,
+        version=appliance.__version__,
         models=[HandleModel(name=model, attribution=APPLIANCE, installed=True,
                             description=about, version=None, languages=languages)],
         supports_handled_streaming=False, supports_home_control=acts)

@@ -11,7 +11,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from appliance import __version__, logs
+import appliance
+from appliance import logs
 from appliance.cli import (
     act,
     ask,
@@ -28,6 +29,14 @@ from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
 
 _COMMANDS = (run, ask, listen, act, config_cmd, doctor, models, catalog_cmd, knowledge, bench)
+
+
+class _Version(argparse.Action):
+    """``--version``: the package's version, read only when asked for (it costs an import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        parser.exit(message=f"appliance {appliance.__version__}\n")
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -60,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="appliance", description="Offline AI appliance: local LLM, speech, MQTT and GPIO.")
-    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     _add_common(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:

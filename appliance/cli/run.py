@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from appliance.config import find_config
-from appliance.hardware import cap_malloc_arenas
+from appliance.hardware import cap_malloc_arenas, return_large_buffers
 from appliance.preflight import preflight
 
 
@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load(args, service=True)
     cap_malloc_arenas()  # before any thread allocates: a long-running service
+    return_large_buffers()
     preflight(settings)  # what cannot work is one line now, not a crash loop under systemd
     from appliance.service.supervisor import run as supervise
 

@@ -90,6 +90,11 @@ class LlmSettings:
     """LoRA adapters by name, loaded once beside the model (see docs/models.md)."""
     adapter_for: Mapping[str, str] = field(default_factory=dict)
     """The adapter each source uses (``voice``, ``mqtt``, ``sensor``, ``api``); none: the base."""
+    thinking: Literal["auto", True, False] = "auto"
+    """A thinking model (its catalog entry says so) thinks: on, off, or auto (not for voice)."""
+    thinking_budget: int = field(default=512, metadata=bounds(1, 32768))
+    thinking_budget_voice: int = field(default=64, metadata=bounds(1, 32768))
+    publish_thinking: bool = False  # the thought on <base>/answer/thinking too
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,8 @@ class ThermalLevel:
     generation, a fixed "cooling down" reply). ``brief`` adds a brief-answer
     instruction to the system prompt, ``defer_rules`` holds sensor rules back
     until it is cooler (kept, not dropped), ``pause_s`` waits between generations.
+    ``thinking`` is the share of a thinking model's budget left at this level
+    (0: it does not think), applied live to a running thought too.
     """
 
     name: str
@@ -150,6 +157,7 @@ class ThermalLevel:
     pause_s: float = field(default=0.0, metadata=bounds(0.0, 600.0))
     n_threads: int | None = field(default=None, metadata=bounds(1, 256))
     n_threads_batch: int | None = field(default=None, metadata=bounds(1, 256))
+    thinking: float = field(default=1.0, metadata=bounds(0.0, 1.0))
 
     def budget(self, llm_max_tokens: int) -> int:
         """The answer budget at this level, given ``llm.max_tokens``."""
@@ -160,10 +168,10 @@ DEFAULT_THERMAL_LEVELS = (
     ThermalLevel("normal", 0.0),
     # Decoding is bound by memory bandwidth and saturates at 2-3 threads on a Pi 5:
     # fewer threads cost little speed and save power, so they go first.
-    ThermalLevel("warm", 70.0, None, n_threads=2),
-    ThermalLevel("hot", 75.0, 96, brief=True, n_threads=2),
-    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True, n_threads=1),
-    ThermalLevel("emergency", 85.0, 0, defer_rules=True, n_threads=1),
+    ThermalLevel("warm", 70.0, None, n_threads=2, thinking=0.5),
+    ThermalLevel("hot", 75.0, 96, brief=True, n_threads=2, thinking=0.0),
+    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True, n_threads=1, thinking=0.0),
+    ThermalLevel("emergency", 85.0, 0, defer_rules=True, n_threads=1, thinking=0.0),
 )
 
 
@@ -224,6 +232,12 @@ class VoiceSettings:
     echo_tail_s: float = field(default=0.8, metadata=bounds(0.0, 10.0))
     wake: WakeSettings = WakeSettings()
     prefill: bool = True
+    # Follow-ups (appliance/voice/follow_up.py): after an answer that asks something,
+    # listen this long without the wake word (0: never), at most so many times in a row.
+    follow_up_s: float = field(default=5.0, metadata=bounds(0.0, 60.0))
+    follow_up_max: int = field(default=3, metadata=bounds(1, 20))
+    follow_up_end: tuple[str, ...] = ("thank you", "thanks", "no thanks", "that's all")
+    kid_safe_follow_up: bool = False
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class ModelWorker:
         self._pending: dict[str, _Pending] = {}
         self._last_pong = 0.0
         self._budget: int | None = None
+        self._thinking = 1.0  # the thermal share of a thinking model's budget
         self._threads: tuple[int | None, int | None] = (None, None)
         self._stopping = False
 
@@ -186,8 +187,8 @@ class ModelWorker:
             self.default_threads = event.n_threads
             self._last_pong = time.monotonic()
             self.last_error = None
-            if self._budget is not None:
-                self._send(pipe.Budget(self._budget))
+            if self._budget is not None or self._thinking != 1.0:
+                self._send(pipe.Budget(self._budget, self._thinking))
             if self._threads != (None, None):
                 self._send(pipe.Threads(*self._threads))
             self.ready.set()
@@ -255,7 +256,12 @@ class ModelWorker:
     def set_budget(self, tokens: int | None) -> None:
         """The live token budget (``None``: no limit beyond each request's own)."""
         self._budget = tokens
-        self._send(pipe.Budget(tokens))
+        self._send(pipe.Budget(tokens, self._thinking))
+
+    def set_thinking(self, share: float) -> None:
+        """The share of a thinking model's budget, applied live to a running thought too."""
+        self._thinking = share
+        self._send(pipe.Budget(self._budget, share))
 
     def set_threads(self, n_threads: int | None, n_threads_batch: int | None) -> None:
         """Decode/batch threads, applied live between tokens (``None``: configured)."""

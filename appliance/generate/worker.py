@@ -29,6 +29,7 @@ from appliance import logs
 from appliance.catalog import resolve_llm
 from appliance.config import load_settings
 from appliance.errors import ApplianceError
+from appliance.hardware import cap_malloc_arenas, return_large_buffers
 from appliance.llm import ChatRequest
 from appliance.llm.adapter_files import resolve_adapters
 from appliance.llm.batching import ChunkBatcher
@@ -47,6 +48,7 @@ class _Worker:
         self.out_lock = threading.Lock()
         self.jobs: queue.Queue[pipe.Generate | pipe.Prefill | None] = queue.Queue()
         self.budget: int | None = None
+        self.thinking = 1.0  # the thermal share of a thinking model's budget
         self.cancels: dict[str, threading.Event] = {}
 
     def send(self, message: pipe.Message) -> None:
@@ -71,7 +73,8 @@ class _Worker:
         try:
             result = self.engine.complete(
                 request, cancel=cancel, on_chunk=batcher.add,
-                budget=lambda: self.budget if self.budget is not None else 1 << 30)
+                budget=lambda: self.budget if self.budget is not None else 1 << 30,
+                thinking_share=lambda: self.thinking)
             batcher.flush()
             self.send(pipe.Done(result))
         except ApplianceError as exc:
@@ -112,7 +115,7 @@ class _Worker:
             if event is not None:
                 event.set()
         elif isinstance(command, pipe.Budget):
-            self.budget = command.tokens
+            self.budget, self.thinking = command.tokens, command.thinking
         elif isinstance(command, pipe.Threads):
             self.engine.set_threads(command.n_threads, command.n_threads_batch)
         elif isinstance(command, pipe.Ping):
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
+    cap_malloc_arenas()  # before the model and its threads allocate
+    return_large_buffers()
     try:
         settings = load_settings(argv[0] if argv else None)
         logs.configure(settings.log.level, settings.log.format)

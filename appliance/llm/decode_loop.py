@@ -87,7 +87,8 @@ class Generation(Iterator[int]):
     """The tokens of one answer as they are sampled (made by :func:`generate`).
 
     ``drafted`` and ``accepted`` count the draft tokens proposed and the
-    ones the model agreed with.
+    ones the model agreed with. A thinking model's thought is sampled with the
+    grammar held off (:meth:`hold_grammar`) and may be closed by :meth:`force`.
     """
 
     def __init__(self, llm: llama_cpp.Llama, tokens: list[int], sampler: _Sampler,
@@ -98,10 +99,19 @@ class Generation(Iterator[int]):
         self._row = -1
         self.drafted = 0
         self.accepted = 0
+        self._forced: list[int] = []
         self._steps = self._run(tokens)
 
     def __next__(self) -> int:
         return next(self._steps)
+
+    def hold_grammar(self, held: bool) -> None:
+        """Sample without the grammar while ``held`` (a thinking model's thought)."""
+        self._sampler.free = held
+
+    def force(self, tokens: Sequence[int]) -> None:
+        """Read ``tokens`` after the token just yielded, in one batch with it (no draft)."""
+        self._forced = list(tokens)
 
     def logits(self) -> np.ndarray:
         """The logits that sampled the last token (a view, valid until the next is asked for)."""
@@ -132,7 +142,8 @@ class Generation(Iterator[int]):
                 sampled = self._verify(sampled[-1], guess)
                 rows = range(len(sampled))
             else:
-                llm.eval(sampled[-1:])
+                llm.eval([*sampled[-1:], *self._forced])
+                self._forced = []
                 sampled, rows = [self._sampler.sample(-1)], range(-1, 0)
 
     def _verify(self, last: int, guess: list[int]) -> list[int]:
@@ -197,6 +208,7 @@ class _Sampler:
         self._near_top = (temp == 0.0 and repeat_penalty >= 1.0 and frequency_penalty >= 0.0
                           and presence_penalty >= 0.0)
         self._grammar: native.SamplerChain | None = None
+        self.free = False
         if grammar is None:
             return
         self._grammar = native.grammar_sampler(llm, grammar)
@@ -213,7 +225,7 @@ class _Sampler:
 
     def sample(self, idx: int) -> int:
         """Sample from the logits of output ``idx`` of the last decode, and accept the token."""
-        if self._grammar is None:
+        if self._grammar is None or self.free:
             return llama_cpp.llama_sampler_sample(self._chain.handle, self._ctx, idx)
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, idx),
                                        shape=(self._n_vocab,))

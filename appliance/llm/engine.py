@@ -43,6 +43,7 @@ from appliance.llm.memory import check_fits
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache, cacheable_prefixes
 from appliance.llm.prompt import ChatPrompt, PromptTokens, common_prefix
+from appliance.llm.thought import NO_THOUGHT, Share, Thinker, ThoughtPlan
 from appliance.llm.types import ChatRequest, Completion, FinishReason, OnChunk
 from appliance.logs import bind_request, get_logger
 
@@ -87,6 +88,7 @@ class Engine:
             raise ModelError(f"{model.path}: cannot load the model: {exc}") from exc
         self.prompt = ChatPrompt(self._llm)
         self.adapters = AdapterSet(self._llm, adapters or {})
+        self.thinker = Thinker.of(self._llm, model.entry)  # None: the model does not think
         self._prefixes = PrefixCache(settings.prefix_cache_entries, disk_cache)
         self._lock = threading.Lock()
         self.threads = self.default_threads
@@ -141,7 +143,8 @@ class Engine:
                      was=self.threads[0])
             self.threads = wanted
 
-    def _render(self, request: ChatRequest) -> tuple[PromptTokens, tuple[int, ...]]:
+    def _render(self, request: ChatRequest,
+                plan: ThoughtPlan = NO_THOUGHT) -> tuple[PromptTokens, tuple[int, ...]]:
         """The prompt, and the prefix every prompt with its system message and turns shares.
 
         Earlier turns that would leave too little room for the answer's budget
@@ -150,23 +153,21 @@ class Engine:
         """
         system = (request.system_prompt if request.system_prompt is not None
                   else self.settings.system_prompt)
-        history = request.history
-        wanted = self.settings.n_ctx - (request.max_tokens or self.settings.max_tokens)
-        prompt = self.prompt.render(system, request.text, history, request.context)
-        while history and len(prompt.tokens) > wanted:
-            history = history[2:] if len(history) > 1 else ()
-            prompt = self.prompt.render(system, request.text, history, request.context)
+        prompt, history = self.prompt.fit(
+            system, plan.question(request.text), request.history, request.context,
+            self.settings.n_ctx - (request.max_tokens or self.settings.max_tokens))
         if len(history) < len(request.history):
             log.info("history_trimmed", dropped=len(request.history) - len(history),
                      kept=len(history), prompt_tokens=len(prompt.tokens))
+        prompt = replace(prompt, tokens=prompt.tokens + plan.suffix)  # a thought opened, or not
         return prompt, self.prompt.prefix_tokens(system, history)
 
     def _restore(self, prefix: tuple[int, ...], base: tuple[int, ...],
-                 variant: str) -> tuple[int, int]:
+                 variant: str, floor: int = 0) -> tuple[int, int]:
         if not prefix:
             self._llm.reset()
             return 0, 0
-        return self._prefixes.restore(self._llm, prefix, base, variant)
+        return self._prefixes.restore(self._llm, prefix, base, variant, floor)
 
     def prefill(self, request: ChatRequest, pending: Callable[[], bool]) -> tuple[int, int]:
         """Read ``request``'s prompt (its question so far, the turn closed) without answering.
@@ -186,7 +187,7 @@ class Engine:
             if len(wanted) >= self.settings.n_ctx:
                 return 0, 0
             llm = self._llm
-            self._restore(*cacheable_prefixes(*rendered), variant)
+            self._restore(*cacheable_prefixes(*rendered), variant, rendered[0].first_turn_end)
             keep = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), wanted)
             native.set_n_tokens(llm, keep)
             native.drop_kv(llm, keep, seq=0)
@@ -204,6 +205,7 @@ class Engine:
         on_chunk: OnChunk | None = None,
         cancel: threading.Event | None = None,
         budget: Budget | None = None,
+        thinking_share: Share | None = None,
     ) -> Completion:
         """Answer ``request``, calling ``on_chunk`` with text as it is generated.
 
@@ -212,18 +214,22 @@ class Engine:
         of it, or at the budget itself, with ``finish_reason="throttled"``.
         Setting ``cancel`` (from any thread) stops it with ``"cancelled"``.
         Both take effect within one token, and the chunks always join up to
-        exactly the answer's text.
+        exactly the answer's text. A thinking model thinks for at most
+        ``request.thinking_budget`` x ``thinking_share()`` tokens, read live
+        (:mod:`appliance.llm.thought`); its thought is never part of the answer.
         """
         with self._lock, bind_request(request.id):
-            return self._complete(request, on_chunk, cancel, budget)
+            return self._complete(request, on_chunk, cancel, budget, thinking_share)
 
     def _complete(self, request: ChatRequest, on_chunk: OnChunk | None,
-                  cancel: threading.Event | None, budget: Budget | None) -> Completion:
+                  cancel: threading.Event | None, budget: Budget | None,
+                  share: Share | None) -> Completion:
         s, llm = self.settings, self._llm
         started = time.monotonic()
         self._apply_threads()
         variant = self._use(request.adapter)
-        rendered = self._render(request)
+        plan = ThoughtPlan.of(self.thinker, request, share or (lambda: 1.0))
+        rendered = self._render(request, plan)
         tokens = rendered[0].tokens
         limit = request.max_tokens or s.max_tokens
         room = s.n_ctx - len(tokens)
@@ -233,7 +239,8 @@ class Engine:
         if cancel is not None and cancel.is_set():
             return self._result(request, Decoder.empty(), "cancelled", started, started,
                                 len(tokens), 0, 0)
-        cached, fresh = self._restore(*cacheable_prefixes(*rendered), variant)
+        cached, fresh = self._restore(*cacheable_prefixes(*rendered), variant,
+                                      rendered[0].first_turn_end)
         # Tokens read for this answer: what the prefix cache had to evaluate, and whatever
         # the KV cache does not hold yet. A prompt held whole with its logits live (a
         # prefilled final question) is sampled at once; otherwise at least one is replayed.
@@ -250,15 +257,17 @@ class Engine:
             frequency_penalty=_pick(sampling.frequency_penalty, s.frequency_penalty),
             presence_penalty=_pick(sampling.presence_penalty, s.presence_penalty),
             grammar=grammar_for(request.json_schema),
-            draft=PromptLookup() if request.prompt_lookup else None)
+            draft=PromptLookup() if request.prompt_lookup and plan.state == "answer" else None)
         decoder = Decoder(llm, request, on_chunk, generation.logits)
         finish: FinishReason = "length"
         first_at: float | None = None
         allowed = min(limit, room)
+        thought = plan.start(generation, room, allowed)
         for token in generation:
-            if first_at is None:
+            thinking = thought.take(token)  # a thought's token never reaches the decoder
+            if first_at is None and not thinking:
                 first_at = time.monotonic()
-            ended = decoder.add(token)
+            ended = None if thinking else decoder.add(token)
             if ended is not None:
                 finish = ended
                 break
@@ -271,17 +280,18 @@ class Engine:
                     and decoder.at_sentence_end):
                 finish = "throttled"
                 break
-            if decoder.count >= allowed:
+            if decoder.count >= min(allowed, room - thought.used):
                 break
             self._apply_threads()
         decoder.finish()
-        result = replace(self._result(request, decoder, finish, started, first_at,
-                                      len(tokens), cached, evaluated),
-                         drafted=generation.drafted, accepted=generation.accepted)
+        result = thought.into(replace(self._result(request, decoder, finish, started, first_at,
+                                                   len(tokens), cached, evaluated),
+                                      drafted=generation.drafted, accepted=generation.accepted))
         log.info("completed", tokens=result.tokens, finish_reason=finish,
                  ttft_ms=round(result.ttft_ms), tokens_per_s=round(result.tokens_per_s, 2),
                  cached_tokens=cached, evaluated_tokens=evaluated, prompt_tokens=len(tokens),
-                 drafted=result.drafted, accepted=result.accepted)
+                 drafted=result.drafted, accepted=result.accepted,
+                 thinking_tokens=result.thinking_tokens)
         return result
 
     def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,

@@ -48,13 +48,18 @@ class PrefixCache:
         self._states: OrderedDict[tuple[str, tuple[int, ...]], KvSnapshot] = OrderedDict()
 
     def restore(self, llm: llama_cpp.Llama, prefix: tuple[int, ...],
-                base: tuple[int, ...] = (), variant: str = "") -> tuple[int, int]:
+                base: tuple[int, ...] = (), variant: str = "", floor: int = 0,
+                ) -> tuple[int, int]:
         """Make ``llm``'s context begin with ``prefix``: ``(tokens reused, tokens evaluated)``.
 
         ``base`` is a shorter prefix of it that is cached on its own (the
         system prompt, under a passage prefix): on a miss it is restored first,
         only the rest is evaluated, and the result also goes to disk.
-        ``variant``: the adapter the context computes under now.
+        ``variant``: the adapter the context computes under now. ``floor`` > 0 (a
+        prompt with earlier turns: where the first one ends): a context that already
+        holds at least that much of ``prefix`` (the same conversation, one turn on)
+        is kept, and only the rest is evaluated; and no state of such a prefix is
+        kept (it would not recur: the conversation's next turn is longer).
         """
         if not prefix or not (self.capacity or self.disk is not None):
             llm.reset()
@@ -75,7 +80,7 @@ class PrefixCache:
             kv_state.restore(llm, snapshot)
             return n, 0
         live = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), prefix)
-        if live > len(base) and native.drop_kv(llm, live, seq=0):
+        if floor and live >= floor and live > len(base) and native.drop_kv(llm, live, seq=0):
             # The context already holds most of it (a conversation's next turn: the last
             # answer is in the cache as it was generated): read only what differs.
             native.set_n_tokens(llm, live)
@@ -87,10 +92,11 @@ class PrefixCache:
             llm.reset()
             reused, evaluated = 0, 0
         llm.eval(list(prefix[llm.n_tokens:]))
-        snapshot = kv_state.capture(llm, variant)
-        self.put(snapshot)
-        if base and self.disk is not None:
-            self.disk.save(snapshot)
+        if not floor:  # a conversation's prefix is not kept: its next turn reuses the context
+            snapshot = kv_state.capture(llm, variant)
+            self.put(snapshot)
+            if base and self.disk is not None:
+                self.disk.save(snapshot)
         return reused, evaluated + n - max(len(base), reused)
 
     def put(self, snapshot: KvSnapshot) -> None:

@@ -61,6 +61,9 @@ class ChatRequest:
     data; ``json_schema`` (JSON text) constrains the output with a grammar;
     ``stop`` ends the answer at any of these strings; ``adapter`` names the LoRA
     adapter of ``llm.adapters`` to answer with (``None``: the base model).
+    ``think`` is a client's wish (an API's ``think``; ``None``: the device's
+    ``llm.thinking`` decides), ``thinking_budget`` the most tokens a thinking
+    model may think for, before the thermal share (0: it does not think).
     """
 
     text: str
@@ -75,6 +78,8 @@ class ChatRequest:
     confidence: Confidence | None = None
     prompt_lookup: bool = False
     adapter: str | None = None
+    think: bool | None = None
+    thinking_budget: int = 0
 
     def to_data(self) -> dict[str, Any]:
         """Plain JSON-able fields."""
@@ -116,7 +121,9 @@ class Completion:
     ``evaluated_tokens``: prompt tokens the model had to read for this answer
     (the rest came from a cached state); ``n_threads``: decode threads in use
     at the end; ``confidence``: the mean log-probability that was watched, if any;
-    ``drafted``/``accepted``: prompt-lookup draft tokens proposed and kept.
+    ``drafted``/``accepted``: prompt-lookup draft tokens proposed and kept;
+    ``thinking``: what a thinking model thought before it answered (never part
+    of ``text``), in ``thinking_tokens`` tokens and ``thinking_ms``.
     """
 
     id: str
@@ -135,6 +142,9 @@ class Completion:
     low_confidence: bool = False
     drafted: int = 0
     accepted: int = 0
+    thinking: str = ""
+    thinking_tokens: int = 0
+    thinking_ms: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         """The public JSON fields of an answer."""

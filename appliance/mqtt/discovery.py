@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from appliance import __version__
+import appliance
 from appliance.config.schema import Action
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import Outgoing
@@ -64,8 +64,8 @@ def discovery_message(prefix: str, device_id: str, topics: Topics,
         component["qos"] = 1
     config = {
         "dev": {"ids": [device_id], "name": f"Appliance {device_id}", "mf": "appliance",
-                "mdl": "Offline AI appliance", "sw": __version__},
-        "o": {"name": "appliance", "sw": __version__},
+                "mdl": "Offline AI appliance", "sw": appliance.__version__},
+        "o": {"name": "appliance", "sw": appliance.__version__},
         "availability": [{"topic": topics.status, "payload_available": "online",
                           "payload_not_available": "offline"}],
         "cmps": components,

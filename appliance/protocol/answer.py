@@ -113,6 +113,9 @@ class Answer:
                         else None)
             if done.n_threads:
                 body["n_threads"] = done.n_threads
+            if done.thinking_tokens:  # how long it thought; the thought itself never goes here
+                body.update(thinking_tokens=done.thinking_tokens,
+                            thinking_ms=round(done.thinking_ms, 1))
         if self.tier is not None:
             body["tier"] = self.tier
         if self.escalation is not None:

@@ -84,10 +84,14 @@ class Cancel(Message):
 
 @dataclass(frozen=True)
 class Budget(Message):
-    """The live token budget (``None``: only each request's own limit)."""
+    """The live token budget (``None``: only each request's own limit).
+
+    ``thinking``: the share of a thinking model's budget at this thermal level.
+    """
 
     kind: ClassVar[str] = "budget"
     tokens: int | None
+    thinking: float = 1.0
 
 
 @dataclass(frozen=True)

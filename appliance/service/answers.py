@@ -69,4 +69,4 @@ class AnswerMaker:
             fields["sources"] = sources
         return self._answer(request, text, finish, tokens=tokens, model=done.model,
                             completion=done, tier=routed.tier, escalation=routed.escalation,
-                            **fields)
+                            thinking=done.thinking or None, **fields)

@@ -25,9 +25,7 @@ from appliance.config.secrets import read_api_key
 from appliance.generate.base import Generator
 from appliance.generate.local import ModelWorker
 from appliance.generate.mqtt_remote import MqttGenerator
-from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioDevices, GpioUnavailable
-from appliance.knowledge import index_path
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
@@ -41,15 +39,15 @@ from appliance.service.dispatcher import Dispatcher
 from appliance.service.inbox import Inbox
 from appliance.service.intake import Intake, Route, listen_topics
 from appliance.service.journal import Journal
-from appliance.service.knowledge_context import KnowledgeContext
 from appliance.service.router import Router
 from appliance.service.state_outlet import StateOutlet
 from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
-from appliance.voice.controller import VoiceController
 
 if TYPE_CHECKING:
     from appliance.api import Apis
+    from appliance.service.knowledge_context import KnowledgeContext
+    from appliance.voice.controller import VoiceController
 
 log = get_logger("supervisor")  # its lines, as they were before the root moved here
 
@@ -112,16 +110,19 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
     router = Router(worker, remote, escalation, settings.thermal.levels,
                     kid_safe=settings.voice.kid_safe,
                     on_change=lambda: _router_changed(router, status))
-    knowledge = (KnowledgeContext(settings.knowledge, index_path(settings.data_dir))
-                 if settings.knowledge.enabled else None)
+    knowledge = _knowledge(settings)
     desk = ActionDesk(settings, topics, bridge, world,
                       gpio.set_output if gpio is not None else None)
     power = await PowerMonitor.open(settings.power)
-    voice = VoiceController(
-        settings, loop, submit=inbox.ask, cancel_running=inbox.cancel_running,
-        prefill=inbox.prefill, publish=bridge.publish, facts=status.update,
-        on_error=lambda message: _voice_failed(message, status, bridge, topics),
-        on_intent=desk.spoken, pin_factory=pin_factory) if settings.voice.enabled else None
+    voice = None
+    if settings.voice.enabled:  # vosk and numpy load only on a device that listens
+        from appliance.voice.controller import VoiceController
+
+        voice = VoiceController(
+            settings, loop, submit=inbox.ask, cancel_running=inbox.cancel_running,
+            prefill=inbox.prefill, publish=bridge.publish, facts=status.update,
+            on_error=lambda message: _voice_failed(message, status, bridge, topics),
+            on_intent=desk.spoken, pin_factory=pin_factory)
     dispatcher = Dispatcher(
         router=router, outlet=bridge, journal=journal, topics=topics, rules=rules,
         status=status, queue_size=settings.mqtt.queue_size,
@@ -132,6 +133,8 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         # Toy mode keeps conversations in memory only: nothing a child says is written down.
         conversations=Conversations(settings.conversation,
                                     None if settings.voice.kid_safe else journal))
+    if voice is not None:  # an answer that asks something back opens a follow-up window
+        dispatcher.answer_listeners.append(voice.answered)
     state_outlet = StateOutlet(status, topics.state, bridge.publish,
                                worker_pid=lambda: worker.pid, power_w=lambda: power.power_w)
 
@@ -162,6 +165,7 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
     def on_level(level: ThermalLevel) -> None:
         budget = level.budget(settings.llm.max_tokens)
         router.set_budget(budget)
+        worker.set_thinking(level.thinking)
         worker.set_threads(level.n_threads, level.n_threads_batch)
         dispatcher.set_level(level, throttled=watchdog.index > 0)
         status.update(throttle_level=level.name, max_tokens=budget, n_threads=worker.n_threads)
@@ -197,6 +201,16 @@ def _gpio(settings: Settings, inbox: Inbox, pin_factory: Factory | None) -> Gpio
         return None
 
 
+def _knowledge(settings: Settings) -> KnowledgeContext | None:
+    """The manuals, if they are on (their index and embedder load only then)."""
+    if not settings.knowledge.enabled:
+        return None
+    from appliance.knowledge import index_path
+    from appliance.service.knowledge_context import KnowledgeContext
+
+    return KnowledgeContext(settings.knowledge, index_path(settings.data_dir))
+
+
 def _remote(settings: Settings, bridge: Bridge, reply_base: str) -> Generator | None:
     """The bigger model of ``escalation``, if it is on."""
     escalation = settings.escalation
@@ -207,6 +221,8 @@ def _remote(settings: Settings, bridge: Bridge, reply_base: str) -> Generator | 
                              first_token_timeout_s=escalation.first_token_timeout_s,
                              timeout_s=escalation.timeout_s)
     assert escalation.endpoint is not None  # the config checks require one of the two
+    from appliance.generate.openai_http import OpenAIGenerator  # httpx: only when used
+
     return OpenAIGenerator(escalation.endpoint, escalation.model, read_api_key(settings),
                            first_token_timeout_s=escalation.first_token_timeout_s,
                            timeout_s=escalation.timeout_s)

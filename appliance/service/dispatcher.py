@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.actions.decision import AnswerText, parse_decision
 from appliance.actions.service import ActionService, DuplicateProposal
 from appliance.actions.world import WorldState
+from appliance.actions.yes_no import yes_or_no
 from appliance.config.schema import LlmSettings, ThermalLevel
 from appliance.errors import ErrorCode
 from appliance.generate.base import GenerationFailed, GeneratorCrashed
@@ -32,7 +33,6 @@ from appliance.service.answers import AnswerMaker, Decided
 from appliance.service.conversations import Conversations
 from appliance.service.guard import INTERNAL_ERROR
 from appliance.service.journal import Journal
-from appliance.service.knowledge_context import KnowledgeContext
 from appliance.service.outlets import Outlet, Outlets, RequestStream, VoiceOut, Watcher
 from appliance.service.preparation import NOT_IN_MANUALS, Preparation, Prepared, Refusal
 from appliance.service.router import Router
@@ -40,6 +40,9 @@ from appliance.service.rule_handling import RuleHandling
 from appliance.service.scheduler import Ran, Rejected, Scheduler
 from appliance.service.status import Status
 from appliance.service.work_queue import WorkQueue
+
+if TYPE_CHECKING:
+    from appliance.service.knowledge_context import KnowledgeContext
 
 log = get_logger("dispatcher")
 
@@ -59,7 +62,8 @@ class Dispatcher:
                  conversations: Conversations | None = None) -> None:
         self.router, self.topics, self.status = router, topics, status
         self.outlets = Outlets(outlet, topics, stream=stream, kid_safe=kid_safe,
-                               device_id=device_id, speaker=speaker)
+                               device_id=device_id, speaker=speaker,
+                               publish_thinking=llm.publish_thinking)
         self.answers = AnswerMaker(status, device_id, sources=knowledge is not None)
         self.scheduler = Scheduler(journal=journal, status=status, queue_size=queue_size,
                                    cancel_running=router.cancel, on_cooling=self._cooling)
@@ -95,7 +99,7 @@ class Dispatcher:
 
     def submit(self, request: Request, watcher: Watcher | None = None) -> bool:
         """Queue ``request`` (see :meth:`Scheduler.submit`); ``watcher`` gets its answer."""
-        if self._fast_action(request, watcher):
+        if self._confirmation(request, watcher) or self._fast_action(request, watcher):
             return True
         queued = self.scheduler.submit(request)
         if queued and watcher is not None:
@@ -187,6 +191,26 @@ class Dispatcher:
             sources=tuple(p.source for p in prepared.passages)))
         return "answered"
 
+    def _confirmation(self, request: Request, watcher: Watcher | None) -> bool:
+        """A yes or no in the conversation where "Shall I ...?" was asked answers it.
+
+        The same words in another conversation (or in none) are a question like any
+        other. What became of the action is the answer (the asking request hears it
+        too, as it always does).
+        """
+        actions, conversation = self.actions, request.conversation
+        yes = yes_or_no(request.text) if actions is not None and conversation else None
+        if yes is None or actions is None or conversation is None:
+            return False
+        waiting = actions.waiting_in(conversation, request.entrance)
+        outcome = actions.confirm(waiting, yes, request.entrance) if waiting else None
+        if outcome is None:
+            return False
+        if watcher is not None:
+            self.outlets.watchers[request.id] = watcher
+        self._answer(request, self.answers.acted(request, outcome))
+        return True
+
     def _fast_action(self, request: Request, watcher: Watcher | None) -> bool:
         """An action's own phrase acts at once, without the queue or the model."""
         actions = self.actions
@@ -198,7 +222,8 @@ class Dispatcher:
         try:
             outcome = actions.propose(request.id, action.name, {}, request.entrance,
                                       on_outcome=lambda later: self.outlets.say(request,
-                                                                                later.text))
+                                                                                later.text),
+                                      conversation=request.conversation)
         except DuplicateProposal as exc:
             raise Rejected(str(exc)) from None
         if watcher is not None:
@@ -218,7 +243,8 @@ class Dispatcher:
             outcome = self.actions.propose(request.id, decision.action, decision.args or {},
                                            request.entrance, allowed=list(prepared.offered),
                                            on_outcome=lambda later: self.outlets.say(
-                                               request, later.text))
+                                               request, later.text),
+                                           conversation=request.conversation)
         except DuplicateProposal as exc:
             return Failure(exc.code, str(exc))
         stream.stream(Chunk(request.id, 0, outcome.text))  # the outcome is what is said

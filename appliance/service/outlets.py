@@ -3,7 +3,8 @@
 MQTT (the answer through the outbox, the chunks on ``answer/stream``), the
 speaker for voice, the waiter of an API request (a :class:`Watcher`), and
 anyone listening for answers (metrics). Toy mode keeps a voice conversation on
-the device: it is spoken, never published.
+the device: it is spoken, never published. A thinking model's thought is never
+the answer: with ``llm.publish_thinking`` it goes on ``<base>/answer/thinking``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ class Outlets:
     """Every way out for answers; ``stream(request)`` makes one request's chunk stream."""
 
     def __init__(self, outlet: Outlet, topics: Topics, *, stream: bool, kid_safe: bool,
-                 device_id: str, speaker: VoiceOut | None = None) -> None:
+                 device_id: str, speaker: VoiceOut | None = None,
+                 publish_thinking: bool = False) -> None:
         self.outlet, self.topics = outlet, topics
+        self.publish_thinking = publish_thinking
         self.publish_chunks, self.kid_safe, self.device_id = stream, kid_safe, device_id
         self.speaker = speaker  # where voice answers are spoken
         self.listeners: list[Callable[[Request, Answer], None]] = []
@@ -100,11 +103,24 @@ class Outlets:
         for listener in self.listeners:
             listener(request, answer)
         if request.source != "api":
-            self.outlet.deliver(request.id, [] if self.private(request) else [Outgoing(
+            messages = [] if self.private(request) else [Outgoing(
                 request.reply_topic or default_topic, _json(answer.to_json()),
-                correlation=request.correlation)])
+                correlation=request.correlation)]
+            if messages and self.publish_thinking and answer.thinking:
+                messages.append(self._thought(answer))
+            self.outlet.deliver(request.id, messages)
         log.info("answer_ready", finish_reason=answer.finish_reason, tokens=answer.tokens,
                  topic=request.reply_topic or default_topic)
+
+
+    def _thought(self, answer: Answer) -> Outgoing:
+        """The answer's thought, for ``<base>/answer/thinking``."""
+        done = answer.completion
+        return Outgoing(f"{self.topics.answer}/thinking", _json({
+            "id": answer.id, "thinking": answer.thinking, "source": answer.source,
+            "thinking_tokens": done.thinking_tokens if done is not None else 0,
+            "thinking_ms": round(done.thinking_ms, 1) if done is not None else 0.0,
+            "device_id": answer.device_id}))
 
 
 class RequestStream:

@@ -9,6 +9,7 @@ Wyoming ``handle`` alike:
 - toy mode (``voice.kid_safe``): the children's prompt and token limit for
   whatever a child may say, spoken on the device or through Wyoming;
 - the thermal level's token budget, and its "one short sentence";
+- a thinking model's budget (:mod:`appliance.service.thinking`);
 - the manual passages (``knowledge``), or a refusal when the manuals must
   answer (``knowledge.mode: only``) and do not;
 - the actions the model may choose among, as a JSON-schema decision.
@@ -20,17 +21,21 @@ Wyoming ``handle`` alike:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from appliance.actions.service import ActionService
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, ThermalLevel
-from appliance.knowledge import Passage
 from appliance.llm import ChatRequest
 from appliance.llm.adapter_files import adapter_for
 from appliance.protocol.messages import Request
 from appliance.rules import RuleSet
+from appliance.service import thinking
 from appliance.service.conversations import Conversations
-from appliance.service.knowledge_context import KnowledgeContext, refusal
 from appliance.voice.kid_safe import KID_MAX_TOKENS, KID_SYSTEM_PROMPT
+
+if TYPE_CHECKING:  # the manuals' code loads only on a device that has them on
+    from appliance.knowledge import Passage
+    from appliance.service.knowledge_context import KnowledgeContext
 
 BRIEF_INSTRUCTION = " Keep the answer to one short sentence."
 NOT_IN_MANUALS = "not in the manuals"
@@ -88,6 +93,7 @@ class Preparation:
             base, text=request.text, id=request.id, history=history,
             adapter=adapter_for(self.llm, request.source, rule_adapter, named=base.adapter),
             max_tokens=min(request.max_tokens or self.llm.max_tokens, budget),
+            thinking_budget=thinking.budget(self.llm, request.entrance, base.think, level),
             system_prompt=system + BRIEF_INSTRUCTION if level.brief else system)
 
     async def prepare(self, request: Request, level: ThermalLevel) -> Prepared | Refusal:
@@ -125,4 +131,6 @@ class Preparation:
         passages = await knowledge.passages(request.text)
         if passages or knowledge.settings.mode != "only":
             return passages
+        from appliance.service.knowledge_context import refusal
+
         return Refusal(refusal(await knowledge.closest(request.text)))

@@ -15,12 +15,12 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpiozero.pins import Factory
 
 from appliance.config import Settings
 from appliance.generate.local import ModelWorker
-from appliance.generate.openai_http import OpenAIGenerator
 from appliance.gpio import GpioDevices
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
@@ -32,7 +32,9 @@ from appliance.service.journal import JournalError
 from appliance.service.notify import Notifier
 from appliance.service.parts import Parts
 from appliance.service.status import Status
-from appliance.voice.controller import VoiceController
+
+if TYPE_CHECKING:
+    from appliance.voice.controller import VoiceController
 
 log = get_logger("supervisor")
 
@@ -198,8 +200,9 @@ class Supervisor:
         await service.bridge.close()
         if service.knowledge is not None:
             service.knowledge.close()
-        if isinstance(service.remote, OpenAIGenerator):
-            await service.remote.close()
+        close_remote = getattr(service.remote, "close", None)  # an HTTP client to close
+        if close_remote is not None:
+            await close_remote()
         service.journal.close()
         if service.gpio is not None:
             service.gpio.close()

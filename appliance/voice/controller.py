@@ -26,9 +26,9 @@ from gpiozero import Button, GPIOZeroError
 from gpiozero.pins import Factory
 
 from appliance.config import Settings
-from appliance.llm import new_request_id
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
+from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Outgoing, Request
 from appliance.voice.activation import (
     RELEASE_S,
@@ -38,6 +38,7 @@ from appliance.voice.activation import (
     prefill_text,
     route,
 )
+from appliance.voice.follow_up import FollowUps
 from appliance.voice.hearing import Woke, uses_wake_word
 from appliance.voice.recognizer import Heard
 from appliance.voice.service import Loudspeaker, VoiceInput, source_name
@@ -54,7 +55,8 @@ class VoiceController:
     answer being generated, ``prefill(text)`` lets an idle model read a
     question so far, ``publish`` sends transcripts, ``facts(**kw)`` reports
     ``hearing``/``speaking``, ``on_intent(name, say)`` hears intents that are not
-    the controller's own (yes/no answers to a confirmation).
+    the controller's own (yes/no answers to a confirmation). :meth:`answered`
+    hears every answer, for follow-ups (appliance/voice/follow_up.py).
     """
 
     def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, *,
@@ -82,6 +84,9 @@ class VoiceController:
         self.failed = False
         self._speaking = False
         self._echo_until = float("-inf")  # sound that begins before this may be our voice
+        self.follow_ups = FollowUps(  # after an answer that asks: listen without the wake word
+            voice, loop, show=lambda on: facts(hearing=on), clock=clock,
+            listen=lambda s: None if self.voice_in is None else self.voice_in.opening.open_for(s))
 
     # --- parts ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,13 +161,14 @@ class VoiceController:
         """The wake word engine heard the wake word (on the loop): a barge-in, then listen."""
         if self.echo_guarded:
             self.obey("stop")
+        self.follow_ups.close("wake_word")
         self.activation.open_window()
 
     def heard(self, heard: Heard) -> None:
         """A partial or final transcript (on the loop)."""
         private = self.voice.kid_safe  # toy mode: transcripts never leave the device
         guarded = self._guarded(heard)
-        self.facts(hearing=not heard.final and not guarded)
+        self.facts(hearing=(not heard.final and not guarded) or self.follow_ups.listening)
         if not heard.final:
             if not private:
                 self._publish(self.topics.heard_partial, {"text": heard.text,
@@ -182,11 +188,18 @@ class VoiceController:
         if guarded:
             self._barge_in_only(heard.text)
             return
-        intent, request = route(self.activation, heard.text, self.voice.intents)
+        reply = (self.follow_ups.reply(heard.text, self.voice.intents, self.activation.wake)
+                 if self.follow_ups.is_open(heard.speech_at or self.clock()) else None)
+        intent, request = reply or route(self.activation, heard.text, self.voice.intents)
         if intent is not None:
             self.obey(intent)
         if request is not None:
-            self.submit(Request(id=new_request_id(), source="voice", text=request))
+            self.submit(self.follow_ups.request(request, follow_up=reply is not None))
+
+    def answered(self, request: Request, answer: Answer) -> None:
+        """An answer went out (a dispatcher listener): a reply to it may need no wake word."""
+        self.follow_ups.answered(request.id, answer,
+                                 speaks=self.speaker is not None and not self.failed)
 
     def _barge_in_only(self, text: str) -> None:
         """While we speak: ``stop`` stops, the wake phrase stops and listens; the rest is echo."""
@@ -201,7 +214,7 @@ class VoiceController:
             if intent is not None:
                 self.obey(intent)
             if request is not None:
-                self.submit(Request(id=new_request_id(), source="voice", text=request))
+                self.submit(self.follow_ups.request(request, follow_up=False))
             else:
                 self.activation.open_window()
         else:
@@ -225,6 +238,7 @@ class VoiceController:
                 speaker.stop()
             self._speaking = False
             self._echo_until = min(self._echo_until, self.clock())
+            self.follow_ups.close("stop")
             self.cancel_running()
         elif intent == "repeat" and speaker is not None:
             speaker.say(speaker.last_answer)
@@ -267,6 +281,7 @@ class VoiceController:
             self._echo_until = float("inf")
         elif self._speaking:  # played out (a cut by barge-in has already ended the guard)
             self._echo_until = self.clock() + self.voice.echo_tail_s
+            self.follow_ups.played_out()  # an answer that asked: listen after the tail
         self._speaking = on
         self._hold_open("speaking", on)  # a spoken stop must be heard while we speak
         self.facts(speaking=on)

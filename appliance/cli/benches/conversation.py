@@ -1,4 +1,8 @@
-"""``appliance bench conversation``: a follow-up's first token with the kept state, and without."""
+"""``appliance bench conversation``: a follow-up's first token with the kept state, and without.
+
+It also measures the thinking budget's overhead on answers that do not think
+(:mod:`appliance.bench.thinking`).
+"""
 
 from __future__ import annotations
 
@@ -22,12 +26,15 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 def run(args: argparse.Namespace) -> int:
     """Answer a four-turn conversation ``--rounds`` times, and print the ratio."""
     from appliance.bench.conversation import report_conversation, run_conversation_bench
+    from appliance.bench.thinking import report_thinking, run_thinking_bench
     from appliance.cli import load
 
-    r = run_conversation_bench(resolve_llm(load(args)), rounds=args.rounds,
-                               max_tokens=args.max_tokens)
+    model = resolve_llm(load(args))
+    r = run_conversation_bench(model, rounds=args.rounds, max_tokens=args.max_tokens)
+    t = run_thinking_bench(model)
     if args.json:
-        print(json.dumps({**dataclasses.asdict(r), "ratio": r.ratio}))
+        print(json.dumps({**dataclasses.asdict(r), "ratio": r.ratio,
+                          "thinking": {**dataclasses.asdict(t), "ratio": t.ratio}}))
     else:
-        print("\n".join(report_conversation(r)))
+        print("\n".join([*report_conversation(r), *report_thinking(t)]))
     return 0

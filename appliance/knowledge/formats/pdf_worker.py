@@ -48,7 +48,7 @@ def _outline(reader: Any) -> list[list[Any]]:
 def extract(data: bytes, max_pages: int) -> None:
     """Write the metadata and text of the PDF ``data`` as JSON lines, or one error line."""
     from pypdf import PasswordType, PdfReader
-    from pypdf.errors import DependencyError, FileNotDecryptedError
+    from pypdf.errors import FileNotDecryptedError
 
     try:
         reader = PdfReader(io.BytesIO(data))
@@ -64,10 +64,7 @@ def extract(data: bytes, max_pages: int) -> None:
                "outline": _outline(reader)})
         for number, page in enumerate(reader.pages, 1):
             _emit({"page": number, "text": page.extract_text() or ""})
-    except DependencyError:
-        _emit({"error": "encrypted with AES, which needs the Python package 'cryptography'; "
-                        "install it or save an unprotected copy"})
-    except FileNotDecryptedError:
+    except FileNotDecryptedError:  # AES too: cryptography is a dependency (signed catalogs)
         _emit({"error": "encrypted with a password; save an unprotected copy and add that"})
     except MemoryError:
         _emit({"error": f"needs more than {MEMORY_LIMIT >> 20} MiB to read; it may be a "

@@ -17,15 +17,17 @@ from typing import Any
 
 import pytest
 
+from appliance.catalog import ResolvedModel
 from appliance.config.schema import ConversationSettings, LlmSettings
 from appliance.llm import ChatRequest, Engine
+from appliance.llm.kv_disk import DiskKvCache, model_identity
 from appliance.llm.types import Turn
 from appliance.mqtt.contract import InputError, parse_ask
 from appliance.protocol.messages import Request
 from appliance.service.conversations import Conversations
 from appliance.service.journal import Journal
 from appliance.service.preparation import Preparation
-from tests.conftest import BASE
+from tests.conftest import BASE, make_settings
 from tests.fakes import FakeClock
 from tests.helpers import eventually
 from tests.services import ApplianceProcess, Peer
@@ -164,6 +166,9 @@ def test_a_three_turn_mqtt_conversation_remembers_across_a_restart(
     assert with_turns > without + said  # both earlier questions and answers went with it
     kept = Journal(tmp_path / "data" / "journal.sqlite3").conversations()
     assert {c.id: len(c.turns) for c in kept}[conversation] == 6
+    # The new conversation took the context: the model's state for the 4th turn went to disk.
+    eventually(lambda: list((tmp_path / "data" / "kv-conversations").glob("*.kv")), 30,
+               "the conversation's state on disk")
 
 
 @pytest.mark.slow
@@ -175,6 +180,8 @@ def test_toy_mode_writes_no_conversation_to_disk(
     *_, before, after = _prompt_tokens(app)
     assert after > before  # remembered in memory...
     assert Journal(tmp_path / "data" / "journal.sqlite3").conversations() == []  # ...only
+    _ask(peer, "k3", "And the sea?", "new")  # another conversation takes the context
+    assert not (tmp_path / "data" / "kv-conversations").exists()  # no model state either
 
 
 @pytest.mark.slow
@@ -235,3 +242,31 @@ def test_a_conversation_idle_for_longer_than_idle_s_is_forgotten(
     assert kept["conversation"] == forgotten["conversation"] == first["conversation"]
     assert with_turns > after_idle == new  # idle too long: asked as if for the first time
     assert alone["conversation"] != first["conversation"]
+
+
+@pytest.mark.slow
+def test_a_conversation_resumes_from_disk_after_another_took_the_context(
+        model_path: Path, tmp_path: Path) -> None:
+    disk = DiskKvCache(tmp_path / "kv", 64 << 20, model_identity(model_path))
+    settings = make_settings(model_path, tmp_path)
+    engine = Engine(settings.llm, ResolvedModel(model_path, "smollm2", None),
+                    conversation_cache=disk)
+
+    def turn(question: str, history: tuple[Turn, ...]) -> tuple[Turn, ...]:
+        done = engine.complete(ChatRequest(question, history=history, max_tokens=16,
+                                           keep_state=True))
+        return (*history, Turn("user", question), Turn("assistant", done.text))
+
+    try:
+        greenhouse = turn("What is the greenhouse temperature?", ())
+        turn("Tell me a joke about robots.", ())  # another conversation takes the context
+        eventually(lambda: list(disk.directory.glob("*.kv")), 30, "the first one's state")
+        follow_up = engine.complete(ChatRequest("Is that too hot for lettuce?",
+                                                history=greenhouse, max_tokens=4))
+        fresh = engine.complete(ChatRequest("Is that too hot for lettuce?", max_tokens=4,
+                                            history=(Turn("user", "What is the weather?"),
+                                                     Turn("assistant", "Sunny."))))
+    finally:
+        engine.close()
+    assert follow_up.evaluated_tokens < follow_up.prompt_tokens // 3  # from disk: the rest
+    assert fresh.evaluated_tokens >= fresh.prompt_tokens - 8  # no state of its own: read all

@@ -21,6 +21,10 @@ from appliance.bench.fuzz_wyoming import WyomingCase, event
 from appliance.service.guard import INTERNAL_ERROR
 
 
+class Silence(str):
+    """A verdict that nothing came back before the deadline (the service may have stalled)."""
+
+
 class RawConnection:
     """A TCP connection to 127.0.0.1 that keeps what it received, whatever happens after."""
 
@@ -138,7 +142,7 @@ async def exchange_http(port: int, case: HttpCase, timeout_s: float) -> str | No
         while await conn.more():
             pass
     if conn.timed_out:
-        return f"no answer within {timeout_s:.0f} s"
+        return Silence(f"no answer within {timeout_s:.0f} s")
     if not conn.received:
         return None if case.may_close else "closed without an answer"
     response = Response(bytes(conn.received))
@@ -218,7 +222,7 @@ async def exchange_wyoming(port: int, case: WyomingCase, timeout_s: float) -> st
         elif await until("error") and not conn.closed:
             await conn.send(event("ping", {"text": "after"}))  # nothing more than its pong
             if not await until("pong") and conn.timed_out:
-                return f"no pong after the error within {timeout_s:.0f} s"
+                return Silence(f"no pong after the error within {timeout_s:.0f} s")
     return _wyoming_verdict(case, conn, seen, timeout_s)
 
 
@@ -236,5 +240,5 @@ def _wyoming_verdict(case: WyomingCase, conn: RawConnection,
         return f"still open after {timeout_s:.0f} s" if conn.timed_out else None
     if not errors:
         return ("closed without an error" if conn.closed
-                else f"no error within {timeout_s:.0f} s")
+                else Silence(f"no error within {timeout_s:.0f} s"))
     return None

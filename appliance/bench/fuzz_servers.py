@@ -30,6 +30,7 @@ from appliance.bench.fuzz_exchange import (
     EventReader,
     RawConnection,
     Response,
+    Silence,
     exchange_http,
     exchange_wyoming,
     fetch_http,
@@ -191,7 +192,7 @@ class _Run:
             reason = await exchange_http(self.http_port, case, self.timeout_s)
         else:
             reason = await exchange_wyoming(self.wyoming_port, case, self.timeout_s)
-        self.silent = self.silent + 1 if reason and "within" in reason else 0
+        self.silent = self.silent + 1 if isinstance(reason, Silence) else 0
         if reason is None:
             tally.passed += 1
         else:

@@ -410,6 +410,8 @@ class ConversationSettings:
     max_kept: int = field(default=32, metadata=bounds(1, 10000))  # conversations kept at once
     # Turns kept per conversation; the model drops the oldest sooner if they overflow n_ctx.
     max_turns: int = field(default=40, metadata=bounds(2, 1000))
+    # Disk for the model's state after each conversation's last turn (0: the latest only).
+    cache_mb: int = field(default=256, metadata=bounds(0, 1 << 20))
 
 
 @dataclass(frozen=True)

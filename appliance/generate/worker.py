@@ -34,7 +34,7 @@ from appliance.llm import ChatRequest
 from appliance.llm.adapter_files import resolve_adapters
 from appliance.llm.batching import ChunkBatcher
 from appliance.llm.engine import Engine
-from appliance.llm.kv_disk import passage_cache
+from appliance.llm.kv_disk import conversation_cache, passage_cache
 from appliance.protocol import worker_pipe as pipe
 
 log = logs.get_logger("worker")
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(settings.log.level, settings.log.format)
         model = resolve_llm(settings)
         engine = Engine(settings.llm, model, passage_cache(settings, model.path),
-                        resolve_adapters(settings))  # every LoRA adapter, loaded once
+                        resolve_adapters(settings),  # every LoRA adapter, loaded once
+                        conversation_cache(settings, model.path))
         engine.warm_up()
     except ApplianceError as exc:
         out.write(pipe.encode(pipe.Fatal(str(exc))))

@@ -34,6 +34,7 @@ from appliance.hardware import physical_cores
 from appliance.llm import decode_loop, native
 from appliance.llm.adapter_files import AdapterFile
 from appliance.llm.adapters import AdapterSet
+from appliance.llm.conversation_states import ConversationStates, next_turn
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
 from appliance.llm.kv_disk import DiskKvCache
@@ -64,7 +65,8 @@ class Engine:
 
     def __init__(self, settings: LlmSettings, model: ResolvedModel,
                  disk_cache: DiskKvCache | None = None,
-                 adapters: Mapping[str, AdapterFile] | None = None) -> None:
+                 adapters: Mapping[str, AdapterFile] | None = None,
+                 conversation_cache: DiskKvCache | None = None) -> None:
         route_native_logs()
         check_fits(model.path, settings.n_ctx)
         self.settings = settings
@@ -90,6 +92,7 @@ class Engine:
         self.adapters = AdapterSet(self._llm, adapters or {})
         self.thinker = Thinker.of(self._llm, model.entry)  # None: the model does not think
         self._prefixes = PrefixCache(settings.prefix_cache_entries, disk_cache)
+        self.states = ConversationStates(conversation_cache)
         self._lock = threading.Lock()
         self.threads = self.default_threads
         self._wanted_threads = self.default_threads
@@ -239,6 +242,7 @@ class Engine:
         if cancel is not None and cancel.is_set():
             return self._result(request, Decoder.empty(), "cancelled", started, started,
                                 len(tokens), 0, 0)
+        self.states.before(self._llm, rendered[0], variant)
         cached, fresh = self._restore(*cacheable_prefixes(*rendered), variant,
                                       rendered[0].first_turn_end)
         # Tokens read for this answer: what the prefix cache had to evaluate, and whatever
@@ -292,6 +296,11 @@ class Engine:
                  cached_tokens=cached, evaluated_tokens=evaluated, prompt_tokens=len(tokens),
                  drafted=result.drafted, accepted=result.accepted,
                  thinking_tokens=result.thinking_tokens)
+        if request.keep_state:
+            system = (request.system_prompt if request.system_prompt is not None
+                      else s.system_prompt)
+            self.states.settle(llm, next_turn(self.prompt, system, request, result.text),
+                               variant)
         return result
 
     def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,

@@ -125,6 +125,15 @@ class DiskKvCache:
         return sum(p.stat().st_size for p in self.directory.glob("*.kv"))
 
 
+def conversation_cache(settings: Settings, model: Path) -> DiskKvCache | None:
+    """Where conversations' states wait for their next turn (``None``: off, or toy mode)."""
+    budget = settings.conversation.cache_mb
+    if not budget or settings.voice.kid_safe:  # nothing a child says is written down
+        return None
+    return DiskKvCache(settings.data_dir / "kv-conversations", budget << 20,
+                       model_identity(model))
+
+
 def passage_cache(settings: Settings, model: Path) -> DiskKvCache | None:
     """The cache of passage states ``settings.knowledge`` asks for (``None`` when off)."""
     knowledge = settings.knowledge

@@ -38,7 +38,8 @@ class PromptTokens:
     ``question_at``/``question_end`` bound the final question's tokens;
     ``passage_ends[i]`` is where the prompt up to and including passage ``i``
     ends, a prefix that the next prompt with the same first passages shares;
-    ``first_turn_end`` where the first earlier turn's text ends (0: no turns).
+    ``first_turn_end`` and ``last_turn_end`` where the first and the last
+    earlier turn's text ends (0: no turns).
     """
 
     tokens: list[int]
@@ -46,6 +47,7 @@ class PromptTokens:
     question_end: int
     passage_ends: tuple[int, ...] = ()
     first_turn_end: int = 0
+    last_turn_end: int = 0
 
 
 class ChatPrompt:
@@ -101,7 +103,7 @@ class ChatPrompt:
         # A template that does not write the BOS itself gets it from the tokenizer.
         tokens: list[int] = [] if rendered.added_special else self._llm.tokenize(
             b"", add_bos=True, special=True)
-        question_at = question_end = first_turn_end = 0
+        question_at = question_end = first_turn_end = last_turn_end = 0
         ends: list[int] = []
         rest = rendered.prompt
         for i, content in enumerate(contents):
@@ -118,8 +120,11 @@ class ChatPrompt:
                 ends.append(len(tokens))
             if i == 1 and history:
                 first_turn_end = len(tokens)
+            if i == len(history) and history:
+                last_turn_end = len(tokens)
         tokens += self._tokenize(rest, special=True)
-        return PromptTokens(tokens, question_at, question_end, tuple(ends), first_turn_end)
+        return PromptTokens(tokens, question_at, question_end, tuple(ends), first_turn_end,
+                            last_turn_end)
 
     def fit(self, system: str, text: str, history: tuple[Turn, ...], context: Sequence[str],
             room: int) -> tuple[PromptTokens, tuple[Turn, ...]]:

@@ -78,6 +78,7 @@ class ChatRequest:
     confidence: Confidence | None = None
     prompt_lookup: bool = False
     adapter: str | None = None
+    keep_state: bool = False  # a conversation's turn: its follow-up reads only itself
     think: bool | None = None
     thinking_budget: int = 0
 

@@ -8,6 +8,7 @@ parsed arguments and returning an exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from appliance.cli import (
 )
 from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
+from appliance.hardware import calm_openmp
 
 _COMMANDS = (run, ask, listen, act, config_cmd, doctor, models, catalog_cmd, knowledge, bench)
 
@@ -95,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level or "warning")
+    calm_openmp(os.environ)  # before a command loads llama.cpp (ask, listen, benches)
     try:
         return int(args.handler(args))
     except ApplianceError as exc:

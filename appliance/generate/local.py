@@ -29,6 +29,7 @@ from appliance.generate.base import (
     GeneratorUnavailable,
     Tier,
 )
+from appliance.hardware import calm_openmp
 from appliance.llm import ChatRequest, Chunk, Completion
 from appliance.llm.types import OnChunk
 from appliance.logs import get_logger
@@ -126,7 +127,9 @@ class ModelWorker:
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     def _environment(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if k not in self.secret_env}
+        env = {k: v for k, v in os.environ.items() if k not in self.secret_env}
+        calm_openmp(env)
+        return env
 
     async def _run_once(self) -> None:
         self._proc = proc = await asyncio.create_subprocess_exec(

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+
+from appliance.mqtt.publisher import properties_of
 
 
 @dataclass(frozen=True)
@@ -182,14 +182,8 @@ def run_fuzz(port: int, base: str, rule_topic: str, count: int, *, valid_every: 
     started = time.perf_counter()
     infos = []
     for i, message in enumerate(hostile, start=1):
-        props = Properties(PacketTypes.PUBLISH)
-        if message.response_topic is not None:
-            props.ResponseTopic = message.response_topic
-        if message.correlation is not None:
-            props.CorrelationData = message.correlation
-        if message.user_properties:
-            props.UserProperty = list(message.user_properties)
-        infos.append(sender.publish(message.topic, message.payload, qos=1, properties=props))
+        infos.append(sender.publish(message.topic, message.payload, qos=1,
+                                    properties=properties_of(message)))
         if i % valid_every == 0:
             valid += 1
             infos.append(sender.publish(f"{base}/ask", json.dumps(

@@ -184,7 +184,7 @@ class Publisher:
     def _send(self, message: Outgoing) -> paho.MQTTMessageInfo | None:
         try:
             return self.client.publish(message.topic, message.payload, qos=message.qos,
-                                       retain=message.retain, properties=_props(message))
+                                       retain=message.retain, properties=properties_of(message))
         except (ValueError, TypeError) as exc:
             self._refused(message, str(exc), 0)
             return None
@@ -199,7 +199,19 @@ def _request_id(payload: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _props(message: Outgoing) -> Properties | None:
+class Addressed(Protocol):
+    """What a message says beyond its topic and payload (an :class:`Outgoing`, a bench's)."""
+
+    @property
+    def correlation(self) -> bytes | None: ...
+    @property
+    def response_topic(self) -> str | None: ...
+    @property
+    def user_properties(self) -> tuple[tuple[str, str], ...]: ...
+
+
+def properties_of(message: Addressed) -> Properties | None:
+    """The MQTT v5 properties ``message`` carries (``None``: none)."""
     if message.correlation is None and message.response_topic is None \
             and not message.user_properties:
         return None

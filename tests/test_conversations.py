@@ -52,6 +52,10 @@ def test_turns_are_kept_bounded_and_forgotten_when_idle() -> None:
                                   Turn("user", "three?"), Turn("assistant", "3"))
     clock.advance(299)
     assert len(store.history("a")) == 4
+    wordy = Conversations(SETTINGS, clock=clock, max_chars=100)
+    wordy.record("w", "short?", "x" * 60)
+    wordy.record("w", "again?", "y" * 60)  # over 100 characters: the oldest exchange goes
+    assert wordy.history("w") == (Turn("user", "again?"), Turn("assistant", "y" * 60))
     clock.advance(2)  # 301 s after its last use
     assert store.history("a") == () and len(store) == 0
 

@@ -220,11 +220,11 @@ async def run_server_fuzz(http_port: int, wyoming_port: int, model: str, count: 
     if run.valid_failures:
         raise RuntimeError(f"a valid request failed before the fuzz: {run.valid_failures}")
     run.valid_answered = 0
-    # Then a tenth as many hostile cases of another seed, at full concurrency and not
+    # Then a quarter as many hostile cases of another seed, at full concurrency and not
     # counted: what every path allocates once when several run at the same time (speech
     # slots, parsing threads, longer prompts in the worker's KV) is not growth.
     warm_up = _Run(http_port, wyoming_port, timeout_s, give_up_after)
-    warm_cases = iter(hostile_cases(host, model, max(count // 10, 50), seed + 1))
+    warm_cases = iter(hostile_cases(host, model, max(count // 4, 50), seed + 1))
 
     async def warm_worker() -> None:
         for case in warm_cases:

@@ -46,7 +46,7 @@ class ConversationStates:
     def __init__(self, disk: DiskKvCache | None) -> None:
         self.disk = disk
         self._held: tuple[str, tuple[int, ...]] | None = None  # (variant, tokens) settled
-        self._writes: queue.Queue[KvSnapshot] = queue.Queue(maxsize=4)
+        self._writes: queue.Queue[KvSnapshot] = queue.Queue(maxsize=1)  # memory: one waits
         if disk is not None:
             threading.Thread(target=self._write, name="conversation-states",
                              daemon=True).start()

@@ -132,7 +132,8 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         knowledge=knowledge, actions=desk.service, world=world, power=power,
         # Toy mode keeps conversations in memory only: nothing a child says is written down.
         conversations=Conversations(settings.conversation,
-                                    None if settings.voice.kid_safe else journal))
+                                    None if settings.voice.kid_safe else journal,
+                                    max_chars=8 * settings.llm.n_ctx))
     if voice is not None:  # an answer that asks something back opens a follow-up window
         dispatcher.answer_listeners.append(voice.answered)
     state_outlet = StateOutlet(status, topics.state, bridge.publish,

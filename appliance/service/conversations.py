@@ -71,8 +71,9 @@ class Conversations:
     """The live conversations, bounded in number, turns and age."""
 
     def __init__(self, settings: ConversationSettings, keeper: Keeper | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_chars: int = 1 << 16) -> None:
         self.settings, self.keeper, self.clock = settings, keeper, clock
+        self.max_chars = max_chars  # more text than the model's context holds is never read
         self._live: OrderedDict[str, Conversation] = OrderedDict()
         if keeper is not None:
             for conversation in sorted(keeper.conversations(), key=lambda c: c.last_used):
@@ -95,9 +96,10 @@ class Conversations:
     def record(self, conversation_id: str, question: str, answer: str) -> None:
         """Add one exchange, and make it the most recently used conversation."""
         turns = (*self.history(conversation_id), Turn("user", question),
-                 Turn("assistant", answer))
-        conversation = Conversation(conversation_id, turns[-self.settings.max_turns:],
-                                    self.clock())
+                 Turn("assistant", answer))[-self.settings.max_turns:]
+        while len(turns) > 2 and sum(len(t.content) for t in turns) > self.max_chars:
+            turns = turns[2:]  # the oldest exchange first, as the model would drop it
+        conversation = Conversation(conversation_id, turns, self.clock())
         self._live[conversation_id] = conversation
         self._live.move_to_end(conversation_id)
         if self.keeper is not None:

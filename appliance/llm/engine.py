@@ -146,6 +146,11 @@ class Engine:
                      was=self.threads[0])
             self.threads = wanted
 
+    def _system(self, request: ChatRequest) -> str:
+        """The request's system prompt, or the configured one."""
+        return (request.system_prompt if request.system_prompt is not None
+                else self.settings.system_prompt)
+
     def _render(self, request: ChatRequest,
                 plan: ThoughtPlan = NO_THOUGHT) -> tuple[PromptTokens, tuple[int, ...]]:
         """The prompt, and the prefix every prompt with its system message and turns shares.
@@ -154,8 +159,7 @@ class Engine:
         in ``llm.n_ctx`` are dropped, the oldest exchange first; the system
         prompt, the passages and the question always stay.
         """
-        system = (request.system_prompt if request.system_prompt is not None
-                  else self.settings.system_prompt)
+        system = self._system(request)
         prompt, history = self.prompt.fit(
             system, plan.question(request.text), request.history, request.context,
             self.settings.n_ctx - (request.max_tokens or self.settings.max_tokens))
@@ -297,10 +301,8 @@ class Engine:
                  drafted=result.drafted, accepted=result.accepted,
                  thinking_tokens=result.thinking_tokens)
         if request.keep_state:
-            system = (request.system_prompt if request.system_prompt is not None
-                      else s.system_prompt)
-            self.states.settle(llm, next_turn(self.prompt, system, request, result.text),
-                               variant)
+            self.states.settle(llm, next_turn(self.prompt, self._system(request), request,
+                                              result.text), variant)
         return result
 
     def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager, suppress
 from typing import Any, TextIO
 
 import structlog
@@ -32,6 +32,8 @@ REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 4
 """Shorter values are not redacted: replacing every "a" would make the log unreadable."""
 _secrets: set[str] = set()
+Sink = Callable[[Mapping[str, Any]], None]
+_sinks: list[Sink] = []
 
 
 def add_secret(value: str | None) -> None:
@@ -57,11 +59,39 @@ def _scrub(value: Any) -> Any:
     return value if scrubbed == text else scrubbed
 
 
+def redact(value: Any) -> Any:
+    """``value`` as the log would show it: every registered secret ``[redacted]``."""
+    return _scrub(value) if _secrets else value
+
+
 def _redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
     """Replace every registered secret in ``event`` (after tracebacks are rendered)."""
     if not _secrets:
         return event
     return {key: _scrub(value) for key, value in event.items()}
+
+
+def add_sink(sink: Sink) -> None:
+    """Also hand every event to ``sink``, after secrets are redacted (the console's log tail).
+
+    It is called on whichever thread logged, with the handler's lock held: it must be
+    quick, must not log, and must copy what it keeps.
+    """
+    _sinks.append(sink)
+
+
+def remove_sink(sink: Sink) -> None:
+    """Stop handing events to ``sink``."""
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+def _feed_sinks(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
+    """Hand the redacted event to every sink; a sink that fails is not the log's problem."""
+    for sink in tuple(_sinks):
+        with suppress(Exception):  # logging its failure here would recurse
+            sink(event)
+    return event
 
 
 def _component_from_logger_name(_: Any, __: str, event: MutableMapping[str, Any]) -> Any:
@@ -96,6 +126,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             _redact_secrets,
+            _feed_sinks,  # after the redaction: a sink never sees a secret
             renderer,
         ],
     )

@@ -11,6 +11,8 @@ ROOT=$PWD
 VENV=${APPLIANCE_VENV:-$ROOT/.venv}
 APT_PACKAGES=(python3-venv python3-dev build-essential cmake mosquitto mosquitto-clients
               espeak-ng sox alsa-utils shellcheck systemd cloud-init)
+# Only the tests need a browser (the console's pages, driven headless by selenium).
+TEST_APT_PACKAGES=(chromium chromium-driver)
 
 say() { printf '==> %s\n' "$*" >&2; }
 # shellcheck source=provisioning/apt.sh
@@ -83,6 +85,7 @@ YAML
 
 case ${1:-} in
     run) shift; apt_install_missing "${APT_PACKAGES[@]}"; setup_python; run_appliance "$@" ;;
-    test) shift; apt_install_missing "${APT_PACKAGES[@]}"; setup_python; run_tests "$@" ;;
+    test) shift; apt_install_missing "${APT_PACKAGES[@]}" "${TEST_APT_PACKAGES[@]}"; setup_python
+          run_tests "$@" ;;
     *) echo "usage: $0 run [--model NAME] | test [PYTEST ARGS]" >&2; exit 2 ;;
 esac

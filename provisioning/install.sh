@@ -3,7 +3,7 @@
 # run changes nothing. Run as root from a checkout (or an unpacked release) of the project.
 #
 #   provisioning/install.sh [--with-broker] [--model NAME] [--config FILE]
-#                           [--trust-root FILE] [--root DIR]
+#                           [--trust-root FILE] [--console-password-file FILE] [--root DIR]
 #
 #   --with-broker  also install and enable a local mosquitto
 #   --model NAME   catalog model to pull and verify (default: llm.model of the config);
@@ -13,6 +13,10 @@
 #   --trust-root FILE  the site mirror's root.json (appliance catalog init), pinned as
 #                  /etc/appliance/root.json: models come from models.mirror only through
 #                  metadata that chains back to it (docs/models.md)
+#   --console-password-file FILE  the console's password (api.web), its first line: stored
+#                  as an Argon2id hash by `appliance console password` (the same password
+#                  again changes nothing); delete FILE afterwards. Until a password is set
+#                  the console answers only on the device itself (docs/console.md)
 #   --root DIR     stage everything into DIR (no apt, no useradd, no systemctl): for
 #                  tests and image builders (pi-gen, rpi-image-gen)
 #
@@ -37,6 +41,7 @@ MODEL=""
 CONFIG_SRC="$SOURCE/config.example.yaml"
 CONFIG_GIVEN=0
 TRUST_ROOT=""
+CONSOLE_PASSWORD=""
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -45,13 +50,17 @@ while [ $# -gt 0 ]; do
         --config) CONFIG_SRC=${2:?--config needs a file}; CONFIG_GIVEN=1; shift 2 ;;
         --trust-root) TRUST_ROOT=${2:?--trust-root needs a file}; shift 2 ;;
         --root) ROOT=$(mkdir -p "${2:?--root needs a directory}" && cd "$2" && pwd); shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --console-password-file) CONSOLE_PASSWORD=${2:?--console-password-file needs a file}
+            shift 2 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [ -f "$CONFIG_SRC" ] || { echo "install.sh: no config file $CONFIG_SRC" >&2; exit 2; }
 [ -z "$TRUST_ROOT" ] || [ -f "$TRUST_ROOT" ] ||
     { echo "install.sh: no root file $TRUST_ROOT" >&2; exit 2; }
+[ -z "$CONSOLE_PASSWORD" ] || [ -r "$CONSOLE_PASSWORD" ] ||
+    { echo "install.sh: cannot read the console password file $CONSOLE_PASSWORD" >&2; exit 2; }
 
 PREFIX="$ROOT/opt/appliance"
 VENV="$PREFIX/venv"
@@ -203,6 +212,34 @@ PY
     rm -f "$pull_config"
 }
 
+console_password() {
+    [ -n "$CONSOLE_PASSWORD" ] || return 0
+    local config out
+    config=$(mktemp)
+    # The data_dir being installed and the config's api.web.password_file (staged under
+    # --root too): where the service will look for the hash.
+    "$VENV/bin/python" - "$ETC/config.yaml" "$STATE" "$ROOT" >"$config" <<'PY'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1])) or {}
+where = ((config.get("api") or {}).get("web") or {}).get("password_file")
+web = {"password_file": sys.argv[3] + str(where)} if where else {}
+print(yaml.safe_dump({"data_dir": sys.argv[2], "api": {"web": web}}))
+PY
+    if ! out=$(head -n 1 "$CONSOLE_PASSWORD" |
+               "$VENV/bin/appliance" --config "$config" console password --stdin 2>&1); then
+        rm -f "$config"
+        echo "install.sh: --console-password-file $CONSOLE_PASSWORD: ${out#appliance: }" >&2
+        exit 2
+    fi
+    rm -f "$config"
+    case $out in
+        *unchanged*) ;;
+        *) step "$out"
+           # Readable by the service (under data_dir, units() hands the whole tree over).
+           staged || chown appliance:appliance "${out##*: }" ;;
+    esac
+}
+
 units() {
     put 0644 "$SOURCE/systemd/appliance.service" "$UNITS/appliance.service"
     put_text 0644 "$UNITS/appliance.service.d/groups.conf" <<EOF
@@ -246,5 +283,6 @@ fi
 python_env
 config_files
 pull_model
+console_password
 units
 if [ "$CHANGED" = 1 ]; then note "done"; else note "done: nothing to change"; fi

@@ -33,7 +33,8 @@ class Reply:
     """One scripted answer.
 
     ``chunks`` stream in order; with ``hold``, generation waits on it after
-    ``hold_after`` chunks (a cancel ends the wait too). ``confidence`` /
+    ``hold_after`` chunks (a cancel ends the wait too); ``crash`` is raised
+    after the chunks (a worker that dies mid-answer). ``confidence`` /
     ``low_confidence`` are what a ``confidence_below`` watch would report.
     """
 
@@ -43,6 +44,7 @@ class Reply:
     hold_after: int = 0
     confidence: float | None = None
     low_confidence: bool = False
+    crash: Exception | None = None
 
 
 Step = Reply | Exception
@@ -100,6 +102,8 @@ class FakeGenerator:
                     on_chunk(Chunk(request.id, seq, delta))
             if step.hold is not None and step.hold_after >= len(step.chunks):
                 await self._hold(step.hold, cancel)
+            if step.crash is not None:
+                raise step.crash
             finish = "cancelled" if cancel.is_set() else step.finish_reason
             return self._completion(request, sent, finish, step)
         finally:

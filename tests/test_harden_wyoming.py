@@ -33,7 +33,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart
 from appliance.api.wyoming_admit import Admission
 from appliance.bench.broker import free_port
 from appliance.config.loader import parse_settings
-from appliance.config.schema import WyomingSettings
+from appliance.config.schema_api import WyomingSettings
 from appliance.errors import ConfigError
 from appliance.hardware import rss_bytes
 from appliance.voice.pieces import SentenceSplitter, for_speech, sentences

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 
 from appliance.api.errors import ApiError, Problem
-from appliance.api.gate import check_answer
+from appliance.api.gate import ApiGate, check_answer
 from appliance.config.schema import DEFAULT_THERMAL_LEVELS, LlmSettings, Rule
 from appliance.errors import ErrorCode, PromptTooLong
 from appliance.generate.base import GenerationFailed, GeneratorCrashed, GeneratorUnavailable
+from appliance.llm import ChatRequest
 from appliance.mqtt.contract import Topics
 from appliance.protocol import worker_pipe as pipe
 from appliance.protocol.answer import Answer, Failure
@@ -30,6 +31,7 @@ from appliance.protocol.messages import Request, Source
 from appliance.rules import RuleSet
 from appliance.service.dispatcher import COOLING_REPLY, Dispatcher
 from appliance.service.journal import Journal
+from appliance.service.ratelimit import RateLimiter
 from appliance.service.router import Router
 from appliance.service.scheduler import Rejected
 from appliance.service.status import Status
@@ -219,3 +221,28 @@ def test_a_full_queue_refuses_with_its_code(tmp_path: Path) -> None:
     with pytest.raises(Rejected, match="queue full") as raised:
         desk.ask("q2")
     assert raised.value.code is ErrorCode.QUEUE_FULL
+
+
+def test_a_retried_api_answer_streams_on_from_where_the_client_is(tmp_path: Path) -> None:
+    """A worker that dies mid-stream: the retry's text is not streamed twice to the client."""
+    desk = Desk(tmp_path, [Reply(("Hel", "lo"), crash=GeneratorCrashed("the worker died")),
+                           Reply(("Hel", "lo", " there"))])
+    gate = ApiGate(desk.dispatcher, RateLimiter(60))
+
+    async def main() -> tuple[list[str], Answer]:
+        task = asyncio.create_task(desk.dispatcher.run())
+        try:
+            pending = gate.submit(ChatRequest("hi"), "127.0.0.1", api="http")
+            deltas: list[str] = []
+            async for event in pending.events():
+                if isinstance(event, Answer):
+                    return deltas, event
+                deltas.append(event.delta)
+            raise AssertionError("no answer")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    deltas, answer = asyncio.run(asyncio.wait_for(main(), 10))
+    assert "".join(deltas) == answer.text == "Hello there"
+    assert len(desk.local.requests) == 2

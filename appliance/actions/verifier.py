@@ -65,7 +65,8 @@ class Verifier:
 
     def __init__(self, registry: Registry, world: WorldState, *, kid_safe: bool = False,
                  kid_safe_actions: Iterable[str] = (), closed: dict[str, str] | None = None,
-                 sources: Iterable[str] = ("voice", "mqtt", "sensor", "http", "wyoming"),
+                 sources: Iterable[str] = ("voice", "mqtt", "sensor", "http", "wyoming",
+                                          "console"),
                  child_sources: Iterable[str] = ("voice", "wyoming", "http")) -> None:
         """``closed`` maps each entrance that may not act to why (naming its setting).
 

@@ -6,9 +6,11 @@ agent), and Open WebUI and other clients through OpenAI's chat completions.
 Every request passes one :class:`~appliance.api.gate.ApiGate` into the same
 dispatcher as MQTT and voice: priority, the thermal budget, rate limits and
 cancel apply to all. ``GET /metrics`` serves Prometheus metrics of every answer.
+The console (``api.web``, :mod:`appliance.console`) is a second HTTP server of
+the same kind, on its own port, with the device's pages.
 
-The supervisor builds :class:`Apis` when ``api.http`` or ``api.wyoming`` is
-set, awaits :meth:`Apis.start` before MQTT connects, and :meth:`Apis.close`
+The composition root builds :class:`Apis` when ``api.http``, ``api.wyoming``
+or ``api.web`` is set, awaits :meth:`Apis.start` before MQTT connects, and :meth:`Apis.close`
 first at shutdown. Everything runs on the supervisor's event loop.
 """
 
@@ -16,18 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+from typing import TYPE_CHECKING
 
+from aiohttp import web
+
+from appliance.api import ollama_routes, openai_routes
 from appliance.api.context import Context
 from appliance.api.gate import ApiGate
 from appliance.api.http_server import HttpApi
-from appliance.api.metrics import Metrics
+from appliance.api.metrics import CONTENT_TYPE, Metrics
 from appliance.api.model_card import model_card
 from appliance.api.wyoming_server import WyomingServer
 from appliance.api.zeroconf_ad import Advertisement
 from appliance.config import Settings
+from appliance.config.schema_api import HttpSettings
+from appliance.config.secrets import read_api_token
 from appliance.service.dispatcher import Dispatcher
 from appliance.service.ratelimit import RateLimiter
 from appliance.service.status import Status
+
+if TYPE_CHECKING:
+    from appliance.console.parts import ConsoleParts
 
 __all__ = ["Apis"]
 
@@ -35,16 +47,31 @@ __all__ = ["Apis"]
 class Apis:
     """The configured API servers; bad listen addresses or token files fail here, at once."""
 
-    def __init__(self, settings: Settings, dispatcher: Dispatcher, status: Status) -> None:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher, status: Status,
+                 console: ConsoleParts | None = None) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
-        self.metrics = Metrics(status, settings.thermal.levels)
-        # One limiter for both APIs: a client cannot double its rate by using both.
+        self.metrics = Metrics(status, settings.thermal.levels, settings.power)
+        # One limiter for every door: a client cannot double its rate by using several.
         self.gate = ApiGate(dispatcher, RateLimiter(settings.mqtt.ask_rate_per_min))
         card = model_card(settings)
         api = settings.api
-        self.http = HttpApi(settings, api.http, Context(self.gate, card, settings, status),
-                            self.metrics) if api.http is not None else None
+        self.http = None
+        if api.http is not None:
+            context = Context(self.gate, card, settings, status)
+            self.http = HttpApi(settings, api.http, self.metrics,
+                                functools.partial(_api_routes, context, self.metrics),
+                                token=read_api_token(settings))
+        self.console = self.web = None
+        if api.web is not None and console is not None:
+            from appliance.console.app import Console  # jinja2 and argon2 load only when asked for
+
+            self.console = Console(console, self.gate, self.metrics)
+            self.web = HttpApi(settings, HttpSettings(listen=api.web.listen,
+                                                      allowed_hosts=api.web.allowed_hosts),
+                               self.metrics, self.console.add_routes, key="api.web",
+                               middlewares=self.console.middlewares(),
+                               on_prepare=[self.console.on_prepare], json_only=False)
         self.wyoming = WyomingServer(settings, api.wyoming, self.gate, card.name) \
             if api.wyoming is not None else None
         self.advertisement: Advertisement | None = None
@@ -54,8 +81,11 @@ class Apis:
         """Listen (and announce the Wyoming server over zeroconf, in the background)."""
         self.dispatcher.answer_listeners.append(self.metrics.observe)
         try:
-            if self.http is not None:
-                await self.http.start()
+            for server in (self.http, self.web):
+                if server is not None:
+                    await server.start()
+            if self.console is not None:
+                self.console.start()
             if self.wyoming is not None:
                 await self.wyoming.start()
                 self._advertise(self.wyoming)
@@ -84,5 +114,19 @@ class Apis:
             await self.advertisement.close()
         if self.wyoming is not None:
             await self.wyoming.close()
-        if self.http is not None:
-            await self.http.close()
+        if self.console is not None:
+            await self.console.close()
+        for server in (self.web, self.http):
+            if server is not None:
+                await server.close()
+
+
+def _api_routes(context: Context, metrics: Metrics, app: web.Application) -> None:
+    """The APIs' server: ``/metrics``, Ollama's routes and OpenAI's."""
+
+    async def serve_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    app.router.add_get("/metrics", serve_metrics)
+    ollama_routes.add_routes(app, context)
+    openai_routes.add_routes(app, context)

@@ -11,6 +11,7 @@ receives its chunks and its answer on the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import AsyncIterator
 
@@ -36,10 +37,29 @@ class Pending:
         self._dispatcher = dispatcher
         self._events: asyncio.Queue[Chunk | Answer] = asyncio.Queue()
         self.final: Answer | None = None
+        self._sent = 0  # characters of answer text handed to the client so far
+        self._again: str | None = None  # a restarted attempt's text, until it passes _sent
 
     def chunk(self, chunk: Chunk) -> None:
         """Answer text as it streams (called by the dispatcher)."""
+        if self._again is not None:
+            self._again += chunk.delta
+            if len(self._again) <= self._sent:
+                return  # the client has these characters already
+            chunk = dataclasses.replace(chunk, delta=self._again[self._sent:])
+            self._again = None
+        self._sent += len(chunk.delta)
         self._events.put_nowait(chunk)
+
+    def restart(self) -> None:
+        """A retried or rerouted generation starts the text over (called by the dispatcher).
+
+        A client cannot take back what it was streamed, so the new attempt's text
+        goes on from where the client is: its first characters, as many as were
+        sent, are not sent again (with greedy decoding they are the same; the final
+        answer always carries the new attempt's whole text).
+        """
+        self._again = ""
 
     def answer(self, answer: Answer) -> None:
         """The final answer (called by the dispatcher)."""

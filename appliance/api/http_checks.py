@@ -45,12 +45,13 @@ class Doors:
     """The Host, Origin and Content-Type checks of one server."""
 
     def __init__(self, listen_host: str, allowed_hosts: Iterable[str],
-                 allowed_origins: Iterable[str]) -> None:
+                 allowed_origins: Iterable[str], *, json_only: bool = True) -> None:
         own = socket.gethostname().lower()
         self.names = {"localhost", own, f"{own}.local",
                       *(h.strip().lower().rstrip(".") for h in allowed_hosts)}
         self.listen = _ip(listen_host)
         self.origins = {o.strip().lower().rstrip("/") for o in allowed_origins}
+        self.json_only = json_only
 
     def check(self, request: web.Request) -> None:
         """Raise the :class:`ApiError` for a request that must not reach a route."""
@@ -62,7 +63,8 @@ class Doors:
         if origin is not None and not self._origin_allowed(origin, host):
             raise ApiError(Problem.FORBIDDEN, "requests from other web pages are refused; add "
                            "the page's origin to api.http.allowed_origins to allow them")
-        if request.method == hdrs.METH_POST and hdrs.CONTENT_TYPE in request.headers:
+        if self.json_only and request.method == hdrs.METH_POST and \
+                hdrs.CONTENT_TYPE in request.headers:
             kind = request.content_type
             if kind != "application/json" and not (
                     kind.startswith("application/") and kind.endswith("+json")):

@@ -37,7 +37,7 @@ from aiohttp import http_exceptions, web
 
 from appliance.api.errors import ApiError, Problem
 from appliance.api.http_errors import error_response
-from appliance.config.schema import HttpSettings
+from appliance.config.schema_api import HttpSettings
 from appliance.log_limit import RateLimitedLog
 from appliance.logs import get_logger
 from appliance.service.guard import INTERNAL_ERROR

@@ -1,4 +1,4 @@
-"""The HTTP server: aiohttp on the supervisor's loop, with the Ollama and OpenAI routes.
+"""The HTTP server: aiohttp on the supervisor's loop, for the APIs and for the console.
 
 Every request passes three middlewares, in this order:
 
@@ -7,9 +7,10 @@ Every request passes three middlewares, in this order:
    code; an unexpected exception is logged with its traceback and answered
    with ``internal error``;
 2. the doors (:mod:`~appliance.api.http_checks`) refuse a foreign ``Host``
-   or ``Origin`` and a POST body that is not JSON;
+   or ``Origin`` and, on the APIs' server, a POST body that is not JSON;
 3. when ``api.http.token_file`` is set, every route needs
-   ``Authorization: Bearer <token>`` (compared in constant time).
+   ``Authorization: Bearer <token>`` (compared in constant time);
+4. the server's own (the console's sessions, :mod:`appliance.console.security`).
 
 Only then does a route read its body (:mod:`~appliance.api.http_body`):
 nothing is inflated or parsed for a request that is refused. Connections
@@ -23,22 +24,19 @@ from __future__ import annotations
 import functools
 import hmac
 import resource
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import hdrs, web
 
-from appliance.api import ollama_routes, openai_routes
-from appliance.api.context import Context
 from appliance.api.errors import ApiError, Problem
 from appliance.api.http_body import BODY_TIMEOUT_S, MAX_BODY_BYTES
 from appliance.api.http_checks import PREFLIGHT_HEADERS, Doors, add_cors
 from appliance.api.http_connections import Connection, GuardedSite, Pool
 from appliance.api.http_errors import api_of, error_response
-from appliance.api.metrics import CONTENT_TYPE, Metrics
+from appliance.api.metrics import Metrics
 from appliance.config import Settings
 from appliance.config.addresses import parse_listen
-from appliance.config.schema import HttpSettings
-from appliance.config.secrets import read_api_token
+from appliance.config.schema_api import HttpSettings
 from appliance.errors import ConfigError
 from appliance.logs import get_logger
 from appliance.service.guard import INTERNAL_ERROR, guarded
@@ -48,27 +46,42 @@ log = get_logger("http_api")
 SHUTDOWN_S = 1.0
 """At shutdown, open requests get this long before their handlers are cancelled."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+OnPrepare = Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]
 
 
 class HttpApi:
-    """The Ollama- and OpenAI-compatible HTTP server."""
+    """One aiohttp server on the supervisor's loop: the APIs' or the console's routes.
 
-    def __init__(self, settings: Settings, http: HttpSettings, context: Context,
-                 metrics: Metrics) -> None:
+    ``routes`` adds the routes to the application; ``middlewares`` run after the
+    guard and the doors (the console's sessions); ``on_prepare`` see every answer
+    before its headers go (the console's security headers); ``token`` is the APIs'
+    bearer token; ``key`` names the config section in errors. ``json_only``: a POST body
+    must be JSON (the APIs); the console checks its own bodies.
+    """
+
+    def __init__(self, settings: Settings, http: HttpSettings, metrics: Metrics,
+                 routes: Callable[[web.Application], None], *, key: str = "api.http",
+                 token: str | None = None, middlewares: Sequence[Middleware] = (),
+                 on_prepare: Sequence[OnPrepare] = (), json_only: bool = True) -> None:
         self.settings = settings
         self.http = http
         self.metrics = metrics
-        self.context = context
+        self.routes = routes
+        self.key = key
+        self.extra_middlewares = tuple(middlewares)
+        self.on_prepare = tuple(on_prepare)
         try:
             self.host, self.port = parse_listen(http.listen)
         except ValueError as exc:
-            raise self._config_error("api.http.listen", str(exc)) from None
+            raise self._config_error(f"{key}.listen", str(exc)) from None
         for origin in http.allowed_origins:
             if not origin.startswith(("http://", "https://")):
-                raise self._config_error("api.http.allowed_origins", "expected origins such "
+                raise self._config_error(f"{key}.allowed_origins", "expected origins such "
                                          f"as http://webui.lan:8080, got {origin!r}")
-        self.doors = Doors(self.host, http.allowed_hosts, http.allowed_origins)
-        self.token = read_api_token(settings)
+        self.doors = Doors(self.host, http.allowed_hosts, http.allowed_origins,
+                           json_only=json_only)
+        self.token = token
         self.pool = Pool(_connection_limit(http.max_connections), http)
         self._runner: web.AppRunner | None = None
 
@@ -78,13 +91,13 @@ class HttpApi:
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application(middlewares=[self._guard, self._doors, self._auth],
+        app = web.Application(middlewares=[self._guard, self._doors, self._auth,
+                                           *self.extra_middlewares],
                               client_max_size=MAX_BODY_BYTES)
         app[BODY_TIMEOUT_S] = self.http.body_timeout_s
         app.on_response_prepare.append(functools.partial(add_cors, self.doors))
-        app.router.add_get("/metrics", self._metrics)
-        ollama_routes.add_routes(app, self.context)
-        openai_routes.add_routes(app, self.context)
+        app.on_response_prepare.extend(self.on_prepare)
+        self.routes(app)
         return app
 
     async def start(self) -> None:
@@ -96,11 +109,11 @@ class HttpApi:
             await GuardedSite(runner, self.host, self.port, self.pool).start()
         except OSError as exc:
             await runner.cleanup()
-            raise self._config_error("api.http.listen", f"cannot listen on "
+            raise self._config_error(f"{self.key}.listen", f"cannot listen on "
                                      f"{self.http.listen}: {exc.strerror or exc}") from None
         if self.port == 0 and runner.addresses:
             self.port = runner.addresses[0][1]
-        log.info("http_api_listening", host=self.host, port=self.port,
+        log.info("http_api_listening", section=self.key, host=self.host, port=self.port,
                  token=self.token is not None, max_connections=self.pool.limit)
 
     async def close(self) -> None:
@@ -109,9 +122,6 @@ class HttpApi:
             await self._runner.cleanup()
             self._runner = None
         self.pool.refusals.close()
-
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -174,6 +184,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.problem is Problem.TIMEOUT:
             response.force_close()  # the rest of that body is not worth waiting for
         return response
+    except web.HTTPRedirection as exc:  # a redirect is an answer, not a failure
+        return web.Response(status=exc.status, headers=exc.headers)
     except web.HTTPException as exc:
         return error_response(api_of(request.path), _http_error(request, exc))
 

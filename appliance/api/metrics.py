@@ -2,8 +2,11 @@
 
 Counters and histograms move with every answer of every source (the
 dispatcher's answer listeners call :meth:`Metrics.observe`); gauges are read
-from :class:`~appliance.service.status.Status` at scrape time. The registry is
-our own, so nothing else in the process adds to it.
+from :class:`~appliance.service.status.Status` at scrape time. With a price in
+``power`` (``price_per_kwh``, ``device_cost``), ``appliance_cost_per_1000_answers``
+is what 1,000 answers cost at the recent answers' mean
+(:mod:`appliance.console.cost`, the same figure the console shows). The
+registry is our own, so nothing else in the process adds to it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 import appliance
-from appliance.config.schema import ThermalLevel
+from appliance.config.schema import PowerSettings, ThermalLevel
+from appliance.console.cost import CostMeter, priced
 from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Request
 from appliance.service.status import Status
@@ -27,10 +31,15 @@ TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60)
 
 
 class Metrics:
-    """The appliance's metrics; :meth:`observe` is a dispatcher answer listener."""
+    """The appliance's metrics; :meth:`observe` is a dispatcher answer listener.
 
-    def __init__(self, status: Status, levels: tuple[ThermalLevel, ...]) -> None:
+    ``power``: the prices answers are counted at (``None``, or no price in it: no cost).
+    """
+
+    def __init__(self, status: Status, levels: tuple[ThermalLevel, ...],
+                 power: PowerSettings | None = None) -> None:
         self.registry = CollectorRegistry()
+        self.cost = CostMeter(power) if power is not None and priced(power) else None
         by = ["source", "tier"]
         self.answers = Counter("appliance_answers", "Answers given",
                                [*by, "finish_reason"], registry=self.registry)
@@ -53,12 +62,14 @@ class Metrics:
                                         registry=self.registry)
         self.requests = Counter("appliance_api_requests", "HTTP API requests by route and status",
                                 ["api", "code"], registry=self.registry)
-        self.registry.register(_StatusCollector(status, levels))
+        self.registry.register(_StatusCollector(status, levels, self.cost))
 
     def observe(self, request: Request, answer: Answer) -> None:
         """Count one answer (of any source)."""
         labels = (request.source, answer.tier or "none")
         self.answers.labels(*labels, answer.finish_reason).inc()
+        if self.cost is not None:
+            self.cost.observe(answer)
         done = answer.completion
         if done is not None and done.thinking_tokens:
             self.thinking_tokens.labels(*labels).inc(done.thinking_tokens)
@@ -82,9 +93,11 @@ class Metrics:
 class _StatusCollector(Collector):
     """Gauges read from the status at each scrape."""
 
-    def __init__(self, status: Status, levels: tuple[ThermalLevel, ...]) -> None:
+    def __init__(self, status: Status, levels: tuple[ThermalLevel, ...],
+                 cost: CostMeter | None) -> None:
         self.status = status
         self.levels = [level.name for level in levels]
+        self.cost = cost
 
     def collect(self) -> Iterator[Metric]:
         s = self.status
@@ -101,6 +114,14 @@ class _StatusCollector(Collector):
                                   labels=["state"])
         state.add_metric([s.state], 1)
         yield state
+        cost = self.cost.cost() if self.cost is not None else None
+        if cost is not None and cost.per_1000 is not None:
+            family = GaugeMetricFamily(
+                "appliance_cost_per_1000_answers", "What 1,000 answers cost at the recent "
+                "answers' mean: electricity and the device's price over its life",
+                labels=["currency"])
+            family.add_metric([cost.currency], cost.per_1000)
+            yield family
         info = GaugeMetricFamily("appliance_build_info", "Version and model", labels=[
             "version", "model"])
         info.add_metric([appliance.__version__, s.model], 1)

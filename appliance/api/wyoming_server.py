@@ -49,7 +49,7 @@ from appliance.api.wyoming_info import build_info
 from appliance.api.wyoming_speak import SynthesisSession
 from appliance.config import Settings
 from appliance.config.addresses import check_uri
-from appliance.config.schema import WyomingSettings
+from appliance.config.schema_api import WyomingSettings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.log_limit import RateLimitedLog
 from appliance.logs import get_logger

@@ -20,6 +20,7 @@ from appliance.cli import (
     bench,
     catalog_cmd,
     config_cmd,
+    console_cmd,
     doctor,
     knowledge,
     listen,
@@ -30,7 +31,8 @@ from appliance.config import Settings, load_settings
 from appliance.errors import ApplianceError
 from appliance.hardware import calm_openmp
 
-_COMMANDS = (run, ask, listen, act, config_cmd, doctor, models, catalog_cmd, knowledge, bench)
+_COMMANDS = (run, ask, listen, act, config_cmd, console_cmd, doctor, models, catalog_cmd,
+             knowledge, bench)
 
 
 class _Version(argparse.Action):

@@ -68,6 +68,14 @@ def check_settings(settings: Settings, fail: Fail) -> None:
     except ValueError as exc:
         raise fail("api.http.listen", str(exc)) from None
     try:
+        web = parse_listen(api.web.listen) if api.web is not None else None
+    except ValueError as exc:
+        raise fail("api.web.listen", str(exc)) from None
+    if web is not None and api.http is not None and web[1] != 0 and \
+            web[1] == parse_listen(api.http.listen)[1]:
+        raise fail("api.web.listen", f"port {web[1]} is api.http's: the console needs a "
+                   "port of its own (8080 by default)")
+    try:
         if api.wyoming is not None:
             check_uri(api.wyoming.listen)
     except ValueError as exc:

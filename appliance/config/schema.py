@@ -13,14 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
-def bounds(low: float | None = None, high: float | None = None) -> dict[str, Any]:
-    """Field metadata: the inclusive range a number must lie in."""
-    return {"low": low, "high": high}
-
-
-EXISTING: dict[str, Any] = {"exists": True}
-"""Field metadata: the path must name an existing file or directory."""
+from appliance.config.schema_api import ApiSettings
+from appliance.config.schema_base import EXISTING, bounds
 
 
 class Secret:
@@ -415,54 +409,18 @@ class ConversationSettings:
 
 
 @dataclass(frozen=True)
-class WyomingSettings:
-    """The Wyoming server (Home Assistant's Wyoming integration)."""
-
-    listen: str = "tcp://0.0.0.0:10700"
-    zeroconf: bool = True
-    name: str | None = None
-    actions: bool = False  # may a transcript act? Wyoming has no authentication
-    # Addresses or CIDR networks that may connect (the protocol has no authentication).
-    allowed_clients: tuple[str, ...] = ("127.0.0.0/8", "::1", "10.0.0.0/8", "172.16.0.0/12",
-                                        "192.168.0.0/16", "169.254.0.0/16", "fc00::/7",
-                                        "fe80::/10")
-    max_connections: int = field(default=64, metadata=bounds(1, 4096))
-    idle_timeout_s: float = field(default=30.0, metadata=bounds(0.1, 3600.0))
-    event_timeout_s: float = field(default=10.0, metadata=bounds(0.1, 600.0))
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    """The Ollama- and OpenAI-compatible HTTP API."""
-
-    listen: str = "127.0.0.1:11434"
-    token_file: Path | None = field(default=None, metadata=EXISTING)
-    # Host names besides the listen address, loopback and this machine's own name (a proxy's).
-    allowed_hosts: tuple[str, ...] = ()
-    # Browser origins (http://host:port) that may call the API besides its own.
-    allowed_origins: tuple[str, ...] = ()
-    max_connections: int = field(default=128, metadata=bounds(1, 65536))
-    header_timeout_s: float = field(default=10.0, metadata=bounds(0.1, 300.0))
-    idle_timeout_s: float = field(default=15.0, metadata=bounds(0.1, 3600.0))
-    body_timeout_s: float = field(default=30.0, metadata=bounds(0.1, 600.0))
-    actions: Literal["auto", True, False] = "auto"  # may a chat act? auto: with a token
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    """Standard APIs; each is off while null."""
-
-    wyoming: WyomingSettings | None = None
-    http: HttpSettings | None = None
-
-
-@dataclass(frozen=True)
 class PowerSettings:
     """The power meter that gives each answer its energy."""
 
     meter: Literal["auto", "vcgencmd", "rapl", "none"] = "auto"
     vcgencmd: str = "vcgencmd"
     interval_s: float = field(default=0.5, metadata=bounds(0.05, 60.0))
+    # What an answer costs (the console and /metrics): electricity, and optionally the
+    # device's price spread over its expected life; null: not shown.
+    price_per_kwh: float | None = field(default=None, metadata=bounds(0.0, 100.0))
+    device_cost: float | None = field(default=None, metadata=bounds(0.0, 1e6))
+    device_life_years: float = field(default=5.0, metadata=bounds(0.1, 50.0))
+    currency: str = ""
 
 
 @dataclass(frozen=True)

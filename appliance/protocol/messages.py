@@ -12,7 +12,8 @@ from appliance.llm.types import ChatRequest
 Source = Literal["voice", "mqtt", "sensor", "api"]
 TierWanted = Literal["auto", "local", "remote"]
 """Where a request may be answered (``auto``: the router decides); cf. ``generate.base.Tier``."""
-Api = Literal["http", "wyoming"]
+Api = Literal["http", "wyoming", "console"]
+"""The API a request came through (``console``: the Talk page, behind its login)."""
 
 PRIORITY: dict[Source, int] = {"voice": 0, "api": 1, "mqtt": 1, "sensor": 2}
 """Lower runs first: voice, then questions (MQTT and the HTTP/Wyoming APIs), then sensor rules."""

@@ -6,9 +6,10 @@ Home Assistant button, ``appliance act``), ``cmd/confirm`` and a spoken yes or
 no to "Shall I ...?", and it publishes the world state on ``<base>/world``.
 
 It also decides which entrances may act (:func:`closed_entrances`): the
-device's own (voice, MQTT, rules, buttons) always; Wyoming, which has no
-authentication, only with ``api.wyoming.actions: true``; HTTP with
-``api.http.actions: true``, or by default (``auto``) only behind a token.
+device's own (voice, MQTT, rules, buttons) and the console's Talk page (behind
+its login) always; Wyoming, which has no authentication, only with
+``api.wyoming.actions: true``; HTTP with ``api.http.actions: true``, or by
+default (``auto``) only behind a token.
 """
 
 from __future__ import annotations

@@ -180,10 +180,14 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
 
     watchdog = ThermalWatchdog(settings.thermal, on_level, on_reading=on_reading)
     apis = None
-    if settings.api.http is not None or settings.api.wyoming is not None:
+    api = settings.api
+    if api.http is not None or api.wyoming is not None or api.web is not None:
         from appliance.api import Apis  # aiohttp and wyoming load only when asked for
+        from appliance.console.parts import ConsoleParts
 
-        apis = Apis(settings, dispatcher, status)
+        console = ConsoleParts(settings, config_path, status, journal, world, desk, knowledge) \
+            if api.web is not None else None
+        apis = Apis(settings, dispatcher, status, console)
     _router_changed(router, status)
     return Service(topics, status, journal, world, worker, remote, router, knowledge, inbox,
                    bridge, gpio, desk, power, voice, dispatcher, intake, state_outlet,

@@ -18,7 +18,9 @@ cannot be read is moved aside with a timestamp and a fresh one is started
 (:attr:`Journal.recovered` says so).
 
 The same file keeps the sensor readings and when each action last ran (see
-:mod:`appliance.actions.world`).
+:mod:`appliance.actions.world`), and the recent activity that the console
+shows (:mod:`appliance.service.activity_log`: answers, errors, rule firings,
+action records, changes made from the console; bounded).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from appliance.errors import ApplianceError
 from appliance.llm.types import Turn
 from appliance.logs import get_logger
 from appliance.protocol.messages import Outgoing, Request
+from appliance.service import activity_log
+from appliance.service.activity_log import ActivityQuery, Entry
 from appliance.service.conversations import Conversation
 
 log = get_logger("journal")
@@ -153,7 +157,7 @@ class Journal:
                 raise sqlite3.DatabaseError("database disk image is malformed")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + activity_log.SCHEMA)
             for table, columns in _ADDED_COLUMNS.items():
                 have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
                 for column, kind in columns.items():
@@ -291,6 +295,25 @@ class Journal:
         with self._writing("keep the action's last run"), self._durable():
             self._db.execute("INSERT OR REPLACE INTO runs (name, at, mono, boot) "
                              "VALUES (?, ?, ?, ?)", (name, stamp.at, stamp.mono, stamp.boot))
+
+    def note(self, entry: Entry) -> None:
+        """Add ``entry`` to the activity log (best effort: a lost row is logged, not raised)."""
+        try:
+            with self._writing("note the activity"):
+                activity_log.write(self._db, entry)
+        except JournalError as exc:
+            log.warning("activity_not_kept", kind=entry.kind, error=str(exc))
+
+    def console_action(self, who: str, action: str, detail: str = "") -> None:
+        """Note a change made from the console by ``who`` (``admin@<address>``)."""
+        self.note(Entry("console", "console", action, detail, fields={"who": who}))
+
+    def activity(self, query: ActivityQuery) -> list[Entry]:
+        """The activity rows ``query`` asks for, newest first (blocking: call it on a thread)."""
+        try:
+            return activity_log.read(self.path, query)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"cannot read the activity: {exc}") from None
 
     def close(self) -> None:
         """Close the database."""

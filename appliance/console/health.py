@@ -1,0 +1,99 @@
+"""The Health page: the ``doctor`` table and a live tail of the log.
+
+The checks are :func:`appliance.doctor.run_checks`, run on a thread (some wait
+for the broker or ``systemctl``), one run at a time: a page that asks while a
+run is going gets that run's rows. The log tail is Server-Sent Events from the
+console's :class:`~appliance.console.log_tail.LogTail`: first the kept lines,
+then each new one, at or above the ``level`` asked for, never compressed, with
+a heartbeat comment every :data:`HEARTBEAT_S`. Secrets are redacted in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from appliance.api.errors import ApiError, Problem
+from appliance.console.log_tail import LEVELS, LogTail
+from appliance.console.roles import Access
+from appliance.doctor import run_checks
+from appliance.logs import redact
+
+if TYPE_CHECKING:
+    from appliance.console.app import Console
+
+HEARTBEAT_S = 15.0
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One Server-Sent Event."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class Health:
+    """The page, the checks and the log stream; owns the log tail."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.tail = LogTail()
+        self._checks: asyncio.Task[list[dict[str, str]]] | None = None
+
+    def add_routes(self, console: Console) -> None:
+        """``/health``, ``/health/checks`` and ``/health/log``."""
+        console.add("GET", "/health", self.page, Access.ADMIN)
+        console.add("GET", "/health/checks", self.checks, Access.ADMIN)
+        console.add("GET", "/health/log", self.log, Access.ADMIN)
+
+    def start(self) -> None:
+        """Start keeping the log's events."""
+        self.tail.install()
+
+    async def close(self) -> None:
+        """Stop keeping them."""
+        self.tail.uninstall()
+        if self._checks is not None:
+            await asyncio.gather(self._checks, return_exceptions=True)
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        """The table (filled by the script) and the log."""
+        return self.console.pages.render(request, "health.html", "Health",
+                                         {"levels": list(LEVELS)})
+
+    async def checks(self, _request: web.Request) -> web.StreamResponse:
+        """``{"checks": [{"name", "status", "detail"}]}``, as ``appliance doctor`` has them."""
+        if self._checks is None or self._checks.done():
+            self._checks = asyncio.create_task(asyncio.to_thread(self._run_checks))
+        return web.json_response({"checks": await asyncio.shield(self._checks)})
+
+    def _run_checks(self) -> list[dict[str, str]]:
+        return [{"name": c.name, "status": c.status, "detail": redact(c.detail)}
+                for c in run_checks(self.console.parts.settings)]
+
+    async def log(self, request: web.Request) -> web.StreamResponse:
+        """``GET health/log?level=info``: the log as Server-Sent Events (``event: log``)."""
+        name = request.query.get("level", "info").lower()
+        if name not in LEVELS:
+            raise ApiError(Problem.BAD_REQUEST, f"level must be one of {', '.join(LEVELS)}, "
+                           f"not {name[:20]!r}")
+        minimum = LEVELS[name]
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        with self.tail.subscribe(minimum) as subscriber:
+            sent = 0
+            for line in self.tail.recent(minimum):
+                await response.write(sse("log", line))
+                sent = line["seq"]
+            while not subscriber.overflowed:
+                try:
+                    line = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                if line["seq"] > sent:  # not one of the kept lines sent above
+                    await response.write(sse("log", line))
+        return response

@@ -1,0 +1,168 @@
+"""A model pull that runs in the server: one at a time, cancellable, its progress kept.
+
+The console's pull is ``appliance models pull NAME`` on a thread: the same
+trusted catalog (:func:`appliance.cli.models._catalog`, a signed mirror when one
+is set), the same resumable, verified :func:`appliance.download.download`, the
+same lines. It belongs to the server, not to a page: closing the page leaves it
+running, and the page opened again shows it. Only models the catalog has a
+sha256 for are pulled from here. Cancelling stops it at the next block that
+arrives; the ``.part`` file stays, and the next pull resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from appliance.catalog import lookup
+from appliance.cli.models import _catalog, _files
+from appliance.download import download, unpack_zip, verify
+from appliance.errors import ApplianceError, DownloadError, TrustError
+from appliance.logs import get_logger
+
+if TYPE_CHECKING:
+    from appliance.config import Settings
+
+log = get_logger("console")
+
+
+class PullCancelled(DownloadError):
+    """The pull was cancelled from the console."""
+
+
+@dataclass
+class PullState:
+    """What the page shows of a pull: ``state`` is running, cancelling, done, failed or cancelled.
+
+    ``rate`` is bytes per second since the pull started (``None`` until known);
+    ``left_s`` the time left at that rate; ``line`` the CLI's last line.
+    """
+
+    name: str
+    state: str = "running"
+    file: str = ""
+    done: int = 0
+    total: int | None = None
+    rate: float | None = None
+    left_s: float | None = None
+    line: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as JSON."""
+        return asdict(self)
+
+
+class Pull:
+    """One pull: :meth:`run` on a thread, :meth:`cancel` from the loop."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.settings = settings
+        self.state = PullState(name)
+        self._cancelled = threading.Event()
+        self._started = time.monotonic()
+        self._first: int | None = None  # the bytes already there when this file started
+
+    def cancel(self) -> None:
+        """Stop at the next block that arrives."""
+        self._cancelled.set()
+        if self.state.state == "running":
+            self.state.state = "cancelling"
+
+    def progress(self, done: int, total: int | None) -> None:
+        """The download's progress callback (on the pull's thread)."""
+        if self._cancelled.is_set():
+            raise PullCancelled(f"{self.state.name}: pull cancelled at {done} bytes; pull "
+                                "again to resume")
+        now = time.monotonic()
+        if self._first is None:
+            self._first, self._started = done, now
+        state = self.state
+        state.done, state.total = done, total
+        elapsed = now - self._started
+        if elapsed > 0.5 and done > self._first:
+            state.rate = (done - self._first) / elapsed
+            state.left_s = (total - done) / state.rate if total else None
+
+    def run(self) -> str:
+        """Pull the model as ``appliance models pull`` does; the line it prints."""
+        settings, name = self.settings, self.state.name
+        catalog, mirror = _catalog(settings, gated=True, offline_ok=False)
+        entry = lookup(name, catalog)
+        if entry.package is not None:
+            return f"{entry.name}: shipped in the PyPI package {entry.package}, at " \
+                   f"{entry.location(settings.models_dir)}"
+        if (entry.target is None) != (mirror is None):
+            raise TrustError(f"{entry.name}: its catalog entry does not fit this catalog "
+                             "(target: needs a signed mirror, url: an unsigned catalog)")
+        if entry.sha256 is None:
+            raise DownloadError(f"{entry.name}: the catalog has no sha256 for it yet; only "
+                                "appliance models pull --allow-unverified takes it")
+        target = entry.location(settings.models_dir)
+        fetched = False
+        for path, source, sha256, size in ([] if target.is_dir() else _files(entry, target)):
+            if path.exists() and (sha256 is None or verify(path, sha256)):
+                continue
+            assert source is not None
+            self.state.file, self._first = path.name, None
+            archive = source.endswith(".zip")
+            dest = path.with_name(path.name + ".zip") if archive else path
+            if mirror is not None:
+                mirror.pull(source, dest, sha256, progress=self.progress)
+            else:
+                download(source, dest, sha256, size=size, progress=self.progress)
+            if archive:
+                unpack_zip(dest, path)
+                dest.unlink()
+            fetched = True
+        if not fetched:
+            return f"{entry.name}: already at {target}"
+        signed = "signed, " if mirror is not None else ""
+        return f"{entry.name}: {signed}verified and installed at {target}"
+
+
+class Puller:
+    """The console's one pull at a time, and the last one's outcome."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current: Pull | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether a pull is going."""
+        return self._task is not None and not self._task.done()
+
+    def start(self, name: str) -> Pull:
+        """Start pulling ``name``; the caller checked that none is running."""
+        assert not self.running
+        pull = self.current = Pull(self.settings, name)
+        self._task = asyncio.create_task(self._run(pull))
+        return pull
+
+    async def _run(self, pull: Pull) -> None:
+        state = pull.state
+        try:
+            state.line = await asyncio.to_thread(pull.run)
+            state.state = "done"
+        except PullCancelled as exc:
+            state.state, state.line = "cancelled", str(exc)
+        except (ApplianceError, OSError) as exc:
+            state.state, state.line = "failed", f"appliance: {exc}"
+        log.info("model_pull_ended", model=state.name, state=state.state, line=state.line)
+
+    def cancel(self) -> bool:
+        """Cancel the running pull; False if none is running."""
+        if not self.running or self.current is None:
+            return False
+        self.current.cancel()
+        return True
+
+    async def close(self) -> None:
+        """Cancel a running pull and wait for its thread."""
+        if self._task is not None:
+            self.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,437 @@
+"""The console's Manuals, Models, Health and Settings pages, over real parts.
+
+A :class:`Console` is built from a real journal, status, action desk and
+knowledge context; aiohttp's test client talks to the console's server
+application as a logged-in browser would (a session is put on each request,
+as the security middleware would). Uploads are indexed with the real embedding
+model (slow); a pull downloads from a loopback server (tests/http_server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from appliance import logs
+from appliance.actions.world import WorldState
+from appliance.api.gate import ApiGate
+from appliance.api.http_server import HttpApi
+from appliance.api.metrics import Metrics
+from appliance.config import parse_settings
+from appliance.config.schema_api import HttpSettings
+from appliance.console.app import Console
+from appliance.console.health import Health
+from appliance.console.log_tail import QUEUE, LogTail
+from appliance.console.parts import ConsoleParts
+from appliance.console.roles import SESSION, Session
+from appliance.console.settings_page import shown
+from appliance.knowledge import index_path
+from appliance.mqtt.contract import Topics
+from appliance.rules import RuleSet
+from appliance.service.action_desk import ActionDesk
+from appliance.service.activity_log import ActivityQuery
+from appliance.service.conversations import Conversations
+from appliance.service.dispatcher import Dispatcher
+from appliance.service.journal import Journal
+from appliance.service.knowledge_context import KnowledgeContext
+from appliance.service.ratelimit import RateLimiter
+from appliance.service.router import Router
+from appliance.service.status import Status
+from tests.fakes import FakeGenerator, FakeOutlet
+from tests.http_server import Served, serve
+
+CONFIG = """
+device_id: t1
+data_dir: {data}
+api: {{web: {{listen: "127.0.0.1:0", max_upload_mb: {max_mb}}}}}
+knowledge: {{enabled: {enabled}}}
+models: {{allow_unsigned_site_catalog: true}}
+mqtt: {{username: bob, password_env: ADMIN_TEST_PASSWORD}}
+escalation: {{endpoint: "http://user:hunter22@big.lan:8080/v1"}}
+"""
+WHO = "admin@127.0.0.1"
+MANUAL = b"""# Garden pump
+
+## Priming the pump
+
+Fill the pump housing with water before the first start, then open the bleed screw
+until no air comes out. A dry pump overheats within a minute.
+
+## Winter storage
+
+Drain the pump and keep it indoors when frost is expected.
+"""
+
+
+class Device:
+    """A console over real parts (the dispatcher is built but never asked)."""
+
+    def __init__(self, tmp_path: Path, *, max_mb: float = 20.0, enabled: bool = True) -> None:
+        self.data = tmp_path / "data"
+        self.settings = settings = parse_settings(CONFIG.format(
+            data=self.data, max_mb=max_mb, enabled=str(enabled).lower()), "c.yaml")
+        topics = Topics.under(settings.base_topic)
+        self.journal = Journal(self.data / "journal.sqlite3")
+        status = Status()
+        outlet = FakeOutlet()
+        world = WorldState(self.journal)
+        desk = ActionDesk(settings, topics, outlet, world, None)  # type: ignore[arg-type]
+        dispatcher = Dispatcher(
+            router=Router(FakeGenerator([])), outlet=outlet, journal=self.journal,
+            topics=topics, rules=RuleSet((), topics.base), status=status, queue_size=4,
+            stream=False, llm=settings.llm, actions=desk.service, world=world,
+            conversations=Conversations(settings.conversation, self.journal))
+        gate = ApiGate(dispatcher, RateLimiter(settings.mqtt.ask_rate_per_min))
+        self.knowledge = KnowledgeContext(settings.knowledge, index_path(self.data))
+        parts = ConsoleParts(settings, None, status, self.journal, world, desk, self.knowledge)
+        self.console = Console(parts, gate, Metrics(status, settings.thermal.levels))
+        self.health = next(v for v in self.console.views if isinstance(v, Health))
+
+    def app(self) -> web.Application:
+        """The console's server application, every request logged in."""
+
+        @web.middleware
+        async def logged_in(request: web.Request, handler: Any) -> web.StreamResponse:
+            request[SESSION] = Session("s1", "csrf", WHO, float("inf"))
+            return await handler(request)
+
+        server = HttpApi(self.settings, HttpSettings(listen="127.0.0.1:0"),
+                         self.console.metrics, self.console.add_routes, key="api.web",
+                         middlewares=[logged_in], json_only=False)
+        return server.app()
+
+    def audited(self) -> list[tuple[str, str]]:
+        """``(action, detail)`` of each console change in the journal, oldest first."""
+        rows = self.journal.activity(ActivityQuery(kind="console"))
+        return [(row.title, row.text) for row in reversed(rows)]
+
+
+@asynccontextmanager
+async def serving(device: Device) -> AsyncIterator[TestClient]:
+    """The console started, and a client of its server."""
+    device.console.start()
+    client = TestClient(TestServer(device.app()))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+        await device.console.close()
+        device.knowledge.close()
+        device.journal.close()
+
+
+def run(scenario: Callable[[], Awaitable[None]], deadline_s: float = 120) -> None:
+    """Run ``scenario`` with a deadline."""
+
+    async def main() -> None:
+        await asyncio.wait_for(scenario(), deadline_s)
+
+    asyncio.run(main())
+
+
+async def until(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (bounded by :func:`run`) until ``await check()`` is true."""
+    while not await check():
+        await asyncio.sleep(0.05)
+
+
+async def upload(client: TestClient, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/manuals/upload", params={"name": name}, data=body,
+                                 headers={"Content-Type": "application/octet-stream"})
+    return response.status, await response.json()
+
+
+async def listed(client: TestClient) -> list[str]:
+    response = await client.get("/manuals/documents")
+    assert response.status == 200
+    return [d["name"] for d in (await response.json())["documents"]]
+
+
+# --- Manuals ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # the embedding model indexes and searches (seconds)
+def test_upload_search_remove_and_the_service_sees_it(tmp_path: Path) -> None:
+    device = Device(tmp_path)
+
+    async def scenario() -> None:
+        async with serving(device) as client:
+            assert await device.knowledge.passages("how do I prime the pump") == []
+            status, answer = await upload(client, "pump.md", MANUAL)
+            assert status == 200, answer
+            assert answer["notice"] == "pump.md: added, 2 passages"
+            assert await listed(client) == ["pump.md"]
+            page = await (await client.get("/manuals")).text()
+            assert 'data-name="pump.md"' in page and "knowledge-off" not in page
+            assert (device.data / "manuals" / "pump.md").read_bytes() == MANUAL
+            progress = await (await client.get("/manuals/progress")).json()
+            assert progress["stage"] == "done" and progress["total"] == 2
+
+            found = await (await client.get("/manuals/search",
+                                            params={"q": "the pump needs water first"})).json()
+            best = found["passages"][0]
+            assert (best["doc"], best["section"]) == ("pump.md", "Priming the pump")
+            assert 0 < best["score"] <= 1.2 and "bleed screw" in best["text"]
+            # The running appliance's context sees the new manual at its next question.
+            seen = await device.knowledge.passages("how do I prime the pump")
+            assert seen and seen[0].section == "Priming the pump"
+
+            # A bad file: the CLI's line, and the list and the kept file as they were.
+            status, answer = await upload(client, "pump.md", b"\x00\x01\x02binary" * 100)
+            assert status == 400
+            assert answer["error"] == "appliance: pump.md: binary data, not text"
+            assert await listed(client) == ["pump.md"]
+            assert (device.data / "manuals" / "pump.md").read_bytes() == MANUAL
+
+            response = await client.post("/manuals/remove", json={"name": "pump.md"})
+            assert response.status == 200
+            assert (await response.json())["notice"] == "pump.md: removed (2 passages)"
+            assert await listed(client) == []
+            assert not (device.data / "manuals" / "pump.md").exists()
+            assert await device.knowledge.passages("how do I prime the pump") == []
+        assert device.audited() == [("manual_add", "pump.md: added, 2 passages"),
+                                    ("manual_remove", "pump.md: removed (2 passages)")]
+
+    run(scenario)
+
+
+def test_a_refused_upload_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    device = Device(tmp_path, max_mb=0.001, enabled=False)
+
+    async def scenario() -> None:
+        async with serving(device) as client:
+            status, answer = await upload(client, "tool.exe", b"MZ\x90\x00")
+            assert status == 400
+            assert answer["error"].startswith("appliance: tool.exe: unknown format ('.exe'); "
+                                              "known: .adoc .asc")
+            status, answer = await upload(client, "big.md", b"# Big\n" + b"word " * 400)
+            assert status == 400
+            assert answer["error"] == ("appliance: big.md: 0.00201 MB is over "
+                                       "api.web.max_upload_mb (0.001 MB)")
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+                for _ in range(3):
+                    yield b"word " * 100
+            response = await client.post("/manuals/upload", params={"name": "big.md"},
+                                         data=chunks())
+            assert response.status == 400
+            assert (await response.json())["error"] == (
+                "appliance: big.md: more than 0.0015 MB is over api.web.max_upload_mb (0.001 MB)")
+            # Exactly the line `appliance knowledge add bad.pdf` prints for it.
+            status, answer = await upload(client, "bad.pdf", b"hello not a pdf")
+            assert (status, answer["error"]) == (400, "appliance: bad.pdf: not a readable PDF "
+                                                 "(PdfStreamError: Stream has ended unexpectedly)")
+            status, answer = await upload(client, "../etc/x.md", b"# x")
+            assert status == 400 and "not a plain file name" in answer["error"]
+            status, answer = await upload(client, "empty.md", b"  \n")
+            assert (status, answer["error"]) == (400, "appliance: empty.md: empty file")
+            assert await listed(client) == []
+            assert sorted(p.name for p in (device.data / "manuals").iterdir()) == [".incoming"]
+            assert not list((device.data / "manuals" / ".incoming").iterdir())
+            page = await (await client.get("/manuals")).text()
+            assert "knowledge-off" in page and "knowledge: {enabled: true}" in page
+            assert 'input type="file" id="manual" name="manual"' in page
+            assert device.audited() == []
+
+    run(scenario)
+
+
+# --- Models -------------------------------------------------------------------------------
+
+BODY = bytes(range(256)) * 1024  # 256 KiB
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+def _catalog(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump({"models": {
+        "tiny": {"kind": "llm", "file": "tiny.gguf", "url": url, "sha256": SHA,
+                 "size": len(BODY), "license": "test"},
+        "nohash": {"kind": "llm", "file": "nohash.gguf", "url": url, "license": "test"}}}))
+    monkeypatch.setenv("APPLIANCE_CATALOG", str(catalog))
+
+
+def test_a_pull_runs_in_the_server_survives_the_page_and_can_be_cancelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    device = Device(tmp_path)
+    served = Served(BODY, trickle_s=0.005)
+
+    async def pull_state(client: TestClient) -> dict[str, Any]:
+        return (await (await client.get("/models/pull")).json())["pull"]
+
+    async def scenario() -> None:
+        async with serving(device) as client:
+            page = await (await client.get("/models")).text()
+            assert 'data-model="tiny"' in page and 'data-pull="tiny"' in page
+            assert 'data-model="nohash"' in page and 'data-pull="nohash"' not in page
+            assert 'id="pull" aria-labelledby="pull-title" hidden' in page
+            response = await client.post("/models/pull", json={"name": "tiny"})
+            assert response.status == 200
+
+            async def some_arrived() -> bool:
+                return (await pull_state(client))["done"] > 0
+            await until(some_arrived)
+            # A second page load (the first page closed) shows the same pull, running.
+            page = await (await client.get("/models")).text()
+            assert 'id="pull" aria-labelledby="pull-title" hidden' not in page
+            running = await pull_state(client)
+            assert running["name"] == "tiny" and running["state"] == "running"
+            assert running["total"] == len(BODY) and running["file"] == "tiny.gguf"
+            refused = await client.post("/models/pull", json={"name": "tiny"})
+            assert refused.status == 503
+            assert "a pull of tiny is running" in (await refused.json())["error"]
+            assert (await client.post("/models/pull/cancel", json={})).status == 200
+
+            async def ended() -> bool:
+                return (await pull_state(client))["state"] not in ("running", "cancelling")
+            await until(ended)
+            cancelled = await pull_state(client)
+            assert cancelled["state"] == "cancelled", cancelled
+            assert "pull again to resume" in cancelled["line"]
+            part = device.data / "models" / "tiny.gguf.part"
+            kept = part.stat().st_size
+            assert 0 < kept < len(BODY)
+
+            served.trickle_s = None
+            assert (await client.post("/models/pull", json={"name": "tiny"})).status == 200
+            await until(ended)
+            done = await pull_state(client)
+            assert done["state"] == "done", done
+            assert done["line"].startswith("tiny: verified and installed at ")
+            assert (device.data / "models" / "tiny.gguf").read_bytes() == BODY
+            assert served.ranges[-1] == f"bytes={kept}-"  # it resumed
+            page = await (await client.get("/models")).text()
+            assert "verified" in page and 'data-pull="tiny"' not in page
+        assert [a for a, _ in device.audited()] == ["model_pull", "model_pull_cancel",
+                                                     "model_pull"]
+
+    with serve(served) as url:
+        _catalog(tmp_path, url, monkeypatch)
+        run(scenario)
+
+
+# --- Health -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def logging_to_memory() -> Iterator[io.StringIO]:
+    """The real log pipeline at debug level, writing to memory; restored afterwards."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    logs.configure(level="debug", fmt="json", stream=stream)
+    yield stream
+    root.handlers[:] = before[1]
+    root.setLevel(before[0])
+
+
+async def _events(response: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` ``log`` events of an SSE response."""
+    found: list[dict[str, Any]] = []
+    event = ""
+    while len(found) < count:
+        line = (await response.content.readline()).decode()
+        if line.startswith("event: "):
+            event = line[7:].strip()
+        elif line.startswith("data: ") and event == "log":
+            found.append(json.loads(line[6:]))
+    return found
+
+
+def test_the_log_tail_redacts_secrets_and_filters_by_level(
+        tmp_path: Path, logging_to_memory: io.StringIO) -> None:
+    device = Device(tmp_path)
+    secret = "s3cret-pass-1234"
+    logs.add_secret(secret)
+    log = logs.get_logger("tailtest")
+
+    async def scenario() -> None:
+        async with serving(device) as client:
+            log.debug("quiet_detail", n=1)
+            log.warning("broker_refused", error=f"bad password {secret}")
+            response = await client.get("/health/log", params={"level": "warning"})
+            assert response.headers["Content-Type"] == "text/event-stream"
+            assert "Content-Encoding" not in response.headers
+            (kept,) = [e for e in await _events(response, 1)]
+            assert kept["event"] == "broker_refused" and kept["level"] == "warning"
+            assert kept["fields"]["error"] == "bad password [redacted]"
+            log.info("not_shown_at_warning")
+            log.error("live_failure", detail=secret)
+            (live,) = await _events(response, 1)
+            assert (live["event"], live["fields"]["detail"]) == ("live_failure", "[redacted]")
+            response.close()
+
+            everything = await client.get("/health/log", params={"level": "debug"})
+            names = [e["event"] for e in await _events(everything, 3)]
+            assert names[:2] == ["quiet_detail", "broker_refused"]
+            everything.close()
+            bad = await client.get("/health/log", params={"level": "loud"})
+            assert bad.status == 400 and "level must be one of" in (await bad.json())["error"]
+            assert secret not in logging_to_memory.getvalue()
+
+    run(scenario, 30)
+
+
+def test_a_slow_subscriber_is_dropped_not_buffered() -> None:
+    tail = LogTail(size=10)
+
+    async def scenario() -> None:
+        with tail.subscribe(0) as subscriber:
+            for n in range(QUEUE + 5):
+                tail.receive({"event": f"e{n}", "level": "info"})
+            await asyncio.sleep(0)  # the lines are handed over through the loop
+            assert subscriber.overflowed and subscriber.queue.qsize() == QUEUE
+        assert [line["event"] for line in tail.recent()][-1] == f"e{QUEUE + 4}"
+        assert len(tail.recent()) == 10
+
+    run(scenario, 10)
+
+
+def test_the_health_page_runs_the_doctor_checks(tmp_path: Path) -> None:
+    device = Device(tmp_path)
+
+    async def scenario() -> None:
+        async with serving(device) as client:
+            page = await (await client.get("/health")).text()
+            assert 'src="static/health.js"' in page and '<option value="debug">' in page
+            checks = (await (await client.get("/health/checks")).json())["checks"]
+            assert checks[0] == {"name": "config", "status": "ok", "detail": "c.yaml"}
+            assert {"broker", "journal"} <= {c["name"] for c in checks}
+
+    run(scenario, 60)
+
+
+# --- Settings -----------------------------------------------------------------------------
+
+
+def test_the_settings_page_hides_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = "mqtt-pw-98765"
+    monkeypatch.setenv("ADMIN_TEST_PASSWORD", password)
+    logs.add_secret(password)
+    device = Device(tmp_path)
+
+    async def scenario() -> None:
+        async with serving(device) as client:
+            page = await (await client.get("/settings")).text()
+            assert 'data-section="mqtt"' in page and "username: bob" in page
+            assert "password_env: ADMIN_TEST_PASSWORD" in page
+            assert "hunter22" not in page and "user:[redacted]@big.lan" in page
+            assert password not in page
+
+    run(scenario, 30)
+    assert shown({"mqtt": {"password": "x1", "password_file": "/etc/pw", "token": None},
+                  "note": "pw is mqtt-pw-98765"}) == {
+        "mqtt": {"password": "[redacted]", "password_file": "/etc/pw", "token": None},
+        "note": "pw is [redacted]"}

@@ -218,7 +218,7 @@ def test_a_refused_upload_is_one_line_and_changes_nothing(tmp_path: Path) -> Non
             assert answer["error"].startswith("appliance: tool.exe: unknown format ('.exe'); "
                                               "known: .adoc .asc")
             status, answer = await upload(client, "big.md", b"# Big\n" + b"word " * 400)
-            assert status == 400
+            assert status == 413
             assert answer["error"] == ("appliance: big.md: 0.00201 MB is over "
                                        "api.web.max_upload_mb (0.001 MB)")
             async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
@@ -226,7 +226,7 @@ def test_a_refused_upload_is_one_line_and_changes_nothing(tmp_path: Path) -> Non
                     yield b"word " * 100
             response = await client.post("/manuals/upload", params={"name": "big.md"},
                                          data=chunks())
-            assert response.status == 400
+            assert response.status == 413
             assert (await response.json())["error"] == (
                 "appliance: big.md: more than 0.0015 MB is over api.web.max_upload_mb (0.001 MB)")
             # Exactly the line `appliance knowledge add bad.pdf` prints for it.
@@ -290,7 +290,7 @@ def test_a_pull_runs_in_the_server_survives_the_page_and_can_be_cancelled(
             assert running["name"] == "tiny" and running["state"] == "running"
             assert running["total"] == len(BODY) and running["file"] == "tiny.gguf"
             refused = await client.post("/models/pull", json={"name": "tiny"})
-            assert refused.status == 503
+            assert refused.status == 409
             assert "a pull of tiny is running" in (await refused.json())["error"]
             assert (await client.post("/models/pull/cancel", json={})).status == 200
 

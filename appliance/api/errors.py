@@ -30,6 +30,8 @@ class Problem(Enum):
     UNKNOWN_MODEL = _Kind(404, "invalid_request_error", "model_not_found")
     METHOD = _Kind(405, "invalid_request_error", "method_not_allowed")
     TIMEOUT = _Kind(408, "invalid_request_error", "request_timeout")
+    CONFLICT = _Kind(409, "invalid_request_error", "conflict")
+    TOO_LARGE = _Kind(413, "invalid_request_error", "request_too_large")
     MEDIA_TYPE = _Kind(415, "invalid_request_error", "unsupported_media_type")
     CONTEXT_TOO_LONG = _Kind(400, "invalid_request_error", "context_length_exceeded")
     RATE_LIMITED = _Kind(429, "rate_limit_error", "rate_limit_exceeded")

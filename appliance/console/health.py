@@ -5,18 +5,18 @@ for the broker or ``systemctl``), one run at a time: a page that asks while a
 run is going gets that run's rows. The log tail is Server-Sent Events from the
 console's :class:`~appliance.console.log_tail.LogTail`: first the kept lines,
 then each new one, at or above the ``level`` asked for, never compressed, with
-a heartbeat comment every :data:`HEARTBEAT_S`. Secrets are redacted in both.
+a heartbeat comment every :data:`~appliance.console.live.HEARTBEAT_S`. Secrets are redacted in both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from appliance.api.errors import ApiError, Problem
+from appliance.console.live import HEARTBEAT, HEARTBEAT_S, event, open_stream
 from appliance.console.log_tail import LEVELS, LogTail
 from appliance.console.roles import Access
 from appliance.doctor import run_checks
@@ -24,13 +24,6 @@ from appliance.logs import redact
 
 if TYPE_CHECKING:
     from appliance.console.app import Console
-
-HEARTBEAT_S = 15.0
-
-
-def sse(event: str, data: Any) -> bytes:
-    """One Server-Sent Event."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 class Health:
@@ -79,21 +72,18 @@ class Health:
             raise ApiError(Problem.BAD_REQUEST, f"level must be one of {', '.join(LEVELS)}, "
                            f"not {name[:20]!r}")
         minimum = LEVELS[name]
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no"})
-        await response.prepare(request)
+        response = await open_stream(request)
         with self.tail.subscribe(minimum) as subscriber:
             sent = 0
             for line in self.tail.recent(minimum):
-                await response.write(sse("log", line))
+                await response.write(event("log", line))
                 sent = line["seq"]
             while not subscriber.overflowed:
                 try:
                     line = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
-                    await response.write(b": heartbeat\n\n")
+                    await response.write(HEARTBEAT)
                     continue
                 if line["seq"] > sent:  # not one of the kept lines sent above
-                    await response.write(sse("log", line))
+                    await response.write(event("log", line))
         return response

@@ -44,6 +44,15 @@ def event(name: str, data: Any) -> bytes:
     return f"event: {name}\ndata: {body}\n\n".encode()
 
 
+async def open_stream(request: web.Request) -> web.StreamResponse:
+    """A prepared, uncompressed ``text/event-stream`` response (nginx: not buffered)."""
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    return response
+
+
 class Client:
     """One open stream: its bounded queue of rendered events."""
 
@@ -108,10 +117,7 @@ class Hub:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """``GET /events``: the stream, until the client goes, is dropped or the hub closes."""
-        response = web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no"})  # nginx: pass each event on at once
-        await response.prepare(request)
+        response = await open_stream(request)
         client = self.subscribe(request)
         try:
             while True:

@@ -185,7 +185,7 @@ class Manuals:
         if self.busy:
             being = f" ({self.job.name})" if self.job is not None else ""
             raise _refuse(f"appliance: a manual is being indexed{being}; try again when it "
-                          "is done", Problem.UNAVAILABLE)
+                          "is done", Problem.CONFLICT)
         self.busy = True
 
     async def upload(self, request: web.Request) -> web.StreamResponse:
@@ -221,7 +221,7 @@ class Manuals:
         """
         declared = request.content_length
         if declared is not None and declared > self.limit:
-            raise _refuse(self._too_large(job.name, declared, partial=False))
+            raise _refuse(self._too_large(job.name, declared, partial=False), Problem.TOO_LARGE)
         job.total = declared or 0
         staged = self.store / ".incoming" / job.name
         await asyncio.to_thread(staged.parent.mkdir, parents=True, exist_ok=True)
@@ -235,7 +235,8 @@ class Manuals:
                     break
                 job.done += len(block)
                 if job.done > self.limit:
-                    raise _refuse(self._too_large(job.name, job.done, partial=True))
+                    raise _refuse(self._too_large(job.name, job.done, partial=True),
+                                  Problem.TOO_LARGE)
                 await asyncio.to_thread(out.write, block)
         except TimeoutError:
             raise _refuse(f"appliance: {job.name}: the upload stalled (nothing came for "

@@ -17,10 +17,10 @@ from aiohttp import web
 from appliance.api.errors import ApiError, Problem
 from appliance.api.http_body import read_json
 from appliance.catalog import catalog_for
-from appliance.cli.models import _state
 from appliance.console.pull import Puller
 from appliance.console.roles import Access
 from appliance.errors import CatalogError
+from appliance.model_pull import model_state
 
 if TYPE_CHECKING:
     from appliance.console.app import Console
@@ -63,7 +63,7 @@ class ModelsPage:
         """Each catalog entry with its state on this device."""
         rows = []
         for entry in catalog_for(self.settings).values():
-            state, _path = _state(entry, self.settings.models_dir)
+            state, _path = model_state(entry, self.settings.models_dir)
             rows.append({"name": entry.name, "kind": entry.kind, "license": entry.license,
                          "size_mb": round(entry.size / 1e6) if entry.size else None,
                          "state": "packaged" if entry.package and state != "missing" else state,
@@ -86,7 +86,7 @@ class ModelsPage:
             raise ApiError(Problem.BAD_REQUEST, "name the model to pull, as the catalog does")
         if self.puller.running:
             assert self.puller.current is not None
-            raise ApiError(Problem.UNAVAILABLE, f"a pull of {self.puller.current.state.name} "
+            raise ApiError(Problem.CONFLICT, f"a pull of {self.puller.current.state.name} "
                            "is running; cancel it or wait for it to end")
         pull = self.puller.start(name)
         self.console.audit(request, "model_pull", name)

@@ -1,7 +1,7 @@
 """A model pull that runs in the server: one at a time, cancellable, its progress kept.
 
 The console's pull is ``appliance models pull NAME`` on a thread: the same
-trusted catalog (:func:`appliance.cli.models._catalog`, a signed mirror when one
+trusted catalog (:func:`appliance.model_pull.trusted_catalog`, a signed mirror when one
 is set), the same resumable, verified :func:`appliance.download.download`, the
 same lines. It belongs to the server, not to a page: closing the page leaves it
 running, and the page opened again shows it. Only models the catalog has a
@@ -15,13 +15,12 @@ import asyncio
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.catalog import lookup
-from appliance.cli.models import _catalog, _files
-from appliance.download import download, unpack_zip, verify
-from appliance.errors import ApplianceError, DownloadError, TrustError
+from appliance.errors import ApplianceError, DownloadError
 from appliance.logs import get_logger
+from appliance.model_pull import pull_model
 
 if TYPE_CHECKING:
     from appliance.config import Settings
@@ -88,39 +87,12 @@ class Pull:
 
     def run(self) -> str:
         """Pull the model as ``appliance models pull`` does; the line it prints."""
-        settings, name = self.settings, self.state.name
-        catalog, mirror = _catalog(settings, gated=True, offline_ok=False)
-        entry = lookup(name, catalog)
-        if entry.package is not None:
-            return f"{entry.name}: shipped in the PyPI package {entry.package}, at " \
-                   f"{entry.location(settings.models_dir)}"
-        if (entry.target is None) != (mirror is None):
-            raise TrustError(f"{entry.name}: its catalog entry does not fit this catalog "
-                             "(target: needs a signed mirror, url: an unsigned catalog)")
-        if entry.sha256 is None:
-            raise DownloadError(f"{entry.name}: the catalog has no sha256 for it yet; only "
-                                "appliance models pull --allow-unverified takes it")
-        target = entry.location(settings.models_dir)
-        fetched = False
-        for path, source, sha256, size in ([] if target.is_dir() else _files(entry, target)):
-            if path.exists() and (sha256 is None or verify(path, sha256)):
-                continue
-            assert source is not None
-            self.state.file, self._first = path.name, None
-            archive = source.endswith(".zip")
-            dest = path.with_name(path.name + ".zip") if archive else path
-            if mirror is not None:
-                mirror.pull(source, dest, sha256, progress=self.progress)
-            else:
-                download(source, dest, sha256, size=size, progress=self.progress)
-            if archive:
-                unpack_zip(dest, path)
-                dest.unlink()
-            fetched = True
-        if not fetched:
-            return f"{entry.name}: already at {target}"
-        signed = "signed, " if mirror is not None else ""
-        return f"{entry.name}: {signed}verified and installed at {target}"
+        _entry, line = pull_model(self.settings, self.state.name,
+                                  lambda _entry: self.progress, on_file=self._file)
+        return line
+
+    def _file(self, path: Path) -> None:
+        self.state.file, self._first = path.name, None
 
 
 class Puller:

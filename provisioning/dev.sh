@@ -67,6 +67,8 @@ llm:
   model: $model
 thermal:
   zone_path: var/temp
+api:
+  web: {listen: "127.0.0.1:8080"}   # the console (docs/console.md)
 YAML
     fi
     [ -f var/temp ] || echo 45000 >var/temp  # no thermal zone on most dev machines
@@ -80,6 +82,7 @@ YAML
     say "appliance is starting; in another terminal:"
     say "  mosquitto_sub -t 'appliance/dev/answer' &"
     say "  mosquitto_pub -t appliance/dev/ask -m 'What is two plus two?'"
+    say "or open the console at http://127.0.0.1:8080/ (the first visit sets its password)"
     exec "$VENV/bin/appliance" --config config.yaml run
 }
 

@@ -174,11 +174,12 @@ async def within(awaitable: Awaitable[T], timeout: float = 60, message: str = "t
 # --- processes ----------------------------------------------------------------------------------
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``appliance ARGS`` in a fresh interpreter, as a user would."""
+            timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``appliance ARGS`` in a fresh interpreter, as a user would (``stdin``: typed in)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "appliance", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=timeout, check=False)
+                          text=True, env=full_env, cwd=cwd, timeout=timeout, check=False,
+                          input=stdin)
 
 
 def keep_notify_drained(process: ApplianceProcess) -> None:

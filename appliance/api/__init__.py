@@ -81,11 +81,10 @@ class Apis:
         """Listen (and announce the Wyoming server over zeroconf, in the background)."""
         self.dispatcher.answer_listeners.append(self.metrics.observe)
         try:
-            for server in (self.http, self.web):
-                if server is not None:
-                    await server.start()
-            if self.console is not None:
-                self.console.start()
+            if self.http is not None:
+                await self.http.start()
+            if self.console is not None and self.web is not None:
+                await self.console.serve(self.web)
             if self.wyoming is not None:
                 await self.wyoming.start()
                 self._advertise(self.wyoming)

@@ -28,6 +28,7 @@ protocol factory.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import time
@@ -49,17 +50,32 @@ HEAD_BYTES = 16
 _OPENAI_HEAD = re.compile(rb"[A-Za-z]+ /v1/")
 
 
+PER_CLIENT_SHARE = 4
+"""One address other than loopback holds at most this share of the pool (a quarter)."""
+
+
 class Pool:
-    """The open connections, at most ``limit`` of them."""
+    """The open connections, at most ``limit`` of them, and a quarter per network address.
+
+    The per-address cap keeps one LAN client that trickles request bodies (each
+    connection busy for ``body_timeout_s``) from taking every place: the others
+    and loopback (the device's own clients) still get in.
+    """
 
     def __init__(self, limit: int, http: HttpSettings) -> None:
         self.limit = limit
+        self.per_client = max(1, limit // PER_CLIENT_SHARE)
         self.http = http
         self.refusals = RateLimitedLog(log, "http_refused")
         self.live: set[Connection] = set()
 
     def admit(self, newcomer: Connection) -> bool:
         """Make room for ``newcomer``; ``False`` if every connection is busy."""
+        peer = newcomer.peer
+        if peer is not None and not _loopback(peer) and \
+                sum(1 for c in self.live if c.peer == peer) >= self.per_client:
+            self.refusals.warning("per_client")
+            return False
         if len(self.live) >= self.limit:
             idle = [c for c in self.live if not c.busy]
             if not idle:
@@ -81,6 +97,7 @@ class Connection(web.RequestHandler):
                          auto_decompress=False,  # http_body inflates, bounded, after auth
                          access_log=None)
         self.pool = pool
+        self.peer: str | None = None
         self.busy = False
         self.served = 0
         self.idle_since = time.monotonic()
@@ -89,6 +106,8 @@ class Connection(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take a place in the pool and start the head's deadline, or answer 503."""
+        peername = transport.get_extra_info("peername")
+        self.peer = str(peername[0]) if isinstance(peername, tuple) and peername else None
         if not self.pool.admit(self):
             _refuse(transport)  # never started: aiohttp knows nothing of it
             return
@@ -193,3 +212,11 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
             lambda: Connection(server, self.pool), self.host, self.port)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback

@@ -84,6 +84,7 @@ class HttpApi:
         self.token = token
         self.pool = Pool(_connection_limit(http.max_connections), http)
         self._runner: web.AppRunner | None = None
+        self._site: GuardedSite | None = None
 
     def _config_error(self, key: str, message: str) -> ConfigError:
         return ConfigError(message, file=self.settings.source,
@@ -100,20 +101,36 @@ class HttpApi:
         self.routes(app)
         return app
 
-    async def start(self) -> None:
-        """Listen; a port that cannot be bound is a one-line config error."""
+    async def start(self, host: str | None = None) -> None:
+        """Listen (on ``host`` instead of the listen address's, if given).
+
+        A port that cannot be bound is a one-line config error.
+        """
         self._runner = runner = web.AppRunner(self.app(), handler_cancellation=True,
                                               shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         try:
-            await GuardedSite(runner, self.host, self.port, self.pool).start()
+            await self._listen(host or self.host)
         except OSError as exc:
             await runner.cleanup()
             raise self._config_error(f"{self.key}.listen", f"cannot listen on "
                                      f"{self.http.listen}: {exc.strerror or exc}") from None
         if self.port == 0 and runner.addresses:
             self.port = runner.addresses[0][1]
-        log.info("http_api_listening", section=self.key, host=self.host, port=self.port,
+        log.info("http_api_listening", section=self.key, host=host or self.host, port=self.port,
+                 token=self.token is not None, max_connections=self.pool.limit)
+
+    async def _listen(self, host: str) -> None:
+        assert self._runner is not None
+        self._site = GuardedSite(self._runner, host, self.port, self.pool)
+        await self._site.start()
+
+    async def rebind(self, host: str) -> None:
+        """Listen on ``host`` (same port) instead: open connections stay, new ones go there."""
+        if self._site is not None:
+            await self._site.stop()
+        await self._listen(host)
+        log.info("http_api_listening", section=self.key, host=host, port=self.port,
                  token=self.token is not None, max_connections=self.pool.limit)
 
     async def close(self) -> None:

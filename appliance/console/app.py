@@ -14,6 +14,8 @@ client) and the metrics; :class:`appliance.api.Apis` does.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,9 +23,10 @@ from typing import Protocol
 from aiohttp import hdrs, web
 
 from appliance.api.gate import ApiGate
+from appliance.api.http_server import HttpApi
 from appliance.api.metrics import Metrics
 from appliance.console.assets import StaticFiles
-from appliance.console.auth import Auth
+from appliance.console.auth import RECHECK_S, Auth
 from appliance.console.parts import ConsoleParts
 from appliance.console.render import Pages
 from appliance.console.roles import Access, session_of
@@ -80,6 +83,7 @@ class Console:
         self.pages = Pages(settings.device_id or "appliance", self.web.public_status)
         self.static = StaticFiles()
         self.routes: dict[tuple[str, str], Route] = {}
+        self._widening: asyncio.Task[None] | None = None
         self.overview = Overview(self)
         self.views: list[View] = [Login(self), self.overview, Talk(self), Activity(self),
                                   World(self), Manuals(self), ModelsPage(self), Health(self),
@@ -127,13 +131,41 @@ class Console:
 
         add_headers(request, response)
 
+    async def serve(self, server: HttpApi) -> None:
+        """Start ``server`` and the views' background work (the overview's samples, the log).
+
+        Until a password is set, the console listens on loopback only, whatever
+        ``api.web.listen`` says; it moves to its listen address as soon as one is
+        (``appliance console password`` on the device, or its first-run page).
+        """
+        await self.auth.refresh(force=True)
+        wide = server.host
+        if self.auth.has_password() or _is_loopback(wide):
+            await server.start()
+        else:
+            await server.start(host="::1" if ":" in wide else "127.0.0.1")
+            log.warning("console_loopback_only", until="a password is set", port=server.port,
+                        fix="appliance console password, or open the console on the device")
+            self._widening = asyncio.create_task(self._widen(server, wide),
+                                                 name="console: listen once a password is set")
+        self.start()
+
     def start(self) -> None:
         """Start the views' background work (the overview's samples, the log tail)."""
         for view in self.views:
             view.start()
 
+    async def _widen(self, server: HttpApi, host: str) -> None:
+        while not self.auth.has_password():
+            await asyncio.sleep(RECHECK_S)
+            await self.auth.refresh()
+        await server.rebind(host)
+
     async def close(self) -> None:
         """Stop it."""
+        if self._widening is not None:
+            self._widening.cancel()
+            await asyncio.gather(self._widening, return_exceptions=True)
         for view in self.views:
             await view.close()
 
@@ -143,3 +175,11 @@ class Console:
         who = session.who if session is not None else f"anonymous@{request.remote}"
         log.info("console_action", who=who, action=action, detail=detail[:200])
         self.parts.journal.console_action(who, action, detail[:200])
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a listen host is loopback only (a name counts as not: it may be the LAN's)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

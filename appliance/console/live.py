@@ -5,9 +5,12 @@ and the same bytes are queued for each client, so a change costs one JSON
 encoding however many consoles are open. Each client's queue is bounded
 (:data:`QUEUE_EVENTS`): a client that does not read (a phone gone to sleep on
 a slow link) is dropped when its queue is full, never buffered without end,
-and its browser reconnects by itself when it wakes. A comment line every
-:data:`HEARTBEAT_S` keeps proxies from closing a quiet stream and notices a
-client that went away. The stream is never compressed (a compressed stream is
+and its browser reconnects by itself when it wakes. At most :data:`MAX_CLIENTS`
+streams are open at once: each holds a connection of the server's bounded pool
+for as long as it lasts, and with ``public_status`` anyone may open them, so
+beyond that a stream is a 503 and the pool keeps room for pages and the login.
+A comment line every :data:`HEARTBEAT_S` keeps proxies from closing a quiet
+stream and notices a client that went away. The stream is never compressed (a compressed stream is
 held back by the compressor, and Home Assistant's ingress used to break on it).
 
 A newly connected client first gets what the hub keeps as ``initial`` (the
@@ -27,12 +30,15 @@ from typing import Any
 
 from aiohttp import web
 
+from appliance.api.errors import ApiError, Problem
 from appliance.logs import get_logger
 
 log = get_logger("console")
 
 QUEUE_EVENTS = 32
 """Events a client may fall behind by before it is dropped."""
+MAX_CLIENTS = 32
+"""Streams open at once (well under the console's connection pool, 128)."""
 HEARTBEAT_S = 15.0
 """A comment line after this long without an event."""
 HEARTBEAT = b": keep-alive\n\n"
@@ -117,8 +123,15 @@ class Hub:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """``GET /events``: the stream, until the client goes, is dropped or the hub closes."""
-        response = await open_stream(request)
-        client = self.subscribe(request)
+        if len(self.clients) >= MAX_CLIENTS:
+            raise ApiError(Problem.UNAVAILABLE, f"too many live consoles are open "
+                           f"({MAX_CLIENTS}): close one, or reload this page later")
+        client = self.subscribe(request)  # counted now: no await between the check and here
+        try:
+            response = await open_stream(request)
+        except BaseException:
+            self.clients.discard(client)
+            raise
         try:
             while True:
                 try:

@@ -227,22 +227,23 @@ class Manuals:
         await asyncio.to_thread(staged.parent.mkdir, parents=True, exist_ok=True)
         out = await asyncio.to_thread(staged.open, "wb")
         stall_s = request.app[BODY_TIMEOUT_S]
-        try:
-            while True:
-                async with asyncio.timeout(stall_s):
-                    block = await request.content.read(BLOCK)
-                if not block:
-                    break
-                job.done += len(block)
-                if job.done > self.limit:
-                    raise _refuse(self._too_large(job.name, job.done, partial=True),
-                                  Problem.TOO_LARGE)
-                await asyncio.to_thread(out.write, block)
-        except TimeoutError:
-            raise _refuse(f"appliance: {job.name}: the upload stalled (nothing came for "
-                          f"{stall_s:g} s)", Problem.TIMEOUT) from None
-        except web.RequestPayloadError:
-            raise _refuse(f"appliance: {job.name}: the upload was cut short") from None
+        try:  # any way out but the end of the body: the staged file is closed and deleted
+            try:
+                while True:
+                    async with asyncio.timeout(stall_s):
+                        block = await request.content.read(BLOCK)
+                    if not block:
+                        break
+                    job.done += len(block)
+                    if job.done > self.limit:
+                        raise _refuse(self._too_large(job.name, job.done, partial=True),
+                                      Problem.TOO_LARGE)
+                    await asyncio.to_thread(out.write, block)
+            except TimeoutError:
+                raise _refuse(f"appliance: {job.name}: the upload stalled (nothing came for "
+                              f"{stall_s:g} s)", Problem.TIMEOUT) from None
+            except web.RequestPayloadError:
+                raise _refuse(f"appliance: {job.name}: the upload was cut short") from None
         except BaseException:
             await asyncio.to_thread(out.close)
             staged.unlink(missing_ok=True)

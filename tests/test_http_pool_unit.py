@@ -1,0 +1,35 @@
+"""The HTTP servers' connection pool: one network address cannot take every place."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import cast
+
+from appliance.api.http_connections import Connection, Pool
+from appliance.config.schema_api import HttpSettings
+
+
+@dataclass(eq=False)
+class Client:
+    """What the pool reads of a connection."""
+
+    peer: str | None
+    busy: bool = True  # trickling a request body
+    idle_since: float = field(default_factory=time.monotonic)
+
+
+def test_one_network_address_holds_at_most_a_quarter_and_loopback_is_not_capped() -> None:
+    asyncio.run(_fill())  # the pool logs its refusals on the loop
+
+
+async def _fill() -> None:
+    pool = Pool(8, HttpSettings())
+    lan = [cast(Connection, Client("192.0.2.7")) for _ in range(3)]
+    assert [pool.admit(c) for c in lan] == [True, True, False]  # 8 // 4 = 2 each
+    assert pool.admit(cast(Connection, Client("192.0.2.8")))  # another address gets in
+    local = [cast(Connection, Client(address)) for address in
+             ("127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.1", "127.0.0.2")]
+    assert all(pool.admit(c) for c in local)
+    assert not pool.admit(cast(Connection, Client("127.0.0.1")))  # the pool is full and busy

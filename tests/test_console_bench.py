@@ -39,12 +39,12 @@ def test_the_first_load_counts_each_linked_file_once_as_compressed_on_the_wire()
 def test_cpu_per_console_and_the_decode_share_against_their_baselines() -> None:
     r = ConsoleBench(first_load=(("overview (HTML)", 4000), ("static/x.js", 1000)),
                      consoles=3, window_s=30.0, idle_cpu_s=0.5, live_cpu_s=0.8, events=30,
-                     rates_alone=(40.0, 50.0, 60.0), rates_watched=(49.0, 45.0, 52.0),
+                     rates_alone=(40.0, 50.0, 60.0), rates_watched=(39.2, 60.0, 30.0),
                      max_tokens=64)
     assert r.first_load_bytes == 5000
     assert abs(r.cpu_per_console_min_s - 0.2) < 1e-9  # 0.3 s more over 30 s, 3 consoles
     assert abs(r.idle_cpu_min_s - 1.0) < 1e-9
-    assert abs(r.rate_share - 0.98) < 1e-9
+    assert abs(r.rate_share - 0.98) < 1e-9  # the median of 0.98, 1.2 and 0.5: pair by pair
     quieter = ConsoleBench(r.first_load, 3, 30.0, 0.8, 0.5, 0, (50.0,), (50.0,), 64)
     assert quieter.cpu_per_console_min_s == 0.0  # noise below the baseline is not negative
 

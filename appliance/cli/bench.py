@@ -13,6 +13,7 @@ from appliance.cli.benches import (
     adapters,
     api,
     bridge,
+    console,
     conversation,
     escalation,
     fuzz,
@@ -24,7 +25,7 @@ from appliance.cli.benches import (
 )
 
 _BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api, fuzz, soak,
-            adapters, conversation)
+            adapters, conversation, console)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,6 +11,7 @@ a heartbeat comment every :data:`~appliance.console.live.HEARTBEAT_S`. Secrets a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
     from appliance.console.app import Console
 
 
+MAX_LOG_STREAMS = 4
+"""Log streams open at once (each follows every log event)."""
+WRITE_TIMEOUT_S = 10.0
+"""A log stream whose client has not taken a line for this long is closed."""
+
+
 class Health:
     """The page, the checks and the log stream; owns the log tail."""
 
@@ -33,6 +40,7 @@ class Health:
         self.console = console
         self.tail = LogTail()
         self._checks: asyncio.Task[list[dict[str, str]]] | None = None
+        self._streams = 0
 
     def add_routes(self, console: Console) -> None:
         """``/health``, ``/health/checks`` and ``/health/log``."""
@@ -72,18 +80,39 @@ class Health:
             raise ApiError(Problem.BAD_REQUEST, f"level must be one of {', '.join(LEVELS)}, "
                            f"not {name[:20]!r}")
         minimum = LEVELS[name]
-        response = await open_stream(request)
-        with self.tail.subscribe(minimum) as subscriber:
+        if self._streams >= MAX_LOG_STREAMS:
+            raise ApiError(Problem.UNAVAILABLE, f"too many log streams are open "
+                           f"({MAX_LOG_STREAMS}): close a Health page and reload")
+        self._streams += 1
+        try:
+            response = await open_stream(request)
+            await self._follow(request, response, minimum)
+        finally:
+            self._streams -= 1
+        return response
+
+    async def _follow(self, request: web.Request, response: web.StreamResponse,
+                      minimum: int) -> None:
+        """Send the kept lines, then each new one; a client that stops reading is cut off."""
+
+        async def send(data: bytes) -> None:
+            try:
+                await asyncio.wait_for(response.write(data), WRITE_TIMEOUT_S)
+            except TimeoutError:
+                if request.transport is not None:  # its socket is full: it is not reading
+                    request.transport.abort()
+                raise ConnectionResetError("the log's reader stopped reading") from None
+
+        with contextlib.suppress(ConnectionError), self.tail.subscribe(minimum) as subscriber:
             sent = 0
             for line in self.tail.recent(minimum):
-                await response.write(event("log", line))
+                await send(event("log", line))
                 sent = line["seq"]
             while not subscriber.overflowed:
                 try:
                     line = await asyncio.wait_for(subscriber.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
-                    await response.write(HEARTBEAT)
+                    await send(HEARTBEAT)
                     continue
                 if line["seq"] > sent:  # not one of the kept lines sent above
-                    await response.write(event("log", line))
-        return response
+                    await send(event("log", line))

@@ -78,9 +78,11 @@ class Doors:
 
     def _host_allowed(self, host: str, request: web.Request) -> bool:
         name = _name(host)
+        if name in self.names:  # an address may be listed too (a proxy's, by its IP)
+            return True
         ip = _ip(name)
         if ip is None:
-            return name in self.names or name.endswith(".localhost")
+            return name.endswith(".localhost")
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         reached = _ip(str(sockname[0])) if sockname else None
         return ip.is_loopback or (ip == self.listen and not ip.is_unspecified) or ip == reached

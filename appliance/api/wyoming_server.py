@@ -248,6 +248,8 @@ class Connection(AsyncEventHandler):
         task = asyncio.create_task(self._run_task(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # Cancelled before it ran (the client left at once): ``work`` was never awaited.
+        task.add_done_callback(lambda _task: work.close())
         return task
 
     @guarded(_failed, event="wyoming_handler_failed", context=_peer)

@@ -83,5 +83,7 @@ class Pages:
             logged_in=session is not None,
             nav=[item for item in NAV if item.access in allowed], here=here,
             **(values or {}))
-        return web.Response(text=html, content_type="text/html", charset="utf-8",
-                            status=status)
+        response = web.Response(text=html, content_type="text/html", charset="utf-8",
+                                status=status)
+        response.enable_compression()
+        return response

@@ -68,17 +68,27 @@ def is_local(request: web.BaseRequest) -> bool:
     return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
+def over_tls(request: web.BaseRequest) -> bool:
+    """Whether the browser talks TLS: to us, or to a proxy in front (``X-Forwarded-Proto``).
+
+    Trusting the header costs nothing: a forged ``https`` only makes the
+    browser keep the cookie off plain HTTP, which locks out the forger alone.
+    """
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
 def set_cookie(request: web.BaseRequest, response: web.StreamResponse, name: str,
                value: str) -> None:
     """A cookie only this console's pages send back, and no script reads."""
     response.set_cookie(name, value, path=mount_point(request) or "/", httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=over_tls(request))
 
 
 def clear_cookie(request: web.BaseRequest, response: web.StreamResponse, name: str) -> None:
     """Remove a cookie set by :func:`set_cookie`."""
     response.del_cookie(name, path=mount_point(request) or "/", httponly=True,
-                        samesite="Strict", secure=request.secure)
+                        samesite="Strict", secure=over_tls(request))
 
 
 def form_token(request: web.BaseRequest) -> str:

@@ -1,4 +1,4 @@
-"""The HTTP servers' connection pool: one network address cannot take every place."""
+"""The HTTP servers' doors, in milliseconds: the connection pool and the Host check."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from appliance.api.errors import ApiError
+from appliance.api.http_checks import Doors
 from appliance.api.http_connections import Connection, Pool
 from appliance.config.schema_api import HttpSettings
 
@@ -33,3 +38,11 @@ async def _fill() -> None:
              ("127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.1", "127.0.0.2")]
     assert all(pool.admit(c) for c in local)
     assert not pool.admit(cast(Connection, Client("127.0.0.1")))  # the pool is full and busy
+
+
+def test_a_proxy_listed_by_its_address_in_allowed_hosts_is_served() -> None:
+    doors = Doors("0.0.0.0", ["10.1.2.3", "proxy.lan"], [])
+    for host in ("10.1.2.3:8080", "proxy.lan", "localhost:8080", "127.0.0.1"):
+        doors.check(make_mocked_request("GET", "/", headers={"Host": host}))
+    with pytest.raises(ApiError, match="does not serve that Host"):
+        doors.check(make_mocked_request("GET", "/", headers={"Host": "10.1.2.4:8080"}))

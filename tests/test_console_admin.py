@@ -1,7 +1,7 @@
 """The console's Manuals, Models, Health and Settings pages, over real parts.
 
 A :class:`Console` is built from a real journal, status, action desk and
-knowledge context; aiohttp's test client talks to the console's server
+knowledge context (tests/console_rig.py); aiohttp's test client talks to the console's server
 application as a logged-in browser would (a session is put on each request,
 as the security middleware would). Uploads are indexed with the real embedding
 model (slow); a pull downloads from a loopback server (tests/http_server.py).
@@ -12,56 +12,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from appliance import logs
-from appliance.actions.world import WorldState
-from appliance.api.gate import ApiGate
-from appliance.api.http_server import HttpApi
-from appliance.api.metrics import Metrics
-from appliance.config import parse_settings
-from appliance.config.schema_api import HttpSettings
-from appliance.console.app import Console
-from appliance.console.health import Health
 from appliance.console.log_tail import QUEUE, LogTail
-from appliance.console.parts import ConsoleParts
-from appliance.console.roles import SESSION, Session
 from appliance.console.settings_page import shown
-from appliance.knowledge import index_path
-from appliance.mqtt.contract import Topics
-from appliance.rules import RuleSet
-from appliance.service.action_desk import ActionDesk
-from appliance.service.activity_log import ActivityQuery
-from appliance.service.conversations import Conversations
-from appliance.service.dispatcher import Dispatcher
-from appliance.service.journal import Journal
-from appliance.service.knowledge_context import KnowledgeContext
-from appliance.service.ratelimit import RateLimiter
-from appliance.service.router import Router
-from appliance.service.status import Status
-from tests.fakes import FakeGenerator, FakeOutlet
+from tests.console_rig import console_rig, next_events, run, serving, until
 from tests.http_server import Served, serve
 
-CONFIG = """
-device_id: t1
-data_dir: {data}
-api: {{web: {{listen: "127.0.0.1:0", max_upload_mb: {max_mb}}}}}
-knowledge: {{enabled: {enabled}}}
-models: {{allow_unsigned_site_catalog: true}}
-mqtt: {{username: bob, password_env: ADMIN_TEST_PASSWORD}}
-escalation: {{endpoint: "http://user:hunter22@big.lan:8080/v1"}}
-"""
-WHO = "admin@127.0.0.1"
+CONFIG = {"api": {"web": {"max_upload_mb": 20.0}},
+          "knowledge": {"enabled": True},
+          "models": {"allow_unsigned_site_catalog": True},
+          "mqtt": {"username": "bob", "password_env": "ADMIN_TEST_PASSWORD"},
+          "escalation": {"endpoint": "http://user:hunter22@big.lan:8080/v1"}}
 MANUAL = b"""# Garden pump
 
 ## Priming the pump
@@ -73,79 +43,6 @@ until no air comes out. A dry pump overheats within a minute.
 
 Drain the pump and keep it indoors when frost is expected.
 """
-
-
-class Device:
-    """A console over real parts (the dispatcher is built but never asked)."""
-
-    def __init__(self, tmp_path: Path, *, max_mb: float = 20.0, enabled: bool = True) -> None:
-        self.data = tmp_path / "data"
-        self.settings = settings = parse_settings(CONFIG.format(
-            data=self.data, max_mb=max_mb, enabled=str(enabled).lower()), "c.yaml")
-        topics = Topics.under(settings.base_topic)
-        self.journal = Journal(self.data / "journal.sqlite3")
-        status = Status()
-        outlet = FakeOutlet()
-        world = WorldState(self.journal)
-        desk = ActionDesk(settings, topics, outlet, world, None)  # type: ignore[arg-type]
-        dispatcher = Dispatcher(
-            router=Router(FakeGenerator([])), outlet=outlet, journal=self.journal,
-            topics=topics, rules=RuleSet((), topics.base), status=status, queue_size=4,
-            stream=False, llm=settings.llm, actions=desk.service, world=world,
-            conversations=Conversations(settings.conversation, self.journal))
-        gate = ApiGate(dispatcher, RateLimiter(settings.mqtt.ask_rate_per_min))
-        self.knowledge = KnowledgeContext(settings.knowledge, index_path(self.data))
-        parts = ConsoleParts(settings, None, status, self.journal, world, desk, self.knowledge)
-        self.console = Console(parts, gate, Metrics(status, settings.thermal.levels))
-        self.health = next(v for v in self.console.views if isinstance(v, Health))
-
-    def app(self) -> web.Application:
-        """The console's server application, every request logged in."""
-
-        @web.middleware
-        async def logged_in(request: web.Request, handler: Any) -> web.StreamResponse:
-            request[SESSION] = Session("s1", "csrf", WHO, float("inf"))
-            return await handler(request)
-
-        server = HttpApi(self.settings, HttpSettings(listen="127.0.0.1:0"),
-                         self.console.metrics, self.console.add_routes, key="api.web",
-                         middlewares=[logged_in], json_only=False)
-        return server.app()
-
-    def audited(self) -> list[tuple[str, str]]:
-        """``(action, detail)`` of each console change in the journal, oldest first."""
-        rows = self.journal.activity(ActivityQuery(kind="console"))
-        return [(row.title, row.text) for row in reversed(rows)]
-
-
-@asynccontextmanager
-async def serving(device: Device) -> AsyncIterator[TestClient]:
-    """The console started, and a client of its server."""
-    device.console.start()
-    client = TestClient(TestServer(device.app()))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
-        await device.console.close()
-        device.knowledge.close()
-        device.journal.close()
-
-
-def run(scenario: Callable[[], Awaitable[None]], deadline_s: float = 120) -> None:
-    """Run ``scenario`` with a deadline."""
-
-    async def main() -> None:
-        await asyncio.wait_for(scenario(), deadline_s)
-
-    asyncio.run(main())
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait (bounded by :func:`run`) until ``await check()`` is true."""
-    while not await check():
-        await asyncio.sleep(0.05)
 
 
 async def upload(client: TestClient, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -165,7 +62,7 @@ async def listed(client: TestClient) -> list[str]:
 
 @pytest.mark.slow  # the embedding model indexes and searches (seconds)
 def test_upload_search_remove_and_the_service_sees_it(tmp_path: Path) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -209,7 +106,8 @@ def test_upload_search_remove_and_the_service_sees_it(tmp_path: Path) -> None:
 
 
 def test_a_refused_upload_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
-    device = Device(tmp_path, max_mb=0.001, enabled=False)
+    device = console_rig(tmp_path, CONFIG, {"api": {"web": {"max_upload_mb": 0.001}},
+                                          "knowledge": {"enabled": False}}, as_admin=True)
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -265,7 +163,7 @@ def _catalog(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_pull_runs_in_the_server_survives_the_page_and_can_be_cancelled(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
     served = Served(BODY, trickle_s=0.005)
 
     async def pull_state(client: TestClient) -> dict[str, Any]:
@@ -337,22 +235,9 @@ def logging_to_memory() -> Iterator[io.StringIO]:
     root.setLevel(before[0])
 
 
-async def _events(response: Any, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` ``log`` events of an SSE response."""
-    found: list[dict[str, Any]] = []
-    event = ""
-    while len(found) < count:
-        line = (await response.content.readline()).decode()
-        if line.startswith("event: "):
-            event = line[7:].strip()
-        elif line.startswith("data: ") and event == "log":
-            found.append(json.loads(line[6:]))
-    return found
-
-
 def test_the_log_tail_redacts_secrets_and_filters_by_level(
         tmp_path: Path, logging_to_memory: io.StringIO) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
     secret = "s3cret-pass-1234"
     logs.add_secret(secret)
     log = logs.get_logger("tailtest")
@@ -364,17 +249,17 @@ def test_the_log_tail_redacts_secrets_and_filters_by_level(
             response = await client.get("/health/log", params={"level": "warning"})
             assert response.headers["Content-Type"] == "text/event-stream"
             assert "Content-Encoding" not in response.headers
-            (kept,) = [e for e in await _events(response, 1)]
+            (kept,) = [e for e in await next_events(response, "log", 1)]
             assert kept["event"] == "broker_refused" and kept["level"] == "warning"
             assert kept["fields"]["error"] == "bad password [redacted]"
             log.info("not_shown_at_warning")
             log.error("live_failure", detail=secret)
-            (live,) = await _events(response, 1)
+            (live,) = await next_events(response, "log", 1)
             assert (live["event"], live["fields"]["detail"]) == ("live_failure", "[redacted]")
             response.close()
 
             everything = await client.get("/health/log", params={"level": "debug"})
-            names = [e["event"] for e in await _events(everything, 3)]
+            names = [e["event"] for e in await next_events(everything, "log", 3)]
             assert names[:2] == ["quiet_detail", "broker_refused"]
             everything.close()
             bad = await client.get("/health/log", params={"level": "loud"})
@@ -400,7 +285,7 @@ def test_a_slow_subscriber_is_dropped_not_buffered() -> None:
 
 
 def test_the_health_page_runs_the_doctor_checks(tmp_path: Path) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -420,7 +305,7 @@ def test_the_settings_page_hides_secrets(tmp_path: Path, monkeypatch: pytest.Mon
     password = "mqtt-pw-98765"
     monkeypatch.setenv("ADMIN_TEST_PASSWORD", password)
     logs.add_secret(password)
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
 
     async def scenario() -> None:
         async with serving(device) as client:

@@ -9,23 +9,9 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.broker import free_port
+from tests.console_rig import network_address
 from tests.helpers import eventually, run_cli
 from tests.services import ApplianceProcess
-
-
-def network_address() -> str:
-    """An address of this machine on a network (not loopback)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-        address = str(probe.getsockname()[0])
-    except OSError:
-        address = ""
-    finally:
-        probe.close()
-    if not address or address.startswith("127."):
-        pytest.skip("this machine has no non-loopback address to play a network client")
-    return address
 
 
 def accepts(address: str, port: int) -> bool:

@@ -1,68 +1,48 @@
 """The console's Overview and World: live state over SSE, chart history, cost, staleness.
 
 Fast tests: the console's real server (its HttpApi app, with the security
-middleware) in aiohttp's test server, over real parts (Status, Journal,
-WorldState, an unstarted Bridge and Dispatcher: no broker, no model).
+middleware) in aiohttp's test server, over real parts (tests/console_rig.py:
+Status, Journal, WorldState, a Dispatcher over a scripted generator: no broker,
+no model).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp.test_utils import make_mocked_request
 
 from appliance.actions.world import WorldState
-from appliance.api.gate import ApiGate
-from appliance.api.http_server import HttpApi
 from appliance.api.metrics import Metrics
 from appliance.bench.broker import free_port
-from appliance.config import Settings, parse_settings
+from appliance.config import parse_settings
 from appliance.config.schema import PowerSettings
-from appliance.config.schema_api import HttpSettings
-from appliance.console.app import Console
 from appliance.console.cost import WINDOW, CostMeter
 from appliance.console.history import COARSE_STEP_S, FINE_STEP_S, POINTS, History
 from appliance.console.live import QUEUE_EVENTS, Hub, event
-from appliance.console.parts import ConsoleParts
 from appliance.console.world import needs, rows
-from appliance.generate.local import ModelWorker
 from appliance.llm.types import Completion
-from appliance.mqtt.bridge import Bridge
-from appliance.mqtt.contract import Topics
 from appliance.protocol.answer import Answer, Energy
 from appliance.protocol.messages import Request
-from appliance.rules import RuleSet
-from appliance.service.action_desk import ActionDesk
-from appliance.service.dispatcher import Dispatcher
-from appliance.service.journal import Journal
-from appliance.service.ratelimit import RateLimiter
-from appliance.service.router import Router
 from appliance.service.status import Status
-from tests.helpers import within
+from tests.console_rig import PUBLIC_STATUS, console_rig, next_event, run, serving
+from tests.helpers import within, yaml_text
 from tests.services import ApplianceProcess
 
-PRICED = "power: {price_per_kwh: 0.36, device_cost: 100.0, device_life_years: 5, currency: EUR}\n"
-ACTIONS = """actions:
-  - name: open_vent
-    publish: {topic: greenhouse/vent/set, payload: open}
-    require:
-      - {when: greenhouse.temperature > 25, need: a greenhouse temperature, fresh_s: 60}
-  - name: water
-    publish: {topic: greenhouse/water/set, payload: on}
-    require:
-      - {when: greenhouse.humidity < 40, need: the humidity, fresh_s: 600}
-      - {when: tank.level > 10, need: the tank level, fresh_s: 300}
-"""
+PRICED = {"power": {"price_per_kwh": 0.36, "device_cost": 100.0, "device_life_years": 5,
+                    "currency": "EUR"}}
+ACTIONS = {"actions": [
+    {"name": "open_vent", "publish": {"topic": "greenhouse/vent/set", "payload": "open"},
+     "require": [{"when": "greenhouse.temperature > 25", "need": "a greenhouse temperature",
+                  "fresh_s": 60}]},
+    {"name": "water", "publish": {"topic": "greenhouse/water/set", "payload": "on"},
+     "require": [{"when": "greenhouse.humidity < 40", "need": "the humidity", "fresh_s": 600},
+                 {"when": "tank.level > 10", "need": "the tank level", "fresh_s": 300}]}]}
 
 
 def answer(tokens: int = 40, tokens_per_s: float = 20.0, joules: float | None = 36.0,
@@ -71,72 +51,6 @@ def answer(tokens: int = 40, tokens_per_s: float = 20.0, joules: float | None = 
                       model="m", total_ms=total_ms)
     energy = Energy(joules, joules / (total_ms / 1000)) if joules is not None else None
     return Answer("a1", "mqtt", "hello", "stop", tokens=tokens, completion=done, energy=energy)
-
-
-@dataclass
-class Rig:
-    """A console on its real server, and the parts behind it."""
-
-    settings: Settings
-    status: Status
-    world: WorldState
-    dispatcher: Dispatcher
-    console: Console
-    client: TestClient
-
-
-@asynccontextmanager
-async def console_rig(tmp_path: Path, extra: str = "",
-                      clock: Callable[[], float] | None = None) -> AsyncIterator[Rig]:
-    settings = parse_settings(
-        f"data_dir: {tmp_path}\ndevice_id: t1\n"
-        "api:\n  web: {listen: '127.0.0.1:0', public_status: true}\n" + extra)
-    topics = Topics.under(settings.base_topic)
-    journal = Journal(tmp_path / "journal.sqlite3")
-    bridge = Bridge(settings, journal, [], lambda _m: None)  # never started: no broker
-    status = Status()
-    world = WorldState(clock=clock) if clock is not None else WorldState()
-    dispatcher = Dispatcher(router=Router(ModelWorker(None)), outlet=bridge, journal=journal,
-                            topics=topics, rules=RuleSet(settings.rules, settings.base_topic),
-                            status=status, queue_size=4, stream=False, llm=settings.llm,
-                            world=world)
-    desk = ActionDesk(settings, topics, bridge, world, None)
-    metrics = Metrics(status, settings.thermal.levels, settings.power)
-    dispatcher.answer_listeners.append(metrics.observe)
-    console = Console(ConsoleParts(settings, None, status, journal, world, desk, None),
-                      ApiGate(dispatcher, RateLimiter(60)), metrics)
-    assert settings.api.web is not None
-    server = HttpApi(settings, HttpSettings(listen=settings.api.web.listen), metrics,
-                     console.add_routes, key="api.web", middlewares=console.middlewares(),
-                     json_only=False)
-    client = TestClient(TestServer(server.app(), host="127.0.0.1"))
-    await client.start_server()
-    console.start()
-    try:
-        yield Rig(settings, status, world, dispatcher, console, client)
-    finally:
-        await console.close()
-        await client.close()
-        journal.close()
-
-
-async def next_event(response: ClientResponse, name: str,
-                     where: Callable[[dict[str, Any]], bool] = lambda _d: True) -> dict[str, Any]:
-    """The data of the next ``name`` event that satisfies ``where`` (no deadline: wrap it)."""
-    kind = ""
-    while True:
-        line = (await response.content.readline()).decode()
-        assert line, "the stream ended"
-        if line.startswith("event: "):
-            kind = line[7:].strip()
-        elif line.startswith("data: ") and kind == name:
-            data = json.loads(line[6:])
-            if where(data):
-                return data
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -196,7 +110,7 @@ def test_cost_without_a_meter_counts_only_the_device_and_without_prices_nothing(
 
 def test_metrics_export_the_cost_of_1000_answers_with_its_currency() -> None:
     status = Status()
-    settings = parse_settings(PRICED)
+    settings = parse_settings(yaml_text(PRICED))
     metrics = Metrics(status, settings.thermal.levels, settings.power)
     assert b"appliance_cost_per_1000_answers" not in metrics.render()  # no answer yet
     metrics.observe(Request(id="a1", source="mqtt", text="hi"), answer())
@@ -213,9 +127,10 @@ def test_metrics_export_the_cost_of_1000_answers_with_its_currency() -> None:
 # --- the SSE stream ---------------------------------------------------------------------------
 def test_events_stream_a_state_change_at_once_uncompressed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with console_rig(tmp_path, PRICED) as rig:
+        rig = console_rig(tmp_path, PUBLIC_STATUS, PRICED)
+        async with serving(rig) as client:
             rig.status.update(temp_c=55.0, throttle_level="normal")
-            response = await rig.client.get("events", headers={"Accept-Encoding": "gzip"})
+            response = await client.get("events", headers={"Accept-Encoding": "gzip"})
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/event-stream")
             assert "Content-Encoding" not in response.headers
@@ -239,8 +154,9 @@ def test_events_stream_a_state_change_at_once_uncompressed(tmp_path: Path) -> No
 
 def test_a_burst_of_changes_is_one_state_event_with_the_latest_values(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with console_rig(tmp_path) as rig:
-            response = await rig.client.get("events")
+        rig = console_rig(tmp_path, PUBLIC_STATUS)
+        async with serving(rig) as client:
+            response = await client.get("events")
             await within(next_event(response, "state"), 10, "the first state")
             for t in range(40, 80):  # one loop turn: every change before the event is sent
                 rig.status.update(temp_c=float(t), queue_depth=t % 3)
@@ -253,8 +169,9 @@ def test_a_burst_of_changes_is_one_state_event_with_the_latest_values(tmp_path: 
 
 def test_problems_come_with_what_to_do(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with console_rig(tmp_path) as rig:
-            response = await rig.client.get("events")
+        rig = console_rig(tmp_path, PUBLIC_STATUS)
+        async with serving(rig) as client:
+            response = await client.get("events")
             rig.status.problem("journal", "disk full")
             state = await within(next_event(response, "state", lambda d: d["advice"]), 10,
                                  "a state with the problem")
@@ -286,8 +203,9 @@ def test_a_client_that_does_not_read_is_dropped_and_its_queue_stays_bounded() ->
 
 def test_a_closed_console_ends_its_streams(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with console_rig(tmp_path) as rig:
-            response = await rig.client.get("events")
+        rig = console_rig(tmp_path, PUBLIC_STATUS)
+        async with serving(rig) as client:
+            response = await client.get("events")
             await within(next_event(response, "state"), 10, "the first state")
             await rig.console.overview.close()
             rest = await within(response.content.read(), 10, "the end of the stream")
@@ -300,22 +218,23 @@ def test_a_closed_console_ends_its_streams(tmp_path: Path) -> None:
 # --- pages ------------------------------------------------------------------------------------
 def test_overview_first_paint_has_the_current_values_and_history_answers(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with console_rig(tmp_path, PRICED) as rig:
+        rig = console_rig(tmp_path, PUBLIC_STATUS, PRICED)
+        async with serving(rig) as client:
             rig.status.update(temp_c=71.25, throttle_level="warm", n_threads=3)
-            page = await (await rig.client.get("/")).text()
+            page = await (await client.get("/")).text()
             assert 'data-field="temp_c" data-digits="1">71.2<' in page or \
                 'data-field="temp_c" data-digits="1">71.3<' in page
             assert '<strong class="warn" data-field="throttle_level"' in page
             assert ">warm</strong>" in page
             assert "http://" not in page and "https://" not in page
             assert 'src="static/overview.js"' in page and 'src="static/charts.js"' in page
-            hour = await (await rig.client.get("history?span=hour")).json()
+            hour = await (await client.get("history?span=hour")).json()
             assert hour["series"] == ["temp_c", "tokens_per_s", "power_w", "queue_depth"]
             assert hour["step_s"] == FINE_STEP_S and hour["points"] == []
-            bad = await rig.client.get("history?span=week")
+            bad = await client.get("history?span=week")
             assert bad.status == 400 and "span must be hour or day" in await bad.text()
             for name in ("overview.js", "charts.js", "overview.css", "world.js"):
-                asset = await rig.client.get(f"static/{name}")
+                asset = await client.get(f"static/{name}")
                 assert asset.status == 200, name
                 assert b"http://" not in await asset.read()
 
@@ -324,7 +243,7 @@ def test_overview_first_paint_has_the_current_values_and_history_answers(tmp_pat
 
 def test_world_marks_a_reading_older_than_an_action_needs_as_stale(tmp_path: Path) -> None:
     now = [100.0]
-    settings = parse_settings(ACTIONS)
+    settings = parse_settings(yaml_text(ACTIONS))
     need = needs(settings.actions)
     assert need["greenhouse"].fresh_s == 60  # the strictest of the actions that read it
     assert need["greenhouse"].actions == ("open_vent", "water")
@@ -340,13 +259,14 @@ def test_world_marks_a_reading_older_than_an_action_needs_as_stale(tmp_path: Pat
     assert "open_vent" in by_name["greenhouse"].need and "1 min" in by_name["greenhouse"].need
 
     async def scenario() -> None:
-        async with console_rig(tmp_path, ACTIONS, clock=lambda: now[0]) as rig:
+        rig = console_rig(tmp_path, PUBLIC_STATUS, ACTIONS, clock=lambda: now[0])
+        async with serving(rig) as client:
             rig.world.update("greenhouse", {"temperature": 30})
             now[0] += 61
-            page = await (await rig.client.get("world")).text()
+            page = await (await client.get("world")).text()
             assert '<tr data-sensor="greenhouse" data-state="stale">' in page
             assert '<tr data-sensor="tank" data-state="missing">' in page  # needed, never read
-            body = await (await rig.client.get("world/readings")).json()
+            body = await (await client.get("world/readings")).json()
             states = {row["name"]: row["state"] for row in body["rows"]}
             assert states == {"greenhouse": "stale", "tank": "missing"}
 

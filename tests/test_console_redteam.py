@@ -1,86 +1,32 @@
 """The console attacked from outside: defects found by reading it as a hostile client would.
 
-Fast: a console composed from real parts (:func:`compose` with ``api.web``, its
-journal in tmp_path) served by the real server's application (guard, doors,
-the security middleware) through aiohttp's test client. Each test is one
-finding of the red-team review; it failed on the code as it was.
+Fast: a console over real parts (tests/console_rig.py, its journal in tmp_path)
+served by the real server's application (guard, doors, the security
+middleware) through aiohttp's test client. Each test is one finding of the
+red-team review; it failed on the code as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from appliance.api.http_body import BODY_TIMEOUT_S
-from appliance.config import parse_settings
 from appliance.config.schema_api import WebSettings
 from appliance.console import auth as auth_module
 from appliance.console import password as pw
 from appliance.console.app import Console
 from appliance.console.auth import Auth
 from appliance.console.manuals import Manuals
-from appliance.service.compose import compose
-from appliance.service.status import Status
-from tests.helpers import smollm2_path
-
-PASSWORD = "correct horse battery"
-Scenario = Callable[[TestClient, Console, web.Application], Awaitable[None]]
-
-
-def _run(tmp_path: Path, scenario: Scenario, *, body_timeout_s: float | None = None,
-         **web_settings: Any) -> None:
-    """``scenario`` against a console with a password set (real parts, in-process server)."""
-    pw.write_hash(tmp_path / "data" / "console" / "password", pw.hash_password(PASSWORD))
-    zone = tmp_path / "temp"
-    zone.write_text("40000\n")
-    config = {"data_dir": str(tmp_path / "data"), "device_id": "red",
-              "llm": {"model_path": str(smollm2_path())},  # its header only: never loaded
-              "thermal": {"zone_path": str(zone)},
-              "api": {"web": {"listen": "127.0.0.1:0", **web_settings}}}
-    settings = parse_settings(yaml.safe_dump(config), str(tmp_path / "c.yaml"))
-
-    async def main() -> None:
-        async with asyncio.timeout(120):
-            service = await compose(settings, None, Status())
-            try:
-                assert service.apis is not None and service.apis.web is not None
-                console = service.apis.console
-                assert console is not None
-                app = service.apis.web.app()
-                if body_timeout_s is not None:
-                    app[BODY_TIMEOUT_S] = body_timeout_s
-                async with TestClient(TestServer(app)) as client:
-                    await scenario(client, console, app)
-            finally:
-                service.journal.close()
-
-    asyncio.run(main())
-
-
-async def _logged_in(client: TestClient) -> str:
-    """Log in through the form; the session's CSRF token."""
-    page = await client.get("/login", headers={"Accept": "text/html"})
-    token = re.search(r'data-token="([^"]+)"', await page.text())
-    assert token, "the login form carries no token"
-    ok = await client.post("/login", json={"password": PASSWORD},
-                           headers={"X-CSRF-Token": token.group(1)})
-    assert ok.status == 200, await ok.text()
-    page = await client.get("/talk", headers={"Accept": "text/html"})
-    csrf = re.search(r'name="csrf-token" content="([^"]+)"', await page.text())
-    assert csrf, "a logged-in page carries no CSRF token"
-    return csrf.group(1)
+from tests.console_rig import PASSWORD, PUBLIC_STATUS, console_rig, run_console, sign_in
 
 
 @asynccontextmanager
@@ -101,7 +47,7 @@ def test_anonymous_live_streams_cannot_take_every_connection(tmp_path: Path) -> 
     connection once all are busy: the admin could no longer even log in.
     """
 
-    async def scenario(client: TestClient, console: Console, _app: web.Application) -> None:
+    async def scenario(client: TestClient, console: Console) -> None:
         pool = 128  # api.web's connection limit (HttpSettings().max_connections)
         opened: list[aiohttp.ClientResponse] = []
         refused: aiohttp.ClientResponse | None = None
@@ -122,7 +68,7 @@ def test_anonymous_live_streams_cannot_take_every_connection(tmp_path: Path) -> 
                 for response in opened:
                     response.close()
 
-    _run(tmp_path, scenario, public_status=True)
+    run_console(console_rig(tmp_path, PUBLIC_STATUS, password=PASSWORD), scenario)
 
 
 def test_a_stalled_upload_leaves_no_partial_file_behind(tmp_path: Path) -> None:
@@ -132,8 +78,8 @@ def test_a_stalled_upload_leaves_no_partial_file_behind(tmp_path: Path) -> None:
     (the disk fills with as many as a client cares to start).
     """
 
-    async def scenario(client: TestClient, console: Console, _app: web.Application) -> None:
-        csrf = await _logged_in(client)
+    async def scenario(client: TestClient, console: Console) -> None:
+        csrf = await sign_in(client)
         manuals = next(v for v in console.views if isinstance(v, Manuals))
         release = asyncio.Event()
 
@@ -157,7 +103,9 @@ def test_a_stalled_upload_leaves_no_partial_file_behind(tmp_path: Path) -> None:
             sending.cancel()
             await asyncio.gather(sending, return_exceptions=True)
 
-    _run(tmp_path, scenario, body_timeout_s=0.3)
+    rig = console_rig(tmp_path, password=PASSWORD)
+    rig.app[BODY_TIMEOUT_S] = 0.3
+    run_console(rig, scenario)
 
 
 def test_password_checks_run_one_at_a_time_whoever_asks(

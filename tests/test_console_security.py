@@ -1,9 +1,10 @@
 """The console's locks at the HTTP level: password, sessions, CSRF, throttle, loopback, headers.
 
-Fast: a console composed from real parts (:func:`compose` with ``api.web``,
-its journal in tmp_path) served by the real server's application (guard,
-doors, the security middleware) through aiohttp's test client, on loopback, or
-on this machine's own non-loopback address to play a client of the network.
+Fast: a console over real parts (tests/console_rig.py, its journal in
+tmp_path) served by the real server's application (guard, doors, the security
+middleware) through aiohttp's test client, on loopback, or on this machine's
+own non-loopback address to play a client of the network. One test checks that
+the composition root (:func:`compose` with ``api.web``) serves it that way too.
 """
 
 from __future__ import annotations
@@ -11,20 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from appliance.cli import main as cli_main
-from appliance.config import parse_settings
 from appliance.config.schema_api import WebSettings
 from appliance.console import password as pw
 from appliance.console.app import Console
@@ -35,86 +30,20 @@ from appliance.console.throttle import MAX_DELAY_S, LoginThrottle
 from appliance.service.activity_log import ActivityQuery
 from appliance.service.compose import compose
 from appliance.service.status import Status
+from tests.console_rig import (
+    HTML,
+    PASSWORD,
+    PUBLIC_STATUS,
+    console_rig,
+    console_settings,
+    form_token,
+    log_in,
+    network_address,
+    run,
+    run_console,
+    session_token,
+)
 from tests.helpers import smollm2_path
-
-PASSWORD = "correct horse battery"
-HTML = {"Accept": "text/html,application/xhtml+xml"}
-Scenario = Callable[[TestClient, Console], Awaitable[None]]
-
-
-def _settings(tmp_path: Path, **web: Any) -> Any:
-    zone = tmp_path / "temp"
-    zone.write_text("40000\n")
-    config = {"data_dir": str(tmp_path / "data"), "device_id": "c1",
-              "llm": {"model_path": str(smollm2_path())},  # its header only: never loaded
-              "thermal": {"zone_path": str(zone)},
-              "api": {"web": {"listen": "127.0.0.1:0", **web}}}
-    return parse_settings(yaml.safe_dump(config), str(tmp_path / "c.yaml"))
-
-
-@asynccontextmanager
-async def _console(tmp_path: Path, host: str = "127.0.0.1", **web: Any,
-                   ) -> AsyncIterator[tuple[TestClient, Console]]:
-    service = await compose(_settings(tmp_path, **web), None, Status())
-    try:
-        assert service.apis is not None and service.apis.web is not None
-        console = service.apis.console
-        assert console is not None
-        async with TestClient(TestServer(service.apis.web.app(), host=host)) as client:
-            yield client, console
-    finally:
-        service.journal.close()
-
-
-def run(tmp_path: Path, scenario: Scenario, *, password: str | None = PASSWORD,
-        host: str = "127.0.0.1", **web: Any) -> None:
-    """Run ``scenario`` against a console (with ``password`` set beforehand, unless None)."""
-    if password is not None:
-        pw.write_hash(tmp_path / "data" / "console" / "password", pw.hash_password(password))
-
-    async def main() -> None:
-        async with asyncio.timeout(120), _console(tmp_path, host, **web) as (client, console):
-            await scenario(client, console)
-
-    asyncio.run(main())
-
-
-def network_address() -> str:
-    """An address of this machine on a network (not loopback): a client there is not local."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-        address = str(probe.getsockname()[0])
-    except OSError:
-        address = ""
-    finally:
-        probe.close()
-    if not address or address.startswith("127."):
-        pytest.skip("this machine has no non-loopback address to play a network client")
-    return address
-
-
-async def form_token(client: TestClient, page: str = "login") -> str:
-    """Open the login (or first-run) page and read its pre-session token."""
-    response = await client.get(f"/{page}", headers=HTML)
-    assert response.status == 200, await response.text()
-    found = re.search(r'data-token="([^"]+)"', await response.text())
-    assert found, "the form carries no token"
-    return found.group(1)
-
-
-async def log_in(client: TestClient, password: str = PASSWORD) -> ClientResponse:
-    token = await form_token(client)
-    return await client.post("/login", json={"password": password},
-                             headers={"X-CSRF-Token": token})
-
-
-async def session_token(client: TestClient) -> str:
-    """The CSRF token a logged-in page carries."""
-    response = await client.get("/login", headers=HTML, allow_redirects=True)
-    found = re.search(r'name="csrf-token" content="([^"]+)"', await response.text())
-    assert found, "a logged-in page carries no CSRF token"
-    return found.group(1)
 
 
 def _concrete(path: str) -> str:
@@ -156,7 +85,7 @@ def test_every_route_without_a_session_is_refused_or_sent_to_login(tmp_path: Pat
             else:
                 assert (await _status(client, method, url))[0] == 401, f"{method} {path}"
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
 def test_with_public_status_the_view_pages_open_without_a_login(tmp_path: Path) -> None:
@@ -175,7 +104,7 @@ def test_with_public_status_the_view_pages_open_without_a_login(tmp_path: Path) 
                 assert (await _status(client, method, url))[0] in (401, 403), f"{method} {path}"
         assert viewed >= 1
 
-    run(tmp_path, scenario, public_status=True)
+    run_console(console_rig(tmp_path, PUBLIC_STATUS, password=PASSWORD), scenario)
 
 
 # --- login, throttle, logout ------------------------------------------------------------
@@ -197,7 +126,7 @@ def test_a_wrong_password_is_refused_and_the_next_try_must_wait(tmp_path: Path) 
             source="console"))]
         assert titles == ["login_failed"]
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
 def test_the_right_password_opens_a_session_and_logout_ends_it(tmp_path: Path) -> None:
@@ -221,7 +150,23 @@ def test_the_right_password_opens_a_session_and_logout_ends_it(tmp_path: Path) -
         assert [(e.title, e.fields["who"]) for e in rows] == [
             ("logout", "admin@127.0.0.1"), ("login", "admin@127.0.0.1")]
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
+
+
+def test_behind_a_tls_proxy_the_cookie_is_secure_and_pages_are_compressed(
+        tmp_path: Path) -> None:
+    async def scenario(client: TestClient, _console: Console) -> None:
+        token = await form_token(client)
+        ok = await client.post("/login", json={"password": PASSWORD}, headers={
+            "X-CSRF-Token": token, "X-Forwarded-Proto": "https"})
+        assert ok.status == 200, await ok.text()
+        cookie = next(v for v in ok.headers.getall("Set-Cookie")
+                      if v.startswith("appliance_session="))
+        assert "secure" in {a.strip().split("=")[0].lower() for a in cookie.split(";")}
+        page = await client.get("/login", headers={**HTML, "Accept-Encoding": "gzip"})
+        assert page.status == 200 and page.headers.get("Content-Encoding") == "gzip"
+
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
 def test_behind_an_ingress_the_cookie_and_redirects_keep_its_path(tmp_path: Path) -> None:
@@ -238,7 +183,7 @@ def test_behind_an_ingress_the_cookie_and_redirects_keep_its_path(tmp_path: Path
                       if v.startswith("appliance_session="))
         assert "Path=/api/hassio_ingress/tok3n" in cookie
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
 # --- CSRF, Origin -----------------------------------------------------------------------
@@ -258,7 +203,7 @@ def test_a_post_without_the_csrf_token_is_refused(tmp_path: Path) -> None:
             assert refused.status == 403, await refused.text()
         assert console.auth.sessions  # still logged in
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
 def test_posts_from_other_sites_are_refused(tmp_path: Path) -> None:
@@ -272,7 +217,7 @@ def test_posts_from_other_sites_are_refused(tmp_path: Path) -> None:
             assert refused.status == 403, (headers, await refused.text())
         assert not console.auth.sessions
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
 # --- no password yet: loopback only, and the first-run page -----------------------------
@@ -287,7 +232,7 @@ def test_without_a_password_a_network_client_is_refused(tmp_path: Path) -> None:
             assert response.status == 403, path
             assert "appliance console password" in (await response.json())["error"]
 
-    run(tmp_path, scenario, password=None, host=address)
+    run_console(console_rig(tmp_path), scenario, host=address)
 
 
 def test_a_proxied_client_is_not_local(tmp_path: Path) -> None:
@@ -297,7 +242,7 @@ def test_a_proxied_client_is_not_local(tmp_path: Path) -> None:
                                         allow_redirects=False)
             assert response.status == 403, header
 
-    run(tmp_path, scenario, password=None)
+    run_console(console_rig(tmp_path), scenario)
 
 
 def test_the_first_run_page_sets_the_password_from_loopback_once(tmp_path: Path) -> None:
@@ -331,7 +276,7 @@ def test_the_first_run_page_sets_the_password_from_loopback_once(tmp_path: Path)
         rows = console.parts.journal.activity(ActivityQuery(source="console"))
         assert [(e.title, e.text) for e in rows] == [("password_set", "first-run page")]
 
-    run(tmp_path, scenario, password=None)
+    run_console(console_rig(tmp_path), scenario)
 
 
 def test_the_first_run_page_is_not_served_to_the_network(tmp_path: Path) -> None:
@@ -345,7 +290,7 @@ def test_the_first_run_page_is_not_served_to_the_network(tmp_path: Path) -> None
         assert refused.status == 403
         assert (await log_in(client)).status == 200  # a password is set: the network logs in
 
-    run(tmp_path, scenario, host=address)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario, host=address)
 
 
 def test_a_corrupt_password_file_locks_the_network_out(tmp_path: Path) -> None:
@@ -359,7 +304,7 @@ def test_a_corrupt_password_file_locks_the_network_out(tmp_path: Path) -> None:
         assert (await _status(client, "GET", "/setup", {**HTML, "X-Real-IP": "10.0.0.9"}
                               ))[0] == 403
 
-    run(tmp_path, scenario, password=None)
+    run_console(console_rig(tmp_path), scenario)
 
 
 # --- headers ----------------------------------------------------------------------------
@@ -377,7 +322,32 @@ def test_every_answer_carries_the_security_headers(tmp_path: Path) -> None:
         asset = await client.get("/static/console.js")
         assert asset.status == 200 and asset.headers["Cache-Control"] != "no-store"
 
-    run(tmp_path, scenario)
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
+
+
+def test_the_composition_root_serves_the_console_behind_its_locks(tmp_path: Path) -> None:
+    """What the rig stands in for: :func:`compose` with ``api.web`` builds the same server."""
+    zone = tmp_path / "temp"
+    zone.write_text("40000\n")
+    settings = console_settings(tmp_path, {"llm": {"model_path": smollm2_path()},  # never loaded
+                                           "thermal": {"zone_path": zone}})
+
+    async def scenario() -> None:
+        service = await compose(settings, None, Status())
+        try:
+            assert service.apis is not None and service.apis.web is not None
+            console = service.apis.console
+            assert console is not None
+            async with TestClient(TestServer(service.apis.web.app())) as client:
+                assert await _status(client, "GET", "/talk", HTML) == (303, "/login")
+                assert (await _status(client, "GET", "/talk"))[0] == 401
+                page = await client.get("/login", headers=HTML)
+                for name, value in SECURITY_HEADERS.items():
+                    assert page.headers.get(name) == value, name
+        finally:
+            service.journal.close()
+
+    run(scenario)
 
 
 # --- the parts on their own -------------------------------------------------------------

@@ -1,153 +1,39 @@
 """The console's Talk and Activity pages, over real parts: milliseconds, no model, no broker.
 
 A :class:`Console` is built from a real journal, status, action desk and
-dispatcher, whose generator is a scripted :class:`FakeGenerator`; aiohttp's
-test client talks to the console's server application as a browser would
-(logged in: a session is put on each request, as the security middleware
-would). The browser tests (tests/test_console_browser.py) do the same with
-the real model and broker.
+dispatcher, whose generator is a scripted :class:`FakeGenerator`
+(tests/console_rig.py); aiohttp's test client talks to the console's server
+application as a browser would (logged in: a session is put on each request,
+as the security middleware would). The browser tests
+(tests/test_console_browser.py) do the same with the real model and broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-
-from appliance.actions.world import WorldState
-from appliance.api.gate import ApiGate
-from appliance.api.http_server import HttpApi
-from appliance.api.metrics import Metrics
-from appliance.config import parse_settings
-from appliance.config.schema_api import HttpSettings
 from appliance.console.activity import Activity
 from appliance.console.activity_feed import PRIVATE, ActivityFeed
-from appliance.console.app import Console
-from appliance.console.parts import ConsoleParts
-from appliance.console.roles import SESSION, Session
 from appliance.console.talk import Talk
-from appliance.mqtt.contract import Topics
 from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Request
-from appliance.rules import RuleSet
-from appliance.service.action_desk import ActionDesk
 from appliance.service.activity_log import MAX_ROWS, ActivityQuery
-from appliance.service.conversations import Conversations
-from appliance.service.dispatcher import Dispatcher
 from appliance.service.journal import Journal
-from appliance.service.ratelimit import RateLimiter
-from appliance.service.router import Router
-from appliance.service.status import Status
-from tests.fakes import FakeGenerator, FakeOutlet, Reply, Step
+from tests.console_rig import WHO, console_rig, lines, run, serving, until
+from tests.fakes import Reply
 
-CONFIG = """
-device_id: t1
-data_dir: {data}
-api: {{web: {{listen: "127.0.0.1:0"}}}}
-voice: {{kid_safe: {kid_safe}}}
-actions:
-  - name: pump
-    description: Run the watering pump
-    publish: {{topic: garden/pump/set, payload: {{state: "ON"}}}}
-    confirm: true
-actions_confirm_s: 60
-"""
+CONFIG = {"actions": [{"name": "pump", "description": "Run the watering pump",
+                       "publish": {"topic": "garden/pump/set", "payload": {"state": "ON"}},
+                       "confirm": True}],
+          "actions_confirm_s": 60}
 PUMP_TOPIC = "garden/pump/set"
-WHO = "admin@127.0.0.1"
-
-
-class Device:
-    """A console over real parts, its dispatcher answering from a script."""
-
-    def __init__(self, tmp_path: Path, script: list[Step] | None = None,
-                 kid_safe: bool = False) -> None:
-        self.settings = settings = parse_settings(CONFIG.format(
-            data=tmp_path, kid_safe=str(kid_safe).lower()))
-        topics = Topics.under(settings.base_topic)
-        self.journal = Journal(tmp_path / "journal.sqlite3")
-        self.status = Status()
-        self.outlet = FakeOutlet()
-        world = WorldState(self.journal)
-        self.desk = ActionDesk(settings, topics, self.outlet, world, None)  # type: ignore[arg-type]
-        self.local = FakeGenerator(script or [])
-        self.dispatcher = Dispatcher(
-            router=Router(self.local), outlet=self.outlet, journal=self.journal, topics=topics,
-            rules=RuleSet((), topics.base), status=self.status, queue_size=4, stream=False,
-            llm=settings.llm, actions=self.desk.service, world=world,
-            conversations=Conversations(settings.conversation, self.journal))
-        self.gate = ApiGate(self.dispatcher, RateLimiter(settings.mqtt.ask_rate_per_min))
-        parts = ConsoleParts(settings, None, self.status, self.journal, world, self.desk, None)
-        self.console = Console(parts, self.gate, Metrics(self.status, settings.thermal.levels))
-        self.activity = next(v for v in self.console.views if isinstance(v, Activity))
-        self.talk = next(v for v in self.console.views if isinstance(v, Talk))
-
-    def app(self) -> web.Application:
-        """The console's server application, every request logged in."""
-
-        @web.middleware
-        async def logged_in(request: web.Request, handler: Any) -> web.StreamResponse:
-            request[SESSION] = Session("s1", "csrf", WHO, float("inf"))
-            return await handler(request)
-
-        server = HttpApi(self.settings, HttpSettings(listen="127.0.0.1:0"),
-                         self.console.metrics, self.console.add_routes, key="api.web",
-                         middlewares=[logged_in], json_only=False)
-        return server.app()
-
-    def published(self, topic: str) -> list[dict[str, Any]]:
-        """The payloads delivered on ``topic``."""
-        return [json.loads(m.payload) for _id, messages in self.outlet.delivered
-                for m in messages if m.topic == topic]
-
-
-@asynccontextmanager
-async def serving(device: Device) -> AsyncIterator[TestClient]:
-    """The dispatcher running, the console started, and a client of its server."""
-    work = asyncio.create_task(device.dispatcher.run())
-    device.console.start()
-    client = TestClient(TestServer(device.app()))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
-        await device.console.close()
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-
-
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
-    """Run ``scenario`` with a deadline."""
-
-    async def main() -> None:
-        await asyncio.wait_for(scenario(), 20)
-
-    asyncio.run(main())
-
-
-async def until(check: Callable[[], object]) -> None:
-    """Wait (bounded by :func:`run`) until ``check()`` is true."""
-    while not check():
-        await asyncio.sleep(0.01)
-
-
-async def lines(response: Any) -> AsyncIterator[dict[str, Any]]:
-    """The JSON lines of a streamed answer, as they arrive."""
-    async for raw in response.content:
-        if raw.strip():
-            yield json.loads(raw)
 
 
 def test_a_question_streams_its_chunks_then_the_answer_and_a_follow_up_keeps_the_conversation(
         tmp_path: Path) -> None:
-    device = Device(tmp_path, [Reply(('{"answer": "Hel', "lo", ' there"}')),
-                               Reply(('{"answer": "Again"}',))])
+    device = console_rig(tmp_path, CONFIG, as_admin=True, script=[
+        Reply(('{"answer": "Hel', "lo", ' there"}')), Reply(('{"answer": "Again"}',))])
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -181,8 +67,8 @@ def test_a_question_streams_its_chunks_then_the_answer_and_a_follow_up_keeps_the
 def test_stop_cancels_the_question_and_the_stream_ends_with_the_cancelled_answer(
         tmp_path: Path) -> None:
     hold = asyncio.Event()
-    device = Device(tmp_path, [Reply(('{"answer": "one', "two", 'three"}'), hold=hold,
-                                     hold_after=1)])
+    device = console_rig(tmp_path, CONFIG, as_admin=True, script=[
+        Reply(('{"answer": "one', "two", 'three"}'), hold=hold, hold_after=1)])
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -203,7 +89,8 @@ def test_stop_cancels_the_question_and_the_stream_ends_with_the_cancelled_answer
 
 def test_a_page_that_goes_away_cancels_its_question(tmp_path: Path) -> None:
     hold = asyncio.Event()
-    device = Device(tmp_path, [Reply(('{"answer": "one', 'two"}'), hold=hold, hold_after=1)])
+    device = console_rig(tmp_path, CONFIG, as_admin=True, script=[
+        Reply(('{"answer": "one', 'two"}'), hold=hold, hold_after=1)])
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -213,13 +100,13 @@ def test_a_page_that_goes_away_cancels_its_question(tmp_path: Path) -> None:
             await anext(stream)
             response.close()  # the browser aborts the fetch: the connection closes
             await until(lambda: device.local.cancelled == [request_id])
-            await until(lambda: not device.talk.asking)
+            await until(lambda: not device.view(Talk).asking)
 
     run(scenario)
 
 
 def test_bad_questions_get_one_line_and_ask_nothing(tmp_path: Path) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
 
     async def scenario() -> None:
         async with serving(device) as client:
@@ -282,9 +169,9 @@ def test_answers_errors_and_records_become_rows_and_toy_mode_keeps_no_words(
 
 
 def test_the_page_filters_and_refuses_unknown_filters_in_one_line(tmp_path: Path) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
     device.journal.console_action(WHO, "upload", "manual.md")
-    device.activity.feed.answered(Request("m1", "mqtt", "hello there"),
+    device.view(Activity).feed.answered(Request("m1", "mqtt", "hello there"),
                                   Answer("m1", "mqtt", "general kenobi", "stop"))
 
     async def scenario() -> None:
@@ -307,7 +194,7 @@ def test_the_page_filters_and_refuses_unknown_filters_in_one_line(tmp_path: Path
 
 
 def test_yes_on_the_page_acts_once_through_the_confirmation_path(tmp_path: Path) -> None:
-    device = Device(tmp_path)
+    device = console_rig(tmp_path, CONFIG, as_admin=True)
 
     async def scenario() -> None:
         async with serving(device) as client:

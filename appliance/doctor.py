@@ -30,8 +30,6 @@ from appliance.hardware import mem_available_bytes
 from appliance.llm.gguf import check_model_file
 from appliance.mqtt.contract import Topics
 from appliance.thermal import SensorError, ZoneMissing, read_celsius
-from appliance.voice.playback import require_aplay
-from appliance.voice.tts import Espeak, check_tts, voice_name
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -112,6 +110,9 @@ def check_speech_out(settings: Settings) -> Check:
     voice = settings.voice
     if not voice.enabled or voice.tts == "none":
         return Check("speech out", "ok", "off")
+    from appliance.voice.playback import require_aplay  # numpy: only on a device that speaks
+    from appliance.voice.tts import Espeak, check_tts, voice_name
+
     check_tts(settings)  # the piper voice and package; its errors become a fail row
     if voice.tts == "espeak-ng":
         Espeak(voice_name(voice))  # raises when espeak-ng is not installed

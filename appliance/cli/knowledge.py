@@ -16,9 +16,6 @@ from typing import TextIO
 
 from appliance.config import Settings
 from appliance.knowledge.errors import KnowledgeError
-from appliance.knowledge.index import KnowledgeIndex, reembed
-from appliance.knowledge.retriever import Retriever
-from appliance.knowledge.store import index_path
 
 PROGRESS_FROM = 20
 """Show progress on a terminal for documents with at least this many pages or passages."""
@@ -90,6 +87,8 @@ def _positive(text: str) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     """Index each file named; one line per file."""
+    from appliance.knowledge import KnowledgeIndex, index_path  # numpy, onnxruntime: only here
+
     settings = _settings(args)
     index = KnowledgeIndex(index_path(settings.data_dir))
     failed = 0
@@ -119,6 +118,8 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the indexed manuals."""
+    from appliance.knowledge import KnowledgeIndex, index_path  # numpy, onnxruntime: only here
+
     settings = _settings(args)
     path = index_path(settings.data_dir)
     if not path.exists():
@@ -148,6 +149,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     """Remove one manual."""
+    from appliance.knowledge import KnowledgeIndex, index_path  # numpy, onnxruntime: only here
+
     settings = _settings(args)
     index = KnowledgeIndex(index_path(settings.data_dir))
     try:
@@ -161,6 +164,8 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_search(args: argparse.Namespace) -> int:
     """Print the best passages for a question."""
+    from appliance.knowledge import Retriever, index_path  # numpy, onnxruntime: only here
+
     settings = _settings(args)
     retriever = Retriever(index_path(settings.data_dir))
     try:
@@ -183,6 +188,9 @@ def run_search(args: argparse.Namespace) -> int:
 
 def run_reembed(args: argparse.Namespace) -> int:
     """Compute every passage's vector again with this version's embedding model."""
+    from appliance.knowledge import index_path  # numpy, onnxruntime: only here
+    from appliance.knowledge.index import reembed
+
     settings = _settings(args)
     progress = _Progress("index", sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -197,6 +205,7 @@ def run_reembed(args: argparse.Namespace) -> int:
 def run_warm(args: argparse.Namespace) -> int:
     """Read every passage once with the configured model and keep its state on disk."""
     from appliance.catalog import resolve_llm
+    from appliance.knowledge import Retriever, index_path  # numpy, onnxruntime: only here
     from appliance.llm import Engine
     from appliance.llm.kv_disk import passage_cache
     from appliance.service.knowledge_context import passage_text

@@ -8,8 +8,6 @@ import json
 
 from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
-from appliance.voice.tts import check_tts
-from appliance.voice.wake import check_wake
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -36,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from appliance.cli import load
     from appliance.llm.engine import Engine
     from appliance.voice.listen import Listener
+    from appliance.voice.tts import check_tts
+    from appliance.voice.wake import check_wake
 
     if args.say and not args.out:
         raise UsageError("listen: --say needs --out REPLY.wav")

@@ -25,7 +25,8 @@ import appliance.service.supervisor
 
 args = build_parser().parse_args(["--config", sys.argv[1], "run"])
 preflight(load(args, service=True))
-heavy = sorted(name for name in ("llama_cpp", "onnxruntime") if name in sys.modules)
+heavy = sorted(name for name in ("llama_cpp", "onnxruntime", "numpy", "vosk")
+               if name in sys.modules)
 print(",".join(heavy))
 """
 
@@ -34,7 +35,8 @@ def test_cli_and_supervisor_start_without_llama_cpp(tmp_path: Path) -> None:
     """``appliance run`` up to the worker's start: the CLI, the start-up checks, the supervisor.
 
     A fresh interpreter, so that nothing this test process imported counts;
-    knowledge is off (the default), so the embedding model's runtime stays out too.
+    knowledge and voice are off (the defaults), so the embedding model's runtime, numpy
+    and vosk stay out too.
     """
     config = write_config(tmp_path / "config.yaml", {"mqtt": {"port": 9}})
     done = subprocess.run([sys.executable, "-c", _SERVICE_START, str(config)],

@@ -15,8 +15,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gpiozero import GPIOZeroError
-
 from appliance.config.schema import Action
 from appliance.errors import ApplianceError
 from appliance.protocol.messages import Outgoing
@@ -69,6 +67,8 @@ class Executor:
         elif action.gpio is not None:
             if self.set_output is None:
                 raise ExecutionError("GPIO is off or unavailable on this device")
+            from gpiozero import GPIOZeroError  # loaded already: the outputs are gpiozero's
+
             try:
                 self.set_output(action.gpio.output, action.gpio.value)
             except (GPIOZeroError, KeyError, ValueError) as exc:

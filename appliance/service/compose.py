@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpiozero.pins import Factory
-
 from appliance.actions.world import WorldState
 from appliance.config import Settings
 from appliance.config.schema import ThermalLevel
@@ -25,7 +23,6 @@ from appliance.config.secrets import read_api_key
 from appliance.generate.base import Generator
 from appliance.generate.local import ModelWorker
 from appliance.generate.mqtt_remote import MqttGenerator
-from appliance.gpio import GpioDevices, GpioUnavailable
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
@@ -45,7 +42,10 @@ from appliance.service.status import Status
 from appliance.thermal import ThermalWatchdog
 
 if TYPE_CHECKING:
+    from gpiozero.pins import Factory
+
     from appliance.api import Apis
+    from appliance.gpio import GpioDevices
     from appliance.service.knowledge_context import KnowledgeContext
     from appliance.voice.controller import VoiceController
 
@@ -199,6 +199,8 @@ def _gpio(settings: Settings, inbox: Inbox, pin_factory: Factory | None) -> Gpio
     if not settings.gpio.enabled:
         log.info("gpio_disabled")
         return None
+    from appliance.gpio import GpioDevices, GpioUnavailable  # gpiozero: only when GPIO is on
+
     try:
         return GpioDevices(settings.gpio, inbox.reading, pin_factory)
     except GpioUnavailable as exc:

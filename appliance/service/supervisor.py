@@ -17,11 +17,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpiozero.pins import Factory
-
 from appliance.config import Settings
 from appliance.generate.local import ModelWorker
-from appliance.gpio import GpioDevices
 from appliance.logs import get_logger
 from appliance.mqtt.contract import Topics
 from appliance.protocol.messages import error_message
@@ -34,6 +31,9 @@ from appliance.service.parts import Parts
 from appliance.service.status import Status
 
 if TYPE_CHECKING:
+    from gpiozero.pins import Factory
+
+    from appliance.gpio import GpioDevices
     from appliance.voice.controller import VoiceController
 
 log = get_logger("supervisor")

@@ -80,6 +80,15 @@ def screenshot_dir(tmp: Path) -> Path:
     return directory
 
 
+_UNLABELLED = """
+return [...document.querySelectorAll('input, select, textarea, button')]
+  .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length)
+          && !e.getAttribute('aria-label') && !e.getAttribute('aria-labelledby')
+          && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+  .map(e => e.outerHTML.slice(0, 120));
+"""
+
+
 class Browser:
     """One headless chromium with a fresh profile; close it with :meth:`close`."""
 
@@ -209,6 +218,10 @@ class Browser:
         Empty when the page fits its width (no horizontal scrolling).
         """
         return list(self.script(_TOO_WIDE))
+
+    def unlabelled(self) -> list[str]:
+        """The page's controls that name nothing to a screen reader (no label, no text)."""
+        return list(self.script(_UNLABELLED))
 
     def screenshot(self, name: str, width: int) -> Path:
         """A PNG of the whole page at ``width`` px: ``<shots>/<name>-<width>.png``."""

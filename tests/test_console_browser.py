@@ -361,6 +361,7 @@ def test_every_page_at_360_and_1280_px(device: Device, console: Browser) -> None
             assert shot.stat().st_size > 1000
             if wide := browser.too_wide():
                 problems.append(f"{name} scrolls sideways at {width} px: {wide}")
+        problems += [f"{name}: a control without a label: {c}" for c in browser.unlabelled()]
         problems += [f"{name}: {error}" for error in browser.errors()]
     browser.resize(DESKTOP)
     assert problems == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,8 @@ class Manuals:
         self._embedder: Embedder | None = None
         self._writer: KnowledgeIndex | None = None
         self._retriever: Retriever | None = None
+        self._opening = threading.Lock()  # the threads that search and index open them once
+        self._searching = asyncio.Lock()  # one search at a time: each uses every core
 
     def add_routes(self, console: Console) -> None:
         """``/manuals`` and its JSON routes."""
@@ -152,27 +155,33 @@ class Manuals:
         if not query:
             return web.json_response({"passages": []})
         try:
-            found = await asyncio.to_thread(self._search, query)
+            async with self._searching:
+                found = await asyncio.to_thread(self._search, query)
         except KnowledgeError as exc:
             raise _refuse(f"appliance: {exc}") from None
         return web.json_response({"passages": [p.to_json() for p in found],
                                   "min_score": self.knowledge.min_score})
 
     def _search(self, query: str) -> list[Any]:
-        if self._retriever is None:
-            if not self.path.exists():
-                return []
-            self._retriever = Retriever(self.path, self._embed())
+        with self._opening:
+            if self._retriever is None:
+                if not self.path.exists():
+                    return []
+                self._retriever = Retriever(self.path, self._embed())
         return self._retriever.search(query, SEARCH_K)
 
     def _open_writer(self) -> KnowledgeIndex:
         """The index to change (created on first use), opened once."""
-        if self._writer is None:  # its embedder loads when a file gets as far as needing it
-            self._writer = KnowledgeIndex(self.path, self._embedder)
-        return self._writer
+        with self._opening:
+            if self._writer is None:  # its embedder loads when a file gets as far as needing it
+                self._writer = KnowledgeIndex(self.path, self._embedder)
+            return self._writer
 
     def _embed(self) -> Embedder:
-        """The embedding model, loaded once and shared by the writer and the search."""
+        """The embedding model, loaded once and shared by the writer and the search.
+
+        Called with ``_opening`` held.
+        """
         if self._embedder is None:
             self._embedder = self._writer.embedder if self._writer is not None \
                 else Embedder.beside(self.path)

@@ -129,6 +129,21 @@ def test_a_wrong_password_is_refused_and_the_next_try_must_wait(tmp_path: Path) 
     run_console(console_rig(tmp_path, password=PASSWORD), scenario)
 
 
+def test_many_wrong_passwords_keep_one_row_a_minute_in_activity(tmp_path: Path) -> None:
+    """Guessing must not push the device's real history out of Activity's bounded rows."""
+
+    async def scenario(client: TestClient, console: Console) -> None:
+        now = [1000.0]
+        console.auth.throttle.clock = lambda: now[0]
+        for _ in range(5):
+            now[0] += 3600  # each guess after its delay
+            assert (await log_in(client, "not the password")).status == 401
+        rows = console.parts.journal.activity(ActivityQuery(source="console"))
+        assert [e.title for e in rows] == ["login_failed"]
+
+    run_console(console_rig(tmp_path, password=PASSWORD), scenario)
+
+
 def test_the_right_password_opens_a_session_and_logout_ends_it(tmp_path: Path) -> None:
     async def scenario(client: TestClient, console: Console) -> None:
         ok = await log_in(client)

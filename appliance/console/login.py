@@ -14,6 +14,7 @@ to console.js). Every outcome is in the journal through
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -40,12 +41,18 @@ SETUP_LOCAL_ONLY = "the first-run page answers only on the device itself (at loc
 ALREADY_SET = "a password is already set: change it with `appliance console password`"
 
 
+FAILURES_NOTED_EVERY_S = 60.0
+"""At most one wrong password a minute is kept in Activity (every one is logged)."""
+
+
 class Login:
     """The login, logout and first-run routes."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.auth = console.auth
+        self._noted_at = -FAILURES_NOTED_EVERY_S
+        self._unnoted = 0
 
     def add_routes(self, console: Console) -> None:
         """Its routes: all open but logout (a session's)."""
@@ -80,9 +87,23 @@ class Login:
         finally:
             self.auth.throttle.end(client, ok)
         if not ok:
-            self.console.audit(request, "login_failed")
+            self._failed(request)
             raise ApiError(Problem.UNAUTHORIZED, "wrong password")
         return self._logged_in(request, "login")
+
+    def _failed(self, request: web.Request) -> None:
+        """Log every wrong password; keep one in Activity a minute, with how many it stands for.
+
+        Activity keeps a bounded number of rows: guesses from many addresses must not
+        push the device's real history out of it.
+        """
+        self._unnoted += 1
+        now = time.monotonic()
+        noted = now - self._noted_at >= FAILURES_NOTED_EVERY_S
+        self.console.audit(request, "login_failed", f"{self._unnoted} since the last noted"
+                           if noted and self._unnoted > 1 else "", journal=noted)
+        if noted:
+            self._noted_at, self._unnoted = now, 0
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
         """End the session."""

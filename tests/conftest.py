@@ -35,8 +35,8 @@ from tests.speech import Microphone, stdin_microphone
 __all__ = ["BASE", "ROOT", "STORY", "device_config", "make_settings", "run_cli",
            "service_config", "smollm2_path"]
 
-SLOW_FIXTURES = frozenset({"start", "broker", "peer", "engine", "gemma_engine", "mic",
-                          "model_path"})
+SLOW_FIXTURES = frozenset({"start", "broker", "module_broker", "peer", "engine",
+                           "gemma_engine", "mic", "model_path"})
 """Fixtures that start a process or load (or hand out) the model: a test using one is slow."""
 
 
@@ -176,6 +176,15 @@ def _config(tmp_path: Path, model_path: Path, port: int, extra: str = "",
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A mosquitto for the tests of one module that share a device started once."""
+    b = Broker(tmp_path_factory.mktemp("broker"))
     b.start()
     yield b
     b.stop()

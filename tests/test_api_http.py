@@ -352,9 +352,11 @@ def test_metrics_parse_and_move_with_each_answer(app: App) -> None:
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[App]:
+    """A token and one ask a minute: the rate limit's test is the only one that asks it."""
     token = tmp_path_factory.mktemp("secret") / "token"
     token.write_text("s3cret-token\n")
-    a = App(tmp_path_factory.mktemp("limited"), broker, http={"token_file": token})
+    a = App(tmp_path_factory.mktemp("limited"), broker, mqtt={"ask_rate_per_min": 1},
+            http={"token_file": token})
     yield a
     a.close()
 
@@ -400,16 +402,13 @@ def test_full_queue_and_cooling_down_are_503(tmp_path: Path, broker: Broker) -> 
         app.close()
 
 
-def test_rate_limit_is_429(tmp_path: Path, broker: Broker) -> None:
-    app = App(tmp_path, broker, mqtt={"ask_rate_per_min": 1})
-    try:
-        ask: Any = [{"role": "user", "content": "hi"}]
-        _openai(app).chat.completions.create(model=MODEL, messages=ask, max_tokens=2)
-        with pytest.raises(openai.RateLimitError) as limited:
-            _openai(app).chat.completions.create(model=MODEL, messages=ask, max_tokens=2)
-        assert re.search(r"at most 1 a minute", limited.value.message)
-    finally:
-        app.close()
+def test_rate_limit_is_429(limited: App) -> None:
+    ask: Any = [{"role": "user", "content": "hi"}]
+    client = _openai(limited, key="s3cret-token")
+    client.chat.completions.create(model=MODEL, messages=ask, max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model=MODEL, messages=ask, max_tokens=2)
+    assert re.search(r"at most 1 a minute", refused.value.message)
 
 
 # --- the schema subset and the reply reader (no server needed) --------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import tracemalloc
 import wave
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from appliance.voice.audio import CHUNK_BYTES, RATE, AudioError, Resampler, read_wav, wav_chunks
+from appliance.voice.service import WAV_SPEED_ENV, wav_source
 
 
 def _signal(rate: int, seconds: float, channels: int, start: int = 0) -> np.ndarray:
@@ -180,3 +182,13 @@ def test_files_that_are_not_files(tmp_path: Path) -> None:
         with pytest.raises(AudioError) as info:
             read_wav(path)
         assert str(info.value) == f"{path}: {problem}"
+
+
+def test_a_faster_wav_source_delivers_the_same_audio(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write_wav(tmp_path / "in.wav", 22050, 1, 2, _encode(_signal(22050, 1.3, 1), 2))
+    monkeypatch.setenv(WAV_SPEED_ENV, "1000")  # what the voice tests of `appliance run` use
+    assert list(wav_source(path, threading.Event())) == list(wav_chunks(path))
+    stop = threading.Event()
+    stop.set()
+    assert list(wav_source(path, stop)) == []  # a stopped source ends at once

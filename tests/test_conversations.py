@@ -120,7 +120,8 @@ def test_the_turns_go_to_the_model_as_data() -> None:
 # --- the real model ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_oldest_turns_are_dropped_when_they_would_overflow(engine: Engine) -> None:
-    long = "The greenhouse has tomatoes, lettuce, basil and peppers in four long rows. " * 3
+    # Eight turns of ~20 tokens: enough to drop some; each prompt is evaluated, so no longer.
+    long = "The greenhouse has tomatoes, lettuce, basil and peppers in four long rows. "
     history = tuple(Turn("user" if i % 2 == 0 else "assistant", f"{i}: {long}")
                     for i in range(8))
     n_ctx = engine.settings.n_ctx

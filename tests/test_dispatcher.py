@@ -29,7 +29,7 @@ def test_voice_preempts_a_sensor_generation(tmp_path: Path, model_path: Path) ->
     broker = LocalBroker(tmp_path / "broker")
     broker.start()
     cfg = device_config(
-        tmp_path, model_path, broker.port, "d1", 300,
+        tmp_path, model_path, broker.port, "d1", 80,
         {"rules": [{"name": "hot", "source": "greenhouse", "when": "temperature > 40",
                     "prompt": "Write a very long story about a greenhouse at {temperature} "
                               "degrees."}]})

@@ -32,12 +32,19 @@ from tests.speech import (
     Microphone,
     korean_model,
     pcm_of,
+    share_korean_vosk,
     speak,
     speaker_device,
 )
 
 BASE = "appliance/e1"
 SUNNY_DAY = "Describe a sunny day in the park in three sentences."
+
+
+@pytest.fixture(autouse=True)
+def _one_vosk_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each supervisor here hears with the one Korean model of the test process."""
+    share_korean_vosk(monkeypatch)
 
 
 def _run(tmp_path: Path, model_path: Path, port: int, voice: dict[str, Any], max_tokens: int,

@@ -40,7 +40,7 @@ def test_an_answer_carries_its_energy(start: Callable[..., ApplianceProcess], pe
                                       tmp_path: Path) -> None:
     script = _vcgencmd(tmp_path, RECORDED.read_text())
     start(root=f"power:\n  meter: vcgencmd\n  vcgencmd: {script}\n  interval_s: 0.5\n")
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "e", "text": STORY, "max_tokens": 120}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "e", "text": STORY, "max_tokens": 32}))
     answer = _answer(peer, "e")
     assert answer["energy_j"] > 0 and answer["avg_w"] > 0
     tokens = int(answer["tokens"])  # type: ignore[arg-type]
@@ -81,7 +81,7 @@ def test_decode_threads_follow_the_heat_during_a_generation(
                            and m.json()["state"] == "idle").json()
     assert normal["n_threads"] >= 1
     before = normal["n_threads"]
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "hot", "text": STORY, "max_tokens": 300}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "hot", "text": STORY, "max_tokens": 150}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream" and m.json()["id"] == "hot")
     heated_from = len(peer.seen)
     zone.write_text("72000\n")

@@ -24,7 +24,8 @@ STORY = "Tell me a long story about a dragon and a knight."
 
 def test_streamed_chunks_join_to_the_answer(engine: Engine) -> None:
     chunks: list[Chunk] = []
-    result = engine.complete(ChatRequest("What is two plus two?"), on_chunk=chunks.append)
+    result = engine.complete(ChatRequest("What is two plus two?", max_tokens=16),
+                             on_chunk=chunks.append)
     assert result.tokens > 0
     assert [c.seq for c in chunks] == list(range(len(chunks)))
     assert "".join(c.delta for c in chunks).strip() == result.text
@@ -34,7 +35,7 @@ def test_streamed_chunks_join_to_the_answer(engine: Engine) -> None:
 
 def test_greedy_decoding_is_repeatable(engine: Engine) -> None:
     first = engine.complete(ChatRequest("Name a colour."))
-    engine.complete(ChatRequest("Something else entirely, please."))
+    engine.complete(ChatRequest("Something else entirely, please.", max_tokens=4))
     again = engine.complete(ChatRequest("Name a colour."))
     assert first.text == again.text and first.tokens == again.tokens
 
@@ -106,9 +107,11 @@ def test_cancelled_before_start_generates_nothing(engine: Engine) -> None:
 
 def test_prefix_cache_reuses_the_system_prompt(engine: Engine) -> None:
     system = "You are a kiosk in a garden centre. " * 20
-    engine.complete(ChatRequest("Hello.", system_prompt=system))
-    engine.complete(ChatRequest("Other prompt.", system_prompt="Be terse."))
-    result = engine.complete(ChatRequest("Where are the roses?", system_prompt=system))
+    # A few tokens each: the cache holds prompts, not answers.
+    engine.complete(ChatRequest("Hello.", system_prompt=system, max_tokens=4))
+    engine.complete(ChatRequest("Other prompt.", system_prompt="Be terse.", max_tokens=4))
+    result = engine.complete(ChatRequest("Where are the roses?", system_prompt=system,
+                                         max_tokens=4))
     assert result.cached_tokens > 100  # restored from the cache, not evaluated again
     assert result.cached_tokens < result.prompt_tokens
 
@@ -165,12 +168,12 @@ def test_a_throttled_answer_ends_at_a_sentence_end_and_its_chunks_are_the_answer
 
 
 def test_stop_strings_end_the_answer_and_never_reach_the_stream(engine: Engine) -> None:
-    free = engine.complete(ChatRequest(STORY, max_tokens=60))
+    free = engine.complete(ChatRequest(STORY, max_tokens=16))  # a dozen words
     words = free.text.split()
     assert len(words) > 6
     stop = " ".join(words[3:5])
     chunks: list[Chunk] = []
-    cut = engine.complete(ChatRequest(STORY, max_tokens=60, stop=(stop,)),
+    cut = engine.complete(ChatRequest(STORY, max_tokens=16, stop=(stop,)),
                           on_chunk=chunks.append)
     assert cut.finish_reason == "stop"
     assert stop not in cut.text and free.text.startswith(cut.text)
@@ -178,10 +181,12 @@ def test_stop_strings_end_the_answer_and_never_reach_the_stream(engine: Engine) 
 
 
 def test_prefill_leaves_only_the_rest_of_the_question_to_evaluate(engine: Engine) -> None:
-    final = ChatRequest("Please tell me how to water the tomatoes in the greenhouse.")
+    # A few tokens each: what is evaluated is the prompt, whatever the answer's length.
+    final = ChatRequest("Please tell me how to water the tomatoes in the greenhouse.",
+                        max_tokens=4)
     partial = ChatRequest("Please tell me how to water the tomatoes")
     cold = engine.complete(final)
-    engine.complete(ChatRequest("Something unrelated first."))
+    engine.complete(ChatRequest("Something unrelated first.", max_tokens=4))
     in_cache, evaluated = engine.prefill(partial, pending=lambda: False)
     assert evaluated > 0 and in_cache > evaluated
     warm = engine.complete(final)
@@ -194,8 +199,9 @@ def test_prefill_leaves_only_the_rest_of_the_question_to_evaluate(engine: Engine
 
 
 def test_a_prefilled_final_question_leaves_nothing_to_read(engine: Engine) -> None:
-    question = ChatRequest("How long should the greenhouse vent stay open in summer?")
-    engine.complete(ChatRequest("Something unrelated first."))
+    question = ChatRequest("How long should the greenhouse vent stay open in summer?",
+                           max_tokens=4)
+    engine.complete(ChatRequest("Something unrelated first.", max_tokens=4))
     engine.prefill(question, pending=lambda: False)  # the turn's closing tokens too
     warm = engine.complete(question)
     assert warm.evaluated_tokens == 0 and warm.tokens > 0  # sampled from the live logits
@@ -240,7 +246,7 @@ def test_thread_count_changes_between_tokens(two_thread_engine: Engine) -> None:
             engine.set_threads(1, None)
 
     try:
-        result = engine.complete(ChatRequest(STORY, max_tokens=30), on_chunk=on_chunk)
+        result = engine.complete(ChatRequest(STORY, max_tokens=10), on_chunk=on_chunk)
         assert seen[0] == engine.default_threads[0] and seen[-1] == 1
         assert result.n_threads == 1
         assert engine.llama._ctx.ctx is not None

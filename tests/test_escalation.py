@@ -10,15 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASE, STORY
+from tests.conftest import BASE, STORY, fragments, service_config
 from tests.model_server import ALIAS, ModelServer
-from tests.services import ApplianceProcess, Message, Peer
+from tests.services import ApplianceProcess, Broker, Message, Peer
 
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[ModelServer]:
+    """One server for the tests that only ask it (each start costs seconds of CPU)."""
+    s = ModelServer(model_path, tmp_path_factory.mktemp("server") / "server.log")
+    s.start()
+    yield s
+    s.kill()
+
+
 @pytest.fixture
-def server(tmp_path: Path, model_path: Path) -> Iterator[ModelServer]:
+def own_server(tmp_path: Path, model_path: Path) -> Iterator[ModelServer]:
+    """A server of the test's own, for a test that kills it."""
     s = ModelServer(model_path, tmp_path / "server.log")
     s.start()
     yield s
@@ -31,6 +41,29 @@ def _escalation(endpoint: str, extra: str = "") -> str:
             "  route:\n    keywords: [explain why]\n    min_words: 40\n" + extra)
 
 
+@pytest.fixture(scope="module")
+def asker(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
+          server: ModelServer) -> Iterator[Peer]:
+    """A peer of one ``appliance run`` escalating to the module's server, as ``start`` makes it.
+
+    For the tests that only ask it (each with its own request ids): one start, not one each.
+    """
+    home = tmp_path_factory.mktemp("asker")
+    broker = Broker(home / "broker")
+    broker.start()
+    overrides = fragments(rules=_escalation(server.endpoint))
+    app = ApplianceProcess(home, service_config(home, broker.port, overrides,
+                                                overrides.pop("+rules", ())))
+    try:
+        app.start()
+        peer = Peer(broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
+        yield peer
+        peer.close()
+    finally:
+        app.close()
+        broker.stop()
+
+
 def _answer(peer: Peer, request_id: str, timeout: float = 90) -> Message:
     return peer.wait_for(lambda m: m.topic == f"{BASE}/answer"
                          and m.json().get("id") == request_id, timeout)
@@ -41,9 +74,8 @@ def _chunks(peer: Peer, request_id: str) -> list[dict[str, object]]:
             and m.json()["id"] == request_id]
 
 
-def test_tier_remote_is_answered_by_the_server_and_streamed(
-        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
-    start(root=_escalation(server.endpoint))
+def test_tier_remote_is_answered_by_the_server_and_streamed(asker: Peer) -> None:
+    peer = asker
     peer.publish(f"{BASE}/ask", json.dumps({"id": "r", "text": "Name a colour.",
                                             "tier": "remote", "max_tokens": 16}))
     answer = _answer(peer, "r").json()
@@ -53,9 +85,8 @@ def test_tier_remote_is_answered_by_the_server_and_streamed(
     assert chunks and "".join(str(c["delta"]) for c in chunks).strip() == answer["text"]
 
 
-def test_a_keyword_escalates_and_a_short_question_stays_local(
-        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
-    start(root=_escalation(server.endpoint))
+def test_a_keyword_escalates_and_a_short_question_stays_local(asker: Peer) -> None:
+    peer = asker
     peer.publish(f"{BASE}/ask", json.dumps({"id": "k", "text": "Explain why the sky is blue.",
                                             "max_tokens": 12}))
     peer.publish(f"{BASE}/ask", json.dumps({"id": "s", "text": "Hi.", "max_tokens": 6}))
@@ -65,13 +96,15 @@ def test_a_keyword_escalates_and_a_short_question_stays_local(
 
 
 def test_the_server_killed_mid_stream_gives_one_local_answer(
-        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
-    start(root=_escalation(server.endpoint))
+        start: Callable[..., ApplianceProcess], peer: Peer, own_server: ModelServer) -> None:
+    start(root=_escalation(own_server.endpoint))
+    # 120 tokens: the server is still writing when it is killed after the third chunk, and
+    # the local answer that follows is the longest generation of the module.
     peer.publish(f"{BASE}/ask", json.dumps({"id": "cut", "text": STORY, "tier": "remote",
-                                            "max_tokens": 300}))
+                                            "max_tokens": 120}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream" and m.json()["id"] == "cut"
                   and m.json()["seq"] >= 2)
-    server.kill()
+    own_server.kill()
     answer = _answer(peer, "cut").json()
     assert answer["tier"] == "local" and answer["escalation"]["reason"] == "asked"
     assert answer["escalation"]["fallback"]
@@ -83,9 +116,10 @@ def test_the_server_killed_mid_stream_gives_one_local_answer(
 
 
 def test_a_server_that_is_down_falls_back_then_is_skipped(
-        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
-    server.kill()
-    start(root=_escalation(server.endpoint, "  breaker_failures: 1\n  breaker_s: 600\n"))
+        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path,
+        model_path: Path) -> None:
+    down = ModelServer(model_path, tmp_path / "server.log")  # never started: nothing listens
+    start(root=_escalation(down.endpoint, "  breaker_failures: 1\n  breaker_s: 600\n"))
     peer.publish(f"{BASE}/ask", json.dumps({"id": "d1", "text": "Hi.", "tier": "remote",
                                             "max_tokens": 4}))
     first = _answer(peer, "d1").json()
@@ -102,12 +136,13 @@ def test_a_server_that_is_down_falls_back_then_is_skipped(
 
 def test_toy_mode_never_escalates(start: Callable[..., ApplianceProcess], peer: Peer,
                                   server: ModelServer) -> None:
+    before = server.log.stat().st_size  # the module's server: what it logged before is not ours
     start(root=_escalation(server.endpoint) + "voice:\n  kid_safe: true\n")
     peer.publish(f"{BASE}/ask", json.dumps({"id": "toy", "text": "Explain why it rains.",
                                             "tier": "remote", "max_tokens": 6}))
     answer = _answer(peer, "toy").json()
     assert answer["tier"] == "local" and "escalation" not in answer
-    log = server.log.read_text()
+    log = server.log.read_bytes()[before:].decode(errors="replace")
     assert "/v1/chat/completions" not in log
 
 
@@ -137,9 +172,9 @@ def test_low_confidence_cancels_the_local_answer_early_and_escalates(
         start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
     start(root=_escalation(server.endpoint, "    confidence_below: 0.0\n"))
     peer.publish(f"{BASE}/ask", json.dumps({"id": "unsure", "text": STORY,
-                                            "max_tokens": 60}))
+                                            "max_tokens": 24}))
     answer = _answer(peer, "unsure").json()
     assert answer["tier"] == "remote", answer
     escalation = answer["escalation"]
     assert escalation["reason"] == "confidence" and escalation["confidence"] < 0.0
-    assert escalation["local_tokens"] == 7  # cut after the 8 watched tokens, not 60
+    assert escalation["local_tokens"] == 7  # cut after the 8 watched tokens, not 24

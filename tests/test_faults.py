@@ -17,6 +17,7 @@ import pytest
 
 from appliance.bench.broker import LocalBroker, free_port
 from appliance.config import load_settings
+from appliance.generate.local import PING_ENV
 from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, STORY, _config
@@ -56,7 +57,7 @@ def test_a_second_instance_on_one_data_dir_refuses_to_start(
 
 def test_a_hung_worker_is_killed_restarted_and_its_request_answered(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
-    app = start()
+    app = start(**{PING_ENV: "1"})  # found hung after 3 s instead of 15
     peer.publish(f"{BASE}/ask", json.dumps({"id": "stuck", "text": STORY, "max_tokens": 40}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     hung = app.worker_pid()
@@ -114,7 +115,7 @@ def test_no_broker_at_boot_still_means_ready_and_voice_answers(
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
     voice = (f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: [날씨]\n"
              f"  source: {wav}\n  tts: none\n")
-    config = _config(tmp_path, model_path, port, root=voice)
+    config = _config(tmp_path, model_path, port, root=voice + "llm:\n  max_tokens: 24\n")
     app = ApplianceProcess(tmp_path, config)
     broker: LocalBroker | None = None
     try:

@@ -25,9 +25,12 @@ def _device(tmp_path: Path, port: int, name: str) -> ApplianceProcess:
         "fleet": {"group": "greenhouse", "topic": SITE}})
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, model_path: Path, broker: Broker) -> Iterator[list[ApplianceProcess]]:
-    devices = [_device(tmp_path, broker.port, f"d{i}") for i in range(3)]
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, model_path: Path, module_broker: Broker,
+          ) -> Iterator[list[ApplianceProcess]]:
+    """Three devices, started once for the module: each test leaves them idle, all running."""
+    home = tmp_path_factory.mktemp("fleet")
+    devices = [_device(home, module_broker.port, f"d{i}") for i in range(3)]
     for device in devices:
         device.start()
     yield devices
@@ -36,8 +39,8 @@ def fleet(tmp_path: Path, model_path: Path, broker: Broker) -> Iterator[list[App
 
 
 def test_twelve_site_asks_are_answered_once_each_by_several_devices(
-        fleet: list[ApplianceProcess], broker: Broker) -> None:
-    peer = Peer(broker.port, [f"{SITE}/answer"])
+        fleet: list[ApplianceProcess], module_broker: Broker) -> None:
+    peer = Peer(module_broker.port, [f"{SITE}/answer"])
     try:
         for i in range(12):
             peer.client.publish(f"{SITE}/ask", json.dumps(
@@ -54,12 +57,12 @@ def test_twelve_site_asks_are_answered_once_each_by_several_devices(
 
 
 def test_a_device_killed_mid_answer_answers_its_site_ask_once_after_restart(
-        fleet: list[ApplianceProcess], broker: Broker) -> None:
-    peer = Peer(broker.port, [f"{SITE}/answer", "appliance/+/state"])
+        fleet: list[ApplianceProcess], module_broker: Broker) -> None:
+    peer = Peer(module_broker.port, [f"{SITE}/answer", "appliance/+/state"])
     try:
         peer.client.publish(f"{SITE}/ask", json.dumps(
             {"id": "long", "text": "Tell me a long story about a greenhouse.",
-             "max_tokens": 200}), qos=1)
+             "max_tokens": 120}), qos=1)
         busy = peer.wait_for(lambda m: m.topic.endswith("/state")
                              and m.json()["state"] == "thinking", 60)
         victim = next(d for d in fleet if f"/{d.config.parent.name}/" in busy.topic)

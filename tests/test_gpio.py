@@ -189,7 +189,7 @@ def test_state_leds_follow_thinking_and_voice_errors(
     broker = LocalBroker(tmp_path / "broker")
     broker.start()
     cfg = device_config(
-        tmp_path, model_path, broker.port, "s1", 300,
+        tmp_path, model_path, broker.port, "s1", 48,
         yaml.safe_load(f"thermal:\n  zone_path: {tmp_path / 'temp'}\n"
         f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  source: mic\n"
         "  device: hw:99\n  tts: none\n"

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import wave
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,9 @@ from appliance.config.schema_api import WyomingSettings
 from appliance.errors import ConfigError
 from appliance.hardware import rss_bytes
 from appliance.voice.pieces import SentenceSplitter, for_speech, sentences
+from tests.conftest import fragments, service_config
 from tests.helpers import eventually, read_until
-from tests.services import ApplianceProcess
+from tests.services import ApplianceProcess, Broker
 from tests.speech import PHRASES, korean_model, speak
 
 MB = 1 << 20
@@ -208,6 +209,34 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coroutine)
 
 
+@pytest.fixture(scope="module")
+def wy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wy]:
+    """One service with the default Wyoming settings and speech, shared by four scenarios.
+
+    Each leaves it as it found it, and measures memory, threads and pings from its own
+    start. The flood of fast audio, whose dropped streams may hold a transcription slot
+    a while longer, is the last of them.
+    """
+    broker = Broker(tmp_path_factory.mktemp("broker"))
+    broker.start()
+    workdir = tmp_path_factory.mktemp("wyoming")
+    apps: list[ApplianceProcess] = []
+
+    def start(extra: str, **env: str) -> ApplianceProcess:
+        app = ApplianceProcess(workdir, service_config(workdir, broker.port, fragments(extra)),
+                               env)
+        apps.append(app)
+        app.start()
+        return app
+
+    try:
+        yield Wy(start)
+    finally:
+        for app in apps:
+            app.close()
+        broker.stop()
+
+
 async def _one_error(wy: Wy, *events: Event) -> dict[str, Any]:
     """Send ``events``; the server answers one error and hangs up."""
     async with wy.client() as client:
@@ -244,8 +273,7 @@ def _drain(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.slow
-def test_a_megabyte_to_synthesize_is_refused_without_freezing_the_loop(start: Start) -> None:
-    wy = Wy(start)
+def test_a_megabyte_to_synthesize_is_refused_without_freezing_the_loop(wy: Wy) -> None:
     before, since = wy.rss(), time.monotonic()
 
     async def whole() -> dict[str, Any]:
@@ -322,38 +350,6 @@ def test_connections_are_capped_and_idle_or_half_sent_ones_time_out(start: Start
     assert wy.rss() - before < 50 * MB
 
 
-@pytest.mark.slow
-def test_fast_hifi_audio_is_read_no_faster_than_vosk_hears_it(start: Start,
-                                                              tmp_path: Path) -> None:
-    wy = Wy(start)
-    before, since = wy.rss(), time.monotonic()
-
-    async def flood() -> int:  # 192 kHz, 32-bit stereo: 1.5 MB a second of audio
-        sent = 0
-        async with wy.client() as client:
-            await client.write_event(AudioStart(rate=192000, width=4, channels=2).event())
-            chunk = AudioChunk(rate=192000, width=4, channels=2, audio=bytes(MB)).event()
-            end = asyncio.get_running_loop().time() + 5
-            while sent < 40 and asyncio.get_running_loop().time() < end:
-                await client.write_event(chunk)
-                sent += 1
-        return sent
-
-    async def scenario() -> list[int]:
-        floods = asyncio.gather(*[flood() for _ in range(3)])
-        await asyncio.sleep(1)
-        await _describe(wy)  # served while three streams pour in
-        return await asyncio.wait_for(floods, 120)
-
-    with Peak(wy.rss) as rss:
-        sent = run(scenario())
-    assert sum(sent) > 3  # they did send
-    assert rss.highest - before < 50 * MB, f"+{(rss.highest - before) / MB:.0f} MB"
-    wy.assert_fed_since(since)
-    wav = speak("안녕하세요", tmp_path / "phrase.wav")
-    assert run(_transcribe(wy, wav)) == "안녕하세요"  # the slots came back
-
-
 async def _transcribe(wy: Wy, wav: Path) -> str:
     with wave.open(str(wav)) as w:
         frames = w.readframes(w.getnframes())
@@ -371,8 +367,7 @@ async def _transcribe(wy: Wy, wav: Path) -> str:
 
 @pytest.mark.slow
 def test_streams_beyond_the_transcription_slots_are_refused_and_threads_stay_few(
-        start: Start, tmp_path: Path) -> None:
-    wy = Wy(start)
+        wy: Wy, tmp_path: Path) -> None:
     wav = speak("날씨", tmp_path / "phrase.wav")
     assert run(_transcribe(wy, wav)) == "날씨"  # the model is loaded, its threads started
     threads = wy.count("task")
@@ -404,9 +399,7 @@ def test_streams_beyond_the_transcription_slots_are_refused_and_threads_stay_few
 
 
 @pytest.mark.slow
-def test_malformed_events_get_one_error_naming_the_problem(start: Start) -> None:
-    wy = Wy(start)
-
+def test_malformed_events_get_one_error_naming_the_problem(wy: Wy) -> None:
     async def scenario() -> list[dict[str, Any]]:
         start3 = AudioStart(rate=16000, width=3, channels=1).event()
         return [
@@ -430,3 +423,33 @@ def test_malformed_events_get_one_error_naming_the_problem(start: Start) -> None
     assert "lone surrogate (U+D800 at character 2)" in texts[4]
     assert "lone surrogate (U+DFFF at character 0)" in texts[5]
     assert not any(e.get("event") == "wyoming_handler_failed" for e in wy.log_events())
+
+
+@pytest.mark.slow
+def test_fast_hifi_audio_is_read_no_faster_than_vosk_hears_it(wy: Wy, tmp_path: Path) -> None:
+    before, since = wy.rss(), time.monotonic()
+
+    async def flood() -> int:  # 192 kHz, 32-bit stereo: 1.5 MB a second of audio
+        sent = 0
+        async with wy.client() as client:
+            await client.write_event(AudioStart(rate=192000, width=4, channels=2).event())
+            chunk = AudioChunk(rate=192000, width=4, channels=2, audio=bytes(MB)).event()
+            end = asyncio.get_running_loop().time() + 5
+            while sent < 40 and asyncio.get_running_loop().time() < end:
+                await client.write_event(chunk)
+                sent += 1
+        return sent
+
+    async def scenario() -> list[int]:
+        floods = asyncio.gather(*[flood() for _ in range(3)])
+        await asyncio.sleep(1)
+        await _describe(wy)  # served while three streams pour in
+        return await asyncio.wait_for(floods, 120)
+
+    with Peak(wy.rss) as rss:
+        sent = run(scenario())
+    assert sum(sent) > 3  # they did send
+    assert rss.highest - before < 50 * MB, f"+{(rss.highest - before) / MB:.0f} MB"
+    wy.assert_fed_since(since)
+    wav = speak("안녕하세요", tmp_path / "phrase.wav")
+    assert run(_transcribe(wy, wav)) == "안녕하세요"  # the slots came back

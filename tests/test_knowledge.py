@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -39,9 +40,27 @@ DOCUMENTS = sorted(p for p in MANUALS.iterdir() if p.suffix != ".py")
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where :func:`embedder` keeps its rewritten graph."""
+    return tmp_path_factory.mktemp("embedding")
+
+
+@pytest.fixture(scope="module")
+def embedder(graph_dir: Path) -> Embedder:
     """One embedding model for the in-process tests."""
-    return Embedder()
+    return Embedder(cache_dir=graph_dir)
+
+
+@pytest.fixture(scope="module")
+def graph(embedder: Embedder, graph_dir: Path) -> Path:
+    """:func:`graph_dir` with the graph :func:`embedder` kept in it.
+
+    Each command-line test starts from a link to it (the ``embedding/`` beside the
+    index), as on a device after its first command: the rewrite then runs once per
+    module, not once per test (tests/test_int8_graph.py covers the first time).
+    """
+    assert list(graph_dir.glob("*.onnx")), "the embedder kept no graph"
+    return graph_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +77,11 @@ def retriever(tmp_path_factory: pytest.TempPathFactory,
     r.close()
 
 
-def _config(tmp_path: Path, knowledge: dict[str, Any] | None = None) -> Path:
+def _config(tmp_path: Path, knowledge: dict[str, Any] | None = None,
+            graph: Path | None = None) -> Path:
+    """A config with its data in ``tmp_path/data``; with ``graph``, the kept graph linked there."""
+    if graph is not None:
+        shutil.copytree(graph, tmp_path / "data" / "embedding", copy_function=os.link)
     return write_config(tmp_path / "config.yaml", {"knowledge": knowledge} if knowledge else {},
                         {"data_dir": tmp_path / "data", "llm": {"model_path": smollm2_path()}})
 
@@ -346,8 +369,8 @@ def _password_pdf(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, {"max_file_mb": 0.01})
+def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path, graph: Path) -> None:
+    cfg = _config(tmp_path, {"max_file_mb": 0.01}, graph)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.pdf").write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 8)
@@ -380,8 +403,9 @@ def test_bad_inputs_get_one_line_each_and_the_rest_goes_in(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_re_adding_is_a_no_op_and_a_changed_file_replaces_its_chunks(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+def test_re_adding_is_a_no_op_and_a_changed_file_replaces_its_chunks(tmp_path: Path,
+                                                                     graph: Path) -> None:
+    cfg = _config(tmp_path, graph=graph)
     manual = tmp_path / "greenhouse.md"
     shutil.copy(MANUALS / "greenhouse.md", manual)
     assert _knowledge(cfg, "add", str(manual))[:2] == (0, "greenhouse.md: added, 15 passages\n")
@@ -406,8 +430,8 @@ def test_re_adding_is_a_no_op_and_a_changed_file_replaces_its_chunks(tmp_path: P
 
 
 @pytest.mark.slow
-def test_search_json_shape_and_remove(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+def test_search_json_shape_and_remove(tmp_path: Path, graph: Path) -> None:
+    cfg = _config(tmp_path, graph=graph)
     code, _out, err = _knowledge(cfg, "add", str(MANUALS / "pump.pdf"),
                                  str(MANUALS / "kiosk-printer.adoc"))
     assert code == 0, err
@@ -431,8 +455,9 @@ def test_search_json_shape_and_remove(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_an_index_of_another_embedding_model_is_embedded_again(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+def test_an_index_of_another_embedding_model_is_embedded_again(tmp_path: Path,
+                                                               graph: Path) -> None:
+    cfg = _config(tmp_path, graph=graph)
     assert _knowledge(cfg, "add", str(MANUALS / "pump.pdf"))[0] == 0
     path = tmp_path / "data" / "knowledge.sqlite3"
     with sqlite3.connect(path) as db:

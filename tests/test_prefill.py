@@ -100,7 +100,8 @@ def test_only_what_the_partials_had_not_covered_is_read_after_the_last_word(
         await seen.answered(1)
         prefilled.extend(supervisor.worker.prefilled)
 
-    settings, seen = _run(tmp_path, model_path, broker.port, speak_and_wait)
+    # A short answer: what is measured is the prompt read after the last word.
+    settings, seen = _run(tmp_path, model_path, broker.port, speak_and_wait, max_tokens=8)
     (answer,) = seen.answers
     (completion,) = seen.completions
     ((request, _),) = seen.submitted
@@ -137,7 +138,9 @@ def test_a_voice_request_still_preempts_a_sensor_answer_with_prefill_on(
         mic.say(question)
         await seen.answered(2)
 
-    _, seen = _run(tmp_path, model_path, broker.port, interrupt, 600, rules)
+    # 300 tokens: the story still runs while the question is spoken (about 50 tokens in here),
+    # and it is written again whole after the voice answer (489 tokens at 600).
+    _, seen = _run(tmp_path, model_path, broker.port, interrupt, 300, rules)
     ((request, running),) = seen.submitted
     assert running == "sensor"  # the voice request came while the sensor answer was written
     assert any(busy for _text, busy in seen.prefills)  # partials came meanwhile, and waited

@@ -7,16 +7,39 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASE, STORY, _config
-from tests.helpers import eventually
+from tests.conftest import BASE, STORY, _config, service_config
+from tests.helpers import eventually, keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Message, Peer
 
 pytestmark = pytest.mark.slow  # `appliance run` as a process
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
+           module_broker: Broker) -> Iterator[ApplianceProcess]:
+    """One ``appliance run`` of the ``start`` fixture's device for the tests that only ask it.
+
+    Each of them waits for its own answers, so it leaves the device idle for the next.
+    """
+    home = tmp_path_factory.mktemp("shared")
+    app = ApplianceProcess(home, service_config(home, module_broker.port))
+    app.start()
+    keep_notify_drained(app)  # it runs for several tests: its datagrams must not pile up
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def asker(shared: ApplianceProcess, module_broker: Broker) -> Iterator[Peer]:
+    """A fresh peer of :func:`shared`'s device (it sees only what is retained, and what is new)."""
+    p = Peer(module_broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
+    yield p
+    p.close()
 
 
 def _answer(peer: Peer, request_id: str, topic: str = f"{BASE}/answer",
@@ -31,12 +54,11 @@ def _stream_text(peer: Peer, request_id: str) -> tuple[list[int], str]:
     return [c["seq"] for c in chunks], "".join(c["delta"] for c in chunks)
 
 
-def test_response_topic_and_correlation_data(start: Callable[..., ApplianceProcess],
-                                             peer: Peer) -> None:
-    start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "q1", "text": "What is two plus two?"}),
-                 response_topic="replies/me", correlation=b"\x00corr-42")
-    reply = _answer(peer, "q1", "replies/me")
+def test_response_topic_and_correlation_data(asker: Peer) -> None:
+    asker.publish(f"{BASE}/ask", json.dumps({"id": "q1", "text": "What is two plus two?",
+                                             "max_tokens": 24}),
+                  response_topic="replies/me", correlation=b"\x00corr-42")
+    reply = _answer(asker, "q1", "replies/me")
     assert reply.correlation == b"\x00corr-42"
     body = reply.json()
     assert body["tokens"] > 0 and body["source"] == "mqtt"
@@ -45,18 +67,16 @@ def test_response_topic_and_correlation_data(start: Callable[..., ApplianceProce
             "throttle_level", "source", "model"} <= set(body)
 
 
-def test_plain_text_ask_streams_in_order(start: Callable[..., ApplianceProcess],
-                                         peer: Peer) -> None:
-    start()
-    peer.publish(f"{BASE}/ask", "What is the capital of France?")
-    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
-    seqs, text = _stream_text(peer, answer["id"])
+def test_plain_text_ask_streams_in_order(asker: Peer) -> None:
+    asker.publish(f"{BASE}/ask", "What is the capital of France?")
+    answer = asker.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+    seqs, text = _stream_text(asker, answer["id"])
     assert seqs == list(range(len(seqs))) and seqs
     assert text.strip() == answer["text"]
-    assert peer.wait_for(lambda m: m.topic == f"{BASE}/status").payload == b"online"
-    state = peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["state"] == "idle")
+    assert asker.wait_for(lambda m: m.topic == f"{BASE}/status").payload == b"online"
+    state = asker.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["state"] == "idle")
     assert state.retain or state.json()["model"]
-    discovery = peer.wait_for(lambda m: m.topic == "homeassistant/device/t1/config").json()
+    discovery = asker.wait_for(lambda m: m.topic == "homeassistant/device/t1/config").json()
     assert discovery["availability"][0]["topic"] == f"{BASE}/status"
     assert {"state", "temp_c", "throttle_level", "answer", "ask", "power_w"} <= set(
         discovery["cmps"])
@@ -66,7 +86,7 @@ def test_plain_text_ask_streams_in_order(start: Callable[..., ApplianceProcess],
 
 def test_every_bad_input_gets_an_error_and_service_goes_on(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start("  ask_rate_per_min: 3\n  queue_size: 1\n")
+    start({"mqtt": {"ask_rate_per_min": 3, "queue_size": 1}, "llm": {"max_tokens": 48}})
     bad = [
         (f"{BASE}/ask", b"{not json", "invalid JSON"),
         (f"{BASE}/ask", b"\xff\xfe bad", "not valid UTF-8"),
@@ -104,18 +124,17 @@ def test_every_bad_input_gets_an_error_and_service_goes_on(
     assert _answer(peer, "good").json()["tokens"] > 0
 
 
-def test_cancel_a_running_request(start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "long", "text": STORY, "max_tokens": 400}))
-    peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
-    peer.publish(f"{BASE}/cmd/cancel", json.dumps({"id": "long"}))
-    assert _answer(peer, "long").json()["finish_reason"] == "cancelled"
+def test_cancel_a_running_request(asker: Peer) -> None:
+    asker.publish(f"{BASE}/ask", json.dumps({"id": "long", "text": STORY, "max_tokens": 400}))
+    asker.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
+    asker.publish(f"{BASE}/cmd/cancel", json.dumps({"id": "long"}))
+    assert _answer(asker, "long").json()["finish_reason"] == "cancelled"
 
 
 def test_broker_restart_during_generation_loses_no_answer(
         start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
     app = start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "outage", "text": STORY, "max_tokens": 200}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "outage", "text": STORY, "max_tokens": 120}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     broker.stop()
     log = app.workdir / f"run-{app.runs}.log"
@@ -128,7 +147,7 @@ def test_broker_restart_during_generation_loses_no_answer(
 def test_worker_killed_mid_generation_is_restarted_and_answers(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
     app = start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "crash", "text": STORY, "max_tokens": 200}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "crash", "text": STORY, "max_tokens": 80}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     first_worker = app.worker_pid()
     os.kill(first_worker, signal.SIGKILL)
@@ -140,7 +159,7 @@ def test_worker_killed_mid_generation_is_restarted_and_answers(
 def test_supervisor_killed_with_a_journaled_request_answers_once(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
     app = start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "once", "text": STORY, "max_tokens": 300}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "once", "text": STORY, "max_tokens": 80}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     app.kill()
     assert peer.wait_for(lambda m: m.topic == f"{BASE}/status"
@@ -167,7 +186,7 @@ def test_sigterm_shuts_down_cleanly(start: Callable[..., ApplianceProcess], peer
 
 def test_sensor_rules_threshold_and_burst(start: Callable[..., ApplianceProcess],
                                           peer: Peer) -> None:
-    start()
+    start({"llm": {"max_tokens": 120}})  # the alerts' budget too
     peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 30}))
     peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 45}))
     alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()
@@ -268,7 +287,7 @@ def test_password_from_a_file_and_never_logged(tmp_path: Path, model_path: Path)
     try:
         app.start()
         peer = Peer(secured.port, [f"{BASE}/answer"], auth=("t1", "s3cret-pw"))
-        peer.publish(f"{BASE}/ask", json.dumps({"id": "auth", "text": "Hi"}))
+        peer.publish(f"{BASE}/ask", json.dumps({"id": "auth", "text": "Hi", "max_tokens": 16}))
         assert _answer(peer, "auth").json()["tokens"] > 0
         peer.close()
         app.terminate()

@@ -19,13 +19,12 @@ from appliance.voice.recognizer import (
     Heard,
     Recognizer,
     SilenceTracker,
-    load_model,
 )
 from appliance.voice.service import Loudspeaker
 from appliance.voice.tts import Espeak, Piper, SpeechError
 from tests.conftest import run_cli
 from tests.http_server import Served, serve
-from tests.speech import PHRASES, korean_model, piper_voice, sequence, speak
+from tests.speech import PHRASES, korean_model, korean_vosk, piper_voice, sequence, speak
 
 
 def _pieces(stream: list[str], early_words: int) -> list[str]:
@@ -113,7 +112,7 @@ def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
 @pytest.mark.slow
 def test_end_silence_ends_an_utterance_sooner_than_vosk(tmp_path: Path) -> None:
     pcm = read_wav(sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav", gap_s=2.5))
-    model = load_model(korean_model())
+    model = korean_vosk()
     waited = {}
     for end_silence_s in (10.0, 0.3):  # 10 s: vosk's own endpoint alone
         recognizer = Recognizer(model, PHRASES, end_silence_s=end_silence_s)
@@ -140,7 +139,7 @@ def test_the_utterance_is_settled_early_in_the_quiet_and_ends_at_end_silence(
     utterance = "안녕하세요 날씨 온도 음악 틀어 안녕하세요 날씨 온도 음악 틀어"
     pcm = read_wav(sequence([speak(utterance, tmp_path / "a.wav", words_per_minute=175)],
                             tmp_path / "s.wav", gap_s=1.5))
-    results = _results(Recognizer(load_model(korean_model()), PHRASES, end_silence_s=0.7), pcm)
+    results = _results(Recognizer(korean_vosk(), PHRASES, end_silence_s=0.7), pcm)
     (final,) = [h for h in results if h.final]
     settled = [h for h in results if not h.final][-1]
     assert settled.text == final.text  # nothing is left to read once it ends
@@ -153,7 +152,7 @@ def test_speech_that_resumes_after_the_settle_point_continues_the_utterance(
     hello, weather = (read_wav(speak(t, tmp_path / f"{i}.wav"))
                       for i, t in enumerate(("안녕하세요", "날씨")))
     pause = bytes(int(16000 * (SETTLE_S + 0.2)) * 2)  # past the settle point, short of the end
-    results = _results(Recognizer(load_model(korean_model()), PHRASES, end_silence_s=0.9),
+    results = _results(Recognizer(korean_vosk(), PHRASES, end_silence_s=0.9),
                        hello + pause + weather + bytes(32000 * 2))
     assert [h.text for h in results if h.final] == ["안녕하세요 날씨"]
     assert "안녕하세요" in [h.text for h in results if not h.final]  # settled, then carried on

@@ -22,11 +22,24 @@ from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL
 from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.recognizer import Heard
+from appliance.voice.service import WAV_SPEED_ENV
 from tests.conftest import BASE, STORY, device_config, run_cli
 from tests.services import ApplianceProcess, Peer, run_supervisor
-from tests.speech import PHRASES, korean_model, piper_voice, sequence, silence, speak
+from tests.speech import (
+    PHRASES,
+    korean_model,
+    piper_voice,
+    sequence,
+    share_korean_vosk,
+    silence,
+    speak,
+)
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
+SHORT = {"llm": {"max_tokens": 32}}
+"""For a run whose test needs an answer, not a long one."""
+FAST = {WAV_SPEED_ENV: "4"}
+"""A WAV source read 4 times faster than real time: what is heard is the same (audio time)."""
 
 
 def _voice_yaml(extra: str = "", tts_voice: str = "ko") -> str:
@@ -141,7 +154,7 @@ def test_kid_filter_replaces_an_injected_sentence() -> None:
 def test_run_hears_a_wav_and_answers_with_source_voice(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(root=_voice_yaml(f"  source: {wav}\n  tts: none\n"))
+    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  tts: none\n"), **FAST)
     heard = peer.wait_for(lambda m: m.topic == f"{BASE}/heard").json()
     assert heard["text"] == "날씨" and heard["source"] == "wav" and heard["ms"] >= 0
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
@@ -156,8 +169,9 @@ def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess]
                                          tmp_path: Path) -> None:
     played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(root=_voice_yaml(f"  source: {wav}\n  tts: piper\n"
-                           f"  output_device: \"file:'{played}',raw\"\n", str(piper_voice())))
+    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  tts: piper\n"
+                                  f"  output_device: \"file:'{played}',raw\"\n",
+                                  str(piper_voice())), **FAST)
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     assert answer["source"] == "voice"
     speaking = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
@@ -172,7 +186,7 @@ def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess]
 def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(root=_voice_yaml(f"  source: {wav}\n  output_device: hw:99\n"))
+    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  output_device: hw:99\n"), **FAST)
     error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
                           and m.json()["topic"] == "voice").json()
     assert error["error"].startswith("cannot play speech on hw:99")
@@ -184,8 +198,9 @@ def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], pe
                                       tmp_path: Path) -> None:
     parts = [speak(p, tmp_path / f"{i}.wav") for i, p in enumerate(["날씨", "안녕하세요", "온도"])]
     wav = sequence(parts, tmp_path / "seq.wav")
-    start(root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
-                           "  wake_phrase: 안녕하세요\n  keep_transcripts: true\n"))
+    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
+                                  "  wake_phrase: 안녕하세요\n  keep_transcripts: true\n"),
+          **FAST)
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     heard = [m.json()["text"] for m in peer.seen if m.topic == f"{BASE}/heard"]
     assert heard == ["날씨", "안녕하세요", "온도"]  # all heard, only the last one answered
@@ -199,7 +214,7 @@ def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], pe
 @pytest.mark.slow
 def test_run_missing_microphone_is_an_error_and_asks_still_work(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start(root=_voice_yaml("  source: mic\n  device: hw:99\n  tts: none\n"))
+    start(SHORT, root=_voice_yaml("  source: mic\n  device: hw:99\n  tts: none\n"))
     error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
                           and m.json()["topic"] == "voice").json()
     assert "microphone" in error["error"] or "arecord" in error["error"]
@@ -210,7 +225,8 @@ def test_run_missing_microphone_is_an_error_and_asks_still_work(
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["stop intent", "talk button"])
 def test_barge_in_cancels_the_running_answer(tmp_path: Path, model_path: Path,
-                                             how: str) -> None:
+                                             monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    share_korean_vosk(monkeypatch)
     factory = MockFactory()
     broker = LocalBroker(tmp_path / "broker")
     broker.start()

@@ -28,7 +28,15 @@ from appliance.protocol.messages import Outgoing, Request
 from appliance.voice.controller import VoiceController
 from appliance.voice.recognizer import Heard
 from tests.helpers import eventually_async
-from tests.speech import PHRASES, Microphone, korean_model, pcm_of, speak, speaker_device
+from tests.speech import (
+    PHRASES,
+    Microphone,
+    korean_model,
+    pcm_of,
+    share_korean_vosk,
+    speak,
+    speaker_device,
+)
 
 WAKE = "안녕하세요"
 QUESTION = "Is it for the lettuce?"
@@ -240,7 +248,8 @@ ECHO_TAIL_S = 2.5
 
 
 @pytest.mark.slow
-def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Microphone) -> None:
+def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Microphone,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Real speech both ways; a scripted answerer stands in for the model (it always asks).
 
     The microphone hears the room and what the speaker plays. The answer's own
@@ -253,6 +262,7 @@ def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Micr
     sound has ended, where a sound card drains first. Its tail is therefore
     ``ECHO_TAIL_S``: the tail must cover the output's latency (docs/voice.md).
     """
+    share_korean_vosk(monkeypatch)
     played = tmp_path / "played.raw"
     settings = parse_settings(
         f"data_dir: {tmp_path}\nvoice:\n  enabled: true\n  model_path: {korean_model()}\n"

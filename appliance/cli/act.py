@@ -25,8 +25,19 @@ if TYPE_CHECKING:
     from appliance.mqtt.contract import Topics
 
 WAIT_S = 10.0
-"""How long the broker and the appliance each get to answer."""
+"""How long the broker and the appliance each get to answer, unless ``--wait`` says."""
 T = TypeVar("T")
+
+
+def _seconds(text: str) -> float:
+    """``--wait``'s value: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -40,12 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     world = sub.add_parser("world", help="the running appliance's sensor readings, with age")
     world.add_argument("--json", action="store_true", help="print the readings as JSON")
     world.set_defaults(handler=run_world)
+    for command in (act, world):
+        command.add_argument("--wait", type=_seconds, default=WAIT_S, metavar="SECONDS",
+                             help="how long the broker and the appliance each get to answer "
+                                  f"(default {WAIT_S:g})")
 
 
-def _client(settings: Settings, topics: list[str]) -> tuple[paho.Client, queue.Queue[Any]]:
+def _client(settings: Settings, topics: list[str], wait_s: float,
+            ) -> tuple[paho.Client, queue.Queue[Any]]:
     """A client subscribed to ``topics`` (messages arrive on the queue), or one line why not.
 
-    A broker that does not answer CONNECT or SUBSCRIBE within :data:`WAIT_S`, or
+    A broker that does not answer CONNECT or SUBSCRIBE within ``wait_s``, or
     refuses either (credentials, an ACL), is an :class:`ApplianceError`.
     """
     import paho.mqtt.client as paho  # only these commands need it: the CLI starts faster
@@ -73,12 +89,12 @@ def _client(settings: Settings, topics: list[str]) -> tuple[paho.Client, queue.Q
         raise ApplianceError(f"cannot reach {where}: {exc.strerror or exc}") from None
     client.loop_start()
     try:
-        reason = _broker_reply(connacks, f"no CONNACK from {where} within {WAIT_S:g} s")
+        reason = _broker_reply(connacks, wait_s, f"no CONNACK from {where} within {wait_s:g} s")
         if reason.is_failure:
             raise ApplianceError(f"{where} refused the connection: {reason}")
         client.subscribe([(topic, 1) for topic in topics])
-        reasons = _broker_reply(subacks, f"no SUBACK from {where} within {WAIT_S:g} s for "
-                                   f"{', '.join(topics)}")
+        reasons = _broker_reply(subacks, wait_s, f"no SUBACK from {where} within {wait_s:g} s "
+                                   f"for {', '.join(topics)}")
         refused = [f"{topic} ({code})" for topic, code in zip(topics, reasons, strict=False)
                    if code.is_failure]
         if refused:
@@ -89,10 +105,10 @@ def _client(settings: Settings, topics: list[str]) -> tuple[paho.Client, queue.Q
     return client, inbox
 
 
-def _broker_reply(replies: queue.Queue[T], missing: str) -> T:
-    """The broker's next answer, or :class:`ApplianceError` ``missing`` after :data:`WAIT_S`."""
+def _broker_reply(replies: queue.Queue[T], wait_s: float, missing: str) -> T:
+    """The broker's next answer, or :class:`ApplianceError` ``missing`` after ``wait_s``."""
     try:
-        return replies.get(timeout=WAIT_S)
+        return replies.get(timeout=wait_s)
     except queue.Empty:
         raise ApplianceError(missing) from None
 
@@ -126,11 +142,11 @@ def run_act(args: argparse.Namespace) -> int:
     settings = load(args)
     topics = Topics.under(settings.base_topic)
     request_id = f"cli-{uuid.uuid4().hex[:12]}"
-    client, inbox = _client(settings, [topics.action, topics.error])
+    client, inbox = _client(settings, [topics.action, topics.error], args.wait)
     try:
         client.publish(topics.act, json.dumps({"id": request_id, "name": args.name,
                                                "args": action_args}), qos=1)
-        body = _record(inbox, topics, request_id)
+        body = _record(inbox, topics, request_id, args.wait)
     finally:
         _close(client)
     if args.json:
@@ -144,14 +160,15 @@ def run_act(args: argparse.Namespace) -> int:
     return 0 if body["verdict"] in ("done", "awaiting_confirmation") else 1
 
 
-def _record(inbox: queue.Queue[Any], topics: Topics, request_id: str) -> dict[str, Any]:
+def _record(inbox: queue.Queue[Any], topics: Topics, request_id: str,
+            wait_s: float) -> dict[str, Any]:
     """The verifier's record for ``request_id``; its error, or silence, as one line.
 
     Other clients' records and errors share these topics: a message that is not
     a JSON object with our id is someone else's and is skipped (and counted, so
     that a silence can say what else came).
     """
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + wait_s
     skipped: dict[str, int] = {}
     while True:
         try:
@@ -160,7 +177,7 @@ def _record(inbox: queue.Queue[Any], topics: Topics, request_id: str) -> dict[st
             others = "".join(f"; skipped {n} unreadable message(s) on {topic}"
                              for topic, n in skipped.items())
             raise ApplianceError(f"no answer from the appliance on {topics.base} within "
-                                 f"{WAIT_S:g} s; is it running?{others}") from None
+                                 f"{wait_s:g} s; is it running?{others}") from None
         body = _json_object(message.payload)
         if body is None:
             skipped[message.topic] = skipped.get(message.topic, 0) + 1
@@ -185,9 +202,9 @@ def run_world(args: argparse.Namespace) -> int:
 
     settings = load(args)
     topics = Topics.under(settings.base_topic)
-    client, inbox = _client(settings, [topics.world])
+    client, inbox = _client(settings, [topics.world], args.wait)
     try:
-        message = inbox.get(timeout=WAIT_S)
+        message = inbox.get(timeout=args.wait)
     except queue.Empty:
         raise ApplianceError(f"no readings published on {topics.world} yet") from None
     finally:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from appliance.errors import ApplianceError
 from appliance.generate.base import (
     GenerationFailed,
     GeneratorCrashed,
@@ -41,10 +43,26 @@ BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 30.0
 HEALTHY_RESET_S = 60.0
 PING_INTERVAL_S = 5.0
+PING_ENV = "APPLIANCE_WORKER_PING_S"
+"""Seconds between pings instead of :data:`PING_INTERVAL_S`: tests find a hung worker sooner."""
 MISSED_PONGS = 3
 """Pings in a row without a pong before a loaded worker counts as hung and is killed."""
 WAIT_FOR_RESTART_S = 20.0
 """How long a request waits for a restarting worker before it is answered with an error."""
+
+
+def ping_interval() -> float:
+    """Seconds between two pings: :data:`PING_ENV` when it is set, else :data:`PING_INTERVAL_S`."""
+    text = os.environ.get(PING_ENV)
+    if text is None:
+        return PING_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ApplianceError(f"{PING_ENV}={text!r}: not a positive number of seconds")
+    return value
 
 
 class _Pending:
@@ -66,12 +84,12 @@ class ModelWorker:
     def __init__(self, config: Path | None, command: list[str] | None = None, *,
                  secret_env: Iterable[str] = (),
                  on_change: Callable[[], None] = lambda: None,
-                 ping_interval_s: float = PING_INTERVAL_S) -> None:
+                 ping_interval_s: float | None = None) -> None:
         self.command = command or [sys.executable, "-m", "appliance.generate.worker",
                                    *([str(config)] if config else [])]
         self.secret_env = tuple(secret_env)
         self.on_change = on_change
-        self.ping_interval_s = ping_interval_s
+        self.ping_interval_s = ping_interval_s or ping_interval()
         self.model = ""
         self.default_threads = 0
         self.restarts = 0

@@ -31,15 +31,17 @@ _QUIET_LIBRARIES = ("paho", "urllib3", "asyncio")
 REDACTED = "[redacted]"
 MIN_SECRET_CHARS = 4
 """Shorter values are not redacted: replacing every "a" would make the log unreadable."""
-_secrets: set[str] = set()
+_secrets: list[str] = []
+"""Longest first: a secret that contains a shorter one is replaced whole, tail and all."""
 Sink = Callable[[Mapping[str, Any]], None]
 _sinks: list[Sink] = []
 
 
 def add_secret(value: str | None) -> None:
     """Never log ``value`` from now on: it becomes ``[redacted]`` in every event."""
-    if value is not None and len(value) >= MIN_SECRET_CHARS:
-        _secrets.add(value)
+    if value is not None and len(value) >= MIN_SECRET_CHARS and value not in _secrets:
+        _secrets.append(value)
+        _secrets.sort(key=len, reverse=True)
 
 
 def _scrub(value: Any) -> Any:

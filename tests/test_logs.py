@@ -51,7 +51,7 @@ def test_a_flood_is_logged_in_bursts_then_one_counted_line_per_window() -> None:
 
 def test_a_secret_is_redacted_once_read_whichever_command_reads_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "_secrets", set())  # this test's secrets stay in this test
+    monkeypatch.setattr(logs, "_secrets", [])  # this test's secrets stay in this test
     monkeypatch.setenv("TEST_MQTT_PASSWORD", "hunter2-for-the-log")
     settings = parse_settings("mqtt:\n  username: u\n  password_env: TEST_MQTT_PASSWORD\n",
                               "c.yaml")
@@ -61,6 +61,15 @@ def test_a_secret_is_redacted_once_read_whichever_command_reads_it(
     logs.get_logger("cli").warning("failed", error="bad password hunter2-for-the-log")
     (line,) = _lines(out)
     assert line["error"] == "bad password [redacted]"
+
+
+def test_a_secret_that_contains_another_is_redacted_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "_secrets", [])
+    logs.add_secret("s3cret")
+    logs.add_secret("s3cret-pass-1234")  # registered later, and longer
+    assert logs.redact("bad password s3cret-pass-1234, or s3cret") == (
+        "bad password [redacted], or [redacted]")
 
 
 def test_json_events_carry_component_and_request_id() -> None:

@@ -145,19 +145,27 @@ def _openai(client: httpx.Client, url: str, model: str, question: str,
     return timed.ttft_ms, timed.tokens_per_s
 
 
-def _config(work: Path, settings: Settings, model: ResolvedModel, broker: LocalBroker,
-            http_port: int, wyoming_port: int) -> Path:
-    llm, voice = settings.llm, settings.voice
-    lines = [
-        "device_id: bench-api", f"data_dir: {work / 'data'}",
+def service_lines(device_id: str, work: Path, settings: Settings, model: ResolvedModel,
+                  broker: LocalBroker, zone: Path) -> list[str]:
+    """A bench device's config up to its ``api`` section: greedy, the site's threads."""
+    llm = settings.llm
+    return [
+        f"device_id: {device_id}", f"data_dir: {work / 'data'}",
         "llm:", f"  model_path: {model.path}", "  temperature: 0", f"  n_ctx: {llm.n_ctx}",
         *([f"  n_threads: {llm.n_threads}"] if llm.n_threads else []),
         *([f"  n_threads_batch: {llm.n_threads_batch}"] if llm.n_threads_batch else []),
         "mqtt:", f"  port: {broker.port}", "  ask_rate_per_min: 100000",
         "  discovery: {enabled: false}",
-        "thermal:", f"  zone_path: {settings.thermal.zone_path}",
-        "api:", f"  http: {{listen: '127.0.0.1:{http_port}'}}",
+        "thermal:", f"  zone_path: {zone}",
     ]
+
+
+def _config(work: Path, settings: Settings, model: ResolvedModel, broker: LocalBroker,
+            http_port: int, wyoming_port: int) -> Path:
+    voice = settings.voice
+    lines = [*service_lines("bench-api", work, settings, model, broker,
+                            settings.thermal.zone_path),
+             "api:", f"  http: {{listen: '127.0.0.1:{http_port}'}}"]
     if voice.model_path is not None:
         lines += [f"  wyoming: {{listen: 'tcp://127.0.0.1:{wyoming_port}', zeroconf: false}}",
                   "voice:", f"  model_path: {voice.model_path}", "  tts: none",
@@ -167,7 +175,7 @@ def _config(work: Path, settings: Settings, model: ResolvedModel, broker: LocalB
     return config
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -197,7 +205,7 @@ def run_api_bench(settings: Settings, model: ResolvedModel, *, rounds: int = 4,
         engine = Engine(settings.llm, model)
         try:
             url = f"http://127.0.0.1:{http_port}"
-            _wait_ready(url, proc, log)
+            wait_ready(url, proc, log)
             engine.warm_up()
             figures = _generation(engine, url, model.name, rounds, max_tokens, log)
             speech = speech_rtf(settings, wyoming_port, speech_voice, work, rounds)
@@ -230,7 +238,7 @@ def _generation(engine: Engine, url: str, model: str, rounds: int, max_tokens: i
                 time.sleep(SETTLE_S)
     served = [(name, figures) for name, figures in calls if name not in ("engine",
                                                                           "warm engine")]
-    worker = _worker_generations(log)
+    worker = worker_generations(log)
     if len(worker) != len(served):
         raise RuntimeError(f"{len(served)} API requests, but appliance run logged "
                            f"{len(worker)} generations")
@@ -249,7 +257,7 @@ def _generation(engine: Engine, url: str, model: str, rounds: int, max_tokens: i
     return tuple(figures)
 
 
-def _worker_generations(log: Path) -> list[tuple[float, float]]:
+def worker_generations(log: Path) -> list[tuple[float, float]]:
     """Time to first token and tokens/s of each generation ``appliance run`` logged, in order."""
     found = []
     for line in log.read_text(errors="replace").splitlines():

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from appliance.bench.api import _wait_ready, _worker_generations
+from appliance.bench.api import service_lines, wait_ready, worker_generations
 from appliance.bench.broker import LocalBroker, free_port
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings
@@ -158,19 +158,10 @@ def open_consoles(port: int, cookie: str, count: int) -> list[EventReader]:
 
 def _config(work: Path, settings: Settings, model: ResolvedModel, broker: LocalBroker,
             web_port: int, http_port: int) -> Path:
-    llm = settings.llm
     (work / "temp").write_text("51000\n")  # a cool SoC: throttling stays out of the figures
-    lines = [
-        "device_id: bench-console", f"data_dir: {work / 'data'}",
-        "llm:", f"  model_path: {model.path}", "  temperature: 0", f"  n_ctx: {llm.n_ctx}",
-        *([f"  n_threads: {llm.n_threads}"] if llm.n_threads else []),
-        *([f"  n_threads_batch: {llm.n_threads_batch}"] if llm.n_threads_batch else []),
-        "mqtt:", f"  port: {broker.port}", "  ask_rate_per_min: 100000",
-        "  discovery: {enabled: false}",
-        "thermal:", f"  zone_path: {work / 'temp'}",
-        "api:", f"  web: {{listen: '127.0.0.1:{web_port}'}}",
-        f"  http: {{listen: '127.0.0.1:{http_port}'}}",
-    ]
+    lines = [*service_lines("bench-console", work, settings, model, broker, work / "temp"),
+             "api:", f"  web: {{listen: '127.0.0.1:{web_port}'}}",
+             f"  http: {{listen: '127.0.0.1:{http_port}'}}"]
     config = work / "config.yaml"
     config.write_text("\n".join(lines) + "\n")
     return config
@@ -239,15 +230,15 @@ def run_console_bench(settings: Settings, model: ResolvedModel, *, consoles: int
                                      str(config), "run"], stdout=subprocess.DEVNULL,
                                     stderr=log.open("wb"))
             api, web = f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{web_port}"
-            _wait_ready(api, proc, log)
+            wait_ready(api, proc, log)
             with httpx.Client(timeout=300) as client:
                 cookie = _login(client, web)
                 loaded = first_load(client, web)
                 idle, live, events = _cpu(proc.pid, web_port, cookie, consoles, window_s)
-                before = len(_worker_generations(log))
+                before = len(worker_generations(log))
                 alone, watched = _rates(client, api, web_port, cookie, consoles, model.name,
                                         rounds, max_tokens)
-            rates = [rate for _ttft, rate in _worker_generations(log)[before:]]
+            rates = [rate for _ttft, rate in worker_generations(log)[before:]]
         finally:
             if proc is not None:
                 proc.terminate()

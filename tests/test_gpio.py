@@ -55,13 +55,13 @@ def test_inputs_become_events_and_outputs_follow(factory: MockFactory) -> None:
         assert motion.is_active
         fan, led = factory.pin(23), factory.pin(22)
         parts.show_level(0, 60.0)
-        assert not fan.state and not led.state
+        assert not fan.state and not led.state and parts.fan_on is False
         parts.show_level(1, 66.0)
-        assert fan.state and led.state
+        assert fan.state and led.state and parts.fan_on is True  # as the console shows it
         parts.show_level(0, 58.0)  # between off and on: the fan keeps running
         assert fan.state and not led.state
         parts.show_level(0, 54.0)
-        assert not fan.state
+        assert not fan.state and parts.fan_on is False
         parts.alert()
         assert parts.buzzer is not None
         parts.buzzer._blink_thread.join(2)  # gpiozero beeps on its own thread

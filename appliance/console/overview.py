@@ -95,8 +95,9 @@ class Overview:
             broker="connected" if self.parts.desk.bridge.connected.is_set() else "not connected",
             uptime=duration_words(state["uptime_s"]),
             level_kind="good" if index == 0 else "warn" if index == 1 else "bad",
-            fan=(f"GPIO {gpio.fan}: on from {gpio.fan_on_c:g} °C, off below "
-                 f"{gpio.fan_off_c:g} °C") if gpio.enabled and gpio.fan is not None else "none",
+            fan=(f"{'running' if state['fan_on'] else 'off'} (GPIO {gpio.fan}: on from "
+                 f"{gpio.fan_on_c:g} °C, off below {gpio.fan_off_c:g} °C)")
+            if state["fan_on"] is not None else "none",
             last=self.last,
             cost=cost.cost().as_json() if cost is not None else None,
             advice=[item.as_json() for item in advise(self.status.problems)])

@@ -90,6 +90,11 @@ class GpioDevices:
         self._devices.append(device)
         return device
 
+    @property
+    def fan_on(self) -> bool | None:
+        """Whether the fan runs (``None``: there is none)."""
+        return None if self.fan is None else bool(self.fan.value)
+
     def show_level(self, index: int, celsius: float | None, sensor_lost: bool = False) -> None:
         """LED lit above the lowest level; fan on from ``fan_on_c``, off below ``fan_off_c``.
 

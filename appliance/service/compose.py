@@ -177,6 +177,7 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         if gpio is not None:
             gpio.show_level(watchdog.index, watchdog.celsius,
                             sensor_lost=watchdog.sensor_error is not None)
+            status.update(fan_on=gpio.fan_on)
 
     watchdog = ThermalWatchdog(settings.thermal, on_level, on_reading=on_reading)
     apis = None

@@ -35,6 +35,7 @@ class Status:
     throttle_level: str = "normal"
     n_threads: int = 0
     power_w: float | None = None
+    fan_on: bool | None = None  # None: no fan
     rss_mb: float = 0.0
     load_1m: float = 0.0
     problems: dict[str, str] = field(default_factory=dict)
@@ -86,7 +87,7 @@ class Status:
             "state": self.state, "queue_depth": self.queue_depth,
             "temp_c": None if self.temp_c is None else round(self.temp_c, 1),
             "throttle_level": self.throttle_level, "max_tokens": self.max_tokens,
-            "n_threads": self.n_threads, "power_w": self.power_w,
+            "n_threads": self.n_threads, "power_w": self.power_w, "fan_on": self.fan_on,
             "model": self.model, "uptime_s": round(time.monotonic() - self.started),
             "version": __version__, "rss_mb": round(self.rss_mb, 1), "load_1m": self.load_1m,
             "problems": dict(self.problems), **self.extra,

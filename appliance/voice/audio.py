@@ -167,17 +167,18 @@ def read_wav(path: Path) -> bytes:
     return b"".join(wav_chunks(path))
 
 
-def paced(chunks: Iterable[bytes], stop: threading.Event | None = None) -> Iterator[bytes]:
+def paced(chunks: Iterable[bytes], stop: threading.Event | None = None,
+          speed: float = 1.0) -> Iterator[bytes]:
     """Chunks at the pace a microphone delivers them: each when its audio has been spoken.
 
     The schedule is absolute, so time spent by the consumer does not add up.
-    Ends early when ``stop`` is set.
+    Ends early when ``stop`` is set. ``speed``: that many times faster (tests).
     """
     stop = stop or threading.Event()
     started, sent = time.perf_counter(), 0
     for chunk in chunks:
         sent += len(chunk)
-        if stop.wait(max(0.0, started + sent / (RATE * 2) - time.perf_counter())):
+        if stop.wait(max(0.0, started + sent / (RATE * 2 * speed) - time.perf_counter())):
             return
         yield chunk
 

@@ -49,7 +49,7 @@ class Doors:
         own = socket.gethostname().lower()
         self.names = {"localhost", own, f"{own}.local",
                       *(h.strip().lower().rstrip(".") for h in allowed_hosts)}
-        self.listen = _ip(listen_host)
+        self.listen = ip_of(listen_host)
         self.origins = {o.strip().lower().rstrip("/") for o in allowed_origins}
         self.json_only = json_only
 
@@ -80,11 +80,11 @@ class Doors:
         name = _name(host)
         if name in self.names:  # an address may be listed too (a proxy's, by its IP)
             return True
-        ip = _ip(name)
+        ip = ip_of(name)
         if ip is None:
             return name.endswith(".localhost")
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
-        reached = _ip(str(sockname[0])) if sockname else None
+        reached = ip_of(str(sockname[0])) if sockname else None
         return ip.is_loopback or (ip == self.listen and not ip.is_unspecified) or ip == reached
 
     def _origin_allowed(self, origin: str, host: str | None) -> bool:
@@ -111,7 +111,8 @@ def _name(host: str) -> str:
     return (name if name and port.isdigit() else host).rstrip(".")
 
 
-def _ip(name: str) -> IpAddress | None:
+def ip_of(name: str) -> IpAddress | None:
+    """An address as text (a zone, IPv4 mapped in IPv6) as its IP; ``None`` for a name."""
     try:
         ip = ipaddress.ip_address(name.split("%", 1)[0])
     except ValueError:

@@ -28,7 +28,6 @@ protocol factory.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 import time
@@ -37,6 +36,7 @@ from typing import Any
 from aiohttp import http_exceptions, web
 
 from appliance.api.errors import ApiError, Problem
+from appliance.api.http_checks import ip_of
 from appliance.api.http_errors import error_response
 from appliance.config.schema_api import HttpSettings
 from appliance.log_limit import RateLimitedLog
@@ -215,8 +215,5 @@ class GuardedSite(web.BaseSite):
 
 
 def _loopback(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+    ip = ip_of(address)
+    return ip is not None and ip.is_loopback

@@ -115,23 +115,22 @@ class HttpApi:
             await runner.cleanup()
             raise self._config_error(f"{self.key}.listen", f"cannot listen on "
                                      f"{self.http.listen}: {exc.strerror or exc}") from None
-        if self.port == 0 and runner.addresses:
-            self.port = runner.addresses[0][1]
-        log.info("http_api_listening", section=self.key, host=host or self.host, port=self.port,
-                 token=self.token is not None, max_connections=self.pool.limit)
 
     async def _listen(self, host: str) -> None:
-        assert self._runner is not None
-        self._site = GuardedSite(self._runner, host, self.port, self.pool)
+        runner = self._runner
+        assert runner is not None
+        self._site = GuardedSite(runner, host, self.port, self.pool)
         await self._site.start()
+        if self.port == 0 and runner.addresses:
+            self.port = runner.addresses[0][1]
+        log.info("http_api_listening", section=self.key, host=host, port=self.port,
+                 token=self.token is not None, max_connections=self.pool.limit)
 
     async def rebind(self, host: str) -> None:
         """Listen on ``host`` (same port) instead: open connections stay, new ones go there."""
         if self._site is not None:
             await self._site.stop()
         await self._listen(host)
-        log.info("http_api_listening", section=self.key, host=host, port=self.port,
-                 token=self.token is not None, max_connections=self.pool.limit)
 
     async def close(self) -> None:
         """Stop listening and end open connections."""

@@ -104,7 +104,7 @@ class Console:
         route = request.match_info.route
         path = route.resource.canonical if route.resource is not None else ""
         method = hdrs.METH_GET if route.method == hdrs.METH_HEAD else route.method
-        found = self.routes.get((route.method, path)) or self.routes.get((method, path))
+        found = self.routes.get((method, path))
         return found.access if found is not None else Access.ADMIN
 
     def add_routes(self, app: web.Application) -> None:

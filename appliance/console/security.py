@@ -29,12 +29,12 @@ already refused a foreign ``Host`` or ``Origin``), for every request:
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
+from appliance.api.http_checks import ip_of
 from appliance.api.http_server import Handler
 from appliance.console.render import INGRESS_HEADER, mount_point, redirect
 from appliance.console.roles import SESSION, Access
@@ -61,11 +61,8 @@ def is_local(request: web.BaseRequest) -> bool:
     """Whether the client is on this machine, with no proxy in between."""
     if any(name in request.headers for name in PROXY_HEADERS):
         return False
-    try:
-        ip = ipaddress.ip_address((request.remote or "").split("%", 1)[0])
-    except ValueError:
-        return False
-    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+    ip = ip_of(request.remote or "")
+    return ip is not None and ip.is_loopback
 
 
 def over_tls(request: web.BaseRequest) -> bool:
@@ -123,9 +120,6 @@ class Security:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Admit the request or refuse it (the headers are added as any answer is prepared)."""
-        return await self._admit(request, handler)
-
-    async def _admit(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         await self.auth.refresh()
         if not self.auth.has_password() and not is_local(request):
             return _refusal(403, NO_PASSWORD)
@@ -138,8 +132,7 @@ class Security:
                 or (access is Access.VIEW and self.console.web.public_status)):
             if request.method in SAFE_METHODS and \
                     "text/html" in request.headers.get(hdrs.ACCEPT, ""):
-                return web.Response(status=303, headers={
-                    hdrs.LOCATION: redirect(request, "login").location})
+                raise redirect(request, "login")  # the server's guard answers it
             return _refusal(401, "log in first: this needs the console's password "
                             "(the session may have expired)")
         if request.method not in SAFE_METHODS:

@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.api.http_checks import ip_of
+
 FIRST_DELAY_S = 1.0
 MAX_DELAY_S = 60.0
 FORGET_S = 15 * 60.0
@@ -85,10 +87,9 @@ def _key(client: str | None) -> str:
     """A client's address; for IPv6 its /64."""
     if not client:
         return "?"
-    try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
+    ip = ip_of(client)
+    if ip is None:
         return client[:100]
-    if ip.version == 6 and ip.ipv4_mapped is None:
+    if ip.version == 6:  # ip_of gives an IPv4-mapped address as IPv4
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(getattr(ip, "ipv4_mapped", None) or ip)
+    return str(ip)

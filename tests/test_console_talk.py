@@ -147,7 +147,7 @@ def test_the_activity_log_is_bounded_newest_first_and_filtered(tmp_path: Path) -
 def test_answers_errors_and_records_become_rows_and_toy_mode_keeps_no_words(
         tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite3")
-    feed = ActivityFeed(journal, kid_safe=True, confirm_s=60)
+    feed = ActivityFeed(journal, kid_safe=True)
     feed.answered(Request("v1", "voice", "my secret"), Answer("v1", "voice", "shh", "stop"))
     feed.answered(Request("m1", "mqtt", "hello"), Answer("m1", "mqtt", "hi", "stop", tokens=1))
     feed.answered(Request("s1", "sensor", "It is 45.", rule="hot"),

@@ -78,8 +78,22 @@ class _Pending:
     conversation: str | None = None
 
 
+@dataclass(frozen=True)
+class Question:
+    """A proposal waiting for yes or no, and how long it still waits."""
+
+    id: str
+    action: str
+    args: dict[str, Any]
+    source: str
+    left_s: float
+
+
 class ActionService:
-    """Verifies and carries out proposals; ``publish_record(record)`` sends each record."""
+    """Verifies and carries out proposals; ``publish_record(record)`` sends each record.
+
+    ``record_listeners`` hear every record too, after it is sent (the console's Activity).
+    """
 
     def __init__(self, verifier: Verifier, executor: Executor,
                  publish_record: Callable[[dict[str, Any]], None], confirm_s: float,
@@ -87,6 +101,7 @@ class ActionService:
         self.verifier, self.executor = verifier, executor
         self.registry = verifier.registry
         self.publish_record = publish_record
+        self.record_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.confirm_s = confirm_s
         self.clock = clock
         self._pending: dict[str, _Pending] = {}
@@ -182,6 +197,13 @@ class ActionService:
         return next((request_id for request_id, pending in reversed(self._pending.items())
                      if _answers(by, pending)), None)
 
+    def waiting(self) -> list[Question]:
+        """The questions still waiting for yes or no, newest first."""
+        now = self.clock()
+        return [Question(request_id, p.action.name, p.args, p.source,
+                         p.started + self.confirm_s - now)
+                for request_id, p in reversed(self._pending.items())]
+
     def close(self) -> None:
         """The appliance stops: every question still waiting is declined (and recorded)."""
         while self._pending:
@@ -205,7 +227,10 @@ class ActionService:
         outcome = Outcome(**{**outcome.__dict__, "ms": (self.clock() - started) * 1000})
         log.info("action", action=outcome.action, verdict=outcome.verdict,
                  reason=outcome.reason, source=outcome.source)
-        self.publish_record(outcome.record())
+        record = outcome.record()
+        self.publish_record(record)
+        for listener in self.record_listeners:
+            listener(record)
         return outcome
 
 

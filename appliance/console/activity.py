@@ -40,8 +40,7 @@ class Activity:
     def __init__(self, console: Console) -> None:
         self.console = console
         settings = console.parts.settings
-        self.feed = ActivityFeed(console.parts.journal, kid_safe=settings.voice.kid_safe,
-                                 confirm_s=settings.actions_confirm_s)
+        self.feed = ActivityFeed(console.parts.journal, kid_safe=settings.voice.kid_safe)
 
     def add_routes(self, console: Console) -> None:
         """The page (for viewers) and the confirmation (it acts: a login)."""

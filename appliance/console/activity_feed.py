@@ -4,9 +4,8 @@ An :class:`ActivityFeed` listens where the appliance already tells what it
 did: the dispatcher's answer listeners (every answer, whatever its entrance:
 an error, a rule's alert, an action's outcome) and the action service's
 records (every verdict, a ``cmd/act`` button's and a confirmation's too). It
-writes each as a row of the journal's activity log, and keeps the proposals
-still waiting for yes or no (``awaiting_confirmation`` until their one final
-record), which the page can answer.
+writes each as a row of the journal's activity log, and lists the service's
+proposals still waiting for yes or no, which the page can answer.
 
 Toy mode (``voice.kid_safe``) writes nothing a child said or heard: a voice
 or Wyoming request's row keeps its kind, source and outcome, never its text
@@ -16,7 +15,6 @@ or an action's arguments (as conversations, which toy mode keeps in memory).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +26,6 @@ from appliance.service.activity_log import Entry, Kind
 from appliance.service.dispatcher import Dispatcher
 from appliance.service.journal import Journal
 
-MAX_WAITING = 100
-"""At most this many open questions are listed (the oldest are dropped from the list first)."""
 PRIVATE = "(toy mode: not kept)"
 
 
@@ -41,43 +37,34 @@ class Waiting:
     action: str
     args: dict[str, Any]
     source: str
-    at: float
     until: float
 
 
 class ActivityFeed:
     """Answers and action records to activity rows; the questions that wait for yes or no."""
 
-    def __init__(self, journal: Journal, *, kid_safe: bool, confirm_s: float,
+    def __init__(self, journal: Journal, *, kid_safe: bool,
                  clock: Callable[[], float] = time.time) -> None:
-        self.journal, self.kid_safe, self.confirm_s = journal, kid_safe, confirm_s
+        self.journal, self.kid_safe = journal, kid_safe
         self.clock = clock
-        self._waiting: OrderedDict[str, Waiting] = OrderedDict()
         self._dispatcher: Dispatcher | None = None
         self._service: ActionService | None = None
-        self._publish: Callable[[dict[str, Any]], None] | None = None
 
     def attach(self, dispatcher: Dispatcher, service: ActionService | None) -> None:
         """Listen to ``dispatcher``'s answers and ``service``'s records (until :meth:`detach`)."""
         dispatcher.answer_listeners.append(self.answered)
         self._dispatcher = dispatcher
         if service is not None:
-            publish = self._publish = service.publish_record
-
-            def published(record: dict[str, Any]) -> None:
-                publish(record)
-                self.acted(record)
-
-            service.publish_record = published
+            service.record_listeners.append(self.acted)
             self._service = service
 
     def detach(self) -> None:
         """Stop listening."""
         if self._dispatcher is not None and self.answered in self._dispatcher.answer_listeners:
             self._dispatcher.answer_listeners.remove(self.answered)
-        if self._service is not None and self._publish is not None:
-            self._service.publish_record = self._publish
-        self._dispatcher = self._service = self._publish = None
+        if self._service is not None and self.acted in self._service.record_listeners:
+            self._service.record_listeners.remove(self.acted)
+        self._dispatcher = self._service = None
 
     def private(self, source: str) -> bool:
         """Toy mode, and a child may be the one talking (voice, Wyoming: cf. the preparation)."""
@@ -105,7 +92,7 @@ class ActivityFeed:
         self.journal.note(Entry(kind, request.entrance, title, text, request.id, fields))
 
     def acted(self, record: dict[str, Any]) -> None:
-        """One action record (``<base>/action``), as a row; it opens or closes a question."""
+        """One action record (``<base>/action``), as a row."""
         request_id, verdict = str(record.get("id", "")), str(record.get("verdict", ""))
         source, action = str(record.get("source", "")), str(record.get("action", ""))
         args = record.get("args") if isinstance(record.get("args"), dict) else {}
@@ -115,15 +102,11 @@ class ActivityFeed:
             fields["args"] = args
         self.journal.note(Entry("action", source, action, str(record.get("reason", "")),
                                 request_id, fields))
-        self._waiting.pop(request_id, None)
-        if verdict == "awaiting_confirmation":
-            now = self.clock()
-            self._waiting[request_id] = Waiting(request_id, action, {} if private else args,
-                                                source, now, now + self.confirm_s)
-            while len(self._waiting) > MAX_WAITING:
-                self._waiting.popitem(last=False)
 
     def waiting(self) -> list[Waiting]:
-        """The questions still open, newest first."""
+        """The service's questions still open, newest first (none without actions)."""
+        if self._service is None:
+            return []
         now = self.clock()
-        return [w for w in reversed(self._waiting.values()) if w.until > now]
+        return [Waiting(q.id, q.action, {} if self.private(q.source) else q.args, q.source,
+                        now + q.left_s) for q in self._service.waiting()]

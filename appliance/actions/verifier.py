@@ -22,6 +22,7 @@ from typing import Any, Literal
 from appliance.actions.registry import Registry, check_args
 from appliance.actions.world import UNKNOWN_AGE, WorldState
 from appliance.config.schema import Action, Requirement
+from appliance.protocol.messages import ENTRANCES
 from appliance.rules.expr import Condition, parse_condition
 from appliance.rules.reads import unusable as fields_unusable
 
@@ -65,8 +66,7 @@ class Verifier:
 
     def __init__(self, registry: Registry, world: WorldState, *, kid_safe: bool = False,
                  kid_safe_actions: Iterable[str] = (), closed: dict[str, str] | None = None,
-                 sources: Iterable[str] = ("voice", "mqtt", "sensor", "http", "wyoming",
-                                          "console"),
+                 sources: Iterable[str] = ENTRANCES,
                  child_sources: Iterable[str] = ("voice", "wyoming", "http")) -> None:
         """``closed`` maps each entrance that may not act to why (naming its setting).
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import httpx
 
-from appliance.bench.api import service_lines, wait_ready, worker_generations
+from appliance.bench.api import SETTLE_S, service_lines, wait_ready, worker_generations
 from appliance.bench.broker import LocalBroker, free_port
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings
@@ -50,8 +50,6 @@ QUESTIONS = ("Why is the sky blue?", "Describe a greenhouse in spring.",
 PASSWORD = "bench console password"
 _LINKED = re.compile(r'(?:href|src)="(static/[^"]+)"')
 _FORM_TOKEN = re.compile(r'data-token="([^"]+)"')
-SETTLE_S = 0.3
-"""Pause after each answer, as ``bench api`` does: llama.cpp's threads spin a while after one."""
 
 
 @dataclass(frozen=True)

@@ -63,16 +63,14 @@ def check_settings(settings: Settings, fail: Fail) -> None:
     _check_adapters(settings, fail)
     api = settings.api
     try:
-        if api.http is not None:
-            parse_listen(api.http.listen)
+        http = parse_listen(api.http.listen) if api.http is not None else None
     except ValueError as exc:
         raise fail("api.http.listen", str(exc)) from None
     try:
         web = parse_listen(api.web.listen) if api.web is not None else None
     except ValueError as exc:
         raise fail("api.web.listen", str(exc)) from None
-    if web is not None and api.http is not None and web[1] != 0 and \
-            web[1] == parse_listen(api.http.listen)[1]:
+    if web is not None and http is not None and web[1] != 0 and web[1] == http[1]:
         raise fail("api.web.listen", f"port {web[1]} is api.http's: the console needs a "
                    "port of its own (8080 by default)")
     try:

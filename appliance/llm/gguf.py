@@ -95,7 +95,8 @@ class _Reader:
     def skip_strings(self, count: int, what: str) -> None:
         """Skip ``count`` length-prefixed strings (a vocabulary: 10^5 of them), read in blocks.
 
-        The same checks as a :meth:`skip` of each, without a system call per string.
+        The same checks as a :meth:`skip` of each, without a method call and two formatted
+        strings per string (the file object buffers the reads either way).
         """
         block, at, base = b"", 0, self.pos  # ``block`` holds the file from offset ``base``
         for i in range(count):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from appliance.llm.types import ChatRequest
 
@@ -14,6 +14,8 @@ TierWanted = Literal["auto", "local", "remote"]
 """Where a request may be answered (``auto``: the router decides); cf. ``generate.base.Tier``."""
 Api = Literal["http", "wyoming", "console"]
 """The API a request came through (``console``: the Talk page, behind its login)."""
+ENTRANCES: tuple[str, ...] = (*(s for s in get_args(Source) if s != "api"), *get_args(Api))
+"""Every way a request comes in (``Request.entrance``): a source, or the API it came through."""
 
 PRIORITY: dict[Source, int] = {"voice": 0, "api": 1, "mqtt": 1, "sensor": 2}
 """Lower runs first: voice, then questions (MQTT and the HTTP/Wyoming APIs), then sensor rules."""

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from appliance.protocol.messages import ENTRANCES
+
 Kind = Literal["answer", "error", "rule", "action", "console"]
 KINDS: tuple[str, ...] = get_args(Kind)
-SOURCES = ("voice", "mqtt", "sensor", "http", "wyoming", "console")
+SOURCES = ENTRANCES
 """The sources a row may have: a request's entrance, or the console."""
 
 MAX_ROWS = 2000

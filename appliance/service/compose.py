@@ -172,12 +172,11 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         status.update(throttle_level=level.name, max_tokens=budget, n_threads=worker.n_threads)
 
     def on_reading() -> None:
-        status.update(temp_c=watchdog.celsius)
-        status.problem("thermal", watchdog.sensor_error)
         if gpio is not None:
             gpio.show_level(watchdog.index, watchdog.celsius,
                             sensor_lost=watchdog.sensor_error is not None)
-            status.update(fan_on=gpio.fan_on)
+        status.update(temp_c=watchdog.celsius, fan_on=gpio.fan_on if gpio is not None else None)
+        status.problem("thermal", watchdog.sensor_error)
 
     watchdog = ThermalWatchdog(settings.thermal, on_level, on_reading=on_reading)
     apis = None

@@ -26,11 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.voice.service import WAV_SPEED_ENV
+
 if TYPE_CHECKING:
     import pytest
     import vosk
     from piper import PiperVoice
 
+SHORT_ANSWERS = {"llm": {"max_tokens": 32}}
+"""A run's overrides when its test needs an answer, not a long one."""
+FAST_WAV = {WAV_SPEED_ENV: "4"}
+"""A WAV source read 4 times faster than real time: what is heard is the same (audio time,
+the wake word and its window too)."""
 PHRASES = ("멈춰", "안녕하세요", "날씨", "온도", "음악 틀어")
 RATE = 16000
 CHUNK_S = 0.1

@@ -82,16 +82,8 @@ class App:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = Broker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[App]:
-    a = App(tmp_path_factory.mktemp("api"), broker)
+def app(tmp_path_factory: pytest.TempPathFactory, module_broker: Broker) -> Iterator[App]:
+    a = App(tmp_path_factory.mktemp("api"), module_broker)
     yield a
     a.close()
 
@@ -351,11 +343,11 @@ def test_metrics_parse_and_move_with_each_answer(app: App) -> None:
 # --- limits -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[App]:
+def limited(tmp_path_factory: pytest.TempPathFactory, module_broker: Broker) -> Iterator[App]:
     """A token and one ask a minute: the rate limit's test is the only one that asks it."""
     token = tmp_path_factory.mktemp("secret") / "token"
     token.write_text("s3cret-token\n")
-    a = App(tmp_path_factory.mktemp("limited"), broker, mqtt={"ask_rate_per_min": 1},
+    a = App(tmp_path_factory.mktemp("limited"), module_broker, mqtt={"ask_rate_per_min": 1},
             http={"token_file": token})
     yield a
     a.close()
@@ -372,8 +364,8 @@ def test_a_token_is_required_when_set(limited: App) -> None:
     assert tags.models[0].model == f"{MODEL}:latest"
 
 
-def test_full_queue_and_cooling_down_are_503(tmp_path: Path, broker: Broker) -> None:
-    app = App(tmp_path, broker, mqtt={"queue_size": 1})
+def test_full_queue_and_cooling_down_are_503(tmp_path: Path, module_broker: Broker) -> None:
+    app = App(tmp_path, module_broker, mqtt={"queue_size": 1})
     try:
         body = {"model": MODEL, "messages": [{"role": "user", "content": STORY}],
                 "options": {"num_predict": 400}}

@@ -229,20 +229,18 @@ def test_a_retried_api_answer_streams_on_from_where_the_client_is(tmp_path: Path
                            Reply(("Hel", "lo", " there"))])
     gate = ApiGate(desk.dispatcher, RateLimiter(60))
 
-    async def main() -> tuple[list[str], Answer]:
-        task = asyncio.create_task(desk.dispatcher.run())
-        try:
-            pending = gate.submit(ChatRequest("hi"), "127.0.0.1", api="http")
-            deltas: list[str] = []
-            async for event in pending.events():
-                if isinstance(event, Answer):
-                    return deltas, event
-                deltas.append(event.delta)
-            raise AssertionError("no answer")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+    deltas: list[str] = []
+    answers: list[Answer] = []
 
-    deltas, answer = asyncio.run(asyncio.wait_for(main(), 10))
+    async def scenario() -> None:
+        pending = gate.submit(ChatRequest("hi"), "127.0.0.1", api="http")
+        async for event in pending.events():
+            if isinstance(event, Answer):
+                answers.append(event)
+            else:
+                deltas.append(event.delta)
+
+    run(desk, scenario)
+    (answer,) = answers
     assert "".join(deltas) == answer.text == "Hello there"
     assert len(desk.local.requests) == 2

@@ -22,11 +22,12 @@ from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL
 from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.recognizer import Heard
-from appliance.voice.service import WAV_SPEED_ENV
 from tests.conftest import BASE, STORY, device_config, run_cli
 from tests.services import ApplianceProcess, Peer, run_supervisor
 from tests.speech import (
+    FAST_WAV,
     PHRASES,
+    SHORT_ANSWERS,
     korean_model,
     piper_voice,
     sequence,
@@ -36,10 +37,6 @@ from tests.speech import (
 )
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
-SHORT = {"llm": {"max_tokens": 32}}
-"""For a run whose test needs an answer, not a long one."""
-FAST = {WAV_SPEED_ENV: "4"}
-"""A WAV source read 4 times faster than real time: what is heard is the same (audio time)."""
 
 
 def _voice_yaml(extra: str = "", tts_voice: str = "ko") -> str:
@@ -154,7 +151,7 @@ def test_kid_filter_replaces_an_injected_sentence() -> None:
 def test_run_hears_a_wav_and_answers_with_source_voice(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  tts: none\n"), **FAST)
+    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  tts: none\n"), **FAST_WAV)
     heard = peer.wait_for(lambda m: m.topic == f"{BASE}/heard").json()
     assert heard["text"] == "날씨" and heard["source"] == "wav" and heard["ms"] >= 0
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
@@ -169,9 +166,9 @@ def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess]
                                          tmp_path: Path) -> None:
     played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  tts: piper\n"
+    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  tts: piper\n"
                                   f"  output_device: \"file:'{played}',raw\"\n",
-                                  str(piper_voice())), **FAST)
+                                  str(piper_voice())), **FAST_WAV)
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     assert answer["source"] == "voice"
     speaking = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
@@ -186,7 +183,7 @@ def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess]
 def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  output_device: hw:99\n"), **FAST)
+    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  output_device: hw:99\n"), **FAST_WAV)
     error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
                           and m.json()["topic"] == "voice").json()
     assert error["error"].startswith("cannot play speech on hw:99")
@@ -198,9 +195,9 @@ def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], pe
                                       tmp_path: Path) -> None:
     parts = [speak(p, tmp_path / f"{i}.wav") for i, p in enumerate(["날씨", "안녕하세요", "온도"])]
     wav = sequence(parts, tmp_path / "seq.wav")
-    start(SHORT, root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
+    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
                                   "  wake_phrase: 안녕하세요\n  keep_transcripts: true\n"),
-          **FAST)
+          **FAST_WAV)
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     heard = [m.json()["text"] for m in peer.seen if m.topic == f"{BASE}/heard"]
     assert heard == ["날씨", "안녕하세요", "온도"]  # all heard, only the last one answered
@@ -214,7 +211,7 @@ def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], pe
 @pytest.mark.slow
 def test_run_missing_microphone_is_an_error_and_asks_still_work(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start(SHORT, root=_voice_yaml("  source: mic\n  device: hw:99\n  tts: none\n"))
+    start(SHORT_ANSWERS, root=_voice_yaml("  source: mic\n  device: hw:99\n  tts: none\n"))
     error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
                           and m.json()["topic"] == "voice").json()
     assert "microphone" in error["error"] or "arecord" in error["error"]

@@ -22,17 +22,22 @@ from appliance.errors import ConfigError
 from appliance.voice.audio import wav_chunks
 from appliance.voice.hearing import Hearing, Woke
 from appliance.voice.recognizer import Heard, Recognizer
-from appliance.voice.service import WAV_SPEED_ENV
 from appliance.voice.wake import WakeWord, WakeWordError, check_wake
 from tests.conftest import BASE, run_cli
 from tests.helpers import eventually
 from tests.services import ApplianceProcess, Peer
-from tests.speech import PHRASES, korean_model, korean_vosk, piper_speak, silence
+from tests.speech import (
+    FAST_WAV,
+    PHRASES,
+    SHORT_ANSWERS,
+    korean_model,
+    korean_vosk,
+    piper_speak,
+    silence,
+)
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 QUESTION = "What is the weather like today?"
-FAST = {WAV_SPEED_ENV: "4"}
-"""The stream read 4 times faster than real time: wake word and window are in audio time."""
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +119,8 @@ def _voice(wav: Path) -> str:
 def test_run_wakes_on_the_wake_word_and_answers_what_follows(
         start: Callable[..., ApplianceProcess], peer: Peer, voices: dict[str, Path],
         tmp_path: Path) -> None:
-    app = start({"llm": {"max_tokens": 32}}, root=_voice(_stream(voices, tmp_path / "stream.wav",
-                                                             wake=True)), **FAST)
+    app = start(SHORT_ANSWERS, root=_voice(_stream(voices, tmp_path / "stream.wav",
+                                                             wake=True)), **FAST_WAV)
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     assert answer["source"] == "voice" and answer["tokens"] > 0
     events = [line["event"] for line in _log_lines(app, "voice_source_ended")]
@@ -132,8 +137,8 @@ def test_run_wakes_on_the_wake_word_and_answers_what_follows(
 def test_run_without_the_wake_word_wakes_nothing(
         start: Callable[..., ApplianceProcess], peer: Peer, voices: dict[str, Path],
         tmp_path: Path) -> None:
-    app = start({"llm": {"max_tokens": 32}}, root=_voice(_stream(voices, tmp_path / "asleep.wav",
-                                                             wake=False)), **FAST)
+    app = start(SHORT_ANSWERS, root=_voice(_stream(voices, tmp_path / "asleep.wav",
+                                                             wake=False)), **FAST_WAV)
     events = [line["event"] for line in _log_lines(app, "voice_source_ended")]
     assert "wake_word_ready" in events and "wake_word" not in events
     peer.drain(1)

@@ -106,11 +106,7 @@ def run_add(args: argparse.Namespace) -> int:
                 continue
             if progress:
                 progress.clear()
-            pages = f" from {added.pages} pages" if added.pages else ""
-            if added.status == "unchanged":
-                print(f"{added.name}: unchanged ({added.chunks} passages)")
-            else:
-                print(f"{added.name}: {added.status}, {added.chunks} passages{pages}")
+            print(added.line())
     finally:
         index.close()
     return 1 if failed else 0
@@ -150,6 +146,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     """Remove one manual."""
     from appliance.knowledge import KnowledgeIndex, index_path  # numpy, onnxruntime: only here
+    from appliance.knowledge.index import removed_line
 
     settings = _settings(args)
     index = KnowledgeIndex(index_path(settings.data_dir))
@@ -158,7 +155,7 @@ def run_remove(args: argparse.Namespace) -> int:
         removed = index.remove(name)
     finally:
         index.close()
-    print(f"{name}: removed ({removed} passages)")
+    print(removed_line(name, removed))
     return 0
 
 

@@ -30,6 +30,7 @@ from appliance.console.roles import Access
 from appliance.knowledge import KnowledgeError, KnowledgeIndex, Retriever, index_path
 from appliance.knowledge.embedding import Embedder
 from appliance.knowledge.formats import FORMATS, format_of
+from appliance.knowledge.index import removed_line
 
 if TYPE_CHECKING:
     from appliance.console.app import Console
@@ -70,14 +71,6 @@ def _cli_line(exc: KnowledgeError, path: Path, name: str) -> str:
     if text.startswith(prefix):
         text = f"{name}: {text[len(prefix):]}"
     return f"appliance: {text}"
-
-
-def _added_line(added: Added) -> str:
-    """The line ``knowledge add`` prints for a file it indexed."""
-    if added.status == "unchanged":
-        return f"{added.name}: unchanged ({added.chunks} passages)"
-    pages = f" from {added.pages} pages" if added.pages else ""
-    return f"{added.name}: {added.status}, {added.chunks} passages{pages}"
 
 
 class Manuals:
@@ -274,7 +267,7 @@ class Manuals:
             raise KnowledgeError(job.line) from None
         finally:
             self.busy = False
-        job.stage, job.line = "done", _added_line(added)
+        job.stage, job.line = "done", added.line()
         self.console.audit(request, "manual_add", job.line)
         return added
 
@@ -311,7 +304,7 @@ class Manuals:
             raise _refuse(f"appliance: {exc}", Problem.NOT_FOUND) from None
         finally:
             self.busy = False
-        line = f"{Path(name).name}: removed ({removed} passages)"
+        line = removed_line(Path(name).name, removed)
         self.console.audit(request, "manual_remove", line)
         return web.json_response({"notice": line})
 

@@ -36,6 +36,18 @@ class Added:
     chunks: int
     pages: int | None = None
 
+    def line(self) -> str:
+        """What ``knowledge add`` (and the console's Manuals page) says of it."""
+        if self.status == "unchanged":
+            return f"{self.name}: unchanged ({self.chunks} passages)"
+        pages = f" from {self.pages} pages" if self.pages else ""
+        return f"{self.name}: {self.status}, {self.chunks} passages{pages}"
+
+
+def removed_line(name: str, passages: int) -> str:
+    """What ``knowledge remove`` (and the console's Manuals page) says of a removed manual."""
+    return f"{name}: removed ({passages} passages)"
+
 
 @dataclass(frozen=True)
 class DocumentInfo:

@@ -87,15 +87,14 @@ def model_files(entry: CatalogEntry,
     return files
 
 
-def pull_model(settings: Settings, name: str, progress: Callable[[CatalogEntry], OnProgress],
-               *, allow_unverified: bool = False,
-               on_file: Callable[[Path], None] = lambda _path: None,
-               ) -> tuple[CatalogEntry, str]:
+def pull_model(settings: Settings, name: str,
+               progress: Callable[[CatalogEntry, Path], OnProgress], *,
+               allow_unverified: bool = False) -> tuple[CatalogEntry, str]:
     """Download model ``name`` into ``<data_dir>/models``, verified; its entry and one line.
 
-    ``progress(entry)`` gives the download's progress callback; ``on_file``
-    hears each file as its download starts. A model shipped in a PyPI package
-    is not downloaded (the line says where it is).
+    ``progress(entry, path)``, as each file's download starts, gives its progress
+    callback. A model shipped in a PyPI package is not downloaded (the line says
+    where it is).
     """
     catalog, mirror = trusted_catalog(settings, gated=True)
     entry = lookup(name, catalog)
@@ -116,13 +115,13 @@ def pull_model(settings: Settings, name: str, progress: Callable[[CatalogEntry],
         if path.exists() and (sha256 is None or verify(path, sha256)):
             continue
         assert source is not None
-        on_file(path)
         archive = source.endswith(".zip")
         dest = path.with_name(path.name + ".zip") if archive else path
+        heard = progress(entry, path)
         if mirror is not None:
-            mirror.pull(source, dest, sha256, progress=progress(entry))
+            mirror.pull(source, dest, sha256, progress=heard)
         else:
-            download(source, dest, sha256, size=size, progress=progress(entry))
+            download(source, dest, sha256, size=size, progress=heard)
         if archive:
             unpack_zip(dest, path)
             dest.unlink()

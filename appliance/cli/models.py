@@ -61,7 +61,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_pull(args: argparse.Namespace) -> int:
     """Download one model into ``<data_dir>/models``."""
     settings = _settings(args)
-    entry, line = pull_model(settings, args.name, lambda entry: Progress(entry.name),
+    entry, line = pull_model(settings, args.name, lambda entry, _path: Progress(entry.name),
                              allow_unverified=args.allow_unverified)
     print(line)
     return run_verify_one(entry, settings.models_dir) if entry.package is not None else 0

@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ApplianceError, DownloadError
 from appliance.logs import get_logger
-from appliance.model_pull import pull_model
+from appliance.model_pull import OnProgress, pull_model
 
 if TYPE_CHECKING:
+    from appliance.catalog import CatalogEntry
     from appliance.config import Settings
 
 log = get_logger("console")
@@ -87,12 +88,13 @@ class Pull:
 
     def run(self) -> str:
         """Pull the model as ``appliance models pull`` does; the line it prints."""
-        _entry, line = pull_model(self.settings, self.state.name,
-                                  lambda _entry: self.progress, on_file=self._file)
+        _entry, line = pull_model(self.settings, self.state.name, self._file)
         return line
 
-    def _file(self, path: Path) -> None:
+    def _file(self, _entry: CatalogEntry, path: Path) -> OnProgress:
+        """A file's download starts: its progress from zero, told to :meth:`progress`."""
         self.state.file, self._first = path.name, None
+        return self.progress
 
 
 class Puller:

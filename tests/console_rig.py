@@ -23,7 +23,6 @@ The doors themselves (login, CSRF, throttle) are tested through the real one.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import re
 import socket
@@ -227,20 +226,6 @@ def run_console(rig: Rig, scenario: ConsoleScenario, *, host: str = "127.0.0.1",
             await scenario(client, rig.console)
 
     run(served, deadline_s)
-
-
-async def until(check: Callable[[], object], interval_s: float = 0.02) -> None:
-    """Wait (bounded by :func:`run`'s deadline) until ``check()`` is true.
-
-    ``check`` may be a coroutine function (a request to the console): it is awaited.
-    """
-    while True:
-        found = check()
-        if inspect.isawaitable(found):
-            found = await found
-        if found:
-            return
-        await asyncio.sleep(interval_s)
 
 
 def network_address() -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -152,15 +153,22 @@ def eventually(predicate: Callable[[], T], timeout: float = 60, message: str = "
     return found
 
 
-async def eventually_async(predicate: Callable[[], T], timeout: float = 60,
+async def eventually_async(predicate: Callable[[], T | Awaitable[T]], timeout: float = 60,
                            message: str = "the condition", interval: float = 0.02) -> T:
-    """:func:`eventually` inside an event loop: polls between loop turns, never blocks it."""
+    """:func:`eventually` inside an event loop: polls between loop turns, never blocks it.
+
+    ``predicate`` may be a coroutine function (a request to a server): it is awaited.
+    """
     deadline = time.monotonic() + timeout
-    while not (found := predicate()):
+    while True:
+        found = predicate()
+        if inspect.isawaitable(found):
+            found = await found
+        if found:
+            return cast(T, found)
         if time.monotonic() >= deadline:
             raise AssertionError(f"no {message} after {timeout:g} s")
         await asyncio.sleep(interval)
-    return found
 
 
 async def within(awaitable: Awaitable[T], timeout: float = 60, message: str = "the event") -> T:

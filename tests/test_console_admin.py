@@ -24,7 +24,8 @@ from aiohttp.test_utils import TestClient
 from appliance import logs
 from appliance.console.log_tail import QUEUE, LogTail
 from appliance.console.settings_page import shown
-from tests.console_rig import console_rig, next_events, run, serving, until
+from tests.console_rig import console_rig, next_events, run, serving
+from tests.helpers import eventually_async
 from tests.http_server import Served, serve
 
 CONFIG = {"api": {"web": {"max_upload_mb": 20.0}},
@@ -180,7 +181,7 @@ def test_a_pull_runs_in_the_server_survives_the_page_and_can_be_cancelled(
 
             async def some_arrived() -> bool:
                 return (await pull_state(client))["done"] > 0
-            await until(some_arrived)
+            await eventually_async(some_arrived, 120, "bytes of the pull")
             # A second page load (the first page closed) shows the same pull, running.
             page = await (await client.get("/models")).text()
             assert 'id="pull" aria-labelledby="pull-title" hidden' not in page
@@ -194,7 +195,7 @@ def test_a_pull_runs_in_the_server_survives_the_page_and_can_be_cancelled(
 
             async def ended() -> bool:
                 return (await pull_state(client))["state"] not in ("running", "cancelling")
-            await until(ended)
+            await eventually_async(ended, 120, "the pull's end")
             cancelled = await pull_state(client)
             assert cancelled["state"] == "cancelled", cancelled
             assert "pull again to resume" in cancelled["line"]
@@ -204,7 +205,7 @@ def test_a_pull_runs_in_the_server_survives_the_page_and_can_be_cancelled(
 
             served.trickle_s = None
             assert (await client.post("/models/pull", json={"name": "tiny"})).status == 200
-            await until(ended)
+            await eventually_async(ended, 120, "the pull's end")
             done = await pull_state(client)
             assert done["state"] == "done", done
             assert done["line"].startswith("tiny: verified and installed at ")

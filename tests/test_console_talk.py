@@ -20,8 +20,9 @@ from appliance.protocol.answer import Answer
 from appliance.protocol.messages import Request
 from appliance.service.activity_log import MAX_ROWS, ActivityQuery
 from appliance.service.journal import Journal
-from tests.console_rig import WHO, console_rig, lines, run, serving, until
+from tests.console_rig import WHO, console_rig, lines, run, serving
 from tests.fakes import Reply
+from tests.helpers import eventually_async
 
 CONFIG = {"actions": [{"name": "pump", "description": "Run the watering pump",
                        "publish": {"topic": "garden/pump/set", "payload": {"state": "ON"}},
@@ -99,8 +100,10 @@ def test_a_page_that_goes_away_cancels_its_question(tmp_path: Path) -> None:
             request_id = (await anext(stream))["started"]["id"]
             await anext(stream)
             response.close()  # the browser aborts the fetch: the connection closes
-            await until(lambda: device.local.cancelled == [request_id])
-            await until(lambda: not device.view(Talk).asking)
+            await eventually_async(lambda: device.local.cancelled == [request_id], 120,
+                                   "the question cancelled")
+            await eventually_async(lambda: not device.view(Talk).asking, 120,
+                                   "the question forgotten")
 
     run(scenario)
 

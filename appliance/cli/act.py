@@ -16,6 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.config import Settings
+from appliance.config.convert import positive_number
 from appliance.config.secrets import read_password
 from appliance.errors import ApplianceError, UsageError
 
@@ -31,11 +32,8 @@ T = TypeVar("T")
 
 def _seconds(text: str) -> float:
     """``--wait``'s value: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    value = positive_number(text)
+    if value is None:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
     return value
 

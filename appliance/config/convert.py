@@ -164,3 +164,12 @@ class Converter:
 def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
             Path: "a path"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def positive_number(text: str) -> float | None:
+    """``text`` as a positive, finite number (seconds, a speed); ``None`` if it is not one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None

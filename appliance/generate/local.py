@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from appliance.config.convert import positive_number
 from appliance.errors import ApplianceError
 from appliance.generate.base import (
     GenerationFailed,
@@ -56,11 +56,8 @@ def ping_interval() -> float:
     text = os.environ.get(PING_ENV)
     if text is None:
         return PING_INTERVAL_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
+    value = positive_number(text)
+    if value is None:
         raise ApplianceError(f"{PING_ENV}={text!r}: not a positive number of seconds")
     return value
 

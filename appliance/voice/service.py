@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from appliance.config.convert import positive_number
 from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
@@ -45,11 +46,7 @@ guard's speech) need real time. Unset, or not a positive number: real time.
 
 def wav_source(path: Path, stop: threading.Event) -> Iterator[bytes]:
     """A WAV standing in for a microphone (:data:`WAV_SPEED_ENV` times faster, in tests)."""
-    try:
-        speed = float(os.environ.get(WAV_SPEED_ENV) or 1)
-    except ValueError:
-        speed = 1.0
-    return paced(wav_chunks(path), stop, speed if speed > 0 else 1.0)
+    return paced(wav_chunks(path), stop, positive_number(os.environ.get(WAV_SPEED_ENV, "")) or 1.0)
 
 
 def source_name(settings: VoiceSettings) -> str:

@@ -21,6 +21,7 @@ from aiohttp import web
 from appliance.api.errors import ApiError, Problem, bad_request
 from appliance.api.http_body import read_json
 from appliance.console.activity_feed import ActivityFeed
+from appliance.console.app import View
 from appliance.console.roles import Access
 from appliance.service.activity_log import KINDS, PAGE, SOURCES, ActivityQuery, Entry
 from appliance.service.journal import JournalError
@@ -34,7 +35,7 @@ CONFIRMER = "mqtt"
 ANSWERS = {"yes": True, "no": False}
 
 
-class Activity:
+class Activity(View):
     """The Activity page and its confirmations."""
 
     def __init__(self, console: Console) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from aiohttp import hdrs, web
 
@@ -36,14 +35,18 @@ log = get_logger("console")
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class View(Protocol):
-    """One page (or a group of routes) of the console."""
+class View:
+    """One page (or a group of routes) of the console; subclasses add their routes.
+
+    ``start`` and ``close`` do nothing unless the view has background work.
+    """
 
     def add_routes(self, console: Console) -> None:
         """Register the routes with :meth:`Console.add`."""
+        raise NotImplementedError
 
     def start(self) -> None:
-        """Start what runs in the background (on the loop); most views have nothing."""
+        """Start what runs in the background (on the loop)."""
 
     async def close(self) -> None:
         """Stop it."""

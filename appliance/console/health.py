@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from appliance.api.errors import ApiError, Problem
+from appliance.console.app import View
 from appliance.console.live import HEARTBEAT, HEARTBEAT_S, event, open_stream
 from appliance.console.log_tail import LEVELS, LogTail
 from appliance.console.roles import Access
@@ -33,7 +34,7 @@ WRITE_TIMEOUT_S = 10.0
 """A log stream whose client has not taken a line for this long is closed."""
 
 
-class Health:
+class Health(View):
     """The page, the checks and the log stream; owns the log tail."""
 
     def __init__(self, console: Console) -> None:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from appliance.api.errors import ApiError, Problem, bad_request
 from appliance.api.http_body import read_json
+from appliance.console.app import View
 from appliance.console.password import PasswordError
 from appliance.console.render import redirect
 from appliance.console.roles import SESSION, Access, Session, session_of
@@ -45,7 +46,7 @@ FAILURES_NOTED_EVERY_S = 60.0
 """At most one wrong password a minute is kept in Activity (every one is logged)."""
 
 
-class Login:
+class Login(View):
     """The login, logout and first-run routes."""
 
     def __init__(self, console: Console) -> None:
@@ -152,12 +153,6 @@ class Login:
         set_cookie(request, response, COOKIE, session.id)
         clear_cookie(request, response, FORM_COOKIE)
         return response
-
-    def start(self) -> None:
-        """Nothing runs in the background."""
-
-    async def close(self) -> None:
-        """Nothing to stop."""
 
 
 def _text(body: dict[str, Any], key: str) -> str:

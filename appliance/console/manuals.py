@@ -26,6 +26,7 @@ from aiohttp import web
 
 from appliance.api.errors import ApiError, Problem
 from appliance.api.http_body import BODY_TIMEOUT_S, read_json
+from appliance.console.app import View
 from appliance.console.roles import Access
 from appliance.knowledge import KnowledgeError, KnowledgeIndex, Retriever, index_path
 from appliance.knowledge.embedding import Embedder
@@ -73,7 +74,7 @@ def _cli_line(exc: KnowledgeError, path: Path, name: str) -> str:
     return f"appliance: {text}"
 
 
-class Manuals:
+class Manuals(View):
     """The page and its routes; owns the writer of the index and the indexing task."""
 
     def __init__(self, console: Console) -> None:
@@ -100,9 +101,6 @@ class Manuals:
         console.add("GET", "/manuals/search", self.search, Access.ADMIN)
         console.add("POST", "/manuals/upload", self.upload, Access.ADMIN)
         console.add("POST", "/manuals/remove", self.remove, Access.ADMIN)
-
-    def start(self) -> None:
-        """Nothing runs until a manual is uploaded."""
 
     async def close(self) -> None:
         """Let an indexing in progress finish (it is one transaction), then close the index."""

@@ -17,6 +17,7 @@ from aiohttp import web
 from appliance.api.errors import ApiError, Problem
 from appliance.api.http_body import read_json
 from appliance.catalog import catalog_for
+from appliance.console.app import View
 from appliance.console.pull import Puller
 from appliance.console.roles import Access
 from appliance.errors import CatalogError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from appliance.console.app import Console
 
 
-class ModelsPage:
+class ModelsPage(View):
     """The page, its routes and the server's pull."""
 
     def __init__(self, console: Console) -> None:
@@ -40,9 +41,6 @@ class ModelsPage:
         console.add("GET", "/models/pull", self.progress, Access.ADMIN)
         console.add("POST", "/models/pull", self.pull, Access.ADMIN)
         console.add("POST", "/models/pull/cancel", self.cancel, Access.ADMIN)
-
-    def start(self) -> None:
-        """A pull starts only when asked."""
 
     async def close(self) -> None:
         """Cancel a running pull (its partial file stays for the next one)."""

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from appliance.api.errors import ApiError, Problem
 from appliance.console.advice import advise
+from appliance.console.app import View
 from appliance.console.history import FINE_STEP_S, History, Span
 from appliance.console.live import Hub, event
 from appliance.console.roles import Access
@@ -55,7 +56,7 @@ def duration_words(seconds: float) -> str:
     return " ".join(parts[:2])
 
 
-class Overview:
+class Overview(View):
     """The Overview page, the live events and the charts' history."""
 
     def __init__(self, console: Console) -> None:

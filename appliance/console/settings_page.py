@@ -19,6 +19,7 @@ from aiohttp import web
 
 from appliance.cli.config_cmd import plain
 from appliance.config.schema import Secret
+from appliance.console.app import View
 from appliance.console.roles import Access
 from appliance.logs import REDACTED, redact
 
@@ -50,7 +51,7 @@ def sections(settings: Settings) -> list[tuple[str, str]]:
             for name, body in data.items()]
 
 
-class SettingsPage:
+class SettingsPage(View):
     """The page; nothing to change from here."""
 
     def __init__(self, console: Console) -> None:
@@ -66,9 +67,3 @@ class SettingsPage:
         return self.console.pages.render(request, "settings.html", "Settings", {
             "source": parts.settings.source,
             "sections": await asyncio.to_thread(sections, parts.settings)})
-
-    def start(self) -> None:
-        """Nothing runs in the background."""
-
-    async def close(self) -> None:
-        """Nothing to stop."""

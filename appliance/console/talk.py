@@ -32,6 +32,7 @@ from aiohttp import web
 from appliance.api.errors import bad_request
 from appliance.api.gate import Pending
 from appliance.api.http_body import read_json
+from appliance.console.app import View
 from appliance.console.roles import Access
 from appliance.llm import ChatRequest, Chunk
 from appliance.logs import get_logger
@@ -51,7 +52,7 @@ def _line(data: dict[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode() + b"\n"
 
 
-class Talk:
+class Talk(View):
     """The Talk page, its questions and their stop."""
 
     def __init__(self, console: Console) -> None:
@@ -108,9 +109,6 @@ class Talk:
             pending.cancel()
             self.console.audit(request, "stop", request_id)
         return web.json_response({"stopped": pending is not None})
-
-    def start(self) -> None:
-        """Nothing runs in the background."""
 
     async def close(self) -> None:
         """The questions still streaming are cancelled."""

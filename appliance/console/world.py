@@ -24,6 +24,7 @@ from aiohttp import web
 
 from appliance.actions.world import WorldState
 from appliance.config.schema import Action
+from appliance.console.app import View
 from appliance.console.overview import duration_words
 from appliance.console.roles import Access
 from appliance.rules.expr import parse_condition
@@ -93,7 +94,7 @@ def rows(world: WorldState, need: dict[str, Need]) -> list[Row]:
     return out
 
 
-class World:
+class World(View):
     """The World page and its rows."""
 
     def __init__(self, console: Console) -> None:
@@ -118,9 +119,3 @@ class World:
         """``GET /world/readings``: ``{"rows": [...]}``."""
         body: dict[str, Any] = {"rows": [asdict(row) for row in self.rows()]}
         return web.json_response(body)
-
-    def start(self) -> None:
-        """Nothing runs in the background (the page asks)."""
-
-    async def close(self) -> None:
-        """Nothing to stop."""

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.voice.service import WAV_SPEED_ENV
+from appliance.voice.audio import WAV_SPEED_ENV
 
 if TYPE_CHECKING:
     import pytest

@@ -167,6 +167,15 @@ def read_wav(path: Path) -> bytes:
     return b"".join(wav_chunks(path))
 
 
+WAV_SPEED_ENV = "APPLIANCE_WAV_SPEED"
+"""For tests: a WAV source is read this many times faster than a microphone delivers audio.
+
+Hearing measures audio time (the end of an utterance, the wake word's window), so
+what is heard is the same; only tests that judge by the wall clock (the echo
+guard's speech) need real time. Unset, or not a positive number: real time.
+"""
+
+
 def paced(chunks: Iterable[bytes], stop: threading.Event | None = None,
           speed: float = 1.0) -> Iterator[bytes]:
     """Chunks at the pace a microphone delivers them: each when its audio has been spoken.

@@ -24,7 +24,7 @@ from appliance.config.convert import positive_number
 from appliance.config.schema import Settings, VoiceSettings
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
-from appliance.voice.audio import mic_chunks, paced, stream_chunks, wav_chunks
+from appliance.voice.audio import WAV_SPEED_ENV, mic_chunks, paced, stream_chunks, wav_chunks
 from appliance.voice.hearing import Hearing, Opening, Woke
 from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.playback import Playback
@@ -34,15 +34,6 @@ from appliance.voice.tts import Audio, Synthesizer, load_synthesizer
 log = get_logger("voice")
 
 T = TypeVar("T")
-
-WAV_SPEED_ENV = "APPLIANCE_WAV_SPEED"
-"""For tests: a WAV source is read this many times faster than a microphone delivers audio.
-
-Hearing measures audio time (the end of an utterance, the wake word's window), so
-what is heard is the same; only tests that judge by the wall clock (the echo
-guard's speech) need real time. Unset, or not a positive number: real time.
-"""
-
 
 def wav_source(path: Path, stop: threading.Event) -> Iterator[bytes]:
     """A WAV standing in for a microphone (:data:`WAV_SPEED_ENV` times faster, in tests)."""

@@ -24,6 +24,17 @@ def physical_cores(sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int:
     return len(cores) or os.cpu_count() or 1
 
 
+def parallel_sequences(configured: int | None,
+                       sys_cpu: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Requests decoded together: ``llm.parallel`` as configured, or the board's default.
+
+    The default is 2 where there are 4 or more cores (a Pi 5): decoding a 3B model is bound
+    by memory bandwidth there, so a second sequence costs little. With fewer cores a step
+    is bound by compute, and one sequence at a time is as fast.
+    """
+    return configured or (2 if physical_cores(sys_cpu) >= 4 else 1)
+
+
 def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     """``MemAvailable`` from ``/proc/meminfo``, in bytes."""
     try:

@@ -10,6 +10,7 @@ from appliance.catalog import ResolvedModel, resolve_llm
 from appliance.config.schema import Settings
 from appliance.config.secrets import read_api_key, read_api_token, read_password
 from appliance.errors import ConfigError, ModelError, ResourceError
+from appliance.hardware import parallel_sequences
 from appliance.llm.adapter_files import check_adapters
 from appliance.llm.gguf import check_model_file
 from appliance.llm.memory import check_fits
@@ -31,7 +32,7 @@ def preflight(settings: Settings) -> ResolvedModel:
     key = "llm.model_path" if settings.llm.model_path is not None else "llm.model"
     try:
         check_model_file(model.path)
-        check_fits(model.path, settings.llm.n_ctx)
+        check_fits(model.path, settings.llm.n_ctx, parallel_sequences(settings.llm.parallel))
     except ResourceError:
         raise
     except ModelError as exc:

@@ -35,7 +35,7 @@ from tests.speech import Microphone, stdin_microphone
 __all__ = ["BASE", "ROOT", "STORY", "device_config", "make_settings", "run_cli",
            "service_config", "smollm2_path"]
 
-SLOW_FIXTURES = frozenset({"start", "broker", "module_broker", "peer", "engine",
+SLOW_FIXTURES = frozenset({"start", "module_start", "broker", "module_broker", "peer", "engine",
                            "gemma_engine", "mic", "model_path"})
 """Fixtures that start a process or load (or hand out) the model: a test using one is slow."""
 
@@ -203,10 +203,8 @@ def peer(broker: Broker) -> Iterator[Peer]:
     p.close()
 
 
-@pytest.fixture
-def start(tmp_path: Path, model_path: Path, broker: Broker,
-          ) -> Iterator[Callable[..., ApplianceProcess]]:
-    """Start ``appliance run`` on :func:`service_config`'s device; closed after the test.
+def _starter(tmp_path: Path, broker: Broker) -> Iterator[Callable[..., ApplianceProcess]]:
+    """The body of :func:`start` and :func:`module_start`: ``make`` first, then close.
 
     ``extra``: overrides (a dict), or YAML text appended in the ``mqtt`` section as
     before; ``thermal`` and ``root`` are the older text pieces (see :func:`fragments`);
@@ -231,6 +229,28 @@ def start(tmp_path: Path, model_path: Path, broker: Broker,
     yield make
     for app in started:
         app.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path, model_path: Path, broker: Broker,
+          ) -> Iterator[Callable[..., ApplianceProcess]]:
+    """Start ``appliance run`` on :func:`service_config`'s device; closed after the test.
+
+    Arguments as :func:`_starter`'s ``make``.
+    """
+    yield from _starter(tmp_path, broker)
+
+
+@pytest.fixture(scope="module")
+def module_start(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
+                 module_broker: Broker) -> Iterator[Callable[..., ApplianceProcess]]:
+    """:func:`start` for a whole module: its processes close after the module's last test.
+
+    Only for tests that cannot disturb each other's state (they ask and read); the
+    device talks to :func:`module_broker`. Call it once from a module-scoped fixture
+    of the test module and share what it returns.
+    """
+    yield from _starter(tmp_path_factory.mktemp("device"), module_broker)
 
 
 def device_config(tmp_path: Path, model_path: Path, port: int, device_id: str,

@@ -94,10 +94,11 @@ def llm_config(max_tokens: int = 48, n_ctx: int = 1024) -> dict[str, Any]:
     One decode thread, because the suite runs two test processes on two cores:
     llama.cpp's threads wait for each other by spinning, and two models of two
     threads each on two cores took 8 s instead of 0.16 s for a 22-token prompt.
-    A test of the thread count itself sets ``n_threads`` again.
+    A test of the thread count itself sets ``n_threads`` again, and one of
+    requests decoded together ``parallel`` (1 here whatever the machine's cores).
     """
     return {"model_path": smollm2_path(), "temperature": 0, "max_tokens": max_tokens,
-            "n_ctx": n_ctx, "n_threads": 1}
+            "n_ctx": n_ctx, "n_threads": 1, "parallel": 1}
 
 
 def write_config(path: Path, overrides: Mapping[str, Any] | None = None,

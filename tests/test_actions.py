@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -209,10 +209,24 @@ def test_a_rule_with_actions_lets_the_model_propose_and_the_verifier_decide(
         assert alert["text"] and alert["tokens"] > 0
 
 
+@pytest.fixture(scope="module")
+def acting(module_start: Callable[..., ApplianceProcess],
+           module_broker: Broker) -> Iterator[tuple[ApplianceProcess, Peer]]:
+    """One device with :data:`ACTIONS` for the tests that read its discovery and act on it.
+
+    They touch different things (the retained discovery; the world and the vent), so
+    neither sees what the other did. ``peer`` subscribed before the device started.
+    """
+    peer = Peer(module_broker.port, [f"{BASE}/#", "homeassistant/#"])
+    try:
+        yield module_start(root=ACTIONS), peer
+    finally:
+        peer.close()
+
+
 @pytest.mark.slow
-def test_the_discovery_lists_the_action_buttons(start: Callable[..., ApplianceProcess],
-                                                peer: Peer) -> None:
-    start(root=ACTIONS)
+def test_the_discovery_lists_the_action_buttons(acting: tuple[ApplianceProcess, Peer]) -> None:
+    _, peer = acting
     discovery = peer.wait_for(lambda m: m.topic == "homeassistant/device/t1/config").json()
     buttons = {k: c for k, c in discovery["cmps"].items() if c["p"] == "button"}
     assert set(buttons) == {"act_fan_on", "act_vent_open", "act_pump"}
@@ -221,12 +235,12 @@ def test_the_discovery_lists_the_action_buttons(start: Callable[..., AppliancePr
 
 
 @pytest.mark.slow
-def test_appliance_act_and_world(start: Callable[..., ApplianceProcess], peer: Peer,
-                                 tmp_path: Path) -> None:
-    start(root=ACTIONS)
-    config = str(tmp_path / "config.yaml")
+def test_appliance_act_and_world(acting: tuple[ApplianceProcess, Peer]) -> None:
+    app, peer = acting
+    config = str(app.config)
     peer.publish("zigbee2mqtt/greenhouse", json.dumps({"temperature": 31}))
-    peer.wait_for(lambda m: m.topic == f"{BASE}/world")
+    peer.wait_for(lambda m: m.topic == f"{BASE}/world"
+                  and m.json().get("greenhouse", {}).get("fields") == {"temperature": 31})
     world = run_cli("--config", config, "world", "--json")
     assert world.returncode == 0 and json.loads(world.stdout)["greenhouse"]["fields"] == {
         "temperature": 31}

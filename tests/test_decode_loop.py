@@ -110,6 +110,19 @@ def _take(llm: llama_cpp.Llama, tokens: Iterable[int], limit: int,
     return out
 
 
+def _primed(llm: llama_cpp.Llama, tokens: list[int]) -> None:
+    """Evaluate all of the prompt ``tokens`` but the last: the runs compared start from here.
+
+    ``Llama.generate(reset=True)`` and our loop both keep the cached prefix and
+    evaluate the rest (here the last token; after a run, the prompt is cached whole
+    and both replay its last token), so each run starts from the same state and
+    the prompt is evaluated once, not once per run. The fresh start is compared in
+    :func:`test_unconstrained_tokens_are_those_of_llama_generate`.
+    """
+    llm.reset()
+    llm.eval(tokens[:-1])
+
+
 QUESTIONS = ("What is two plus two?", "Name a colour.", "Why is the sky blue?",
              "Give me one tip for watering tomatoes.")
 
@@ -132,9 +145,9 @@ def test_sampled_tokens_are_those_of_llama_generate_with_the_same_seed(
     tokens = _prompt(llm, "Tell me a story about a fox.")
     sampling = dict(GREEDY, temp=0.9)
     runs = []
+    _primed(llm, tokens)
     for make in (lambda: llm.generate(tokens, reset=True, **sampling),
                  lambda: generate(llm, tokens, grammar=None, **sampling)):
-        llm.reset()
         llm.set_seed(7)
         runs.append(_take(llm, make(), 40))
     assert runs[0] == runs[1]
@@ -178,8 +191,8 @@ def test_a_restored_prompt_replays_its_last_token(llm: llama_cpp.Llama) -> None:
 def test_logits_are_those_that_sampled_the_token(llm: llama_cpp.Llama) -> None:
     tokens = _prompt(llm, "Repeat: the red valve opens the tank.", "The red valve opens the tank.")
     plain = dict(GREEDY, repeat_penalty=1.0)  # greedy is then the argmax of the raw logits
+    _primed(llm, tokens)
     for draft in (None, PromptLookup()):
-        llm.reset()
         gen = generate(llm, tokens, grammar=None, draft=draft, **plain)
 
         def check(token: int, gen: Generation = gen, plain_loop: bool = draft is None) -> None:
@@ -212,8 +225,8 @@ def _with_and_without_drafts(llm: llama_cpp.Llama, tokens: list[int],
                              n: int) -> tuple[list[int], list[int], Generation]:
     """``n`` greedy tokens without drafts, then with them, and the drafted generation."""
     runs = []
+    _primed(llm, tokens)
     for draft in (None, PromptLookup()):
-        llm.reset()
         gen = generate(llm, tokens, grammar=grammar, draft=draft, **GREEDY)
         runs.append((_take(llm, gen, n), gen))
     (plain, _), (drafted, gen) = runs
@@ -314,7 +327,20 @@ REQUESTS = {
     "nested": ("Describe the greenhouse sensor as JSON.", "Report the pump readings.",
                "List the status of the boiler.", "Who are you?", "Give me three numbers."),
 }
-CASES = [(name, request) for name, requests in REQUESTS.items() for request in requests]
+COMPARED = {
+    "enum": ("What colour is grass? Reply in JSON.", "Is a ripe tomato red? JSON please.",
+             "Tell me a joke."),
+    "bounded integer": ("Open the vent for ten minutes.", "Open the vent for two hours.",
+                        "What is the capital of France?"),
+    "one of": ("Turn on the fan.", "Open the vent for 5 minutes.", "Say hello."),
+    "nested": ("Describe the greenhouse sensor as JSON.", "Who are you?",
+               "Give me three numbers."),
+}
+"""The requests compared with ``Llama.generate``: per schema one it asks for, one beside it
+and one off topic, each taking every path of the sampler (the near-top choice, the grammar
+rejecting it, the whole vocabulary). The two of :data:`REQUESTS` left out of each took
+the same paths about as often (counted once over all twenty)."""
+CASES = [(name, request) for name, requests in COMPARED.items() for request in requests]
 
 
 def _obeys(value: Any, schema: dict[str, Any]) -> bool:
@@ -361,9 +387,8 @@ def test_grammar_output_parses_obeys_and_matches_llama_generate(
     schema = SCHEMAS[name]
     grammar = grammar_for(json.dumps(schema))
     tokens = _prompt(llm, request_text, system="Reply with one JSON object only.")
-    llm.reset()
+    _primed(llm, tokens)
     theirs = _take(llm, llm.generate(tokens, reset=True, grammar=grammar, **GREEDY), 96)
-    llm.reset()
     ours = _take(llm, generate(llm, tokens, grammar=grammar, **GREEDY), 96)
     assert ours == theirs
     text = llm.detokenize(ours).decode()
@@ -392,7 +417,7 @@ def test_a_grammar_far_from_the_model_reads_the_whole_vocabulary_and_still_match
               "required": ["code"], "additionalProperties": False}
     grammar = grammar_for(json.dumps(schema))
     tokens = _prompt(llm, "Say hello.")
-    llm.reset()
+    _primed(llm, tokens)
     theirs = _take(llm, llm.generate(tokens, reset=True, grammar=grammar, **GREEDY), 40)
     whole: list[bool] = []
     pick = decode_loop._Sampler._pick
@@ -402,7 +427,6 @@ def test_a_grammar_far_from_the_model_reads_the_whole_vocabulary_and_still_match
         return pick(self, logits, with_grammar=with_grammar)
 
     monkeypatch.setattr(decode_loop._Sampler, "_pick", counted)
-    llm.reset()
     ours = _take(llm, generate(llm, tokens, grammar=grammar, **GREEDY), 40)
     assert ours == theirs
     assert json.loads(llm.detokenize(ours).decode())["code"] in ("qzxv", "wkjq")

@@ -74,7 +74,8 @@ def test_no_meter_no_energy_fields(start: Callable[..., ApplianceProcess],
 def test_decode_threads_follow_the_heat_during_a_generation(
         start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
     zone = tmp_path / "temp"
-    start({"llm": {"n_threads": 2}},  # more than warm's one (the tests' default is one)
+    start({"llm": {"n_threads": 2,  # more than warm's one (the tests' default is one)
+                   "adaptive_threads": False}},  # the heat alone (test_contention: the CPU)
           thermal="  interval_s: 0.1\n  levels:\n    - {name: normal, from_c: 0}\n"
                   "    - {name: warm, from_c: 70, n_threads: 1}\n")
     normal = peer.wait_for(lambda m: m.topic == f"{BASE}/state"

@@ -147,9 +147,9 @@ def test_unloadable_model_is_a_model_error(tmp_path: Path, model_path: Path) -> 
 def test_oversized_context_is_refused_before_loading(tmp_path: Path, model_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 8000000 kB\nMemAvailable: 1048576 kB\n")  # 1 GiB
-    assert check_fits(model_path, 2048, meminfo).total_bytes < 1 << 30
+    assert check_fits(model_path, 2048, meminfo=meminfo).total_bytes < 1 << 30
     with pytest.raises(ResourceError) as info:
-        check_fits(model_path, 131072, meminfo)
+        check_fits(model_path, 131072, meminfo=meminfo)
     message = str(info.value)
     fits = plan(model_path, 0).largest_n_ctx(1 << 30)
     assert f"the largest llm.n_ctx that fits is {fits}" in message

@@ -6,15 +6,15 @@ import asyncio
 import json
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from appliance.mqtt.clash import SESSION_TAKEN_OVER, Clash
 from tests.conftest import BASE, run_cli
-from tests.helpers import own_device
+from tests.helpers import eventually, own_device
 from tests.services import ApplianceProcess, Broker, Peer
 
 
@@ -47,6 +47,33 @@ def clones(tmp_path: Path, model_path: Path, broker: Broker) -> Iterator[list[Ap
 def _connects(devices: list[ApplianceProcess]) -> int:
     return sum(1 for d in devices for e in _events(d.workdir / f"run-{d.runs}.log")
                if e.get("event") == "connected")
+
+
+def _at(event: dict[str, object]) -> float:
+    """When a log line was written (its ISO ``timestamp``), in seconds."""
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
+
+
+def _holds(devices: list[ApplianceProcess]) -> list[tuple[float, float]]:
+    """``(waited, asked)`` for each takeover that a reconnect followed.
+
+    ``waited``: seconds from the ``device_id_clash`` line to the device's next
+    ``connected``; ``asked``: its ``retry_in_s``. Empty until every device has
+    reconnected after a takeover of its own.
+    """
+    holds: list[tuple[float, float]] = []
+    for device in devices:
+        mine, clash = [], None
+        for event in _events(device.workdir / f"run-{device.runs}.log"):
+            if event.get("event") == "device_id_clash":
+                clash = (_at(event), float(str(event["retry_in_s"])))
+            elif event.get("event") == "connected" and clash is not None:
+                mine.append((_at(event) - clash[0], clash[1]))
+                clash = None
+        if not mine:
+            return []
+        holds += mine
+    return holds
 
 
 def test_takeovers_name_the_clash_back_off_doubling_and_end_after_a_quiet_spell() -> None:
@@ -95,11 +122,12 @@ def test_two_devices_with_one_device_id_name_the_clash_and_back_off(
                   if e.get("event") == "device_id_clash"]
         assert logged and logged[0]["device_id"] == "t1"
         before = _connects(clones)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # a bounded window, with nothing to wait on
-            time.sleep(1)
-        # Without the backoff they took the session from each other every ~1-2 s: 15-30
-        # connects in 30 s. With it (5 s doubling) only a handful.
+        # Without the backoff they took the session from each other every ~1-2 s. With it
+        # each device stays away as long as its takeover asked (5 s, doubling) before it
+        # reconnects: waited for until both have come back once, not a fixed window.
+        holds = eventually(lambda: _holds(clones), 120, "reconnect after a takeover",
+                           interval=0.2)
+        assert all(waited >= asked - 0.1 for waited, asked in holds), holds
         assert _connects(clones) - before <= 8, _connects(clones) - before
         doctor = run_cli("--config", str(clones[0].config), "doctor")
         row = next(line for line in doctor.stdout.splitlines() if "device id" in line)

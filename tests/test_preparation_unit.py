@@ -52,9 +52,9 @@ def test_an_api_clients_own_prompt_is_kept_unless_a_child_may_be_talking() -> No
 
 
 def test_heat_caps_the_budget_and_asks_for_brevity() -> None:
-    hot = Preparation(LLM).chat(request("mqtt"), LEVELS["hot"])
-    assert hot.max_tokens == LEVELS["hot"].max_tokens
-    assert hot.system_prompt == LLM.system_prompt + BRIEF_INSTRUCTION
+    critical = Preparation(LLM).chat(request("mqtt"), LEVELS["critical"])
+    assert critical.max_tokens == LEVELS["critical"].max_tokens
+    assert critical.system_prompt == LLM.system_prompt + BRIEF_INSTRUCTION
     child = Preparation(LLM, kid_safe=True).chat(request("voice"), LEVELS["critical"])
     assert child.max_tokens == min(KID_MAX_TOKENS, LEVELS["critical"].max_tokens or 0)
     assert child.system_prompt == KID_SYSTEM_PROMPT + BRIEF_INSTRUCTION

@@ -142,17 +142,26 @@ def test_cloud_init_gives_the_service_its_files_before_install_sh_starts_it() ->
         assert written < started, f"{path}: written after install.sh starts the service"
 
 
-def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """Every path under ``root`` with its content hash (or link target) and mtime."""
-    out: dict[str, tuple[str, int]] = {}
+def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every path under ``root`` with its content (hash, or link target), mtime and ctime.
+
+    A write, a replacement or a chmod of a file moves its ctime, which no tool can set back:
+    so the venv's installed packages (400 MB, which install.sh only reads) are not hashed;
+    the files install.sh writes itself are, as well.
+    """
+    out: dict[str, tuple[str, int, int]] = {}
+    packages = root / "opt/appliance/venv/lib"
     for path in sorted(root.rglob("*")):
         if "__pycache__" in path.parts:
             continue
         rel = str(path.relative_to(root))
         if path.is_symlink():
-            out[rel] = (os.readlink(path), 0)
+            out[rel] = (os.readlink(path), 0, 0)
         elif path.is_file():
-            out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+            stat = path.stat()
+            content = (str(stat.st_size) if path.is_relative_to(packages)
+                       else hashlib.sha256(path.read_bytes()).hexdigest())
+            out[rel] = (content, stat.st_mtime_ns, stat.st_ctime_ns)
     return out
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BASE, STORY, _config, service_config
+from tests.conftest import BASE, STORY, _config
 from tests.helpers import eventually, keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Message, Peer
 
@@ -20,18 +20,14 @@ pytestmark = pytest.mark.slow  # `appliance run` as a process
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
-           module_broker: Broker) -> Iterator[ApplianceProcess]:
+def shared(module_start: Callable[..., ApplianceProcess]) -> ApplianceProcess:
     """One ``appliance run`` of the ``start`` fixture's device for the tests that only ask it.
 
     Each of them waits for its own answers, so it leaves the device idle for the next.
     """
-    home = tmp_path_factory.mktemp("shared")
-    app = ApplianceProcess(home, service_config(home, module_broker.port))
-    app.start()
+    app = module_start()
     keep_notify_drained(app)  # it runs for several tests: its datagrams must not pile up
-    yield app
-    app.close()
+    return app
 
 
 @pytest.fixture
@@ -237,13 +233,15 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
         return seen
 
     peer.wait_for(lambda m: m.topic == f"{BASE}/state")  # as it starts, before any heat
-    assert _state_at(peer, "normal", heat(60))["max_tokens"] == 400
-    warm_state = _state_at(peer, "warm", heat(72))  # warm costs threads, not words
-    assert warm_state["max_tokens"] == 400 and warm_state["n_threads"] == 2
+    normal = _state_at(peer, "normal", heat(60))
+    assert normal["max_tokens"] == 400
+    warm_state = _state_at(peer, "warm", heat(72))  # warm costs parallelism, not threads
+    assert warm_state["max_tokens"] == 400 and warm_state["n_threads"] == normal["n_threads"]
     peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 40}))
     warm = _answer(peer, "w").json()
-    assert warm["throttle_level"] == "warm" and warm["n_threads"] == 2
-    assert _state_at(peer, "hot", heat(77))["max_tokens"] == 96
+    assert warm["throttle_level"] == "warm" and warm["n_threads"] == normal["n_threads"]
+    hot = _state_at(peer, "hot", heat(77))  # hot costs threads, not words
+    assert hot["max_tokens"] == 400 and hot["n_threads"] == 2
     mark = len(peer.drain(0.3))
     heat(73)  # within the hysteresis: still hot
     later = peer.drain(0.6)[mark:]
@@ -268,7 +266,8 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
     assert not [m for m in peer.drain(0.3) if m.topic == f"{BASE}/alert"]  # still deferred
     assert _state_at(peer, "hot", heat(78))
     alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()  # answered once cooler
-    assert alert["rule"] == "greenhouse_hot" and alert["tokens"] <= 96
+    assert alert["rule"] == "greenhouse_hot" and alert["throttle_level"] == "hot"
+    assert alert["n_threads"] == 2
     assert _state_at(peer, "normal", heat(65))["max_tokens"] == 400
 
 

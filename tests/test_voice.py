@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +16,24 @@ from gpiozero.pins.mock import MockFactory
 from appliance.bench.broker import LocalBroker
 from appliance.config import load_settings
 from appliance.config.schema import VoiceSettings
+from appliance.llm import Engine
 from appliance.protocol.messages import Request
 from appliance.service.supervisor import Supervisor
+from appliance.voice import listen as listen_module
 from appliance.voice.activation import Activation, match_intent, route
 from appliance.voice.audio import AudioError, read_wav
 from appliance.voice.kid_safe import REFUSAL
+from appliance.voice.listen import Listener
 from appliance.voice.pieces import SpokenAnswer
 from appliance.voice.recognizer import Heard
 from tests.conftest import BASE, STORY, device_config, run_cli
-from tests.services import ApplianceProcess, Peer, run_supervisor
+from tests.services import ApplianceProcess, Broker, Peer, run_supervisor
 from tests.speech import (
     FAST_WAV,
     PHRASES,
     SHORT_ANSWERS,
     korean_model,
+    korean_vosk,
     piper_voice,
     sequence,
     share_korean_vosk,
@@ -52,29 +57,54 @@ def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
     return cfg
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("phrase", [p for p in PHRASES if p != "멈춰"])
-def test_listen_recognizes_each_phrase_and_answers(tmp_path: Path, model_path: Path,
-                                                   phrase: str) -> None:
-    wav = speak(phrase, tmp_path / "in.wav", rate=None)  # 22.05 kHz: resampled on the way in
-    out = tmp_path / "reply.wav"
-    result = run_cli("--config", str(_listen_config(tmp_path, model_path)), "listen",
-                     "--wav", str(wav), "--json", "--say", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    body = json.loads(result.stdout)
+@pytest.fixture(scope="module")
+def listener(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
+             engine: Engine) -> Listener:
+    """``appliance listen``'s pipeline in this process, on :func:`_listen_config`'s settings.
+
+    What the command builds (see appliance/cli/listen.py), with the shared test engine and
+    the Korean model loaded once (:func:`korean_vosk`): one process for every phrase.
+    """
+    settings = load_settings(_listen_config(tmp_path_factory.mktemp("listen"), model_path))
+    assert settings.voice.model_path == korean_model()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(listen_module, "load_model", lambda _path: korean_vosk())
+        return Listener(settings, engine)
+
+
+def _check_answered(body: dict[str, object], phrase: str, reply_wav: Path) -> None:
+    """What ``listen --json --say`` answers for ``phrase``: heard, answered, spoken."""
     assert body["transcript"] == phrase
     assert body["answer"] and body["intent"] is None
     assert body["ms_first_token"] > 0 and body["ms_first_audio"] >= body["ms_first_token"]
-    with wave.open(str(out)) as reply:
+    with wave.open(str(reply_wav)) as reply:
         assert reply.getnframes() > reply.getframerate() // 10  # some real speech
 
 
 @pytest.mark.slow
-def test_intent_acts_without_the_model(tmp_path: Path, model_path: Path) -> None:
-    wav = speak("멈춰", tmp_path / "stop.wav")
+@pytest.mark.parametrize("phrase", [p for p in PHRASES if p != "멈춰"])
+def test_listen_recognizes_each_phrase_and_answers(listener: Listener, tmp_path: Path,
+                                                   phrase: str) -> None:
+    wav = speak(phrase, tmp_path / "in.wav", rate=None)  # 22.05 kHz: resampled on the way in
+    out = tmp_path / "reply.wav"
+    _check_answered(dataclasses.asdict(listener.listen(wav, out)), phrase, out)
+
+
+@pytest.mark.slow
+def test_listen_command_prints_the_answer_as_json_and_speaks_it(tmp_path: Path,
+                                                                model_path: Path) -> None:
+    wav = speak("날씨", tmp_path / "in.wav", rate=None)
+    out = tmp_path / "reply.wav"
     result = run_cli("--config", str(_listen_config(tmp_path, model_path)), "listen",
-                     "--wav", str(wav), "--json")
-    body = json.loads(result.stdout)
+                     "--wav", str(wav), "--json", "--say", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    _check_answered(json.loads(result.stdout), "날씨", out)
+
+
+@pytest.mark.slow
+def test_intent_acts_without_the_model(listener: Listener, tmp_path: Path) -> None:
+    wav = speak("멈춰", tmp_path / "stop.wav")
+    body = dataclasses.asdict(listener.listen(wav))
     assert body["intent"] == "stop" and body["answer"] == "" and body["ms_first_token"] is None
 
 
@@ -147,18 +177,46 @@ def test_kid_filter_replaces_an_injected_sentence() -> None:
     assert spoken == ["Cats are soft.", REFUSAL, REFUSAL, "Bye."]  # whole sentences, even early
 
 
+@pytest.fixture(scope="module")
+def heard_wav(module_start: Callable[..., ApplianceProcess], module_broker: Broker,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApplianceProcess, Peer]]:
+    """One device that hears "날씨" from a WAV and cannot play its spoken answer (hw:99).
+
+    Its tests only read what it published (``peer`` subscribed before it started).
+    """
+    here = tmp_path_factory.mktemp("wav")
+    wav = sequence([speak("날씨", here / "a.wav")], here / "seq.wav")
+    peer = Peer(module_broker.port, [f"{BASE}/#"])
+    try:
+        app = module_start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n"
+                                                           "  output_device: hw:99\n"),
+                           **FAST_WAV)
+        yield app, peer
+    finally:
+        peer.close()
+
+
 @pytest.mark.slow
 def test_run_hears_a_wav_and_answers_with_source_voice(
-        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
-    wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  tts: none\n"), **FAST_WAV)
+        heard_wav: tuple[ApplianceProcess, Peer]) -> None:
+    app, peer = heard_wav
     heard = peer.wait_for(lambda m: m.topic == f"{BASE}/heard").json()
     assert heard["text"] == "날씨" and heard["source"] == "wav" and heard["ms"] >= 0
     answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
     assert answer["source"] == "voice" and answer["tokens"] > 0
-    assert not (tmp_path / "data" / "transcripts.jsonl").exists()  # nothing kept by default
+    assert not (app.config.parent / "data" / "transcripts.jsonl").exists()  # none kept by default
     states = {m.json()["state"] for m in peer.seen if m.topic == f"{BASE}/state"}
     assert "listening" in states  # partial results while the phrase was being spoken
+
+
+@pytest.mark.slow
+def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
+        heard_wav: tuple[ApplianceProcess, Peer]) -> None:
+    _, peer = heard_wav
+    error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
+                          and m.json()["topic"] == "voice").json()
+    assert error["error"].startswith("cannot play speech on hw:99")
+    assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["source"] == "voice"
 
 
 @pytest.mark.slow
@@ -177,17 +235,6 @@ def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess]
                   and peer.seen.index(m) > peer.seen.index(speaking))  # played out
     seconds = played.stat().st_size / (2 * 22050)  # piper's 16-bit mono at 22.05 kHz
     assert seconds > 0.5 and not [m for m in peer.seen if m.topic == f"{BASE}/error"]
-
-
-@pytest.mark.slow
-def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
-        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
-    wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  output_device: hw:99\n"), **FAST_WAV)
-    error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
-                          and m.json()["topic"] == "voice").json()
-    assert error["error"].startswith("cannot play speech on hw:99")
-    assert peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()["source"] == "voice"
 
 
 @pytest.mark.slow

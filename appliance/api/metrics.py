@@ -110,6 +110,12 @@ class _StatusCollector(Collector):
                      f"({', '.join(self.levels)})", index)
         if s.power_w is not None:
             yield _gauge("appliance_power_watts", "Board power", s.power_w)
+        if s.n_threads:
+            threads = GaugeMetricFamily(
+                "appliance_decode_threads", "Decode threads in use, and why: configured, heat, "
+                "contention (fewer while the CPU is busy) or probe", labels=["reason"])
+            threads.add_metric([s.threads_reason], s.n_threads)
+            yield threads
         state = GaugeMetricFamily("appliance_state", "The published state (1 for the current)",
                                   labels=["state"])
         state.add_metric([s.state], 1)

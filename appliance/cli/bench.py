@@ -14,18 +14,21 @@ from appliance.cli.benches import (
     api,
     bridge,
     console,
+    contention,
     conversation,
     escalation,
     fuzz,
     knowledge,
     llm,
+    parallel,
+    peers,
     soak,
     thermal,
     voice,
 )
 
 _BENCHES = (llm, bridge, thermal, voice, escalation, knowledge, actions, api, fuzz, soak,
-            adapters, conversation, console)
+            adapters, conversation, console, peers, contention, parallel)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

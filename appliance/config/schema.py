@@ -69,6 +69,13 @@ class LlmSettings:
     n_threads: int | None = field(default=None, metadata=bounds(1, 256))
     n_threads_batch: int | None = field(default=None, metadata=bounds(1, 256))
     n_batch: int = field(default=256, metadata=bounds(8, 8192))
+    adaptive_threads: bool = True
+    """Decode with a thread fewer while other processes keep the CPU busy, and probe back
+    up when it is free (:mod:`appliance.llm.contention`); never above ``n_threads`` or the
+    heat's count. ``false``: always ``n_threads``."""
+    parallel: int | None = field(default=None, metadata=bounds(1, 8))
+    """Requests decoded together in one batch, each with ``n_ctx`` of KV cache (``null``:
+    2 on a board with 4 or more cores, such as a Pi 5; else 1). 1 is one at a time."""
     max_tokens: int = field(default=256, metadata=bounds(1, 32768))
     temperature: float = field(default=0.6, metadata=bounds(0.0, 2.0))
     top_p: float = field(default=0.95, metadata=bounds(0.0, 1.0))
@@ -140,7 +147,8 @@ class ThermalLevel:
     instruction to the system prompt, ``defer_rules`` holds sensor rules back
     until it is cooler (kept, not dropped), ``pause_s`` waits between generations.
     ``thinking`` is the share of a thinking model's budget left at this level
-    (0: it does not think), applied live to a running thought too.
+    (0: it does not think), applied live to a running thought too. ``parallel``
+    caps the requests decoded together (``null``: ``llm.parallel``).
     """
 
     name: str
@@ -152,6 +160,7 @@ class ThermalLevel:
     n_threads: int | None = field(default=None, metadata=bounds(1, 256))
     n_threads_batch: int | None = field(default=None, metadata=bounds(1, 256))
     thinking: float = field(default=1.0, metadata=bounds(0.0, 1.0))
+    parallel: int | None = field(default=None, metadata=bounds(1, 8))
 
     def budget(self, llm_max_tokens: int) -> int:
         """The answer budget at this level, given ``llm.max_tokens``."""
@@ -160,12 +169,15 @@ class ThermalLevel:
 
 DEFAULT_THERMAL_LEVELS = (
     ThermalLevel("normal", 0.0),
-    # Decoding is bound by memory bandwidth and saturates at 2-3 threads on a Pi 5:
-    # fewer threads cost little speed and save power, so they go first.
-    ThermalLevel("warm", 70.0, None, n_threads=2, thinking=0.5),
-    ThermalLevel("hot", 75.0, 96, brief=True, n_threads=2, thinking=0.0),
-    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True, n_threads=1, thinking=0.0),
-    ThermalLevel("emergency", 85.0, 0, defer_rules=True, n_threads=1, thinking=0.0),
+    # Heat cuts parallelism first (one request decoded at a time, the others wait),
+    # then threads: decoding is bound by memory bandwidth and saturates at 2-3
+    # threads on a Pi 5, so fewer cost little speed and save power. Shorter answers last.
+    ThermalLevel("warm", 70.0, None, thinking=0.5, parallel=1),
+    ThermalLevel("hot", 75.0, None, n_threads=2, thinking=0.0, parallel=1),
+    ThermalLevel("critical", 80.0, 48, brief=True, defer_rules=True, n_threads=1, thinking=0.0,
+                 parallel=1),
+    ThermalLevel("emergency", 85.0, 0, defer_rules=True, n_threads=1, thinking=0.0,
+                 parallel=1),
 )
 
 

@@ -73,7 +73,7 @@ class ModelWorker:
 
     ``command`` starts the worker (by default ``python -m appliance.generate.worker CONFIG``);
     ``secret_env`` names environment variables the worker must not inherit
-    (the MQTT password, an API key); ``on_change`` runs when its health changes.
+    (the MQTT password, an API key); ``on_change`` runs when its health or its thread count changes.
     """
 
     tier: Tier = "local"
@@ -100,7 +100,9 @@ class ModelWorker:
         self._last_pong = 0.0
         self._budget: int | None = None
         self._thinking = 1.0  # the thermal share of a thinking model's budget
+        self._parallel: int | None = None  # the thermal cap on answers decoded together
         self._threads: tuple[int | None, int | None] = (None, None)
+        self._running_threads: pipe.ThreadsChanged | None = None  # as the worker last said
         self._stopping = False
 
     @property
@@ -118,7 +120,16 @@ class ModelWorker:
     @property
     def n_threads(self) -> int:
         """Decode threads in use (0 until the worker has said how many it has)."""
+        if self._running_threads is not None:
+            return self._running_threads.n_threads
         return self._threads[0] or self.default_threads
+
+    @property
+    def threads_reason(self) -> str:
+        """Why :attr:`n_threads` is what it is (see :class:`pipe.ThreadsChanged`)."""
+        if self._running_threads is not None:
+            return self._running_threads.reason
+        return "heat" if self._threads[0] else "configured"
 
     @property
     def pid(self) -> int | None:
@@ -200,13 +211,18 @@ class ModelWorker:
             self._last_pong = time.monotonic()
         elif isinstance(event, pipe.Prefilled):
             self.prefilled = [*self.prefilled[-15:], event]
+        elif isinstance(event, pipe.ThreadsChanged):
+            self._running_threads = event
+            log.info("worker_threads", n_threads=event.n_threads, reason=event.reason)
+            self.on_change()
         elif isinstance(event, pipe.Ready):
             self.model = event.model
             self.default_threads = event.n_threads
+            self._running_threads = None
             self._last_pong = time.monotonic()
             self.last_error = None
-            if self._budget is not None or self._thinking != 1.0:
-                self._send(pipe.Budget(self._budget, self._thinking))
+            if self._budget is not None or self._thinking != 1.0 or self._parallel is not None:
+                self._send(self._budget_message())
             if self._threads != (None, None):
                 self._send(pipe.Threads(*self._threads))
             self.ready.set()
@@ -274,12 +290,20 @@ class ModelWorker:
     def set_budget(self, tokens: int | None) -> None:
         """The live token budget (``None``: no limit beyond each request's own)."""
         self._budget = tokens
-        self._send(pipe.Budget(tokens, self._thinking))
+        self._send(self._budget_message())
 
     def set_thinking(self, share: float) -> None:
         """The share of a thinking model's budget, applied live to a running thought too."""
         self._thinking = share
-        self._send(pipe.Budget(self._budget, share))
+        self._send(self._budget_message())
+
+    def set_parallel(self, parallel: int | None) -> None:
+        """The most answers decoded together (``None``: ``llm.parallel``), applied live."""
+        self._parallel = parallel
+        self._send(self._budget_message())
+
+    def _budget_message(self) -> pipe.Budget:
+        return pipe.Budget(self._budget, self._thinking, self._parallel)
 
     def set_threads(self, n_threads: int | None, n_threads_batch: int | None) -> None:
         """Decode/batch threads, applied live between tokens (``None``: configured)."""

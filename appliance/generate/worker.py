@@ -23,6 +23,7 @@ import queue
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TextIO
 
 from appliance import logs
@@ -33,7 +34,7 @@ from appliance.hardware import cap_malloc_arenas, return_large_buffers
 from appliance.llm import ChatRequest
 from appliance.llm.adapter_files import resolve_adapters
 from appliance.llm.batching import ChunkBatcher
-from appliance.llm.engine import Engine
+from appliance.llm.engine import Engine, Outcome
 from appliance.llm.kv_disk import conversation_cache, passage_cache
 from appliance.protocol import worker_pipe as pipe
 
@@ -58,29 +59,84 @@ class _Worker:
             self.out.flush()
 
     def serve(self) -> None:
-        """Generate jobs in order; prefill a partial question only when nothing else waits."""
-        while (job := self.jobs.get()) is not None:
+        """Generate jobs; prefill a partial question only when nothing else waits or runs.
+
+        With ``llm.parallel`` above 1, jobs are submitted to the engine as they
+        come and decoded together, one step at a time, between which new jobs
+        are taken; otherwise they are answered one after another, in order.
+        """
+        together = self.engine.lanes is not None
+        while True:
+            if together and self.engine.busy:
+                if not self._take_jobs():
+                    self._drain()
+                    return
+                self.engine.step()
+                continue
+            job = self.jobs.get()
+            if job is None:
+                return
             if isinstance(job, pipe.Generate):
-                self._generate(job.request)
+                if together:
+                    self._submit(job.request)
+                else:
+                    self._generate(job.request)
             elif self.jobs.empty():  # a newer prefill or a real request makes this one moot
                 self._prefill(job.request)
 
-    def _generate(self, request: ChatRequest) -> None:
+    def _take_jobs(self) -> bool:
+        """Submit the requests that came meanwhile; ``False`` once stdin has closed."""
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
+            if isinstance(job, pipe.Generate):
+                self._submit(job.request)
+
+    def _drain(self) -> None:
+        """Stdin closed (every answer was cancelled): step until each has said so."""
+        while self.engine.busy:
+            self.engine.step()
+
+    def _reporter(self, request: ChatRequest,
+                  ) -> tuple[ChunkBatcher, Callable[[Outcome], None], threading.Event]:
+        """What an answer streams to, what reports its end, and its cancel."""
         cancel = self.cancels.setdefault(request.id, threading.Event())
         batcher = ChunkBatcher(
             lambda c: self.send(pipe.ChunkEvent(c.request_id, c.seq, c.delta)),
             self.stream_interval_s)
-        try:
-            result = self.engine.complete(
-                request, cancel=cancel, on_chunk=batcher.add,
-                budget=lambda: self.budget if self.budget is not None else 1 << 30,
-                thinking_share=lambda: self.thinking)
-            batcher.flush()
-            self.send(pipe.Done(result))
-        except ApplianceError as exc:
-            self.send(pipe.Failed(request.id, str(exc), exc.code))
-        finally:
+
+        def done(outcome: Outcome) -> None:
             self.cancels.pop(request.id, None)
+            if isinstance(outcome, ApplianceError):
+                self.send(pipe.Failed(request.id, str(outcome), outcome.code))
+            else:
+                batcher.flush()
+                self.send(pipe.Done(outcome))
+
+        return batcher, done, cancel
+
+    def _generate(self, request: ChatRequest) -> None:
+        batcher, done, cancel = self._reporter(request)
+        try:
+            done(self.engine.complete(request, cancel=cancel, on_chunk=batcher.add,
+                                      budget=self._budget, thinking_share=self._share))
+        except ApplianceError as exc:
+            done(exc)
+
+    def _submit(self, request: ChatRequest) -> None:
+        batcher, done, cancel = self._reporter(request)
+        self.engine.submit(request, done, cancel=cancel, on_chunk=batcher.add,
+                           budget=self._budget, thinking_share=self._share)
+
+    def _budget(self) -> int:
+        return self.budget if self.budget is not None else 1 << 30
+
+    def _share(self) -> float:
+        return self.thinking
 
     def _prefill(self, request: ChatRequest) -> None:
         try:
@@ -116,6 +172,7 @@ class _Worker:
                 event.set()
         elif isinstance(command, pipe.Budget):
             self.budget, self.thinking = command.tokens, command.thinking
+            self.engine.set_parallel(command.parallel)
         elif isinstance(command, pipe.Threads):
             self.engine.set_threads(command.n_threads, command.n_threads_batch)
         elif isinstance(command, pipe.Ping):
@@ -146,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         return exc.exit_code
     worker = _Worker(engine, out, settings.llm.stream_interval_ms / 1000)
+    engine.governor.on_change = lambda n, reason: worker.send(  # contention: tell the supervisor
+        pipe.ThreadsChanged(n, reason))
     reader = threading.Thread(target=worker.read_commands, args=(sys.stdin,), name="commands",
                               daemon=True)
     reader.start()

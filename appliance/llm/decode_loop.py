@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import llama_cpp
@@ -47,6 +48,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from appliance.errors import ModelError
 from appliance.llm import native
+from appliance.llm.cells import Cells, HomeCells
 from appliance.llm.lookup import PromptLookup
 from appliance.llm.prompt import common_prefix
 
@@ -89,6 +91,12 @@ class Generation(Iterator[int]):
     ``drafted`` and ``accepted`` count the draft tokens proposed and the
     ones the model agreed with. A thinking model's thought is sampled with the
     grammar held off (:meth:`hold_grammar`) and may be closed by :meth:`force`.
+
+    Iterating it decodes on its own, in sequence 0. An answer decoded beside
+    others is iterated for its first token only, then moved to a lane of its
+    own (:meth:`move`) and stepped by the caller: :meth:`board` adds its next
+    tokens to a shared batch, :meth:`alight` samples once that batch is decoded,
+    and iterating hands out what was sampled.
     """
 
     def __init__(self, llm: llama_cpp.Llama, tokens: list[int], sampler: _Sampler,
@@ -100,10 +108,30 @@ class Generation(Iterator[int]):
         self.drafted = 0
         self.accepted = 0
         self._forced: list[int] = []
-        self._steps = self._run(tokens)
+        self.cells: Cells = HomeCells(llm)
+        self._prompt: list[int] | None = tokens
+        self._ready: deque[tuple[int, int]] = deque()  # (token, logits row), not handed out
+        self._last = -1  # the last token sampled, whose cells are not decoded yet
+        self._step: tuple[list[int], list[int], int] = ([], [], 0)  # tokens, guess, first row
 
     def __next__(self) -> int:
-        return next(self._steps)
+        if not self._ready:
+            self._advance()
+        token, self._row = self._ready.popleft()
+        if self._draft is not None:
+            self._draft.push(token)
+        self._last = token
+        return token
+
+    @property
+    def drafting(self) -> bool:
+        """Whether prompt-lookup drafts are proposed."""
+        return self._draft is not None
+
+    @property
+    def pending(self) -> bool:
+        """Sampled tokens wait to be handed out."""
+        return bool(self._ready)
 
     def hold_grammar(self, held: bool) -> None:
         """Sample without the grammar while ``held`` (a thinking model's thought)."""
@@ -119,45 +147,72 @@ class Generation(Iterator[int]):
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(native.context(llm), self._row),
                                      shape=(llm.n_vocab(),))
 
-    def _run(self, tokens: list[int]) -> Iterator[int]:
-        llm, draft = self._llm, self._draft
-        pending = _reuse_prefix(llm, tokens)
-        if pending:
-            llm.eval(pending)
-        if draft is not None:
-            draft.start(tokens)
-        # Each round samples one token from the last logits (row -1), or, after a verified
-        # draft, one token from each batch position up to the first miss (rows 0, 1, ...).
-        sampled, rows = [self._sampler.sample(-1)], range(-1, 0)
-        while True:
-            for row, token in zip(rows, sampled, strict=True):
-                self._row = row
-                if draft is not None:
-                    draft.push(token)
-                yield token
-            # A draft must fit the batch and the context along with the token before it.
-            guess = [] if draft is None else draft.propose(
-                min(llm.n_batch, native.context_size(llm) - llm.n_tokens) - 1)
-            if guess:
-                sampled = self._verify(sampled[-1], guess)
-                rows = range(len(sampled))
-            else:
-                llm.eval([*sampled[-1:], *self._forced])
-                self._forced = []
-                sampled, rows = [self._sampler.sample(-1)], range(-1, 0)
+    def move(self, cells: Cells) -> None:
+        """Go on in ``cells`` (a lane that holds what this answer's sequence held)."""
+        self.cells = cells
 
-    def _verify(self, last: int, guess: list[int]) -> list[int]:
-        """Evaluate [last + guess] at once; the sampled tokens up to the first miss, included."""
+    def board(self, batch: native.Batch) -> None:
+        """Add this answer's next tokens to ``batch`` (everything sampled was handed out)."""
+        guess = self._propose()
+        tokens = [self._last, *(guess or self._forced)]
+        if not guess:
+            self._forced = []
+        n, seq = self.cells.n, self.cells.seq
+        first = len(batch)
+        for i, token in enumerate(tokens):
+            batch.add(token, n + i, seq, bool(guess) or i == len(tokens) - 1)
+        self._step = (tokens, guess, first)
+
+    def alight(self) -> None:
+        """``batch`` was decoded: sample this answer's next token(s) from its rows."""
+        tokens, guess, first = self._step
+        n = self.cells.n
+        self.cells.added(tokens, live=True)
+        if guess:
+            self._sample_verified(first, n, guess)
+        else:
+            row = first + len(tokens) - 1
+            self._ready.append((self._sampler.sample(row), row))
+
+    def _advance(self) -> None:
+        """Decode what comes next on our own (sequence 0), and sample."""
         llm = self._llm
-        batch = [last, *guess]
-        n = llm.n_tokens
-        native.drop_kv(llm, n)
-        native.decode_with_all_logits(llm, batch, n_past=n)
-        llm.input_ids[n: n + len(batch)] = batch
+        if self._prompt is not None:
+            tokens, self._prompt = self._prompt, None
+            pending = _reuse_prefix(llm, tokens)
+            if pending:
+                native.evaluate(llm, pending)
+            if self._draft is not None:
+                self._draft.start(tokens)
+        else:
+            guess = self._propose()
+            if guess:
+                # Evaluate [last + guess] at once, keeping every row's logits.
+                batch, n = [self._last, *guess], llm.n_tokens
+                native.drop_kv(llm, n)
+                native.decode_with_all_logits(llm, batch, n_past=n)
+                self.cells.added(batch, live=True)
+                self._sample_verified(0, n, guess)
+                return
+            llm.eval([self._last, *self._forced])
+            self._forced = []
+        self._ready.append((self._sampler.sample(-1), -1))
+
+    def _propose(self) -> list[int]:
+        """A draft that fits the batch and the context along with the token before it."""
+        if self._draft is None:
+            return []
+        llm = self._llm
+        return self._draft.propose(
+            min(llm.n_batch, native.context_size(llm) - self.cells.n) - 1)
+
+    def _sample_verified(self, first: int, n: int, guess: list[int]) -> None:
+        """[last + guess] sit at rows ``first``...: sample up to the first miss, included."""
         sampled: list[int] = []
-        for i in range(len(batch)):
-            token = self._sampler.sample(i)
+        for i in range(len(guess) + 1):
+            token = self._sampler.sample(first + i)
             sampled.append(token)
+            self._ready.append((token, first + i))
             if i == len(guess) or token != guess[i]:
                 break
         self.drafted += len(guess)
@@ -166,11 +221,8 @@ class Generation(Iterator[int]):
         self._draft.verified(len(guess), len(sampled) - 1)
         # Keep the KV cells of `last` and of the guessed tokens the model agreed with; the
         # token sampled at the miss (or after a full match) is evaluated next time round.
-        keep = n + len(sampled)
-        native.drop_kv(llm, keep)
-        native.set_n_tokens(llm, keep)
-        native.set_requires_eval(llm, len(sampled) <= len(guess))
-        return sampled
+        self.cells.keep(n + len(sampled))
+        self.cells.set_live(len(sampled) > len(guess))
 
 
 def _reuse_prefix(llm: llama_cpp.Llama, tokens: list[int]) -> list[int]:

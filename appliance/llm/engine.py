@@ -22,25 +22,28 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import llama_cpp
 
 from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
-from appliance.errors import ModelError, PromptTooLong
-from appliance.hardware import physical_cores
+from appliance.errors import ApplianceError, ModelError, PromptTooLong
+from appliance.hardware import parallel_sequences, physical_cores
 from appliance.llm import decode_loop, native
 from appliance.llm.adapter_files import AdapterFile
 from appliance.llm.adapters import AdapterSet
+from appliance.llm.answering import Answering, Limits, PromptRead
+from appliance.llm.contention import ThreadGovernor
 from appliance.llm.conversation_states import ConversationStates, next_turn
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
 from appliance.llm.kv_disk import DiskKvCache
 from appliance.llm.kv_state import FLASH_ATTENTION
+from appliance.llm.lanes import Lane, Lanes
 from appliance.llm.lookup import PromptLookup
-from appliance.llm.memory import check_fits
+from appliance.llm.memory import check_fits, kv_sequences
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache, cacheable_prefixes
 from appliance.llm.prompt import ChatPrompt, PromptTokens, common_prefix
@@ -49,11 +52,25 @@ from appliance.llm.types import ChatRequest, Completion, FinishReason, OnChunk
 from appliance.logs import bind_request, get_logger
 
 Budget = Callable[[], int]
+Outcome = Completion | ApplianceError
+"""How a submitted request ended: its completion, or the error that ended it."""
 
 log = get_logger("engine")
 
 PREFILL_STEP = 16
 """Tokens evaluated at a time by :meth:`Engine.prefill`, so that it can yield quickly."""
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A request :meth:`Engine.submit` took, with what its answer reports to."""
+
+    request: ChatRequest
+    on_done: Callable[[Outcome], None]
+    on_chunk: OnChunk | None
+    cancel: threading.Event | None
+    budget: Budget | None
+    thinking_share: Share | None
 
 
 class Engine:
@@ -68,7 +85,8 @@ class Engine:
                  adapters: Mapping[str, AdapterFile] | None = None,
                  conversation_cache: DiskKvCache | None = None) -> None:
         route_native_logs()
-        check_fits(model.path, settings.n_ctx)
+        self.parallel = parallel_sequences(settings.parallel)
+        check_fits(model.path, settings.n_ctx, self.parallel)
         self.settings = settings
         self.model_name = model.name
         self.default_threads = (settings.n_threads or physical_cores(),
@@ -86,6 +104,9 @@ class Engine:
                 flash_attn=FLASH_ATTENTION,
                 verbose=False,
             )
+            if self.parallel > 1:
+                native.widen_context(self._llm, settings.n_ctx * kv_sequences(self.parallel),
+                                     self.parallel + 2)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"{model.path}: cannot load the model: {exc}") from exc
         self.prompt = ChatPrompt(self._llm)
@@ -96,6 +117,12 @@ class Engine:
         self._lock = threading.Lock()
         self.threads = self.default_threads
         self._wanted_threads = self.default_threads
+        # contention: fewer decode threads while the CPU is busy (on_change: the worker's)
+        self.governor = ThreadGovernor(self.default_threads[0], adaptive=settings.adaptive_threads)
+        self.lanes = (Lanes(self._llm, self.parallel)
+                      if self.parallel > 1 else None)
+        self._waiting: list[_Submitted] = []
+        self._submitted: dict[int, _Submitted] = {}  # by id() of the running Answering
         log.info("model_loaded", model=self.model_name, path=str(model.path),
                  n_ctx=settings.n_ctx, threads=self.threads[0],
                  load_ms=round((time.monotonic() - started) * 1000))
@@ -137,13 +164,23 @@ class Engine:
         """
         self._wanted_threads = (n_threads or self.default_threads[0],
                                 n_threads_batch or self.default_threads[1])
+        self.governor.cap(n_threads)  # contention: the heat's count is its ceiling
+
+    def set_parallel(self, parallel: int | None) -> None:
+        """Decode at most ``parallel`` answers together (``None``: ``llm.parallel``).
+
+        Safe from any thread; the heat's cap. The answers above it wait, their
+        cells kept, from the next step on: the most urgent go on.
+        """
+        if self.lanes is not None:
+            self.lanes.cap = parallel
 
     def _apply_threads(self) -> None:
-        wanted = self._wanted_threads
+        wanted = self.governor.applied(self._wanted_threads)  # contention: fewer while busy
         if wanted != self.threads:
             native.set_threads(self._llm, *wanted)
             log.info("threads_changed", n_threads=wanted[0], n_threads_batch=wanted[1],
-                     was=self.threads[0])
+                     was=self.threads[0], reason=self.governor.reason)
             self.threads = wanted
 
     def _system(self, request: ChatRequest) -> str:
@@ -224,13 +261,119 @@ class Engine:
         exactly the answer's text. A thinking model thinks for at most
         ``request.thinking_budget`` x ``thinking_share()`` tokens, read live
         (:mod:`appliance.llm.thought`); its thought is never part of the answer.
+        With ``llm.parallel`` above 1 it is decoded beside whatever else was
+        :meth:`submit`-ted.
         """
+        if self.lanes is not None:
+            outcome: list[Outcome] = []
+            self.submit(request, outcome.append, on_chunk=on_chunk, cancel=cancel,
+                        budget=budget, thinking_share=thinking_share)
+            while not outcome:
+                self.step()
+            if isinstance(outcome[0], ApplianceError):
+                raise outcome[0]
+            return outcome[0]
         with self._lock, bind_request(request.id):
-            return self._complete(request, on_chunk, cancel, budget, thinking_share)
+            answering = self._begin(request, on_chunk, cancel, budget, thinking_share)
+            if isinstance(answering, Completion):
+                return answering
+            steps = self.governor.steps(timed=not answering.generation.drafting)  # contention
 
-    def _complete(self, request: ChatRequest, on_chunk: OnChunk | None,
-                  cancel: threading.Event | None, budget: Budget | None,
-                  share: Share | None) -> Completion:
+            def between() -> None:
+                steps.tick(self.threads[0])  # contention
+                self._apply_threads()
+
+            answering.run_alone(between)
+            return self._end(answering)
+
+    def submit(self, request: ChatRequest, on_done: Callable[[Outcome], None], *,
+               on_chunk: OnChunk | None = None, cancel: threading.Event | None = None,
+               budget: Budget | None = None, thinking_share: Share | None = None) -> None:
+        """Queue ``request`` to be decoded beside the others (``llm.parallel`` > 1).
+
+        :meth:`step` starts it when a lane is free (or at once, when it is more
+        urgent than one running), and calls ``on_done`` with its completion, or
+        the error that ended it. The arguments mean what they mean to :meth:`complete`.
+        """
+        self._waiting.append(_Submitted(request, on_done, on_chunk, cancel, budget,
+                                        thinking_share))
+        self._waiting.sort(key=lambda job: job.request.priority)
+
+    @property
+    def busy(self) -> bool:
+        """Submitted requests wait or run."""
+        return bool(self._waiting) or bool(self.lanes)
+
+    def step(self) -> None:
+        """Start a waiting request if it may start, then advance every running one by a decode."""
+        assert self.lanes is not None, "step() is for llm.parallel > 1"
+        lanes = self.lanes
+        with self._lock:
+            self._apply_threads()
+            self._admit(lanes)
+            started = time.monotonic()
+            stepped = len(lanes.stepped())
+            try:
+                lanes.step()
+            except ModelError as exc:  # the KV cache is full: end what runs, with the reason
+                for lane in lanes.fail_all():
+                    lane.answering.decoder.finish()
+                    self._submitted.pop(id(lane.answering)).on_done(exc)
+            if stepped:
+                self.governor.observe(self.threads[0], time.monotonic() - started,
+                                      batch=stepped)  # contention
+            for lane in lanes.ended():
+                self._finish_lane(lanes, lane)
+
+    def _admit(self, lanes: Lanes) -> None:
+        """Start the most urgent waiting request, if a lane is free or it may overtake.
+
+        Its prompt is read at home while the running answers ride along; a
+        request under another LoRA adapter waits until none runs.
+        """
+        for job in [job for job in self._waiting if job.cancel is not None and job.cancel.is_set()]:
+            self._waiting.remove(job)
+            now = time.monotonic()
+            job.on_done(self._result(job.request, Decoder.empty(), "cancelled", now, now, 0, 0, 0))
+        if not self._waiting:
+            return
+        job = self._waiting[0]
+        if not lanes.may_overtake(job.request.priority) or (
+                len(lanes) and job.request.adapter != self.adapters.active):
+            return
+        self._waiting.pop(0)
+        with bind_request(job.request.id):
+            try:
+                answering = self._begin(job.request, job.on_chunk, job.cancel, job.budget,
+                                        job.thinking_share)
+                if isinstance(answering, Completion):
+                    job.on_done(answering)
+                elif answering.start():
+                    job.on_done(self._end(answering))
+                else:
+                    self._submitted[id(answering)] = job
+                    lanes.add(answering)
+            except ApplianceError as exc:
+                job.on_done(exc)
+
+    def _finish_lane(self, lanes: Lanes, lane: Lane) -> None:
+        """An answer in a lane ended: its lane is freed (to the home, for a conversation)."""
+        answering = lane.answering
+        job = self._submitted.pop(id(answering))
+        keep = answering.request.keep_state
+        if keep:
+            self.states.evict(self._llm, lane.cells.tokens())
+        lanes.release(lane, home=keep)
+        with bind_request(answering.request.id):
+            job.on_done(self._end(answering))
+
+    def _begin(self, request: ChatRequest, on_chunk: OnChunk | None,
+               cancel: threading.Event | None, budget: Budget | None,
+               share: Share | None) -> Answering | Completion:
+        """Everything before the first token: the prompt read, the generation made.
+
+        A :class:`Completion` when there is nothing to generate (cancelled already).
+        """
         s, llm = self.settings, self._llm
         started = time.monotonic()
         self._apply_threads()
@@ -266,43 +409,29 @@ class Engine:
             presence_penalty=_pick(sampling.presence_penalty, s.presence_penalty),
             grammar=grammar_for(request.json_schema),
             draft=PromptLookup() if request.prompt_lookup and plan.state == "answer" else None)
-        decoder = Decoder(llm, request, on_chunk, generation.logits)
-        finish: FinishReason = "length"
-        first_at: float | None = None
         allowed = min(limit, room)
-        thought = plan.start(generation, room, allowed)
-        for token in generation:
-            thinking = thought.take(token)  # a thought's token never reaches the decoder
-            if first_at is None and not thinking:
-                first_at = time.monotonic()
-            ended = None if thinking else decoder.add(token)
-            if ended is not None:
-                finish = ended
-                break
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            live = budget() if budget is not None else limit
-            if (live < allowed and decoder.count >= live) or (
-                    live < allowed and decoder.count >= 0.6 * live
-                    and decoder.at_sentence_end):
-                finish = "throttled"
-                break
-            if decoder.count >= min(allowed, room - thought.used):
-                break
-            self._apply_threads()
-        decoder.finish()
-        result = thought.into(replace(self._result(request, decoder, finish, started, first_at,
-                                                   len(tokens), cached, evaluated),
-                                      drafted=generation.drafted, accepted=generation.accepted))
-        log.info("completed", tokens=result.tokens, finish_reason=finish,
+        return Answering(
+            request, generation, Decoder(llm, request, on_chunk, generation.logits),
+            plan.start(generation, room, allowed),
+            Limits(limit, allowed, room, budget, cancel), started,
+            PromptRead(variant, len(tokens), cached, evaluated))
+
+    def _end(self, answering: Answering) -> Completion:
+        """The completion of an answer that has ended; a conversation's turn is kept."""
+        request, generation, prompt = answering.request, answering.generation, answering.prompt
+        assert answering.finish is not None
+        result = answering.thought.into(replace(
+            self._result(request, answering.decoder, answering.finish, answering.started,
+                         answering.first_at, prompt.tokens, prompt.cached, prompt.evaluated),
+            drafted=generation.drafted, accepted=generation.accepted))
+        log.info("completed", tokens=result.tokens, finish_reason=result.finish_reason,
                  ttft_ms=round(result.ttft_ms), tokens_per_s=round(result.tokens_per_s, 2),
-                 cached_tokens=cached, evaluated_tokens=evaluated, prompt_tokens=len(tokens),
-                 drafted=result.drafted, accepted=result.accepted,
+                 cached_tokens=prompt.cached, evaluated_tokens=prompt.evaluated,
+                 prompt_tokens=prompt.tokens, drafted=result.drafted, accepted=result.accepted,
                  thinking_tokens=result.thinking_tokens)
         if request.keep_state:
-            self.states.settle(llm, next_turn(self.prompt, self._system(request), request,
-                                              result.text), variant)
+            self.states.settle(self._llm, next_turn(self.prompt, self._system(request), request,
+                                                    result.text), prompt.variant)
         return result
 
     def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,

@@ -54,18 +54,32 @@ def plan(model: Path, n_ctx: int) -> MemoryPlan:
     return MemoryPlan(model.stat().st_size, per_token, n_ctx)
 
 
-def check_fits(model: Path, n_ctx: int, meminfo: Path = Path("/proc/meminfo")) -> MemoryPlan:
+def kv_sequences(parallel: int) -> int:
+    """How many ``n_ctx`` of KV cache ``parallel`` sequences take.
+
+    One alone; beside others, each answer has its own ``n_ctx``, and the home
+    sequence (where prompts are read, and the caches live) one more.
+    """
+    return 1 if parallel == 1 else parallel + 1
+
+
+def check_fits(model: Path, n_ctx: int, parallel: int = 1,
+               meminfo: Path = Path("/proc/meminfo")) -> MemoryPlan:
     """Refuse (with the largest ``n_ctx`` that fits) rather than be killed by the OOM killer."""
-    need = plan(model, n_ctx)
+    spans = kv_sequences(parallel)
+    need = plan(model, n_ctx * spans)
     available = mem_available_bytes(meminfo)
     if need.total_bytes > available:
         mib = 1 << 20
-        fits = need.largest_n_ctx(available)
+        fits = need.largest_n_ctx(available) // spans
         hint = (f"the largest llm.n_ctx that fits is {fits}" if fits >= 256
                 else "no context fits: use a smaller model or free memory")
+        if parallel > 1:
+            hint += f" with llm.parallel {parallel}; or lower llm.parallel"
+        times = f" x {spans} (llm.parallel {parallel})" if parallel > 1 else ""
         raise ResourceError(
-            f"{model.name} with llm.n_ctx {n_ctx} needs about {need.total_bytes // mib} MiB "
-            f"(model {need.model_bytes // mib} MiB, KV cache "
-            f"{need.kv_bytes_per_token * n_ctx // mib} MiB) but only {available // mib} MiB "
-            f"is available; {hint}")
+            f"{model.name} with llm.n_ctx {n_ctx}{times} needs about {need.total_bytes // mib} "
+            f"MiB (model {need.model_bytes // mib} MiB, KV cache "
+            f"{need.kv_bytes_per_token * n_ctx * spans // mib} MiB) but only "
+            f"{available // mib} MiB is available; {hint}")
     return need

@@ -26,10 +26,12 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import sys
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from appliance.errors import ModelError
 
@@ -107,6 +109,155 @@ def decode_with_all_logits(llm: llama_cpp.Llama, tokens: Sequence[int], n_past: 
     """
     llm._batch.set_batch(list(tokens), n_past=n_past, logits_all=True)
     llm._ctx.decode(llm._batch)
+
+
+def widen_context(llm: llama_cpp.Llama, n_ctx: int, n_seq_max: int) -> None:
+    """Give ``llm`` a new context of ``n_ctx`` KV cells shared by ``n_seq_max`` sequences.
+
+    ``Llama`` makes a context for one sequence; several decoded together need
+    ``n_seq_max`` sequence ids over one unified cache (so that copying a
+    sequence only tags its cells). Call it right after loading: the old context
+    and what it holds are freed. :func:`context_size` stays what ``llm`` was
+    loaded with: the most one sequence may hold.
+    """
+    from llama_cpp import _internals
+
+    params = llm.context_params
+    params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, n_seq_max, True
+    widened = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+    llm._ctx.close()
+    llm._ctx = widened
+    llm.reset()
+
+
+def drop_seq(llm: llama_cpp.Llama, seq: int, start: int = 0) -> bool:
+    """Remove sequence ``seq``'s cells from position ``start`` on (shared cells stay for others)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_memory_seq_rm(llm._ctx.memory, seq, start, -1))
+
+
+def copy_seq(llm: llama_cpp.Llama, source: int, target: int) -> None:
+    """Make sequence ``target`` hold what ``source`` holds (the cells are shared, not copied)."""
+    import llama_cpp
+
+    llama_cpp.llama_memory_seq_cp(llm._ctx.memory, source, target, -1, -1)
+
+
+class Batch:
+    """Tokens of several sequences, decoded together by :meth:`decode`.
+
+    Each token is added with its sequence, its position in it, and whether its
+    logits are kept; :meth:`add` returns its index, which is what
+    ``llama_get_logits_ith`` takes to read them.
+    """
+
+    def __init__(self, llm: llama_cpp.Llama, size: int) -> None:
+        from llama_cpp import _internals
+
+        self.size = size
+        self._owner = _internals.LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
+        self._native = self._owner.batch
+        self._llm = llm
+        self._native.n_tokens = 0
+
+    def __len__(self) -> int:
+        return int(self._native.n_tokens)
+
+    @property
+    def room(self) -> int:
+        """Tokens that still fit."""
+        return self.size - len(self)
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Add one token; its index in the batch."""
+        b, i = self._native, int(self._native.n_tokens)
+        b.token[i], b.pos[i], b.seq_id[i][0], b.n_seq_id[i], b.logits[i] = (
+            token, pos, seq, 1, logits)
+        b.n_tokens = i + 1
+        return i
+
+    def decode(self) -> int:
+        """Decode what was added and empty the batch: 0, or llama.cpp's code (1: no KV room)."""
+        import llama_cpp
+
+        try:
+            return int(llama_cpp.llama_decode(self._llm._ctx.ctx, self._native))
+        finally:
+            self._native.n_tokens = 0
+
+
+class Rider(Protocol):
+    """A running sequence that rides along in every decode of the context (see :func:`evaluate`)."""
+
+    def board(self, batch: Batch) -> None:
+        """Add this sequence's next tokens to ``batch``."""
+
+    def alight(self) -> None:
+        """The batch was decoded: take this sequence's logits."""
+
+
+@dataclass
+class _Carried:
+    riders: Callable[[], Sequence[Rider]]
+    batch: Batch
+    chunk: int
+
+
+_carried: weakref.WeakKeyDictionary[llama_cpp.Llama, _Carried] = weakref.WeakKeyDictionary()
+
+
+def carry_riders(llm: llama_cpp.Llama, riders: Callable[[], Sequence[Rider]],
+                 batch: Batch, chunk: int) -> None:
+    """From now on every :func:`evaluate` of ``llm`` decodes ``riders()``'s tokens too.
+
+    A prompt is then read ``chunk`` tokens at a time, so that each decode of it
+    stays short for the answers riding along.
+    """
+    _carried[llm] = _Carried(riders, batch, chunk)
+
+
+def evaluate(llm: llama_cpp.Llama, tokens: Sequence[int]) -> None:
+    """``llm.eval(tokens)`` on sequence 0, with the running sequences riding along.
+
+    Without riders this is ``Llama.eval`` itself. With them (see
+    :func:`carry_riders`), ``tokens`` are read a chunk at a time, each chunk
+    in one batch with every rider's next tokens: a long prompt advances the
+    running answers instead of stalling them. Sequence 0's tokens go last, so
+    that row -1 holds the logits of its last token, as after ``Llama.eval``.
+    """
+    carried = _carried.get(llm)
+    running = carried.riders() if carried is not None else ()
+    if carried is None or not running:
+        llm.eval(tokens)
+        return
+    batch = carried.batch
+    drop_kv(llm, llm.n_tokens, seq=0)
+    rest = list(tokens)
+    while rest:
+        for rider in running:
+            rider.board(batch)
+        size = max(1, min(carried.chunk, batch.room))
+        part, rest = rest[:size], rest[size:]
+        n = llm.n_tokens
+        for i, token in enumerate(part):
+            batch.add(token, n + i, 0, i == len(part) - 1 and not rest)
+        decode_or_raise(batch)
+        llm.input_ids[n: n + len(part)] = part
+        set_n_tokens(llm, n + len(part))
+        set_requires_eval(llm, bool(rest))
+        for rider in running:
+            rider.alight()
+        running = carried.riders()
+
+
+def decode_or_raise(batch: Batch) -> None:
+    """Decode ``batch``; a :class:`ModelError` naming llama.cpp's code if it fails."""
+    code = batch.decode()
+    if code == 1:
+        raise ModelError("the KV cache is full: lower llm.parallel or raise llm.n_ctx")
+    if code != 0:
+        raise ModelError(f"llama.cpp could not decode a batch (code {code})")
 
 
 def sampler_chain(llm: llama_cpp.Llama, *, top_k: int, top_p: float, min_p: float,

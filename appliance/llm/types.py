@@ -64,6 +64,8 @@ class ChatRequest:
     ``think`` is a client's wish (an API's ``think``; ``None``: the device's
     ``llm.thinking`` decides), ``thinking_budget`` the most tokens a thinking
     model may think for, before the thermal share (0: it does not think).
+    ``priority`` is its request's queue priority (lower first: voice is 0): when
+    more requests run than are decoded together, the most urgent go on.
     """
 
     text: str
@@ -81,6 +83,7 @@ class ChatRequest:
     keep_state: bool = False  # a conversation's turn: its follow-up reads only itself
     think: bool | None = None
     thinking_budget: int = 0
+    priority: int = 1
 
     def to_data(self) -> dict[str, Any]:
         """Plain JSON-able fields."""

@@ -5,7 +5,7 @@ A line is ``{"type": NAME, "data": {...}}``, much as a Wyoming event is.
 Commands go to the worker (:class:`Generate`, :class:`Prefill`, :class:`Cancel`,
 :class:`Budget`, :class:`Threads`, :class:`Ping`); events come back
 (:class:`Ready`, :class:`ChunkEvent`, :class:`Done`, :class:`Failed`,
-:class:`Prefilled`, :class:`Pong`, :class:`Fatal`).
+:class:`Prefilled`, :class:`ThreadsChanged`, :class:`Pong`, :class:`Fatal`).
 
 >>> decode(encode(Cancel("q1")))
 Cancel(id='q1')
@@ -86,12 +86,14 @@ class Cancel(Message):
 class Budget(Message):
     """The live token budget (``None``: only each request's own limit).
 
-    ``thinking``: the share of a thinking model's budget at this thermal level.
+    ``thinking``: the share of a thinking model's budget at this thermal level;
+    ``parallel``: the most answers decoded together at this level (``None``: ``llm.parallel``).
     """
 
     kind: ClassVar[str] = "budget"
     tokens: int | None
     thinking: float = 1.0
+    parallel: int | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,20 @@ class Prefilled(Message):
 
 
 @dataclass(frozen=True)
+class ThreadsChanged(Message):
+    """Decode threads are now ``n_threads``, because of ``reason``.
+
+    ``reason``: ``configured``, ``heat`` (the thermal level's count), ``contention``
+    (fewer while other processes keep the CPU busy) or ``probe`` (one more, on trial);
+    see :mod:`appliance.llm.contention`.
+    """
+
+    kind: ClassVar[str] = "threads_changed"
+    n_threads: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Pong(Message):
     """The answer to :class:`Ping`."""
 
@@ -192,7 +208,7 @@ class Fatal(Message):
 
 _KINDS: dict[str, type[Message]] = {m.kind: m for m in (
     Generate, Prefill, Cancel, Budget, Threads, Ping, Ready, ChunkEvent, Done, Failed,
-    Prefilled, Pong, Fatal)}
+    Prefilled, ThreadsChanged, Pong, Fatal)}
 
 
 def encode(message: Message) -> str:

@@ -23,6 +23,7 @@ from appliance.config.secrets import read_api_key
 from appliance.generate.base import Generator
 from appliance.generate.local import ModelWorker
 from appliance.generate.mqtt_remote import MqttGenerator
+from appliance.hardware import parallel_sequences
 from appliance.logs import get_logger
 from appliance.mqtt.bridge import Bridge
 from appliance.mqtt.contract import Topics
@@ -127,6 +128,7 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         router=router, outlet=bridge, journal=journal, topics=topics, rules=rules,
         status=status, queue_size=settings.mqtt.queue_size,
         stream=settings.mqtt.stream_answers, llm=settings.llm,
+        parallel=parallel_sequences(settings.llm.parallel),
         on_alert=gpio.alert if gpio is not None else lambda: None,
         kid_safe=settings.voice.kid_safe, device_id=settings.device_id, speaker=voice,
         knowledge=knowledge, actions=desk.service, world=world, power=power,
@@ -167,9 +169,11 @@ async def compose(settings: Settings, config_path: Path | None, status: Status, 
         budget = level.budget(settings.llm.max_tokens)
         router.set_budget(budget)
         worker.set_thinking(level.thinking)
+        worker.set_parallel(level.parallel)
         worker.set_threads(level.n_threads, level.n_threads_batch)
         dispatcher.set_level(level, throttled=watchdog.index > 0)
-        status.update(throttle_level=level.name, max_tokens=budget, n_threads=worker.n_threads)
+        status.update(throttle_level=level.name, max_tokens=budget, n_threads=worker.n_threads,
+                      threads_reason=worker.threads_reason)
 
     def on_reading() -> None:
         if gpio is not None:
@@ -240,7 +244,8 @@ def _worker_changed(worker: ModelWorker, status: Status) -> None:
     status.problem("model", (worker.last_error or "the model worker is restarting")
                    if down else None)
     if worker.ready.is_set():
-        status.update(model=worker.model, n_threads=worker.n_threads)
+        status.update(model=worker.model, n_threads=worker.n_threads,
+                      threads_reason=worker.threads_reason)
 
 
 def _router_changed(router: Router, status: Status) -> None:

@@ -2,9 +2,10 @@
 
 It joins three parts, each in its own module: the :class:`Scheduler` (which
 request runs next), the :class:`Preparation` (what the model is asked) and
-the :class:`RuleHandling` (sensor events to requests). For each request it
-takes, it asks the router for a generation, lets the verifier act on a
-decision, prices the answer with the power meter, and hands the
+the :class:`RuleHandling` (sensor events to requests). Each request it
+takes runs in a task of its own, beside the others the scheduler lets run
+(``parallel``): it asks the router for a generation, lets the verifier act on
+a decision, prices the answer with the power meter, and hands the
 :class:`~appliance.protocol.answer.Answer` to the outlets. An action's own
 phrase acts at once, without the queue or the model. See docs/architecture.md.
 """
@@ -59,14 +60,15 @@ class Dispatcher:
                  device_id: str = "", speaker: VoiceOut | None = None,
                  knowledge: KnowledgeContext | None = None, actions: ActionService | None = None,
                  world: WorldState | None = None, power: PowerMonitor | None = None,
-                 conversations: Conversations | None = None) -> None:
+                 conversations: Conversations | None = None, parallel: int = 1) -> None:
         self.router, self.topics, self.status = router, topics, status
         self.outlets = Outlets(outlet, topics, stream=stream, kid_safe=kid_safe,
                                device_id=device_id, speaker=speaker,
                                publish_thinking=llm.publish_thinking)
         self.answers = AnswerMaker(status, device_id, sources=knowledge is not None)
         self.scheduler = Scheduler(journal=journal, status=status, queue_size=queue_size,
-                                   cancel_running=router.cancel, on_cooling=self._cooling)
+                                   cancel_running=router.cancel, on_cooling=self._cooling,
+                                   parallel=parallel)
         self.preparation = Preparation(llm, kid_safe=kid_safe, rules=rules,
                                        knowledge=knowledge, actions=actions,
                                        conversations=conversations)
@@ -85,8 +87,14 @@ class Dispatcher:
 
     @property
     def running(self) -> Request | None:
-        """The request being generated, if any."""
-        return self.scheduler.running
+        """The most urgent request being generated, if any (the only one at ``parallel: 1``)."""
+        running = self.scheduler.running.values()
+        return min(running, key=lambda r: r.priority) if running else None
+
+    @property
+    def busy(self) -> int:
+        """How many requests are running or waiting to run."""
+        return len(self.scheduler.running) + len(self.scheduler.queue)
 
     @property
     def queue(self) -> WorkQueue:
@@ -111,9 +119,11 @@ class Dispatcher:
         return self.rule_handling.on_event(topic, event, now)
 
     def cancel(self, request_id: str) -> bool:
-        """Cancel a queued or running request; ``False`` if there is none with that id."""
-        running = self.scheduler.running
-        if running is not None and running.id == request_id:
+        """Cancel a queued or running request; ``False`` if there is none with that id.
+
+        The others running go on.
+        """
+        if request_id in self.scheduler.running:
             self.router.cancel(request_id)
             return True
         request = self.scheduler.remove(request_id)
@@ -122,9 +132,20 @@ class Dispatcher:
         self._answer(request, self.answers.unanswered(request, "cancelled"))
         return True
 
+    def barge_in(self) -> None:
+        """"Stop", said to the device: cancel the spoken questions running.
+
+        With none running, the most urgent request running is cancelled (at
+        ``parallel: 1``, whatever runs).
+        """
+        spoken = [r.id for r in self.scheduler.running.values() if r.source == "voice"]
+        most_urgent = self.running
+        for request_id in spoken or ([most_urgent.id] if most_urgent is not None else []):
+            self.router.cancel(request_id)
+
     def prefill(self, text: str) -> None:
         """Let an idle local model read a voice question while it is still being spoken."""
-        if self.scheduler.running is None and not len(self.scheduler.queue):
+        if not self.busy:
             request = Request(id="prefill", source="voice", text=text)
             self.router.prefill(self.preparation.chat(request, self.level))
 
@@ -137,26 +158,45 @@ class Dispatcher:
         self.scheduler.set_level(level)
 
     async def drain(self, finish_s: float) -> None:
-        """Finish or cancel the running generation (see :meth:`Scheduler.drain`)."""
+        """Finish or cancel the running generations (see :meth:`Scheduler.drain`)."""
         await self.scheduler.drain(finish_s)
 
     # --- the work loop ---------------------------------------------------------------------------
     async def run(self) -> None:
-        """Take requests one at a time until :meth:`drain`."""
-        while (taken := await self.scheduler.take()) is not None:
-            request, level = taken
-            ran: Ran = "answered"
-            try:
-                with bind_request(request.id, source=request.source):
-                    ran = await self._run_one(request, level)
-                if level.pause_s:
-                    await asyncio.sleep(level.pause_s)
-            except Exception:  # a bug with this request: answer it, and go on with the next
-                log.exception("request_failed", id=request.id)
-                self._answer(request, self.answers.failed(
-                    request, Failure(ErrorCode.INTERNAL, INTERNAL_ERROR)))
-            finally:
-                self.scheduler.done(request, ran)
+        """Take requests, each into a task of its own, until :meth:`drain`.
+
+        It returns once the last of them has ended; cancelled, it cancels them.
+        """
+        tasks: dict[asyncio.Task[None], Request] = {}
+        try:
+            while (taken := await self.scheduler.take()) is not None:
+                task = asyncio.create_task(self._run_taken(*taken))
+                tasks[task] = taken[0]
+                task.add_done_callback(lambda done: tasks.pop(done, None))
+            await asyncio.gather(*tasks)
+        finally:
+            left = dict(tasks)
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
+            for request in left.values():  # cancelled before it began: its finally never ran
+                if request.id in self.scheduler.running:
+                    self.scheduler.done(request, "requeue")
+
+    async def _run_taken(self, request: Request, level: ThermalLevel) -> None:
+        """Run one request; its slot is held through the level's pause after it."""
+        ran: Ran = "answered"
+        try:
+            with bind_request(request.id, source=request.source):
+                ran = await self._run_one(request, level)
+            if level.pause_s:
+                await asyncio.sleep(level.pause_s)
+        except Exception:  # a bug with this request: answer it; the others go on
+            log.exception("request_failed", id=request.id)
+            self._answer(request, self.answers.failed(
+                request, Failure(ErrorCode.INTERNAL, INTERNAL_ERROR)))
+        finally:
+            self.scheduler.done(request, ran)
 
     async def _run_one(self, request: Request, level: ThermalLevel) -> Ran:
         prepared = await self.preparation.prepare(request, level)
@@ -180,7 +220,8 @@ class Dispatcher:
         except GenerationFailed as exc:
             self._answer(request, self.answers.failed(request, exc))
             return "answered"
-        if self.scheduler.preempted and routed.completion.finish_reason == "cancelled":
+        if request.id in self.scheduler.preempted \
+                and routed.completion.finish_reason == "cancelled":
             return "requeue"  # an interactive request came first
         energy = self.power.since(mark) if mark is not None and self.power is not None else None
         decided = None

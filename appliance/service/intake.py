@@ -108,9 +108,7 @@ class Intake:
             except (Rejected, JournalError) as exc:
                 log.warning("voice_request_dropped", reason=str(exc))
         elif isinstance(item, CancelRunning):
-            running = self.dispatcher.running
-            if running is not None:
-                self.dispatcher.cancel(running.id)
+            self.dispatcher.barge_in()
         elif isinstance(item, Prefill):
             self.dispatcher.prefill(item.text)
         elif isinstance(item, Connected):
@@ -180,7 +178,7 @@ class Intake:
     def _hand_on(self, inbound: Inbound) -> bool:
         """A busy device hands a site ask back to the group (at most :data:`MAX_HOPS` times)."""
         fleet = self.settings.fleet
-        busy = len(self.dispatcher.queue) + (self.dispatcher.running is not None)
+        busy = self.dispatcher.busy
         if fleet is None or self.forward is None or busy < fleet.take_below \
                 or inbound.hops >= MAX_HOPS:
             return False

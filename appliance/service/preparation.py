@@ -92,7 +92,7 @@ class Preparation:
         return replace(
             base, text=request.text, id=request.id, history=history,
             adapter=adapter_for(self.llm, request.source, rule_adapter, named=base.adapter),
-            keep_state=request.conversation is not None,
+            keep_state=request.conversation is not None, priority=request.priority,
             max_tokens=min(request.max_tokens or self.llm.max_tokens, budget),
             thinking_budget=thinking.budget(self.llm, request.entrance, base.think, level),
             system_prompt=system + BRIEF_INSTRUCTION if level.brief else system)

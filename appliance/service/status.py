@@ -34,6 +34,7 @@ class Status:
     temp_c: float | None = None
     throttle_level: str = "normal"
     n_threads: int = 0
+    threads_reason: str = "configured"  # configured, heat, contention or probe
     power_w: float | None = None
     fan_on: bool | None = None  # None: no fan
     rss_mb: float = 0.0
@@ -87,7 +88,8 @@ class Status:
             "state": self.state, "queue_depth": self.queue_depth,
             "temp_c": None if self.temp_c is None else round(self.temp_c, 1),
             "throttle_level": self.throttle_level, "max_tokens": self.max_tokens,
-            "n_threads": self.n_threads, "power_w": self.power_w, "fan_on": self.fan_on,
+            "n_threads": self.n_threads, "threads_reason": self.threads_reason,
+            "power_w": self.power_w, "fan_on": self.fan_on,
             "model": self.model, "uptime_s": round(time.monotonic() - self.started),
             "version": __version__, "rss_mb": round(self.rss_mb, 1), "load_1m": self.load_1m,
             "problems": dict(self.problems), **self.extra,

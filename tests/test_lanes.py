@@ -15,8 +15,9 @@ from appliance.catalog import ResolvedModel
 from appliance.errors import ResourceError
 from appliance.hardware import mem_available_bytes
 from appliance.llm import ChatRequest, Completion
-from appliance.llm.engine import Engine, Outcome
+from appliance.llm.engine import Engine
 from appliance.llm.memory import check_fits, plan
+from appliance.llm.together import Outcome, Together
 from appliance.llm.types import Confidence
 from tests.conftest import make_settings
 from tests.helpers import write_config
@@ -34,7 +35,14 @@ def lanes_engine(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     eng.close()
 
 
-def run_together(engine: Engine, requests: list[ChatRequest],
+@pytest.fixture
+def together(lanes_engine: Engine) -> Together:
+    """What the worker drives with ``parallel`` above 1: submit, then step."""
+    assert lanes_engine.together is not None
+    return lanes_engine.together
+
+
+def run_together(together: Together, requests: list[ChatRequest],
                  ended: list[str] | None = None) -> dict[str, Completion]:
     """Submit every request at once and step until all have ended; their completions."""
     outcomes: dict[str, Outcome] = {}
@@ -45,9 +53,9 @@ def run_together(engine: Engine, requests: list[ChatRequest],
             ended.append(request_id)
 
     for request in requests:
-        engine.submit(request, partial(done, request.id))
-    while engine.busy:
-        engine.step()
+        together.submit(request, partial(done, request.id))
+    while together.busy:
+        together.step()
     assert all(isinstance(o, Completion) for o in outcomes.values()), outcomes
     return outcomes  # type: ignore[return-value]
 
@@ -55,7 +63,7 @@ def run_together(engine: Engine, requests: list[ChatRequest],
 @pytest.mark.slow
 def test_one_lane_is_todays_engine(engine: Engine) -> None:
     """``parallel: 1`` decodes alone in sequence 0, with no lanes: today's engine, byte for byte."""
-    assert engine.parallel == 1 and engine.lanes is None
+    assert engine.parallel == 1 and engine.together is None
 
 
 @pytest.mark.slow
@@ -87,7 +95,7 @@ def test_an_answer_in_a_lane_is_exactly_the_answer_alone(engine: Engine,
 
 @pytest.mark.slow
 def test_answers_decoded_together_agree_with_each_answer_alone(engine: Engine,
-                                                               lanes_engine: Engine) -> None:
+                                                               together: Together) -> None:
     """Four questions over three lanes (the fourth waits for a free one).
 
     Batching changes how ggml sums (its kernels differ with the batch's shape),
@@ -98,9 +106,9 @@ def test_answers_decoded_together_agree_with_each_answer_alone(engine: Engine,
     requests = [ChatRequest(q, max_tokens=24, confidence=Confidence(8, -1e9), id=f"q{i}")
                 for i, q in enumerate(QUESTIONS)]
     alone = {r.id: engine.complete(r) for r in requests}
-    together = run_together(lanes_engine, requests)
+    decoded = run_together(together, requests)
     for request in requests:
-        a, t = alone[request.id], together[request.id]
+        a, t = alone[request.id], decoded[request.id]
         assert t.finish_reason == a.finish_reason or t.finish_reason in ("stop", "length")
         assert a.confidence is not None and t.confidence is not None
         assert abs(t.confidence - a.confidence) < 0.05, (request.text, a.text, t.text)
@@ -108,7 +116,7 @@ def test_answers_decoded_together_agree_with_each_answer_alone(engine: Engine,
 
 
 @pytest.mark.slow
-def test_a_voice_request_overtakes_full_lanes(lanes_engine: Engine) -> None:
+def test_a_voice_request_overtakes_full_lanes(together: Together) -> None:
     """Three HTTP answers fill the lanes; a spoken question starts at once and ends first."""
     api = [ChatRequest(q, max_tokens=40, priority=1, id=f"api{i}")
            for i, q in enumerate(QUESTIONS[:3])]
@@ -121,17 +129,16 @@ def test_a_voice_request_overtakes_full_lanes(lanes_engine: Engine) -> None:
         ended.append(request_id)
 
     for request in api:
-        lanes_engine.submit(request, partial(done, request.id))
-    lanes = lanes_engine.lanes
-    assert lanes is not None
+        together.submit(request, partial(done, request.id))
+    lanes = together.lanes
     while len(lanes) < 3:
-        lanes_engine.step()
-    lanes_engine.submit(voice, partial(done, voice.id))
-    lanes_engine.step()
+        together.step()
+    together.submit(voice, partial(done, voice.id))
+    together.step()
     stepped = {lane.answering.request.id for lane in lanes.stepped()}
     assert len(lanes) == 4 and "voice" in stepped and len(stepped) == 3  # one HTTP answer waits
-    while lanes_engine.busy:
-        lanes_engine.step()
+    while together.busy:
+        together.step()
     assert ended[0] == "voice"
     for request in api:
         outcome = outcomes[request.id]
@@ -139,18 +146,18 @@ def test_a_voice_request_overtakes_full_lanes(lanes_engine: Engine) -> None:
 
 
 @pytest.mark.slow
-def test_a_cancel_of_one_answer_leaves_the_others_running(lanes_engine: Engine) -> None:
+def test_a_cancel_of_one_answer_leaves_the_others_running(together: Together) -> None:
     cancel = threading.Event()
     requests = [ChatRequest(q, max_tokens=30, id=f"c{i}") for i, q in enumerate(QUESTIONS[:3])]
     outcomes: dict[str, Outcome] = {}
     for request in requests:
-        lanes_engine.submit(request, partial(outcomes.__setitem__, request.id),
+        together.submit(request, partial(outcomes.__setitem__, request.id),
                             cancel=cancel if request.id == "c1" else None)
     for _ in range(6):
-        lanes_engine.step()
+        together.step()
     cancel.set()
-    while lanes_engine.busy:
-        lanes_engine.step()
+    while together.busy:
+        together.step()
     cancelled = outcomes["c1"]
     assert isinstance(cancelled, Completion) and cancelled.finish_reason == "cancelled"
     assert cancelled.tokens < 30
@@ -161,18 +168,19 @@ def test_a_cancel_of_one_answer_leaves_the_others_running(lanes_engine: Engine) 
 
 
 @pytest.mark.slow
-def test_the_heats_cap_decodes_one_answer_at_a_time(lanes_engine: Engine) -> None:
+def test_the_heats_cap_decodes_one_answer_at_a_time(lanes_engine: Engine,
+                                                     together: Together) -> None:
     """At a level with ``parallel: 1``, the second answer's first words wait for the first's end."""
     events: list[str] = []
     requests = [ChatRequest(q, max_tokens=12, id=f"h{i}") for i, q in enumerate(QUESTIONS[:2])]
     lanes_engine.set_parallel(1)
     try:
         for request in requests:
-            lanes_engine.submit(
+            together.submit(
                 request, lambda o, rid=request.id: events.append(f"done {rid}"),
                 on_chunk=lambda c, rid=request.id: events.append(f"chunk {rid}"))
-        while lanes_engine.busy:
-            lanes_engine.step()
+        while together.busy:
+            together.step()
     finally:
         lanes_engine.set_parallel(None)
     first_done = events.index("done h0")

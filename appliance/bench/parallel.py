@@ -28,7 +28,7 @@ from functools import partial
 from appliance.catalog import ResolvedModel
 from appliance.config.schema import LlmSettings
 from appliance.llm import ChatRequest, Completion, Engine
-from appliance.llm.engine import Outcome
+from appliance.llm.together import Outcome
 
 QUESTIONS = ("Tell me about cats.", "What is the moon made of?", "How is bread made?",
              "Why do rivers flow to the sea?", "What do bees eat?", "How do trains work?",
@@ -119,11 +119,13 @@ def run_parallel_bench(model: ResolvedModel, settings: LlmSettings, *, requests:
 
 
 def _together(engine: Engine, asks: list[ChatRequest]) -> list[Completion]:
+    together = engine.together
+    assert together is not None
     outcomes: dict[str, Outcome] = {}
     for ask in asks:
-        engine.submit(ask, partial(outcomes.__setitem__, ask.id))
-    while engine.busy:
-        engine.step()
+        together.submit(ask, partial(outcomes.__setitem__, ask.id))
+    while together.busy:
+        together.step()
     done = [outcomes[a.id] for a in asks]
     for outcome in done:
         if not isinstance(outcome, Completion):
@@ -135,23 +137,24 @@ def _step_costs(engine: Engine) -> tuple[dict[int, float], dict[int, float]]:
     """Median ms of one step with k sequences, and of the ``llama_decode`` within it."""
     steps: dict[int, float] = {}
     decodes: dict[int, float] = {}
-    lanes = engine.lanes
-    assert lanes is not None
+    together = engine.together
+    assert together is not None
+    lanes = together.lanes
     for k in STEP_SIZES:
         outcomes: dict[str, Outcome] = {}
         for i in range(k):
-            engine.submit(ChatRequest(QUESTIONS[i], id=f"s{i}", max_tokens=4 * TIMED_STEPS),
-                          partial(outcomes.__setitem__, f"s{i}"))
-        while len(lanes) < k and engine.busy:
-            engine.step()
+            together.submit(ChatRequest(QUESTIONS[i], id=f"s{i}", max_tokens=4 * TIMED_STEPS),
+                            partial(outcomes.__setitem__, f"s{i}"))
+        while len(lanes) < k and together.busy:
+            together.step()
         times, decoded = [], []
         for _ in range(TIMED_STEPS):
             started = time.perf_counter()
-            engine.step()
+            together.step()
             times.append(time.perf_counter() - started)
             decoded.append(lanes.decode_s)
-        while engine.busy:
-            engine.step()
+        while together.busy:
+            together.step()
         steps[k] = statistics.median(times) * 1000
         decodes[k] = statistics.median(decoded) * 1000
     return steps, decodes

@@ -34,8 +34,9 @@ from appliance.hardware import cap_malloc_arenas, return_large_buffers
 from appliance.llm import ChatRequest
 from appliance.llm.adapter_files import resolve_adapters
 from appliance.llm.batching import ChunkBatcher
-from appliance.llm.engine import Engine, Outcome
+from appliance.llm.engine import Engine
 from appliance.llm.kv_disk import conversation_cache, passage_cache
+from appliance.llm.together import Outcome
 from appliance.protocol import worker_pipe as pipe
 
 log = logs.get_logger("worker")
@@ -65,19 +66,19 @@ class _Worker:
         come and decoded together, one step at a time, between which new jobs
         are taken; otherwise they are answered one after another, in order.
         """
-        together = self.engine.lanes is not None
+        together = self.engine.together
         while True:
-            if together and self.engine.busy:
+            if together is not None and together.busy:
                 if not self._take_jobs():
                     self._drain()
                     return
-                self.engine.step()
+                together.step()
                 continue
             job = self.jobs.get()
             if job is None:
                 return
             if isinstance(job, pipe.Generate):
-                if together:
+                if together is not None:
                     self._submit(job.request)
                 else:
                     self._generate(job.request)
@@ -98,8 +99,9 @@ class _Worker:
 
     def _drain(self) -> None:
         """Stdin closed (every answer was cancelled): step until each has said so."""
-        while self.engine.busy:
-            self.engine.step()
+        together = self.engine.together
+        while together is not None and together.busy:
+            together.step()
 
     def _reporter(self, request: ChatRequest,
                   ) -> tuple[ChunkBatcher, Callable[[Outcome], None], threading.Event]:
@@ -129,8 +131,9 @@ class _Worker:
 
     def _submit(self, request: ChatRequest) -> None:
         batcher, done, cancel = self._reporter(request)
-        self.engine.submit(request, done, cancel=cancel, on_chunk=batcher.add,
-                           budget=self._budget, thinking_share=self._share)
+        assert self.engine.together is not None
+        self.engine.together.submit(request, done, cancel=cancel, on_chunk=batcher.add,
+                                    budget=self._budget, thinking_share=self._share)
 
     def _budget(self) -> int:
         return self.budget if self.budget is not None else 1 << 30

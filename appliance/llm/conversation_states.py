@@ -59,7 +59,7 @@ class ConversationStates:
             return
         native.set_n_tokens(llm, held)
         if held < len(key):
-            llm.eval(list(key[held:]))  # the end of the last answer as the template writes it
+            native.evaluate(llm, list(key[held:]))  # the answer's end as the template writes it
         self._held = (variant, key)
 
     def before(self, llm: llama_cpp.Llama, prompt: PromptTokens, variant: str) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
 import llama_cpp
@@ -34,43 +34,28 @@ from appliance.hardware import parallel_sequences, physical_cores
 from appliance.llm import decode_loop, native
 from appliance.llm.adapter_files import AdapterFile
 from appliance.llm.adapters import AdapterSet
-from appliance.llm.answering import Answering, Limits, PromptRead
+from appliance.llm.answering import Answering, Budget, Limits, PromptRead
 from appliance.llm.contention import ThreadGovernor
 from appliance.llm.conversation_states import ConversationStates, next_turn
 from appliance.llm.decoding import Decoder
 from appliance.llm.grammar import grammar_for
 from appliance.llm.kv_disk import DiskKvCache
 from appliance.llm.kv_state import FLASH_ATTENTION
-from appliance.llm.lanes import Lane, Lanes
+from appliance.llm.lanes import Lanes
 from appliance.llm.lookup import PromptLookup
 from appliance.llm.memory import check_fits, kv_sequences
 from appliance.llm.native_log import route_native_logs
 from appliance.llm.prefix_cache import PrefixCache, cacheable_prefixes
 from appliance.llm.prompt import ChatPrompt, PromptTokens, common_prefix
 from appliance.llm.thought import NO_THOUGHT, Share, Thinker, ThoughtPlan
+from appliance.llm.together import Outcome, Together
 from appliance.llm.types import ChatRequest, Completion, FinishReason, OnChunk
 from appliance.logs import bind_request, get_logger
-
-Budget = Callable[[], int]
-Outcome = Completion | ApplianceError
-"""How a submitted request ended: its completion, or the error that ended it."""
 
 log = get_logger("engine")
 
 PREFILL_STEP = 16
 """Tokens evaluated at a time by :meth:`Engine.prefill`, so that it can yield quickly."""
-
-
-@dataclass(frozen=True)
-class _Submitted:
-    """A request :meth:`Engine.submit` took, with what its answer reports to."""
-
-    request: ChatRequest
-    on_done: Callable[[Outcome], None]
-    on_chunk: OnChunk | None
-    cancel: threading.Event | None
-    budget: Budget | None
-    thinking_share: Share | None
 
 
 class Engine:
@@ -114,15 +99,13 @@ class Engine:
         self.thinker = Thinker.of(self._llm, model.entry)  # None: the model does not think
         self._prefixes = PrefixCache(settings.prefix_cache_entries, disk_cache)
         self.states = ConversationStates(conversation_cache)
-        self._lock = threading.Lock()
         self.threads = self.default_threads
         self._wanted_threads = self.default_threads
         # contention: fewer decode threads while the CPU is busy (on_change: the worker's)
         self.governor = ThreadGovernor(self.default_threads[0], adaptive=settings.adaptive_threads)
-        self.lanes = (Lanes(self._llm, self.parallel)
-                      if self.parallel > 1 else None)
-        self._waiting: list[_Submitted] = []
-        self._submitted: dict[int, _Submitted] = {}  # by id() of the running Answering
+        self.lock = threading.Lock()  # one caller decodes at a time
+        self.together = (Together(self, Lanes(self._llm, self.parallel))
+                         if self.parallel > 1 else None)
         log.info("model_loaded", model=self.model_name, path=str(model.path),
                  n_ctx=settings.n_ctx, threads=self.threads[0],
                  load_ms=round((time.monotonic() - started) * 1000))
@@ -135,14 +118,14 @@ class Engine:
     def warm_up(self, system_prompt: str | None = None, adapter: str | None = None) -> None:
         """Evaluate and cache the system prompt (under ``adapter``): a fast first question."""
         prefix = self.prompt.prefix_tokens(system_prompt or self.settings.system_prompt)
-        with self._lock:
+        with self.lock:
             self._prefixes.restore(self._llm, prefix, variant=self._use(adapter))
 
     def cache_passage(self, passage: str, system_prompt: str | None = None,
                       adapter: str | None = None) -> int:
         """Compute and keep the state after [system prompt + ``passage``]; tokens evaluated."""
         request = ChatRequest("", system_prompt=system_prompt, context=(passage,))
-        with self._lock:
+        with self.lock:
             variant = self._use(adapter)
             return self._restore(*cacheable_prefixes(*self._render(request)), variant)[1]
 
@@ -172,10 +155,10 @@ class Engine:
         Safe from any thread; the heat's cap. The answers above it wait, their
         cells kept, from the next step on: the most urgent go on.
         """
-        if self.lanes is not None:
-            self.lanes.cap = parallel
+        if self.together is not None:
+            self.together.lanes.cap = parallel
 
-    def _apply_threads(self) -> None:
+    def apply_threads(self) -> None:
         wanted = self.governor.applied(self._wanted_threads)  # contention: fewer while busy
         if wanted != self.threads:
             native.set_threads(self._llm, *wanted)
@@ -223,8 +206,8 @@ class Engine:
         prompt starts the same way evaluates only the rest. Returns ``(tokens
         in the cache that match, tokens evaluated now)``.
         """
-        with self._lock:
-            self._apply_threads()
+        with self.lock:
+            self.apply_threads()
             variant = self._use(request.adapter)
             rendered = self._render(request)
             wanted = rendered[0].tokens
@@ -238,7 +221,7 @@ class Engine:
             evaluated = 0
             while llm.n_tokens < len(wanted) and not pending():
                 step = wanted[llm.n_tokens: llm.n_tokens + PREFILL_STEP]
-                llm.eval(step)
+                native.evaluate(llm, step)
                 evaluated += len(step)
             return llm.n_tokens, evaluated
 
@@ -262,112 +245,31 @@ class Engine:
         ``request.thinking_budget`` x ``thinking_share()`` tokens, read live
         (:mod:`appliance.llm.thought`); its thought is never part of the answer.
         With ``llm.parallel`` above 1 it is decoded beside whatever else was
-        :meth:`submit`-ted.
+        submitted to :attr:`together`.
         """
-        if self.lanes is not None:
+        if self.together is not None:
             outcome: list[Outcome] = []
-            self.submit(request, outcome.append, on_chunk=on_chunk, cancel=cancel,
-                        budget=budget, thinking_share=thinking_share)
+            self.together.submit(request, outcome.append, on_chunk=on_chunk, cancel=cancel,
+                                 budget=budget, thinking_share=thinking_share)
             while not outcome:
-                self.step()
+                self.together.step()
             if isinstance(outcome[0], ApplianceError):
                 raise outcome[0]
             return outcome[0]
-        with self._lock, bind_request(request.id):
-            answering = self._begin(request, on_chunk, cancel, budget, thinking_share)
+        with self.lock, bind_request(request.id):
+            answering = self.begin(request, on_chunk, cancel, budget, thinking_share)
             if isinstance(answering, Completion):
                 return answering
             steps = self.governor.steps(timed=not answering.generation.drafting)  # contention
 
             def between() -> None:
                 steps.tick(self.threads[0])  # contention
-                self._apply_threads()
+                self.apply_threads()
 
             answering.run_alone(between)
-            return self._end(answering)
+            return self.end(answering)
 
-    def submit(self, request: ChatRequest, on_done: Callable[[Outcome], None], *,
-               on_chunk: OnChunk | None = None, cancel: threading.Event | None = None,
-               budget: Budget | None = None, thinking_share: Share | None = None) -> None:
-        """Queue ``request`` to be decoded beside the others (``llm.parallel`` > 1).
-
-        :meth:`step` starts it when a lane is free (or at once, when it is more
-        urgent than one running), and calls ``on_done`` with its completion, or
-        the error that ended it. The arguments mean what they mean to :meth:`complete`.
-        """
-        self._waiting.append(_Submitted(request, on_done, on_chunk, cancel, budget,
-                                        thinking_share))
-        self._waiting.sort(key=lambda job: job.request.priority)
-
-    @property
-    def busy(self) -> bool:
-        """Submitted requests wait or run."""
-        return bool(self._waiting) or bool(self.lanes)
-
-    def step(self) -> None:
-        """Start a waiting request if it may start, then advance every running one by a decode."""
-        assert self.lanes is not None, "step() is for llm.parallel > 1"
-        lanes = self.lanes
-        with self._lock:
-            self._apply_threads()
-            self._admit(lanes)
-            started = time.monotonic()
-            stepped = len(lanes.stepped())
-            try:
-                lanes.step()
-            except ModelError as exc:  # the KV cache is full: end what runs, with the reason
-                for lane in lanes.fail_all():
-                    lane.answering.decoder.finish()
-                    self._submitted.pop(id(lane.answering)).on_done(exc)
-            if stepped:
-                self.governor.observe(self.threads[0], time.monotonic() - started,
-                                      batch=stepped)  # contention
-            for lane in lanes.ended():
-                self._finish_lane(lanes, lane)
-
-    def _admit(self, lanes: Lanes) -> None:
-        """Start the most urgent waiting request, if a lane is free or it may overtake.
-
-        Its prompt is read at home while the running answers ride along; a
-        request under another LoRA adapter waits until none runs.
-        """
-        for job in [job for job in self._waiting if job.cancel is not None and job.cancel.is_set()]:
-            self._waiting.remove(job)
-            now = time.monotonic()
-            job.on_done(self._result(job.request, Decoder.empty(), "cancelled", now, now, 0, 0, 0))
-        if not self._waiting:
-            return
-        job = self._waiting[0]
-        if not lanes.may_overtake(job.request.priority) or (
-                len(lanes) and job.request.adapter != self.adapters.active):
-            return
-        self._waiting.pop(0)
-        with bind_request(job.request.id):
-            try:
-                answering = self._begin(job.request, job.on_chunk, job.cancel, job.budget,
-                                        job.thinking_share)
-                if isinstance(answering, Completion):
-                    job.on_done(answering)
-                elif answering.start():
-                    job.on_done(self._end(answering))
-                else:
-                    self._submitted[id(answering)] = job
-                    lanes.add(answering)
-            except ApplianceError as exc:
-                job.on_done(exc)
-
-    def _finish_lane(self, lanes: Lanes, lane: Lane) -> None:
-        """An answer in a lane ended: its lane is freed (to the home, for a conversation)."""
-        answering = lane.answering
-        job = self._submitted.pop(id(answering))
-        keep = answering.request.keep_state
-        if keep:
-            self.states.evict(self._llm, lane.cells.tokens())
-        lanes.release(lane, home=keep)
-        with bind_request(answering.request.id):
-            job.on_done(self._end(answering))
-
-    def _begin(self, request: ChatRequest, on_chunk: OnChunk | None,
+    def begin(self, request: ChatRequest, on_chunk: OnChunk | None,
                cancel: threading.Event | None, budget: Budget | None,
                share: Share | None) -> Answering | Completion:
         """Everything before the first token: the prompt read, the generation made.
@@ -376,7 +278,7 @@ class Engine:
         """
         s, llm = self.settings, self._llm
         started = time.monotonic()
-        self._apply_threads()
+        self.apply_threads()
         variant = self._use(request.adapter)
         plan = ThoughtPlan.of(self.thinker, request, share or (lambda: 1.0))
         rendered = self._render(request, plan)
@@ -387,7 +289,7 @@ class Engine:
             raise PromptTooLong(f"the prompt has {len(tokens)} tokens, more than llm.n_ctx "
                              f"({s.n_ctx}) allows; shorten it or raise llm.n_ctx")
         if cancel is not None and cancel.is_set():
-            return self._result(request, Decoder.empty(), "cancelled", started, started,
+            return self.result(request, Decoder.empty(), "cancelled", started, started,
                                 len(tokens), 0, 0)
         self.states.before(self._llm, rendered[0], variant)
         cached, fresh = self._restore(*cacheable_prefixes(*rendered), variant,
@@ -416,12 +318,12 @@ class Engine:
             Limits(limit, allowed, room, budget, cancel), started,
             PromptRead(variant, len(tokens), cached, evaluated))
 
-    def _end(self, answering: Answering) -> Completion:
+    def end(self, answering: Answering) -> Completion:
         """The completion of an answer that has ended; a conversation's turn is kept."""
         request, generation, prompt = answering.request, answering.generation, answering.prompt
         assert answering.finish is not None
         result = answering.thought.into(replace(
-            self._result(request, answering.decoder, answering.finish, answering.started,
+            self.result(request, answering.decoder, answering.finish, answering.started,
                          answering.first_at, prompt.tokens, prompt.cached, prompt.evaluated),
             drafted=generation.drafted, accepted=generation.accepted))
         log.info("completed", tokens=result.tokens, finish_reason=result.finish_reason,
@@ -434,7 +336,7 @@ class Engine:
                                                     result.text), prompt.variant)
         return result
 
-    def _result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,
+    def result(self, request: ChatRequest, decoder: Decoder, finish: FinishReason,
                 started: float, first_at: float | None, prompt_tokens: int,
                 cached: int, evaluated: int) -> Completion:
         ended = time.monotonic()

@@ -91,7 +91,7 @@ class PrefixCache:
         else:
             llm.reset()
             reused, evaluated = 0, 0
-        llm.eval(list(prefix[llm.n_tokens:]))
+        native.evaluate(llm, list(prefix[llm.n_tokens:]))
         if not floor:  # a conversation's prefix is not kept: its next turn reuses the context
             snapshot = kv_state.capture(llm, variant)
             self.put(snapshot)

@@ -18,7 +18,7 @@ from appliance.llm import ChatRequest, Completion
 from appliance.llm.engine import Engine
 from appliance.llm.memory import check_fits, plan
 from appliance.llm.together import Outcome, Together
-from appliance.llm.types import Confidence
+from appliance.llm.types import Confidence, Turn
 from tests.conftest import make_settings
 from tests.helpers import write_config
 
@@ -91,6 +91,21 @@ def test_an_answer_in_a_lane_is_exactly_the_answer_alone(engine: Engine,
         assert (in_lane.drafted, in_lane.accepted, in_lane.confidence) == (
             alone.drafted, alone.accepted, alone.confidence)
     assert requests[2].prompt_lookup and lanes_engine.complete(requests[2]).drafted > 0
+
+
+@pytest.mark.slow
+def test_a_follow_up_reads_only_what_is_new_as_alone(engine: Engine,
+                                                    lanes_engine: Engine) -> None:
+    """An answer that ended in a lane is left at home, as alone.
+
+    A follow-up with it in its history then reads only its own question, not the
+    answer again.
+    """
+    for eng in (engine, lanes_engine):
+        first = eng.complete(ChatRequest("Tell me about cats.", max_tokens=24))
+        follow = eng.complete(ChatRequest("And dogs?", max_tokens=8, history=(
+            Turn("user", "Tell me about cats."), Turn("assistant", first.text))))
+        assert follow.evaluated_tokens < 16, (eng.parallel, follow.evaluated_tokens)
 
 
 @pytest.mark.slow

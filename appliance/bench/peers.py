@@ -51,6 +51,7 @@ import httpx
 from appliance.bench.api import SETTLE_S, wait_ready, worker_generations
 from appliance.bench.broker import LocalBroker, free_port
 from appliance.bench.console import cpu_seconds
+from appliance.bench.private_run import stop_process
 from appliance.errors import ApplianceError
 from appliance.hardware import rss_bytes
 
@@ -305,13 +306,8 @@ class Peer:
         return found
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def python_child(pid: int) -> int | None:

@@ -86,14 +86,20 @@ class PrivateAppliance:
 
     def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None,
                  _tb: TracebackType | None) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.broker.stop()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a server to stop (SIGTERM), and kill it if it has not within 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_S

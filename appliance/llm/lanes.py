@@ -138,17 +138,15 @@ class Lanes:
         self._lanes = [lane for lane in self._lanes if not lane.done]
         return ended
 
-    def release(self, lane: Lane, home: bool) -> None:
-        """Free ``lane``'s sequence id; ``home``: its cells become the home's first."""
-        if home:
-            lane.cells.home()
-        else:
-            lane.cells.free()
+    def release(self, lane: Lane) -> None:
+        """Free ``lane``'s sequence id; its cells become the home's (which forgets its own)."""
+        lane.cells.home()
         self._free.append(lane.cells.seq)
 
     def fail_all(self) -> list[Lane]:
         """Take out every lane (a decode failed); their cells are freed."""
         lanes, self._lanes = self._lanes, []
         for lane in lanes:
-            self.release(lane, home=False)
+            lane.cells.free()
+            self._free.append(lane.cells.seq)
         return lanes

@@ -122,12 +122,14 @@ class Together:
                 job.on_done(exc)
 
     def _finish(self, lane: Lane) -> None:
-        """An answer in a lane ended: its lane is freed (to the home, for a conversation)."""
+        """An answer in a lane ended: its cells become the home's, as alone.
+
+        The next prompt that starts the same way (a follow-up with this answer in
+        its history, a conversation's next turn) then reads only what is new.
+        """
         engine, answering = self.engine, lane.answering
         job = self._running.pop(id(answering))
-        keep = answering.request.keep_state
-        if keep:
-            engine.states.evict(engine.llama, lane.cells.tokens())
-        self.lanes.release(lane, home=keep)
+        engine.states.evict(engine.llama, lane.cells.tokens())
+        self.lanes.release(lane)
         with bind_request(answering.request.id):
             job.on_done(engine.end(answering))

@@ -90,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             server: NativeServer = ensure_llama_server()
             native, note = server.path, server.describe()
-        print(note, flush=True)
     r = run_peers_bench(model, native=native, native_note=note,
                         ours_parallel=args.ours_parallel, native_parallel=args.native_parallel,
                         python_server=not args.without_python, clients=args.clients,

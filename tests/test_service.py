@@ -224,7 +224,9 @@ def _state_at(peer: Peer, level: str, after: int) -> dict[str, object]:
 def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: Peer,
                                  tmp_path: Path) -> None:
     zone = tmp_path / "temp"
-    start(thermal="  interval_s: 0.1\n")
+    # Heat alone sets the threads here: a CPU busy with the other tests would let the
+    # contention controller take one more away (tests/test_contention.py tests that).
+    start({"llm": {"adaptive_threads": False}}, thermal="  interval_s: 0.1\n")
 
     def heat(celsius: float) -> int:
         """Set the zone; how many messages had come before."""

@@ -6,7 +6,6 @@ The simulated steps take what this 2-core machine measured with SmolLM2 (2 threa
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -255,20 +254,6 @@ def test_the_worker_tells_the_supervisor_which_reaches_the_state_and_metrics() -
     assert worker.threads_reason == "heat"  # the heat's count is sent to it again
 
 
-PRIORITY = -20
-"""The real test's process and its busy processes run at this nice level, in a session
-(and so a scheduler autogroup) of their own, where allowed (as root): other work on
-the machine (another test process, other sessions) then weighs little beside them."""
-
-
-def _own_priority() -> None:
-    """In the child before it runs: the most CPU the machine's scheduler lets us take."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/autogroup").write_text(f"{PRIORITY}\n")
-    with contextlib.suppress(OSError):
-        os.nice(PRIORITY)
-
-
 @pytest.mark.slow
 def test_the_real_engine_gives_way_to_busy_processes_and_takes_the_thread_back(
         model_path: Path) -> None:
@@ -283,7 +268,7 @@ def test_the_real_engine_gives_way_to_busy_processes_and_takes_the_thread_back(
     done = subprocess.run(
         [sys.executable, "-c", f"from tests.test_contention import _scenario; "
                                f"_scenario({str(model_path)!r})"],
-        cwd=ROOT, env=env, preexec_fn=_own_priority, start_new_session=True,
+        cwd=ROOT, env=env, start_new_session=True,
         capture_output=True, text=True, timeout=60, check=False)
     report = done.stdout.strip().splitlines()
     assert done.returncode == 0 and report, done.stderr[-3000:]

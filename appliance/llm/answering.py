@@ -67,7 +67,6 @@ class Answering:
         self.started = started
         self.first_at: float | None = None
         self.finish: FinishReason | None = None
-        self.ended_at = 0.0
 
     def run_alone(self, between: Callable[[], None]) -> None:
         """Decode on our own until the answer ends; ``between`` runs between two tokens."""
@@ -115,6 +114,5 @@ class Answering:
 
     def _end(self, finish: FinishReason) -> bool:
         self.finish = finish
-        self.ended_at = time.monotonic()
         self.decoder.finish()
         return True

@@ -115,14 +115,17 @@ class Lanes:
         self._lanes.append(lane)
         return lane
 
-    def step(self) -> None:
-        """Advance every stepped lane by one decode; a waiting one that was cancelled ends."""
+    def step(self) -> int:
+        """Advance every stepped lane by one decode; how many that was.
+
+        A waiting lane whose answer was cancelled ends.
+        """
         running = self.stepped()
         for lane in self._lanes:
             if lane not in running:
                 lane.answering.poll()
         if not running:
-            return
+            return 0
         for lane in running:
             lane.board(self._batch)
         started = time.perf_counter()
@@ -131,6 +134,7 @@ class Lanes:
         native.set_requires_eval(self._llm, True)  # the home's logits, if live, are gone
         for lane in running:
             lane.alight()
+        return len(running)
 
     def ended(self) -> list[Lane]:
         """Take out the lanes whose answers have ended (their cells stay until freed)."""

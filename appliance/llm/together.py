@@ -75,9 +75,9 @@ class Together:
             engine.apply_threads()
             self._admit()
             started = time.monotonic()
-            stepped = len(lanes.stepped())
+            stepped = 0
             try:
-                lanes.step()
+                stepped = lanes.step()
             except ModelError as exc:  # the KV cache is full: end what runs, with the reason
                 for lane in lanes.fail_all():
                     lane.answering.decoder.finish()

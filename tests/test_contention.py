@@ -336,3 +336,33 @@ def _scenario(model_path: str) -> None:
     report["freed"] = phase(lambda: engine.governor.reason == "configured", 10.0)
     engine.close()
     print(json.dumps(report))
+
+
+def test_the_bench_takes_turns_and_compares_adaptive_with_the_appliance_as_it_was() -> None:
+    """``bench contention``'s rounds, on stand-in sides.
+
+    Each side goes first in turn, every answer is timed and counted on its own
+    side, and the ratios name their baseline.
+    """
+    from appliance.bench.contention import Contender, _condition
+
+    order: list[str] = []
+
+    def side(name: str, rate: float) -> Contender:
+        def answer(max_tokens: int) -> float:
+            order.append(name)
+            return rate
+        return Contender(name, answer, lambda: 2)
+
+    governor = ThreadGovernor(2)
+    row = _condition("idle", [side("before", 20.0), side("fixed", 40.0),
+                              side("adaptive", 50.0)], rounds=3, max_tokens=8,
+                     adaptive=governor)
+    assert order[:3] == ["before", "fixed", "adaptive"]  # the unmeasured first answers
+    assert order[3:] == ["before", "fixed", "adaptive", "fixed", "adaptive", "before",
+                         "adaptive", "before", "fixed"]
+    assert {name: s.rates for name, s in row.sides.items()} == {
+        "before": [20.0] * 3, "fixed": [40.0] * 3, "adaptive": [50.0] * 3}
+    assert all(len(s.windows) == 3 and s.threads == [2] * 3 for s in row.sides.values())
+    assert (row.ratio("before"), row.ratio("fixed")) == (2.5, 1.25)
+    assert row.reasons == [governor.reason] * 3

@@ -121,3 +121,17 @@ def test_llama_cpp_output_is_routed_and_silenced_unless_debug(
     Engine(make_settings(model_path, tmp_path).llm, ResolvedModel(model_path, "m", None)).close()
     native = [e for e in _lines(out) if e.get("component") == "llama.cpp"]
     assert bool(native) is expect_native
+
+
+def test_llama_cpp_warnings_and_errors_keep_their_level() -> None:
+    """The levels of ggml: 3 is a warning, 4 an error; a continued piece keeps its line's."""
+    from appliance.llm.native_log import _callback
+
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    _callback(2, b"llama_model_loader: chatter\n", None)
+    _callback(3, b"n_ctx_seq > n_ctx_train\n", None)
+    _callback(4, b"failed to load ", None)
+    _callback(5, b"the model\n", None)
+    assert [(e["level"], e["event"]) for e in _lines(out)] == [
+        ("warning", "n_ctx_seq > n_ctx_train"), ("error", "failed to load the model")]

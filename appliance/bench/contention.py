@@ -1,21 +1,30 @@
-"""Decoding on a CPU shared with others: adaptive decode threads against today's fixed count.
+"""Decoding on a CPU shared with others: today's policy against the appliance as it was.
 
-The same engine answers the same greedy question, alternately with the fixed thread
-count (the configured one; a :class:`~appliance.llm.contention.ThreadGovernor` that
-never adapts) and with the adaptive governor, which keeps what it learned from one
-answer to the next as in the worker. Three conditions, in one run:
+Three sides answer the same greedy question, in turn, with the same model:
 
-* **idle**: nothing else runs (target: adaptive at least 97 % of fixed);
+* **before**: the appliance as it was: the configured thread count, fixed, with
+  libgomp's default wait (it spins 300,000 times at a barrier before it sleeps).
+  The wait policy is read when libgomp loads, so this side runs in a fresh process;
+* **fixed**: the configured count, fixed, with today's wait policy
+  (:func:`~appliance.hardware.calm_openmp`);
+* **adaptive**: today's policy and the adaptive governor
+  (:class:`~appliance.llm.contention.ThreadGovernor`), which keeps what it learned
+  from one answer to the next, as in the worker. This is the appliance now.
+
+The target compares *adaptive* with *before*; *adaptive* against *fixed* is the
+governor's own share. Three conditions, in one run:
+
+* **idle**: nothing else runs (target: at least 97 %);
 * **busy**: two busy processes (``while True: pass``) run meanwhile (target: 1.5x);
 * **speech**: vosk recognizes a live stream meanwhile, fed 100 ms of audio every
   100 ms in a process of its own; its real-time factor (wall time in
   ``AcceptWaveform`` over audio time) is taken while each side decodes (target < 0.3),
   and alone after them, for comparison.
 
-Each condition starts with one unmeasured answer per side, then ``rounds`` pairs,
-whose order alternates. ``--openmp`` (:func:`run_openmp_bench`) measures libgomp's
-wait policy instead: a fresh process per setting (the variables are read when
-libgomp loads), both test models, 1 and 2 threads, idle and busy.
+Each condition starts with one unmeasured answer per side, then ``rounds`` rounds,
+each side first in turn. ``--openmp`` (:func:`run_openmp_bench`) measures libgomp's
+wait policy instead: a fresh process per setting, both test models, 1 and 2
+threads, idle and busy.
 """
 
 from __future__ import annotations
@@ -29,11 +38,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from appliance.bench.private_run import stop_process
 from appliance.llm import ChatRequest, Engine
 from appliance.llm.contention import ThreadGovernor
 
@@ -85,19 +96,18 @@ class Side:
 
 @dataclass
 class Condition:
-    """Fixed and adaptive in one condition; ``load`` is the 1-minute load average after it."""
+    """Every side in one condition; ``load`` is the 1-minute load average after it."""
 
     name: str
-    fixed: Side
-    adaptive: Side
+    sides: dict[str, Side]
     load: float
     reasons: list[str]
     speech_alone: float | None = None  # vosk's real-time factor alone, after the rounds
 
-    @property
-    def ratio(self) -> float:
-        """Adaptive over fixed tokens/s."""
-        return self.adaptive.rate / self.fixed.rate if self.fixed.rate else 0.0
+    def ratio(self, than: str) -> float:
+        """Adaptive tokens/s over the side ``than``'s."""
+        theirs = self.sides[than].rate
+        return self.sides["adaptive"].rate / theirs if theirs else 0.0
 
 
 class _Speech:
@@ -164,53 +174,120 @@ def stream_speech(wav: str, model_dir: str) -> None:
         recognizer.FinalResult()
 
 
-def _answer(engine: Engine, governor: ThreadGovernor, side: Side | None,
-            max_tokens: int) -> None:
+class AnswerChild:
+    """An engine in a fresh process, with fixed threads and the environment it is given.
+
+    libgomp reads its wait policy once, when it loads, so a policy other than this
+    process's needs a process of its own. The engine stays loaded between answers.
+    """
+
+    def __init__(self, model: Path, threads: int, env: Mapping[str, str],
+                 n_ctx: int = 1024) -> None:
+        code = ("from appliance.bench.contention import serve_answers; "
+                f"serve_answers({str(model)!r}, {threads}, {n_ctx})")
+        self._proc = subprocess.Popen([sys.executable, "-c", code], env=dict(env),
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def answer(self, max_tokens: int) -> float:
+        """Answer the bench's question in the child; its decode tokens/s."""
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(f"{max_tokens}\n")
+        self._proc.stdin.flush()
+        for line in self._proc.stdout:  # llama.cpp may print lines of its own
+            if line.startswith(ANSWER_LINE):
+                return float(line[len(ANSWER_LINE):])
+        raise RuntimeError(f"the bench's engine process ended (exit {self._proc.wait()})")
+
+    def close(self) -> None:
+        """Stop the child."""
+        stop_process(self._proc)
+
+
+ANSWER_LINE = "tokens/s "
+
+
+def serve_answers(model_path: str, threads: int, n_ctx: int) -> None:
+    """In a fresh process: per line of stdin (a token count), answer and print its tok/s."""
+    from appliance.catalog import ResolvedModel
+    from appliance.config.schema import LlmSettings
+
+    path = Path(model_path)
+    settings = LlmSettings(model_path=path, n_threads=threads, n_threads_batch=threads,
+                           temperature=0.0, adaptive_threads=False, n_ctx=n_ctx)
+    engine = Engine(settings, ResolvedModel(path, path.stem, None))
+    for line in sys.stdin:
+        done = engine.complete(ChatRequest(QUESTION, max_tokens=int(line)))
+        print(f"{ANSWER_LINE}{done.tokens_per_s}", flush=True)
+    engine.close()
+
+
+def _in_process(engine: Engine, governor: ThreadGovernor, max_tokens: int) -> float:
     engine.governor = governor
-    started = time.time()
-    done = engine.complete(ChatRequest(QUESTION, max_tokens=max_tokens))
-    if side is not None:
-        side.rates.append(done.tokens_per_s)
-        side.threads.append(engine.threads[0])
-        side.windows.append((started, time.time()))
+    return engine.complete(ChatRequest(QUESTION, max_tokens=max_tokens)).tokens_per_s
 
 
-def _condition(name: str, engine: Engine, fixed: ThreadGovernor, adaptive: ThreadGovernor,
-               rounds: int, max_tokens: int, speech: _Speech | None = None) -> Condition:
-    sides = (Side(), Side())
+@dataclass(frozen=True)
+class Contender:
+    """One side of the comparison: how it answers, and its thread count after an answer."""
+
+    name: str
+    answer: Callable[[int], float]
+    threads: Callable[[], int]
+
+
+def _condition(name: str, contenders: Sequence[Contender], rounds: int, max_tokens: int,
+               adaptive: ThreadGovernor, speech: _Speech | None = None) -> Condition:
+    sides = {c.name: Side() for c in contenders}
     reasons: list[str] = []
-    _answer(engine, fixed, None, max_tokens)  # unmeasured: each side settles
-    _answer(engine, adaptive, None, max_tokens)
+    for contender in contenders:  # unmeasured: each side settles
+        contender.answer(max_tokens)
     for r in range(rounds):
-        order = ((fixed, sides[0]), (adaptive, sides[1]))
-        for governor, side in order if r % 2 == 0 else order[::-1]:
-            _answer(engine, governor, side, max_tokens)
-            if governor is adaptive:
+        shift = r % len(contenders)  # each side goes first in turn
+        for contender in [*contenders[shift:], *contenders[:shift]]:
+            side = sides[contender.name]
+            started = time.time()
+            side.rates.append(contender.answer(max_tokens))
+            side.windows.append((started, time.time()))
+            side.threads.append(contender.threads())
+            if contender.name == "adaptive":
                 reasons.append(adaptive.reason)
     if speech is not None:
-        for side in sides:
+        for side in sides.values():
             side.rtf = speech.rtf(side.windows)
-    return Condition(name, sides[0], sides[1], os.getloadavg()[0], reasons)
+    return Condition(name, sides, os.getloadavg()[0], reasons)
 
 
-def run_contention_bench(engine: Engine, rounds: int = 4, max_tokens: int = 128,
+def run_contention_bench(engine: Engine, model: Path, rounds: int = 8, max_tokens: int = 128,
                          speech: bool = True) -> list[Condition]:
-    """Idle, two busy processes, and vosk on a live stream: fixed against adaptive threads."""
+    """Idle, two busy processes, and vosk on a live stream: before, fixed and adaptive.
+
+    ``before`` is the appliance as it was: the configured threads, fixed, with
+    libgomp's default wait (a fresh process, with the same ``model``); ``fixed`` and
+    ``adaptive`` run in this engine, with this process's wait policy
+    (:func:`~appliance.hardware.calm_openmp`).
+    """
     configured = engine.default_threads[0]
     fixed = ThreadGovernor(configured, adaptive=False)
     adaptive = ThreadGovernor(configured)
     saved = engine.governor
+    before = AnswerChild(model, configured, _without_openmp_policy(os.environ),
+                         engine.settings.n_ctx)
+    contenders = (
+        Contender("before", before.answer, lambda: configured),
+        Contender("fixed", partial(_in_process, engine, fixed), lambda: fixed.threads),
+        Contender("adaptive", partial(_in_process, engine, adaptive),
+                  lambda: adaptive.threads))
+    measure = partial(_condition, contenders=contenders, rounds=rounds,
+                      max_tokens=max_tokens, adaptive=adaptive)
     try:
-        rows = [_condition("idle", engine, fixed, adaptive, rounds, max_tokens)]
+        rows = [measure("idle")]
         with busy_processes():
-            rows.append(_condition("2 busy processes", engine, fixed, adaptive, rounds,
-                                   max_tokens))
+            rows.append(measure("2 busy processes"))
         if speech:
             with tempfile.TemporaryDirectory() as work:
                 listener = _Speech(Path(work))
                 try:
-                    rows.append(_condition("vosk live stream", engine, fixed, adaptive,
-                                           rounds, max_tokens, listener))
+                    rows.append(measure("vosk live stream", speech=listener))
                     quiet = time.time()  # after its first seconds, which are slower
                     time.sleep(SPEECH_ALONE_S)
                     rows[-1].speech_alone = listener.rtf([(quiet, time.time())])
@@ -218,7 +295,12 @@ def run_contention_bench(engine: Engine, rounds: int = 4, max_tokens: int = 128,
                     listener.close()
         return rows
     finally:
+        before.close()
         engine.governor = saved
+
+
+def _without_openmp_policy(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
 
 
 # --- the OpenMP wait policy -------------------------------------------------------------
@@ -236,43 +318,26 @@ class OpenMpRow:
     load: float
 
 
-def openmp_child(model_path: str, threads: int, answers: int, max_tokens: int) -> None:
-    """In a fresh process: decode tokens/s with ``threads`` fixed threads; prints JSON."""
-    from appliance.catalog import ResolvedModel
-    from appliance.config.schema import LlmSettings
-
-    path = Path(model_path)
-    settings = LlmSettings(model_path=path, n_threads=threads, n_threads_batch=threads,
-                           temperature=0.0, adaptive_threads=False, n_ctx=1024)
-    engine = Engine(settings, ResolvedModel(path, path.stem, None))
-    engine.complete(ChatRequest(QUESTION, max_tokens=16))  # the thread team is up
-    rates = [engine.complete(ChatRequest(QUESTION, max_tokens=max_tokens)).tokens_per_s
-             for _ in range(answers)]
-    engine.close()
-    print(json.dumps(statistics.median(rates)))
-
-
 def run_openmp_bench(models: Sequence[Path], rounds: int = 1, answers: int = 2,
                      max_tokens: int = 64,
                      settings: Sequence[tuple[str, dict[str, str]]] = OPENMP_SETTINGS,
                      thread_counts: Sequence[int] = (1, 2)) -> list[OpenMpRow]:
     """Every setting x model x threads x (idle, busy), interleaved, ``rounds`` times."""
     rows: list[OpenMpRow] = []
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    base = _without_openmp_policy(os.environ)
     for _ in range(rounds):
         for busy in (False, True):
             with busy_processes() if busy else contextlib.nullcontext():
                 for model in models:
                     for threads in thread_counts:
                         for name, env in settings:
-                            code = ("from appliance.bench.contention import openmp_child; "
-                                    f"openmp_child({str(model)!r}, {threads}, {answers}, "
-                                    f"{max_tokens})")
-                            out = subprocess.run([sys.executable, "-c", code],
-                                                 env={**base, **env}, capture_output=True,
-                                                 text=True, check=True, timeout=600)
-                            rate = float(out.stdout.strip().splitlines()[-1])
+                            child = AnswerChild(model, threads, {**base, **env})
+                            try:
+                                child.answer(16)  # the thread team is up
+                                rate = statistics.median(child.answer(max_tokens)
+                                                         for _ in range(answers))
+                            finally:
+                                child.close()
                             rows.append(OpenMpRow(model.stem, name, threads, busy, rate,
                                                   os.getloadavg()[0]))
     return rows

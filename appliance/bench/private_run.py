@@ -46,6 +46,17 @@ def bench_models(model: Path | None, speech: Path | None) -> tuple[Path, Path | 
     return found, speech or catalog_model(TEST_SPEECH)
 
 
+def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """Ask a server to stop (SIGTERM), and kill it if it has not within 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class PrivateAppliance:
     """mosquitto and ``appliance run`` in ``work``, stopped on leaving the ``with`` block."""
 
@@ -90,16 +101,6 @@ class PrivateAppliance:
             stop_process(self.proc)
         self.broker.stop()
 
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Ask a server to stop (SIGTERM), and kill it if it has not within 30 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_S

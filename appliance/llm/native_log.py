@@ -14,19 +14,25 @@ import logging
 import llama_cpp
 
 _logger = logging.getLogger("llama.cpp")
-_LEVELS = {3: logging.ERROR}  # warnings included, the rest is chatter for debug only
+_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+"""ggml's levels (``ggml.h``: 1 debug, 2 info, 3 warn, 4 error, 5 continues the line);
+its debug and info are chatter, for our debug level only."""
+_CONTINUED = 5
 _partial: list[str] = []
+_line_level = [0]  # the level of the line being assembled: its first piece's
 
 
 @llama_cpp.llama_log_callback
 def _callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     piece = text.decode("utf-8", errors="replace")
+    if not _partial and level != _CONTINUED:
+        _line_level[0] = level
     _partial.append(piece)
     if not piece.endswith("\n"):
         return
     line = "".join(_partial).rstrip()
     _partial.clear()
-    severity = _LEVELS.get(level, logging.DEBUG)
+    severity = _LEVELS.get(_line_level[0], logging.DEBUG)
     if line and _logger.isEnabledFor(severity):
         _logger.log(severity, line)
 

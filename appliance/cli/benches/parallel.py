@@ -16,6 +16,8 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--requests", type=int, default=4, choices=range(2, 9), metavar="2..8",
                    help="questions asked at once")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of each measurement, interleaved; the best of each counts")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load(args)
     r = run_parallel_bench(resolve_llm(settings), settings.llm, requests=args.requests,
-                           max_tokens=args.max_tokens)
+                           max_tokens=args.max_tokens, rounds=args.rounds)
     if args.json:
         print(json.dumps({**dataclasses.asdict(r), "speedup": r.speedup,
                           "last_first": r.last_first, "alone": r.alone}))

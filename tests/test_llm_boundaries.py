@@ -8,6 +8,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import appliance
 from appliance.llm import native
@@ -24,21 +27,30 @@ import appliance.cli.run
 import appliance.service.supervisor
 
 args = build_parser().parse_args(["--config", sys.argv[1], "run"])
-preflight(load(args, service=True))
-heavy = sorted(name for name in ("llama_cpp", "onnxruntime", "numpy", "vosk")
+settings = load(args, service=True)
+preflight(settings)
+if settings.api.http is not None:
+    import appliance.api  # the HTTP APIs' routes, with their schema checks
+heavy = sorted(name for name in ("llama_cpp", "onnxruntime", "numpy", "vosk", "zeroconf")
                if name in sys.modules)
 print(",".join(heavy))
 """
 
 
-def test_cli_and_supervisor_start_without_llama_cpp(tmp_path: Path) -> None:
+@pytest.mark.parametrize("api", [None, {"http": {"listen": "127.0.0.1:9"}}],
+                         ids=["no APIs", "HTTP APIs"])
+def test_cli_and_supervisor_start_without_llama_cpp(tmp_path: Path,
+                                                    api: dict[str, Any] | None) -> None:
     """``appliance run`` up to the worker's start: the CLI, the start-up checks, the supervisor.
 
     A fresh interpreter, so that nothing this test process imported counts;
     knowledge and voice are off (the defaults), so the embedding model's runtime, numpy
-    and vosk stay out too.
+    and vosk stay out too. With the HTTP APIs on, their JSON-schema checks use
+    llama-cpp-python's converter without loading llama.cpp, and the Wyoming
+    server's speech (vosk) and zeroconf load only with ``api.wyoming``.
     """
-    config = write_config(tmp_path / "config.yaml", {"mqtt": {"port": 9}})
+    config = write_config(tmp_path / "config.yaml",
+                          {"mqtt": {"port": 9}, **({"api": api} if api else {})})
     done = subprocess.run([sys.executable, "-c", _SERVICE_START, str(config)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr

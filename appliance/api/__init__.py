@@ -29,8 +29,6 @@ from appliance.api.gate import ApiGate
 from appliance.api.http_server import HttpApi
 from appliance.api.metrics import CONTENT_TYPE, Metrics
 from appliance.api.model_card import model_card
-from appliance.api.wyoming_server import WyomingServer
-from appliance.api.zeroconf_ad import Advertisement
 from appliance.config import Settings
 from appliance.config.schema_api import HttpSettings
 from appliance.config.secrets import read_api_token
@@ -39,6 +37,8 @@ from appliance.service.ratelimit import RateLimiter
 from appliance.service.status import Status
 
 if TYPE_CHECKING:
+    from appliance.api.wyoming_server import WyomingServer
+    from appliance.api.zeroconf_ad import Advertisement
     from appliance.console.parts import ConsoleParts
 
 __all__ = ["Apis"]
@@ -72,8 +72,11 @@ class Apis:
                                self.metrics, self.console.add_routes, key="api.web",
                                middlewares=self.console.middlewares(),
                                on_prepare=[self.console.on_prepare], json_only=False)
-        self.wyoming = WyomingServer(settings, api.wyoming, self.gate, card.name) \
-            if api.wyoming is not None else None
+        self.wyoming: WyomingServer | None = None
+        if api.wyoming is not None:
+            from appliance.api.wyoming_server import WyomingServer  # vosk loads only when asked for
+
+            self.wyoming = WyomingServer(settings, api.wyoming, self.gate, card.name)
         self.advertisement: Advertisement | None = None
         self._advertising: asyncio.Task[None] | None = None
 
@@ -96,6 +99,8 @@ class Apis:
         tcp = server.tcp
         if not server.wyoming.zeroconf or tcp is None:
             return
+        from appliance.api.zeroconf_ad import Advertisement  # zeroconf, only when announcing
+
         name = server.wyoming.name or self.settings.device_id or "appliance"
         self.advertisement = Advertisement(name, *tcp)
         self._advertising = asyncio.create_task(self.advertisement.run(),

@@ -28,14 +28,46 @@ before they come here.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 from functools import lru_cache
-from typing import Any
-
-from llama_cpp.llama_grammar import INVALID_RULE_CHARS_RE, LlamaGrammar, SchemaConverter
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from appliance.errors import ModelError
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+
+def _converter_module() -> ModuleType:
+    """llama-cpp-python's ``llama_grammar`` module, without the package around it.
+
+    Its schema converter is plain Python (the standard library only), but
+    importing it as ``llama_cpp.llama_grammar`` first runs the package's
+    ``__init__``, which loads libllama, numpy and jinja2: 0.6 s and 30 MB in the
+    supervisor, which checks client schemas with it and runs no model. In the
+    worker, where the package is loaded anyway, this is the package's module.
+    """
+    if "llama_cpp" in sys.modules:
+        import llama_cpp.llama_grammar
+
+        return llama_cpp.llama_grammar
+    package = importlib.util.find_spec("llama_cpp")  # located, not imported
+    if package is None or not package.submodule_search_locations:
+        raise ModuleNotFoundError("llama_cpp")
+    location = f"{next(iter(package.submodule_search_locations))}/llama_grammar.py"
+    spec = importlib.util.spec_from_file_location("appliance.llm._llama_grammar", location)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_converter = _converter_module()
+INVALID_RULE_CHARS_RE: re.Pattern[str] = _converter.INVALID_RULE_CHARS_RE
 
 MAX_GRAMMAR_BYTES = 8 << 20
 """The most grammar text the model's worker builds for one request.
@@ -79,10 +111,12 @@ def grammar_for(schema: str | None) -> LlamaGrammar | None:
 
 @lru_cache(maxsize=32)
 def _compiled(schema: str) -> LlamaGrammar:
+    from llama_cpp.llama_grammar import LlamaGrammar  # the worker's: the model's own class
+
     return LlamaGrammar.from_string(to_gbnf(schema), verbose=False)
 
 
-class _BoundedConverter(SchemaConverter):
+class _BoundedConverter(_converter.SchemaConverter):  # type: ignore[misc]
     """llama-cpp-python's converter with a size limit and correct literals (module docstring)."""
 
     def __init__(self, limit: int) -> None:

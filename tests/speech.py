@@ -170,9 +170,11 @@ class Microphone:
         self._lock = threading.Lock()
         self._speaker: Path | None = None
         self._speaker_rate = 22050
-        self._deaf = 0  # samples to come during which the speaker is not heard
+        self._deaf_until = 0  # the stream position up to which the speaker is not heard
+        self._said_at = 0  # the stream position where what is said begins
         self._closed = threading.Event()
         self.heard_s = 0.0  # audio delivered so far
+        self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="microphone", daemon=True)
         self._thread.start()
 
@@ -180,14 +182,19 @@ class Microphone:
         """Speak 16 kHz PCM into the microphone, over whatever else it hears.
 
         ``in_a_pause``: when the speaker is silent, 0.6 s before and after it.
+        The sound begins now in the stream, as a real microphone records it,
+        even when this thread has fallen behind on a busy CPU (it catches up
+        with silence first): a late thread must not date it earlier than it was said.
         """
         import numpy as np
 
         pause = [0] * int(0.6 * RATE) if in_a_pause else []
         with self._lock:
             said = [*pause, *np.frombuffer(pcm, dtype=np.int16).tolist(), *pause]
+            if not self._said:
+                self._said_at = int((time.perf_counter() - self._started) * RATE)
             if in_a_pause:
-                self._deaf = len(self._said) + len(said)
+                self._deaf_until = self._said_at + len(self._said) + len(said)
             self._said.extend(said)
 
     def hear_speaker(self, played: Path, rate: int = 22050) -> None:
@@ -208,7 +215,7 @@ class Microphone:
         echo: deque[float] = deque()
         offset = 0
         resampler: Resampler | None = None
-        started = time.perf_counter()
+        started = self._started
         sent = 0
         try:
             while not self._closed.is_set():
@@ -225,9 +232,11 @@ class Microphone:
                     echo.extend(resampler.feed(np.frombuffer(new, dtype=np.int16)
                                                .astype(np.float64)))
                 with self._lock:
-                    deaf, self._deaf = self._deaf, max(0, self._deaf - samples)
-                    for i in range(min(samples, len(self._said))):
+                    deaf = self._deaf_until - sent  # samples of this chunk that hear no speaker
+                    begin = min(samples, max(0, self._said_at - sent))
+                    for i in range(begin, min(samples, begin + len(self._said))):
                         chunk[i] += self._said.popleft()
+                    self._said_at = max(self._said_at, sent + samples) if self._said else 0
                 for i in range(min(samples, len(echo))):
                     sound = echo.popleft()
                     if i >= deaf:

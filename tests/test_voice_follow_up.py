@@ -299,7 +299,13 @@ def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Micr
             facts=lambda **f: facts.append((time.monotonic(), f)), on_error=pytest.fail)
 
         async def until(what: str, predicate: Callable[[], object], timeout: float = 90) -> None:
-            await eventually_async(predicate, timeout, what)
+            try:
+                await eventually_async(predicate, timeout, what)
+            except AssertionError as exc:  # what was heard and when, to read a failure by
+                start = facts[0][0] if facts else 0.0
+                timeline = [(round(t - start, 2), f) for t, f in facts]
+                raise AssertionError(f"{exc}; asked {[r.text for r in asked]}; heard {heard}; "
+                                     f"facts {timeline}") from None
 
         def fact_after(name: str, value: bool, after: int) -> int | None:
             return next((i for i in range(after, len(facts)) if facts[i][1].get(name) is value),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
-from appliance.llm import ChatRequest, Chunk
+
+if TYPE_CHECKING:
+    from appliance.llm import Chunk
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, answer, print."""
+    from appliance.catalog import resolve_llm
     from appliance.cli import load
+    from appliance.llm import ChatRequest
     from appliance.llm.engine import Engine  # llama_cpp: loaded only when a model runs
 
     if not args.text.strip():

@@ -9,8 +9,6 @@ from typing import Any
 
 import yaml
 
-from appliance.preflight import preflight
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``config`` command group."""
@@ -40,6 +38,7 @@ def run_check(args: argparse.Namespace) -> int:
     Errors exit 2 (1 for a model too large for memory) through the CLI's error handling.
     """
     from appliance.cli import load
+    from appliance.preflight import preflight
 
     settings = load(args)
     model = preflight(settings)

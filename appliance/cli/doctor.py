@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.doctor import run_checks
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``doctor`` command."""
@@ -16,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     """Print one row per check."""
     from appliance.cli import load
+    from appliance.doctor import run_checks
 
     worst = 0
     for check in run_checks(load(args)):

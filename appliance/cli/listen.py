@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 
-from appliance.catalog import resolve_llm
 from appliance.errors import UsageError
 
 
@@ -31,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Recognize, answer, print."""
     from pathlib import Path
 
+    from appliance.catalog import resolve_llm
     from appliance.cli import load
     from appliance.llm.engine import Engine
     from appliance.voice.listen import Listener

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from appliance.config import find_config
-from appliance.hardware import cap_malloc_arenas, return_large_buffers
-from appliance.preflight import preflight
-
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``run`` command."""
@@ -18,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     """Check the config and the model, then supervise until SIGTERM."""
     from appliance.cli import load
+    from appliance.config import find_config
+    from appliance.hardware import cap_malloc_arenas, return_large_buffers
+    from appliance.preflight import preflight
 
     settings = load(args, service=True)
     cap_malloc_arenas()  # before any thread allocates: a long-running service

@@ -91,7 +91,7 @@ def _plain(value: Any) -> Any:
 def llm_config(max_tokens: int = 48, n_ctx: int = 1024) -> dict[str, Any]:
     """The ``llm`` section every test uses: the test model, greedy decoding, one thread.
 
-    One decode thread, because the suite runs two test processes on two cores:
+    One decode thread, because the suite runs three test processes on two cores:
     llama.cpp's threads wait for each other by spinning, and two models of two
     threads each on two cores took 8 s instead of 0.16 s for a 22-token prompt.
     A test of the thread count itself sets ``n_threads`` again, and one of
@@ -191,20 +191,24 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
                           input=stdin)
 
 
-def keep_notify_drained(process: ApplianceProcess) -> None:
+def keep_notify_drained(process: ApplianceProcess, record: bool = False) -> None:
     """Read the process's notify socket all the time, as systemd does.
 
     A unix datagram socket nobody reads fills after ten datagrams, and then the
-    service's next ``WATCHDOG=1`` (every 15 s) blocks its event loop.
+    service's next ``WATCHDOG=1`` (every 15 s) blocks its event loop. ``record``:
+    keep each datagram in ``process.notify.received`` for a test to look at (with
+    ``eventually``: ``NotifySocket.wait_for`` would race this thread for the socket).
     """
     assert process.notify is not None
-    sock = process.notify.sock
+    notify = process.notify
+    sock = notify.sock
 
     def drain() -> None:
         sock.settimeout(None)
         with contextlib.suppress(OSError):  # closed with the process
-            while sock.recv(4096):
-                pass
+            while datagram := sock.recv(4096):
+                if record:
+                    notify.received.append(datagram.decode())
 
     threading.Thread(target=drain, daemon=True, name="notify drain").start()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,10 +18,11 @@ from appliance.actions.registry import Registry, check_args
 from appliance.actions.verifier import Verifier
 from appliance.actions.world import WorldState
 from appliance.bench.broker import LocalBroker, free_port
+from appliance.cli import main as cli_main
 from appliance.config import load_settings, parse_settings
 from appliance.llm import ChatRequest, Engine
 from appliance.service.supervisor import Supervisor
-from tests.conftest import BASE, _config, run_cli
+from tests.conftest import BASE, _config
 from tests.helpers import eventually, eventually_async
 from tests.services import ApplianceProcess, Broker, Message, Peer
 from tests.speech import PHRASES, korean_model, sequence, speak
@@ -63,38 +65,19 @@ def _answer(peer: Peer, request_id: str, timeout: float = 60) -> Message:
                          and m.json().get("id") == request_id, timeout)
 
 
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``appliance ARGS`` in this process (a fresh interpreter costs ~0.5 CPU-s), as ``run_cli``.
+
+    The same parser, command and exit code; what it printed comes from ``capsys``.
+    """
+    code = cli_main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["appliance", *args], code, out.out, out.err)
+
+
 def _record(peer: Peer, request_id: str, verdict: str | None = None) -> dict[str, object]:
     return peer.wait_for(lambda m: m.topic == f"{BASE}/action" and m.json()["id"] == request_id
                          and (verdict is None or m.json()["verdict"] == verdict)).json()
-
-
-@pytest.mark.slow
-def test_the_fan_phrase_follows_the_greenhouse_reading(
-        start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
-    start(root=ACTIONS)
-    fan = Peer(broker.port, [FAN])
-    try:
-        peer.publish(f"{BASE}/ask", json.dumps({"id": "a1", "text": "Turn on the fan!"}))
-        refused = _answer(peer, "a1").json()
-        assert refused["verdict"] == "refused" and refused["action"] == "fan_on"
-        assert refused["needs"] == ["the greenhouse temperature"]
-        assert "greenhouse" in refused["text"] and "sensor" in refused["text"]
-        assert _record(peer, "a1")["needs"] == ["the greenhouse temperature"]
-        peer.publish("zigbee2mqtt/greenhouse", json.dumps({"temperature": 30}))
-        peer.wait_for(lambda m: m.topic == f"{BASE}/world"
-                      and m.json()["greenhouse"]["fields"] == {"temperature": 30})
-        peer.publish(f"{BASE}/ask", json.dumps({"id": "a2", "text": "fan on"}))
-        assert _answer(peer, "a2").json()["verdict"] == "done"
-        sent = fan.wait_for(lambda m: m.topic == FAN)
-        assert sent.json() == {"state": "ON"}
-        peer.publish("zigbee2mqtt/greenhouse", json.dumps({"temperature": 20}))
-        peer.publish(f"{BASE}/ask", json.dumps({"id": "a3", "text": "turn on the fan"}))
-        cool = _answer(peer, "a3").json()
-        assert cool["verdict"] == "refused" and "greenhouse.temperature > 25" in cool["reason"]
-        fan.drain(2)
-        assert len([m for m in fan.seen if m.topic == FAN]) == 1  # exactly once
-    finally:
-        fan.close()
 
 
 def test_a_stale_reading_counts_as_missing() -> None:
@@ -193,33 +176,26 @@ def test_confirmation_yes_acts_no_and_silence_decline(
         factory.reset()
 
 
-@pytest.mark.slow
-def test_a_rule_with_actions_lets_the_model_propose_and_the_verifier_decide(
-        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start(root="  - name: hot_act\n    source: hotbox\n    when: temperature > 40\n"
-               "    prompt: The greenhouse is at {temperature} degrees. Turn the fan on.\n"
-               "    min_interval_s: 0\n    actions: [fan_on]\n" + ACTIONS)
-    peer.publish(f"{BASE}/event/hotbox", json.dumps({"temperature": 45}))
-    alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert", 90).json()
-    if "verdict" in alert:  # the model proposed: the verifier decided (no reading: refused)
-        record = _record(peer, alert["id"])
-        assert record["source"] == "sensor" and record["action"] == "fan_on"
-        assert record["verdict"] == "refused" and record["needs"]
-    else:
-        assert alert["text"] and alert["tokens"] > 0
+HOT_ACT = ("  - name: hot_act\n    source: hotbox\n    when: temperature > 40\n"
+           "    prompt: The greenhouse is at {temperature} degrees. Turn the fan on.\n"
+           "    min_interval_s: 0\n    actions: [fan_on]\n")
+"""A rule that may propose ``fan_on``: the rule test's, on the shared device."""
 
 
 @pytest.fixture(scope="module")
 def acting(module_start: Callable[..., ApplianceProcess],
            module_broker: Broker) -> Iterator[tuple[ApplianceProcess, Peer]]:
-    """One device with :data:`ACTIONS` for the tests that read its discovery and act on it.
+    """One device with :data:`ACTIONS` and :data:`HOT_ACT` for the tests that ask and act.
 
-    They touch different things (the retained discovery; the world and the vent), so
-    neither sees what the other did. ``peer`` subscribed before the device started.
+    They use their own request ids and touch different things (the retained
+    discovery; the hotbox rule; the fan; the world and the vent). The greenhouse
+    reading is the one thing they share: the rule test and the fan test need it
+    absent at first, so they come before the tests that send one (in this file's
+    order, which pytest keeps). ``peer`` subscribed before the device started.
     """
     peer = Peer(module_broker.port, [f"{BASE}/#", "homeassistant/#"])
     try:
-        yield module_start(root=ACTIONS), peer
+        yield module_start(root=HOT_ACT + ACTIONS), peer
     finally:
         peer.close()
 
@@ -235,21 +211,65 @@ def test_the_discovery_lists_the_action_buttons(acting: tuple[ApplianceProcess, 
 
 
 @pytest.mark.slow
-def test_appliance_act_and_world(acting: tuple[ApplianceProcess, Peer]) -> None:
+def test_a_rule_with_actions_lets_the_model_propose_and_the_verifier_decide(
+        acting: tuple[ApplianceProcess, Peer]) -> None:
+    _, peer = acting  # no greenhouse reading yet: the fan test and those after send them
+    peer.publish(f"{BASE}/event/hotbox", json.dumps({"temperature": 45}))
+    alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert", 90).json()
+    if "verdict" in alert:  # the model proposed: the verifier decided (no reading: refused)
+        record = _record(peer, alert["id"])
+        assert record["source"] == "sensor" and record["action"] == "fan_on"
+        assert record["verdict"] == "refused" and record["needs"]
+    else:
+        assert alert["text"] and alert["tokens"] > 0
+
+
+@pytest.mark.slow
+def test_the_fan_phrase_follows_the_greenhouse_reading(
+        acting: tuple[ApplianceProcess, Peer], module_broker: Broker) -> None:
+    _, peer = acting  # no greenhouse reading yet: only the tests after this one send one
+    fan = Peer(module_broker.port, [FAN])
+    try:
+        peer.publish(f"{BASE}/ask", json.dumps({"id": "a1", "text": "Turn on the fan!"}))
+        refused = _answer(peer, "a1").json()
+        assert refused["verdict"] == "refused" and refused["action"] == "fan_on"
+        assert refused["needs"] == ["the greenhouse temperature"]
+        assert "greenhouse" in refused["text"] and "sensor" in refused["text"]
+        assert _record(peer, "a1")["needs"] == ["the greenhouse temperature"]
+        peer.publish("zigbee2mqtt/greenhouse", json.dumps({"temperature": 30}))
+        peer.wait_for(lambda m: m.topic == f"{BASE}/world"
+                      and m.json().get("greenhouse", {}).get("fields") == {"temperature": 30})
+        peer.publish(f"{BASE}/ask", json.dumps({"id": "a2", "text": "fan on"}))
+        assert _answer(peer, "a2").json()["verdict"] == "done"
+        sent = fan.wait_for(lambda m: m.topic == FAN)
+        assert sent.json() == {"state": "ON"}
+        peer.publish("zigbee2mqtt/greenhouse", json.dumps({"temperature": 20}))
+        peer.publish(f"{BASE}/ask", json.dumps({"id": "a3", "text": "turn on the fan"}))
+        cool = _answer(peer, "a3").json()
+        assert cool["verdict"] == "refused" and "greenhouse.temperature > 25" in cool["reason"]
+        fan.drain(2)
+        assert len([m for m in fan.seen if m.topic == FAN]) == 1  # exactly once
+    finally:
+        fan.close()
+
+
+@pytest.mark.slow
+def test_appliance_act_and_world(acting: tuple[ApplianceProcess, Peer],
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     app, peer = acting
     config = str(app.config)
     peer.publish("zigbee2mqtt/greenhouse", json.dumps({"temperature": 31}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/world"
                   and m.json().get("greenhouse", {}).get("fields") == {"temperature": 31})
-    world = run_cli("--config", config, "world", "--json")
+    world = _cli(capsys, "--config", config, "world", "--json")
     assert world.returncode == 0 and json.loads(world.stdout)["greenhouse"]["fields"] == {
         "temperature": 31}
-    done = run_cli("--config", config, "act", "vent_open", "--args", '{"percent": 40}',
-                   "--json")
+    done = _cli(capsys, "--config", config, "act", "vent_open", "--args", '{"percent": 40}',
+                "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["verdict"] == "done"
-    wrong = run_cli("--config", config, "act", "vent_open", "--args", '{"percent": "x"}')
+    wrong = _cli(capsys, "--config", config, "act", "vent_open", "--args", '{"percent": "x"}')
     assert wrong.returncode == 1 and "bad arguments" in wrong.stdout
-    junk = run_cli("--config", config, "act", "vent_open", "--args", "{nope")
+    junk = _cli(capsys, "--config", config, "act", "vent_open", "--args", "{nope")
     assert junk.returncode == 2 and "not JSON" in junk.stderr
 
 
@@ -314,7 +334,8 @@ def test_killed_after_the_publish_it_is_never_sent_twice(
 
 
 @pytest.mark.slow
-def test_bad_action_configs_are_one_line_each(tmp_path: Path, model_path: Path) -> None:
+def test_bad_action_configs_are_one_line_each(tmp_path: Path, model_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     cases = {"kid_safe_actions: [nope]": "voice:\n  kid_safe_actions: [nope]\n",
              "args": ACTIONS.replace("type: integer", "type: float"),
              "names nothing": ACTIONS.replace("greenhouse.temperature > 25", "1 < 2"),
@@ -322,6 +343,6 @@ def test_bad_action_configs_are_one_line_each(tmp_path: Path, model_path: Path) 
     for name, extra in cases.items():
         cfg = tmp_path / f"{name.replace(' ', '_')}.yaml"
         cfg.write_text(f"llm:\n  model_path: {model_path}\n" + extra)
-        done = run_cli("--config", str(cfg), "config", "check")
+        done = _cli(capsys, "--config", str(cfg), "config", "check")
         assert done.returncode == 2, name
         assert len(done.stderr.strip().splitlines()) == 1 and str(cfg) in done.stderr

@@ -83,7 +83,12 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, module_broker: Broker) -> Iterator[App]:
-    a = App(tmp_path_factory.mktemp("api"), module_broker)
+    """The device the API tests share: they ask one at a time, so a queue of one is enough.
+
+    The full-queue test fills that queue, and heats the device and cools it again.
+    """
+    a = App(tmp_path_factory.mktemp("api"), module_broker,
+            mqtt={"ask_rate_per_min": 1000, "queue_size": 1})
     yield a
     a.close()
 
@@ -364,8 +369,7 @@ def test_a_token_is_required_when_set(limited: App) -> None:
     assert tags.models[0].model == f"{MODEL}:latest"
 
 
-def test_full_queue_and_cooling_down_are_503(tmp_path: Path, module_broker: Broker) -> None:
-    app = App(tmp_path, module_broker, mqtt={"queue_size": 1})
+def test_full_queue_and_cooling_down_are_503(app: App) -> None:
     try:
         body = {"model": MODEL, "messages": [{"role": "user", "content": STORY}],
                 "options": {"num_predict": 400}}
@@ -390,8 +394,10 @@ def test_full_queue_and_cooling_down_are_503(tmp_path: Path, module_broker: Brok
         with pytest.raises(ollama.ResponseError) as cooling:
             _ollama(app).chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
         assert cooling.value.status_code == 503 and "cooling down" in cooling.value.error
-    finally:
-        app.close()
+    finally:  # cool again, for the tests that share the device
+        app.temp.write_text("51000\n")
+        eventually(lambda: _metrics(app)["appliance_throttle_level"][()] == 0, 60,
+                   "the device cool again")
 
 
 def test_rate_limit_is_429(limited: App) -> None:

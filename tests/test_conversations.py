@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from appliance.service.preparation import Preparation
 from tests.conftest import BASE, make_settings
 from tests.fakes import FakeClock
 from tests.helpers import eventually
-from tests.services import ApplianceProcess, Peer
+from tests.services import ApplianceProcess, Broker, Peer
 
 SETTINGS = ConversationSettings(idle_s=300, max_kept=2, max_turns=4)
 
@@ -176,17 +176,38 @@ def test_a_three_turn_mqtt_conversation_remembers_across_a_restart(
                "the conversation's state on disk")
 
 
+IDLE_S = 4
+"""``conversation.idle_s`` of :func:`toy`'s device."""
+
+
+@pytest.fixture(scope="module")
+def toy(module_start: Callable[..., ApplianceProcess],
+        module_broker: Broker) -> Iterator[tuple[ApplianceProcess, Peer]]:
+    """A device in toy mode whose conversations go idle after :data:`IDLE_S`, and a peer.
+
+    For the toy-mode test and the idle test (each with its own ids and conversations;
+    both read only the prompts of their own asks): one start, not two. The idle test
+    asserts nothing toy mode changes: kept or forgotten turns are in memory either way.
+    """
+    peer = Peer(module_broker.port, [f"{BASE}/#"])
+    try:
+        yield module_start({"voice": {"kid_safe": True},
+                            "conversation": {"idle_s": IDLE_S}}), peer
+    finally:
+        peer.close()
+
+
 @pytest.mark.slow
 def test_toy_mode_writes_no_conversation_to_disk(
-        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
-    app = start({"voice": {"kid_safe": True}})
+        toy: tuple[ApplianceProcess, Peer]) -> None:
+    app, peer = toy
     first = _ask(peer, "k1", "What colour is the sky?", "new")
     _ask(peer, "k2", "And the grass?", first["conversation"])
     *_, before, after = _prompt_tokens(app)
     assert after > before  # remembered in memory...
-    assert Journal(tmp_path / "data" / "journal.sqlite3").conversations() == []  # ...only
+    assert Journal(app.workdir / "data" / "journal.sqlite3").conversations() == []  # ...only
     _ask(peer, "k3", "And the sea?", "new")  # another conversation takes the context
-    assert not (tmp_path / "data" / "kv-conversations").exists()  # no model state either
+    assert not (app.workdir / "data" / "kv-conversations").exists()  # no model state either
 
 
 @pytest.mark.slow
@@ -235,12 +256,13 @@ def test_a_follow_up_reads_only_its_new_tokens_unless_the_prompt_changed(
 
 @pytest.mark.slow
 def test_a_conversation_idle_for_longer_than_idle_s_is_forgotten(
-        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    app = start({"conversation": {"idle_s": 3}})
+        toy: tuple[ApplianceProcess, Peer]) -> None:
+    app, peer = toy
     first = _ask(peer, "e1", "What is the greenhouse temperature?", "new")
-    kept = _ask(peer, "e2", "What should I do?", first["conversation"])  # within 3 s
+    kept = _ask(peer, "e2", "What should I do?", first["conversation"])  # within IDLE_S
     used = time.monotonic()
-    eventually(lambda: time.monotonic() - used > 3.5, 10, "the conversation to go idle")
+    eventually(lambda: time.monotonic() - used > IDLE_S + 0.5, 10,
+               "the conversation to go idle")
     forgotten = _ask(peer, "e3", "What should I do?", first["conversation"])
     alone = _ask(peer, "e4", "What should I do?", "new")
     *_, with_turns, after_idle, new = _prompt_tokens(app)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BASE, STORY
-from tests.services import ApplianceProcess, Peer
+from tests.services import ApplianceProcess, Broker, Peer
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,29 @@ def _vcgencmd(tmp_path: Path, output: str) -> Path:
                       "echo 'throttled=0x0'\n")
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return script
+
+
+@pytest.fixture(scope="module")
+def unmetered(module_start: Callable[..., ApplianceProcess]) -> ApplianceProcess:
+    """One device without a power meter, whose decode threads follow its heat.
+
+    Shared by the test of no meter (it only asks) and the test of the threads (it
+    heats the zone and cools it back to normal, waiting for each): neither sees the
+    other's part of the config, and the heat changes no answer's energy fields.
+    """
+    return module_start({"llm": {"n_threads": 2,  # more than warm's one (the default is one)
+                                 "adaptive_threads": False}},  # heat alone (test_contention)
+                        thermal="  interval_s: 0.1\n  levels:\n    - {name: normal, from_c: 0}\n"
+                                "    - {name: warm, from_c: 70, n_threads: 1}\n",
+                        root="power:\n  meter: none\n")
+
+
+@pytest.fixture
+def unmetered_peer(unmetered: ApplianceProcess, module_broker: Broker) -> Iterator[Peer]:
+    """A fresh peer of :func:`unmetered`'s device."""
+    p = Peer(module_broker.port, [f"{BASE}/#"])
+    yield p
+    p.close()
 
 
 def _answer(peer: Peer, request_id: str) -> dict[str, object]:
@@ -63,21 +86,17 @@ def test_a_garbled_meter_is_one_warning_and_answers_go_on(
     assert log.count('"power_meter_unreadable"') == 1
 
 
-def test_no_meter_no_energy_fields(start: Callable[..., ApplianceProcess],
-                                   peer: Peer) -> None:
-    start(root="power:\n  meter: none\n")
+def test_no_meter_no_energy_fields(unmetered_peer: Peer) -> None:
+    peer = unmetered_peer
     peer.publish(f"{BASE}/ask", json.dumps({"id": "n", "text": "Hi.", "max_tokens": 8}))
     answer = _answer(peer, "n")
     assert not {"energy_j", "avg_w", "tokens_per_j"} & set(answer)
 
 
 def test_decode_threads_follow_the_heat_during_a_generation(
-        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
-    zone = tmp_path / "temp"
-    start({"llm": {"n_threads": 2,  # more than warm's one (the tests' default is one)
-                   "adaptive_threads": False}},  # the heat alone (test_contention: the CPU)
-          thermal="  interval_s: 0.1\n  levels:\n    - {name: normal, from_c: 0}\n"
-                  "    - {name: warm, from_c: 70, n_threads: 1}\n")
+        unmetered: ApplianceProcess, unmetered_peer: Peer) -> None:
+    peer = unmetered_peer
+    zone = unmetered.workdir / "temp"
     normal = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
                            and m.json()["state"] == "idle").json()
     assert normal["n_threads"] >= 1
@@ -90,7 +109,7 @@ def test_decode_threads_follow_the_heat_during_a_generation(
                   and m.json()["throttle_level"] == "warm", after=heated_from)
     hot = _answer(peer, "hot")
     assert hot["n_threads"] == 1 and hot["throttle_level"] == "warm"
-    log = (tmp_path / "run-1.log").read_text()
+    log = (unmetered.workdir / f"run-{unmetered.runs}.log").read_text()
     assert '"threads_changed"' in log  # the engine itself, between two tokens
     cooled_from = len(peer.seen)  # the state before the heat was normal too
     zone.write_text("50000\n")

@@ -123,8 +123,10 @@ def test_cached_and_uncached_answers_are_identical(engine: Engine, model_path: P
     engine.warm_up()
     try:
         for question in ("Why is the sky blue?", "How do I water tomatoes?"):
-            cold = uncached.complete(ChatRequest(question))
-            warm = engine.complete(ChatRequest(question))
+            # 24 tokens: the cache decides the state the answer starts from, so a
+            # restored prompt that differs shows from the first tokens on.
+            cold = uncached.complete(ChatRequest(question, max_tokens=24))
+            warm = engine.complete(ChatRequest(question, max_tokens=24))
             assert cold.cached_tokens == 0 and warm.cached_tokens > 0
             assert cold.text == warm.text
     finally:

@@ -19,8 +19,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Iterator[ModelServer]:
-    """One server for the tests that only ask it (each start costs seconds of CPU)."""
-    s = ModelServer(model_path, tmp_path_factory.mktemp("server") / "server.log")
+    """One server for the tests that only ask it (each start costs seconds of CPU).
+
+    It wants an API key (:data:`KEYED`), as a site's server would: the key test reads
+    what the module's device did with it.
+    """
+    s = ModelServer(model_path, tmp_path_factory.mktemp("server") / "server.log",
+                    api_key="sk-test-" + os.urandom(8).hex())
     s.start()
     yield s
     s.kill()
@@ -35,6 +40,10 @@ def own_server(tmp_path: Path, model_path: Path) -> Iterator[ModelServer]:
     s.kill()
 
 
+KEYED = "  api_key_env: BIG_KEY\n"
+"""The escalation lines for the module's :func:`server`; the key is in ``$BIG_KEY``."""
+
+
 def _escalation(endpoint: str, extra: str = "") -> str:
     return (f"escalation:\n  enabled: true\n  endpoint: {endpoint}\n  model: {ALIAS}\n"
             "  first_token_timeout_s: 15\n  timeout_s: 90\n"
@@ -43,21 +52,25 @@ def _escalation(endpoint: str, extra: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def asker(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
-          server: ModelServer) -> Iterator[Peer]:
-    """A peer of one ``appliance run`` escalating to the module's server, as ``start`` makes it.
+          server: ModelServer) -> Iterator[tuple[ApplianceProcess, Peer]]:
+    """One ``appliance run`` escalating to the module's server, as ``start`` makes it, a peer.
 
     For the tests that only ask it (each with its own request ids): one start, not one each.
+    It escalates an answer whose first 8 tokens are unsure (``confidence_below: 0.0``,
+    which every answer is): a question asked for fewer tokens stays local all the same.
     """
     home = tmp_path_factory.mktemp("asker")
     broker = Broker(home / "broker")
     broker.start()
-    overrides = fragments(rules=_escalation(server.endpoint))
+    overrides = fragments(rules=_escalation(server.endpoint,
+                                            "    confidence_below: 0.0\n" + KEYED))
     app = ApplianceProcess(home, service_config(home, broker.port, overrides,
-                                                overrides.pop("+rules", ())))
+                                                overrides.pop("+rules", ())),
+                           {"BIG_KEY": str(server.api_key)})
     try:
         app.start()
         peer = Peer(broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
-        yield peer
+        yield app, peer
         peer.close()
     finally:
         app.close()
@@ -74,8 +87,9 @@ def _chunks(peer: Peer, request_id: str) -> list[dict[str, object]]:
             and m.json()["id"] == request_id]
 
 
-def test_tier_remote_is_answered_by_the_server_and_streamed(asker: Peer) -> None:
-    peer = asker
+def test_tier_remote_is_answered_by_the_server_and_streamed(
+        asker: tuple[ApplianceProcess, Peer]) -> None:
+    _, peer = asker
     peer.publish(f"{BASE}/ask", json.dumps({"id": "r", "text": "Name a colour.",
                                             "tier": "remote", "max_tokens": 16}))
     answer = _answer(peer, "r").json()
@@ -85,10 +99,12 @@ def test_tier_remote_is_answered_by_the_server_and_streamed(asker: Peer) -> None
     assert chunks and "".join(str(c["delta"]) for c in chunks).strip() == answer["text"]
 
 
-def test_a_keyword_escalates_and_a_short_question_stays_local(asker: Peer) -> None:
-    peer = asker
+def test_a_keyword_escalates_and_a_short_question_stays_local(
+        asker: tuple[ApplianceProcess, Peer]) -> None:
+    _, peer = asker
     peer.publish(f"{BASE}/ask", json.dumps({"id": "k", "text": "Explain why the sky is blue.",
                                             "max_tokens": 12}))
+    # 6 tokens: fewer than the 8 whose confidence would escalate it (see asker)
     peer.publish(f"{BASE}/ask", json.dumps({"id": "s", "text": "Hi.", "max_tokens": 6}))
     hard, short = _answer(peer, "k").json(), _answer(peer, "s").json()
     assert hard["tier"] == "remote" and hard["escalation"]["reason"] == "keywords"
@@ -137,7 +153,8 @@ def test_a_server_that_is_down_falls_back_then_is_skipped(
 def test_toy_mode_never_escalates(start: Callable[..., ApplianceProcess], peer: Peer,
                                   server: ModelServer) -> None:
     before = server.log.stat().st_size  # the module's server: what it logged before is not ours
-    start(root=_escalation(server.endpoint) + "voice:\n  kid_safe: true\n")
+    start(root=_escalation(server.endpoint, KEYED) + "voice:\n  kid_safe: true\n",
+          BIG_KEY=str(server.api_key))
     peer.publish(f"{BASE}/ask", json.dumps({"id": "toy", "text": "Explain why it rains.",
                                             "tier": "remote", "max_tokens": 6}))
     answer = _answer(peer, "toy").json()
@@ -147,30 +164,23 @@ def test_toy_mode_never_escalates(start: Callable[..., ApplianceProcess], peer: 
 
 
 def test_the_api_key_is_sent_but_never_shown(
-        tmp_path: Path, model_path: Path, start: Callable[..., ApplianceProcess],
-        peer: Peer) -> None:
-    secret = "sk-test-" + os.urandom(8).hex()
-    keyed = ModelServer(model_path, tmp_path / "keyed.log", api_key=secret)
-    keyed.start()
-    try:
-        app = start(root=_escalation(keyed.endpoint, "  api_key_env: BIG_KEY\n"),
-                    BIG_KEY=secret)
-        peer.publish(f"{BASE}/ask", json.dumps({"id": "key", "text": "Hi.", "tier": "remote",
-                                                "max_tokens": 4}))
-        answer = _answer(peer, "key").json()
-        assert answer["tier"] == "remote"  # the server accepted the key
-        worker = Path(f"/proc/{app.worker_pid()}/environ").read_bytes()
-        assert secret.encode() not in worker
-        time.sleep(0.5)
-        assert secret not in (tmp_path / f"run-{app.runs}.log").read_text()
-        assert not [m for m in peer.seen if secret.encode() in m.payload]
-    finally:
-        keyed.kill()
+        asker: tuple[ApplianceProcess, Peer], server: ModelServer) -> None:
+    app, peer = asker  # the module's server wants the key; the device has it in $BIG_KEY
+    secret = str(server.api_key)
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "key", "text": "Hi.", "tier": "remote",
+                                            "max_tokens": 4}))
+    answer = _answer(peer, "key").json()
+    assert answer["tier"] == "remote"  # the server accepted the key
+    worker = Path(f"/proc/{app.worker_pid()}/environ").read_bytes()
+    assert secret.encode() not in worker
+    time.sleep(0.5)
+    assert secret not in (app.workdir / f"run-{app.runs}.log").read_text()
+    assert not [m for m in peer.seen if secret.encode() in m.payload]
 
 
 def test_low_confidence_cancels_the_local_answer_early_and_escalates(
-        start: Callable[..., ApplianceProcess], peer: Peer, server: ModelServer) -> None:
-    start(root=_escalation(server.endpoint, "    confidence_below: 0.0\n"))
+        asker: tuple[ApplianceProcess, Peer]) -> None:
+    _, peer = asker  # its device escalates below a confidence of 0.0
     peer.publish(f"{BASE}/ask", json.dumps({"id": "unsure", "text": STORY,
                                             "max_tokens": 24}))
     answer = _answer(peer, "unsure").json()

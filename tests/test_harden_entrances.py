@@ -101,6 +101,29 @@ def site(broker: Broker) -> Iterator[Peer]:
     p.close()
 
 
+@pytest.fixture(scope="module")
+def default_doors(module_start: Callable[..., ApplianceProcess]) -> tuple[ApplianceProcess,
+                                                                         int, int]:
+    """One device with :data:`ACTIONS` and both APIs as they are by default; their ports.
+
+    Its tests act with their own ids and read their own records. The module's
+    last test stops it (stopping is what it checks), so it must stay the last.
+    """
+    apis, wport, hport = _apis()
+    app = module_start(extra=apis, root=ACTIONS)
+    keep_notify_drained(app)
+    return app, wport, hport
+
+
+@pytest.fixture
+def default_site(default_doors: tuple[ApplianceProcess, int, int],
+                 module_broker: Broker) -> Iterator[Peer]:
+    """:func:`site` for :func:`default_doors`' device (what is retained, and what is new)."""
+    p = Peer(module_broker.port, [f"{BASE}/#", "site/#"])
+    yield p
+    p.close()
+
+
 def test_the_settings_close_the_api_doors_and_the_model_is_offered_nothing() -> None:
     default = parse_settings("api:\n  wyoming: {}\n  http: {}\n" + ACTIONS)
     closed = closed_entrances(default)
@@ -126,9 +149,9 @@ def test_the_settings_close_the_api_doors_and_the_model_is_offered_nothing() -> 
 
 @pytest.mark.slow
 def test_wyoming_and_http_without_a_token_cannot_act_by_default(
-        start: Callable[..., ApplianceProcess], site: Peer) -> None:
-    apis, wport, hport = _apis()
-    keep_notify_drained(start(extra=apis, root=ACTIONS))
+        default_doors: tuple[ApplianceProcess, int, int], default_site: Peer) -> None:
+    _, wport, hport = default_doors
+    site = default_site
     event = _transcript(wport, "open the valve")
     assert event.type == "handled" and "api.wyoming.actions" in (
         Handled.from_event(event).text or "")
@@ -212,8 +235,8 @@ def test_a_spoken_yes_answers_only_a_spoken_question(
 
 @pytest.mark.slow
 def test_a_duplicate_id_is_refused_while_its_question_waits(
-        start: Callable[..., ApplianceProcess], site: Peer) -> None:
-    app = start(root=ACTIONS)
+        default_doors: tuple[ApplianceProcess, int, int], default_site: Peer) -> None:
+    app, site = default_doors[0], default_site  # it stops the device: the module's last test
 
     def error(request_id: str, after: int) -> str:
         return str(site.wait_for(lambda m: m.topic == f"{BASE}/error"

@@ -15,7 +15,6 @@ import json
 import os
 import threading
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -26,8 +25,8 @@ from appliance.generate.mqtt_remote import MqttGenerator
 from appliance.llm.types import ChatRequest, Chunk, Completion
 from appliance.protocol.messages import Outgoing
 from tests.conftest import BASE
-from tests.helpers import eventually_async
-from tests.services import ApplianceProcess, Message, Peer
+from tests.helpers import eventually_async, keep_notify_drained
+from tests.services import ApplianceProcess, Broker, Message, Peer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,6 +116,42 @@ def _escalation(endpoint: str, extra: str = "") -> str:
             "  first_token_timeout_s: 2\n  timeout_s: 300\n" + extra)
 
 
+SECRET = "sk-hostile-" + os.urandom(8).hex()
+"""The API key of :func:`escalating`'s device, which a hostile upstream quotes back."""
+
+
+@pytest.fixture(scope="module")
+def shared_upstream() -> Iterator[HostileUpstream]:
+    """The upstream of :func:`escalating`'s device; each test sets its handler first."""
+    server = HostileUpstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def escalating(module_start: Callable[..., ApplianceProcess],
+               shared_upstream: HostileUpstream) -> tuple[ApplianceProcess, HostileUpstream]:
+    """One device escalating to :func:`shared_upstream` with :data:`SECRET` as its key.
+
+    Its breaker opens only after 100 failures in a row, so the tests that share
+    it (each with its own ids and upstream handler) never see one another's.
+    """
+    app = module_start(root=_escalation(shared_upstream.endpoint, "  breaker_failures: 100\n"
+                                        "  api_key_env: HOSTILE_KEY\n"), HOSTILE_KEY=SECRET)
+    keep_notify_drained(app)  # it runs for several tests: its datagrams must not pile up
+    return app, shared_upstream
+
+
+@pytest.fixture
+def asker(escalating: tuple[ApplianceProcess, HostileUpstream],
+          module_broker: Broker) -> Iterator[Peer]:
+    """A fresh peer of :func:`escalating`'s device: it sees what is retained, and what is new."""
+    p = Peer(module_broker.port, [f"{BASE}/#"])
+    yield p
+    p.close()
+
+
 def _ask(peer: Peer, request_id: str, max_tokens: int = 8) -> None:
     peer.publish(f"{BASE}/ask", json.dumps({"id": request_id, "text": "Hi.", "tier": "remote",
                                             "max_tokens": max_tokens}))
@@ -139,9 +174,10 @@ def _escalation_state(m: Message, check: Callable[[dict[str, object]], bool]) ->
 
 @pytest.mark.slow
 def test_keep_alives_do_not_hold_a_question_past_the_first_token_deadline(
-        start: Callable[..., ApplianceProcess], peer: Peer, upstream: HostileUpstream) -> None:
+        escalating: tuple[ApplianceProcess, HostileUpstream], asker: Peer) -> None:
+    _, upstream = escalating
+    peer = asker
     upstream.handler = keep_alives
-    start(root=_escalation(upstream.endpoint))
     _ask(peer, "ka")
     answer = _answer(peer, "ka")  # timeout_s is 300 s: well before it, or not at all
     assert answer["tier"] == "local" and answer["text"]
@@ -169,8 +205,9 @@ def test_json_of_the_wrong_shape_falls_back_and_counts_for_the_breaker(
 
 @pytest.mark.slow
 def test_a_remote_answer_is_cut_at_the_local_budget(
-        start: Callable[..., ApplianceProcess], peer: Peer, upstream: HostileUpstream) -> None:
-    start(root=_escalation(upstream.endpoint, "  breaker_failures: 100\n"))
+        escalating: tuple[ApplianceProcess, HostileUpstream], asker: Peer) -> None:
+    _, upstream = escalating
+    peer = asker
     upstream.handler = flood
     _ask(peer, "flood", max_tokens=8)
     answer = _answer(peer, "flood")
@@ -198,9 +235,9 @@ def test_a_remote_answer_is_cut_at_the_local_budget(
 
 @pytest.mark.slow
 def test_an_upstream_error_body_never_leaves_the_device(
-        tmp_path: Path, start: Callable[..., ApplianceProcess], peer: Peer,
-        upstream: HostileUpstream) -> None:
-    secret = "sk-hostile-" + os.urandom(8).hex()
+        escalating: tuple[ApplianceProcess, HostileUpstream], asker: Peer) -> None:
+    app, upstream = escalating
+    peer, secret = asker, SECRET
 
     async def refuse(request: web.Request) -> web.StreamResponse:
         key = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -208,17 +245,17 @@ def test_an_upstream_error_body_never_leaves_the_device(
                                             "type": "invalid_request_error"}}, status=401)
 
     upstream.handler = refuse
-    app = start(root=_escalation(upstream.endpoint, "  api_key_env: HOSTILE_KEY\n"),
-                HOSTILE_KEY=secret)
     _ask(peer, "auth")
     answer = _answer(peer, "auth")
     assert answer["tier"] == "local"
     assert _fallback(answer) == "upstream answered 401 (auth)"
-    state = peer.wait_for(lambda m: _escalation_state(m, lambda e: bool(e.get("error"))))
+    # The retained state may still hold an error of an earlier test's upstream: wait for ours.
+    state = peer.wait_for(lambda m: _escalation_state(
+        m, lambda e: e.get("error") == "upstream answered 401 (auth)"))
     assert state.json()["escalation"]["error"] == "upstream answered 401 (auth)"
     peer.drain(1)
     assert not [m.topic for m in peer.seen if secret.encode() in m.payload]
-    assert secret not in (tmp_path / f"run-{app.runs}.log").read_text()
+    assert secret not in (app.workdir / f"run-{app.runs}.log").read_text()
 
 
 def test_a_secret_is_redacted_from_every_log_line_whoever_logs_it() -> None:

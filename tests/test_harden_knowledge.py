@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,8 +80,33 @@ def test_a_pathological_megabyte_line_is_read_in_linear_time(fmt: str, line: str
 
 # --- knowledge add opens through the safe opener ---------------------------------------
 
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where :func:`index` lives, its embedding model's rewritten graph in ``embedding/``."""
+    return tmp_path_factory.mktemp("knowledge")
+
+
+@pytest.fixture(scope="module")
+def embedder(home: Path) -> Embedder:
+    """The embedding model of :func:`index`, its graph kept beside it (:func:`graph`)."""
+    return Embedder.beside(home / "knowledge.sqlite3")
+
+
+@pytest.fixture(scope="module")
+def graph(home: Path, embedder: Embedder) -> Path:
+    """The graph :func:`embedder` kept: rewritten once per module, not once per user.
+
+    The command-line test starts from a link to it, as on a device after its first
+    command (tests/test_int8_graph.py covers the first time).
+    """
+    assert list((home / "embedding").glob("*.onnx")), "the embedder kept no graph"
+    return home / "embedding"
+
+
 @pytest.mark.slow
-def test_a_fifo_and_a_device_named_like_manuals_get_one_line_each(tmp_path: Path) -> None:
+def test_a_fifo_and_a_device_named_like_manuals_get_one_line_each(tmp_path: Path,
+                                                                   graph: Path) -> None:
+    shutil.copytree(graph, tmp_path / "data" / "embedding", copy_function=os.link)
     cfg = write_config(tmp_path / "config.yaml", base={
         "data_dir": tmp_path / "data", "llm": {"model_path": smollm2_path()}})
     fifo = tmp_path / "fifo.md"
@@ -102,10 +128,10 @@ def test_a_fifo_and_a_device_named_like_manuals_get_one_line_each(tmp_path: Path
 # --- the calibrated min_score ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An index of every test manual, with the embedding model beside it."""
-    path = tmp_path_factory.mktemp("knowledge") / "knowledge.sqlite3"
-    built = KnowledgeIndex(path, Embedder())
+def index(home: Path, embedder: Embedder) -> Iterator[Path]:
+    """An index of every test manual, with the embedding model's graph beside it."""
+    path = home / "knowledge.sqlite3"
+    built = KnowledgeIndex(path, embedder)
     for doc in sorted(p for p in MANUALS.iterdir() if p.suffix != ".py"):
         built.add(doc, max_file_mb=50)
     built.close()

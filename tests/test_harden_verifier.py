@@ -12,23 +12,27 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from appliance.actions.decision import MAX_RANGE, argument_grammar, parse_decision
 from appliance.actions.registry import Registry, SchemaError, check_args, check_schema
 from appliance.actions.verifier import Verifier
 from appliance.actions.world import UNKNOWN_AGE, Stamp, WorldState, read_boot_id
+from appliance.cli import main as cli_main
 from appliance.config import parse_settings
+from appliance.hardware import OPENMP_SPINCOUNT
 from appliance.llm import ChatRequest, Engine
 from appliance.llm.grammar import grammar_for
 from appliance.rules.expr import parse_condition
 from appliance.rules.reads import unusable
 from appliance.service.journal import Journal
-from tests.conftest import BASE, run_cli
+from tests.conftest import BASE
+from tests.helpers import keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Peer
 
 PUMP = "site/pump/set"
@@ -129,11 +133,56 @@ def test_each_field_must_hold_what_its_place_in_the_condition_compares(
     assert unusable(parse_condition(condition), readings) == problems
 
 
+KEPT = """world:
+  topics: {ahead: site/ahead}
+  publish_interval_s: 0.1
+actions:
+  - name: fill_a
+    publish: {topic: site/a/set, payload: {state: "ON"}}
+    require: [{when: "ahead.level < 90", fresh_s: 300, need: the level of tank A}]
+  - name: fill_b
+    publish: {topic: site/b/set, payload: {state: "ON"}}
+    require: [{when: "before.level < 90", fresh_s: 300, need: the level of tank B}]
+"""
+"""Actions on readings the journal kept: ``ahead`` of the clock, ``before`` a reboot."""
+
+
+@pytest.fixture(scope="module")
+def verifying(module_start: Callable[..., ApplianceProcess],
+              tmp_path_factory: pytest.TempPathFactory) -> ApplianceProcess:
+    """One device with the actions of :data:`TANK_PUMP`, :data:`KEPT` and :data:`ARGS`.
+
+    Its journal keeps a reading from ahead of the clock and one from before a
+    reboot when it starts. The tests that share it act with their own ids on
+    their own actions and readings, so none sees what another did.
+    """
+    data = tmp_path_factory.mktemp("verifying-data")
+    now, mono = time.time(), time.monotonic()
+    _seed_world(data, [
+        ("ahead", {"level": 50}, now + 3600, mono + 3600, read_boot_id()),
+        ("before", {"level": 50}, now - 5, mono - 5, "a-boot-before-this-one")])
+    tank, kept, args = (yaml.safe_load(text) for text in (TANK_PUMP, KEPT, ARGS))
+    app = module_start({"data_dir": data,
+                        "world": {**tank["world"], "topics": {**tank["world"]["topics"],
+                                                              **kept["world"]["topics"]}},
+                        "actions": [*tank["actions"], *kept["actions"], *args["actions"]]})
+    keep_notify_drained(app)  # it runs for several tests: its datagrams must not pile up
+    return app
+
+
+@pytest.fixture
+def asker(verifying: ApplianceProcess, module_broker: Broker) -> Iterator[Peer]:
+    """A fresh peer of :func:`verifying`'s device: it sees what is retained, and what is new."""
+    p = Peer(module_broker.port, [f"{BASE}/#"])
+    yield p
+    p.close()
+
+
 @pytest.mark.slow
 def test_a_negated_interlock_never_acts_on_a_missing_text_or_null_field(
-        start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
-    start(root=TANK_PUMP)
-    pump = Peer(broker.port, [PUMP])
+        asker: Peer, module_broker: Broker) -> None:
+    peer = asker
+    pump = Peer(module_broker.port, [PUMP])
     try:
         for i, fields in enumerate(({"temp": 4}, {"level": "high"}, {"level": None})):
             _reading(peer, "site/tank", "tank", fields)
@@ -225,23 +274,8 @@ def _seed_world(data: Path, rows: list[tuple[str, dict[str, Any], float, float, 
 
 
 @pytest.mark.slow
-def test_kept_readings_from_ahead_or_from_before_a_reboot_are_stale(
-        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path) -> None:
-    now, mono = time.time(), time.monotonic()
-    _seed_world(tmp_path / "data", [
-        ("ahead", {"level": 50}, now + 3600, mono + 3600, read_boot_id()),
-        ("before", {"level": 50}, now - 5, mono - 5, "a-boot-before-this-one")])
-    start(root="""world:
-  topics: {ahead: site/ahead}
-  publish_interval_s: 0.1
-actions:
-  - name: fill_a
-    publish: {topic: site/a/set, payload: {state: "ON"}}
-    require: [{when: "ahead.level < 90", fresh_s: 300, need: the level of tank A}]
-  - name: fill_b
-    publish: {topic: site/b/set, payload: {state: "ON"}}
-    require: [{when: "before.level < 90", fresh_s: 300, need: the level of tank B}]
-""")
+def test_kept_readings_from_ahead_or_from_before_a_reboot_are_stale(asker: Peer) -> None:
+    peer = asker  # its device started on the readings :func:`verifying` kept (see KEPT)
     for name, sensor, need in (("fill_a", "ahead", "the level of tank A"),
                                ("fill_b", "before", "the level of tank B")):
         record = _act(peer, name, name)
@@ -389,13 +423,14 @@ def test_the_model_sets_the_heating_only_to_a_value_in_range(engine: Engine) -> 
 
 @pytest.mark.slow
 def test_a_default_that_does_not_fit_is_one_line_naming_the_file(
-        tmp_path: Path, model_path: Path) -> None:
+        tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"llm:\n  model_path: {model_path}\n"
                    + ARGS.replace("default: 10", "default: 99"))
-    done = run_cli("--config", str(cfg), "config", "check")
-    assert done.returncode == 2
-    line = done.stderr.strip()
+    monkeypatch.setenv("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)  # main() sets it; put back after
+    assert cli_main(["--config", str(cfg), "config", "check"]) == 2  # in this process: 0.5 CPU-s
+    line = capsys.readouterr().err.strip()
     assert len(line.splitlines()) == 1
     assert line == (f"appliance: {cfg}:8: actions[0].args: minutes: the default 99 does not "
                     "fit: 99 is above the maximum of 60")  # file:line: key: problem
@@ -403,9 +438,9 @@ def test_a_default_that_does_not_fit_is_one_line_naming_the_file(
 
 @pytest.mark.slow
 def test_a_phrase_acts_with_the_default_and_ranges_are_enforced(
-        start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
-    start(root=ARGS)
-    site = Peer(broker.port, ["site/#"])
+        asker: Peer, module_broker: Broker) -> None:
+    peer = asker
+    site = Peer(module_broker.port, ["site/#"])
     try:
         peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": "Water the beds!"}))
         answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer"

@@ -13,13 +13,50 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.broker import LocalBroker
+from appliance.cli import main as cli_main
+from appliance.hardware import OPENMP_SPINCOUNT
 from appliance.protocol.messages import Outgoing
 from appliance.service.journal import Journal
 from tests.conftest import BASE, STORY, _config, run_cli
-from tests.helpers import eventually
+from tests.helpers import eventually, keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Message, Peer
 
 pytestmark = pytest.mark.slow
+
+CORRUPT = b"SQLite format 3\0" + os.urandom(8192)
+"""A journal file with a valid header and nothing else that is one."""
+
+
+@pytest.fixture(scope="module")
+def relay(module_start: Callable[..., ApplianceProcess], module_broker: Broker,
+          tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[tuple[ApplianceProcess, Peer, Path]]:
+    """One device for the tests that only ask it, the peer that saw it start, its data.
+
+    Its journal is corrupt before it starts, and askers' response topics must
+    match ``replies/#``. Each test asks with its own ids and reads its own
+    answers, so none sees what another did. The peer subscribed before the start:
+    it holds the journal's error (not retained), which is out before any test asks.
+    """
+    data = tmp_path_factory.mktemp("relay-data")
+    (data / "journal.sqlite3").write_bytes(CORRUPT)
+    peer = Peer(module_broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
+    try:
+        app = module_start({"data_dir": data, "mqtt": {"ask_rate_per_min": 1000,
+                                                       "response_topics": ["replies/#"]}})
+        keep_notify_drained(app)  # it runs for several tests: its datagrams must not pile up
+        peer.wait_for(lambda m: m.topic == f"{BASE}/error" and m.json()["topic"] == "journal")
+        yield app, peer, data
+    finally:
+        peer.close()
+
+
+@pytest.fixture
+def asker(relay: tuple[ApplianceProcess, Peer, Path], module_broker: Broker) -> Iterator[Peer]:
+    """A fresh peer of :func:`relay`'s device: it sees what is retained, and what is new."""
+    p = Peer(module_broker.port, [f"{BASE}/#", "replies/#", "homeassistant/#"])
+    yield p
+    p.close()
 
 
 def _errors(peer: Peer) -> list[dict[str, object]]:
@@ -32,9 +69,8 @@ def _answer(peer: Peer, request_id: str, topic: str = f"{BASE}/answer",
                          timeout)
 
 
-def test_a_poisoned_burst_leaves_every_valid_ask_answered(
-        start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start()
+def test_a_poisoned_burst_leaves_every_valid_ask_answered(asker: Peer) -> None:
+    peer = asker
     poison = [(f"{BASE}/event/greenhouse", b'{"temperature": 1' + b"0" * 400 + b"}"),
               (f"{BASE}/ask", b'{"text": "\\ud800"}'),
               (f"{BASE}/ask", b'{"a":' * 600 + b"1" + b"}" * 600)]
@@ -74,20 +110,25 @@ def test_a_wildcard_response_topic_is_refused_and_a_poisoned_outbox_survives_res
     assert app.terminate() == 0 and time.monotonic() - began < 15
 
 
-def test_config_publish_topics_obey_the_topic_policy(tmp_path: Path, model_path: Path) -> None:
+def test_config_publish_topics_obey_the_topic_policy(
+        tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command line in this process: five fresh interpreters cost 2.5 CPU-s.
+    monkeypatch.setenv("GOMP_SPINCOUNT", OPENMP_SPINCOUNT)  # main() sets it; put back after
     for topic in ("x/+/y", "site/#", "$SYS/x", "homeassistant/sensor/x/config",
                   "appliance/other/answer"):
         cfg = tmp_path / "c.yaml"
         cfg.write_text(f"llm:\n  model_path: {model_path}\nrules:\n  - name: r\n"
                        f"    source: s\n    prompt: p\n    publish: '{topic}'\n")
-        done = run_cli("--config", str(cfg), "config", "check")
-        assert done.returncode == 2, topic
-        assert done.stderr.startswith(f"appliance: {cfg}:7: rules[0].publish: ")
-        assert len(done.stderr.strip().splitlines()) == 1
+        returncode = cli_main(["--config", str(cfg), "config", "check"])
+        stderr = capsys.readouterr().err
+        assert returncode == 2, topic
+        assert stderr.startswith(f"appliance: {cfg}:7: rules[0].publish: ")
+        assert len(stderr.strip().splitlines()) == 1
 
 
-def test_no_open_relay(start: Callable[..., ApplianceProcess], peer: Peer) -> None:
-    start("  response_topics: [replies/#]\n")
+def test_no_open_relay(asker: Peer) -> None:
+    peer = asker
     refused = ["homeassistant/device/evil/config", "$SYS/broker/x", "appliance/other/answer",
                f"{BASE}/status", f"{BASE}/state", "elsewhere/me"]
     for i, topic in enumerate(refused):
@@ -104,15 +145,14 @@ def test_no_open_relay(start: Callable[..., ApplianceProcess], peer: Peer) -> No
     assert leaked == []
 
 
-@pytest.fixture
-def acl_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+@pytest.fixture(scope="module")
+def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """Mosquitto with passwords and an ACL: the appliance may not write ``forbidden/...``."""
-    work = tmp_path / "acl-broker"
-    work.mkdir()
+    work = tmp_path_factory.mktemp("acl-broker")
     passwd = work / "passwd"
-    for user in ("t1", "asker"):
+    for user, password in (("t1", "s3cret"), ("asker", "asker-secret")):
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if user == "t1" else []),
-                        str(passwd), user, f"{user}-secret"], check=True)
+                        str(passwd), user, password], check=True)
     acl = work / "acl"
     acl.write_text("user t1\ntopic readwrite appliance/t1/#\ntopic write replies/#\n"
                    "topic read forbidden/#\n"
@@ -127,17 +167,32 @@ def acl_broker(tmp_path: Path) -> Iterator[LocalBroker]:
     broker.stop()
 
 
-def test_a_broker_refusal_is_an_error_never_answered(
-        tmp_path: Path, model_path: Path, acl_broker: LocalBroker) -> None:
-    (tmp_path / "pass").write_text("t1-secret\n")
-    config = _config(tmp_path, model_path, acl_broker.port,
-                     f"  username: t1\n  password_file: {tmp_path / 'pass'}\n"
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory, model_path: Path,
+            acl_broker: LocalBroker) -> Iterator[ApplianceProcess]:
+    """The device of :func:`acl_broker`, logged in as ``t1`` with its password in the environment.
+
+    Its tests ask it with their own ids (the refusal) or only read it (the environment).
+    """
+    work = tmp_path_factory.mktemp("guarded")
+    config = _config(work, model_path, acl_broker.port,
+                     "  username: t1\n  password_env: APPLIANCE_TEST_PW\n"
                      "  discovery: {enabled: false}\n")
-    app = ApplianceProcess(tmp_path, config)
+    app = ApplianceProcess(work, config, {"APPLIANCE_TEST_PW": "s3cret"})
+    try:
+        app.start()
+        keep_notify_drained(app)
+        yield app
+    finally:
+        app.close()
+
+
+def test_a_broker_refusal_is_an_error_never_answered(
+        guarded: ApplianceProcess, acl_broker: LocalBroker) -> None:
+    app = guarded
     peer = Peer(acl_broker.port, [f"{BASE}/#", "replies/#", "forbidden/#"],
                 auth=("asker", "asker-secret"))
     try:
-        app.start()
         peer.publish(f"{BASE}/ask", json.dumps({"id": "deny", "text": "hi", "max_tokens": 4}),
                      response_topic="forbidden/x")
         error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
@@ -148,14 +203,13 @@ def test_a_broker_refusal_is_an_error_never_answered(
                      response_topic="replies/me")
         _answer(peer, "ok", "replies/me")
         assert not [m for m in peer.seen if m.topic.startswith("forbidden/")]
-        log = (tmp_path / f"run-{app.runs}.log").read_text()
+        log = (app.workdir / f"run-{app.runs}.log").read_text()
         assert '"publish_refused"' in log
-        journal = Journal(tmp_path / "data" / "journal.sqlite3")
+        journal = Journal(app.workdir / "data" / "journal.sqlite3")
         assert eventually(lambda: journal.outbox() == [], 20,
                           "empty outbox")  # the refused one retired too
     finally:
         peer.close()
-        app.close()
 
 
 def _mount_tmpfs(path: Path, size: str, *options: str) -> None:
@@ -217,19 +271,15 @@ def test_a_read_only_data_dir_is_one_line(tmp_path: Path, model_path: Path,
 
 
 def test_a_corrupt_journal_is_moved_aside_and_reported(
-        start: Callable[..., ApplianceProcess], peer: Peer, tmp_path: Path,
-        model_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "journal.sqlite3").write_bytes(b"SQLite format 3\0" + os.urandom(8192))
-    start()
+        relay: tuple[ApplianceProcess, Peer, Path]) -> None:
+    app, peer, data = relay  # started on a corrupt journal
     error = peer.wait_for(lambda m: m.topic == f"{BASE}/error"
                           and m.json()["topic"] == "journal").json()
     assert "moved to journal.sqlite3.corrupt-" in error["error"]
     assert list(data.glob("journal.sqlite3.corrupt-*"))
     peer.publish(f"{BASE}/ask", json.dumps({"id": "fresh", "text": "hi", "max_tokens": 4}))
     _answer(peer, "fresh")
-    doctor = run_cli("--config", str(tmp_path / "config.yaml"), "doctor")
+    doctor = run_cli("--config", str(app.config), "doctor")
     assert "journal.sqlite3.corrupt-" in doctor.stdout
 
 
@@ -250,28 +300,13 @@ def test_a_retried_answer_streams_a_restart_marker(
     assert after.strip() == answer["text"]
 
 
-def test_the_worker_does_not_inherit_the_mqtt_password(
-        tmp_path: Path, model_path: Path) -> None:
-    work = tmp_path / "pw-broker"
-    work.mkdir()
-    passwd = work / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "t1", "s3cret"], check=True)
-    os.chmod(passwd, 0o600)
-    broker = LocalBroker(work, f"allow_anonymous false\npassword_file {passwd}\n")
-    broker.start()
-    config = _config(tmp_path, model_path, broker.port,
-                     "  username: t1\n  password_env: APPLIANCE_TEST_PW\n")
-    app = ApplianceProcess(tmp_path, config, {"APPLIANCE_TEST_PW": "s3cret"})
-    try:
-        app.start()
-        assert app.proc is not None
-        mine = Path(f"/proc/{app.proc.pid}/environ").read_bytes().split(b"\0")
-        worker = Path(f"/proc/{app.worker_pid()}/environ").read_bytes().split(b"\0")
-        assert b"APPLIANCE_TEST_PW=s3cret" in mine
-        assert not [v for v in worker if v.startswith(b"APPLIANCE_TEST_PW=")]
-    finally:
-        app.close()
-        broker.stop()
+def test_the_worker_does_not_inherit_the_mqtt_password(guarded: ApplianceProcess) -> None:
+    app = guarded  # logged in with that password: it got to READY=1
+    assert app.proc is not None
+    mine = Path(f"/proc/{app.proc.pid}/environ").read_bytes().split(b"\0")
+    worker = Path(f"/proc/{app.worker_pid()}/environ").read_bytes().split(b"\0")
+    assert b"APPLIANCE_TEST_PW=s3cret" in mine
+    assert not [v for v in worker if v.startswith(b"APPLIANCE_TEST_PW=")]
 
 
 def test_a_lost_broker_is_logged_with_its_address(

@@ -2,11 +2,14 @@
 
 Everything runs for real: the manuals in tests/manuals (one per format, the PDF made with
 fpdf2 by tests/manuals/make_pump_pdf.py), the embedding model from its PyPI package, SQLite,
-pypdf in its child process, and the ``appliance`` command in a fresh interpreter.
+pypdf in its child process, and the ``appliance`` command's parser and handlers (in this
+process: a fresh interpreter costs ~0.5 CPU-s a command; tests/test_harden_knowledge.py runs
+``appliance knowledge add`` in one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -22,6 +25,7 @@ import yaml
 from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
+from appliance.cli import main as cli_main
 from appliance.cli.knowledge import _Progress
 from appliance.knowledge import chunking, formats
 from appliance.knowledge.document import Document, Section
@@ -31,7 +35,7 @@ from appliance.knowledge.formats import asciidoc, html, markdown, pdf, rst, text
 from appliance.knowledge.index import KnowledgeIndex
 from appliance.knowledge.query import match_expression, terms
 from appliance.knowledge.retriever import Retriever
-from tests.conftest import run_cli, smollm2_path
+from tests.conftest import smollm2_path
 from tests.helpers import write_config
 
 MANUALS = Path(__file__).with_name("manuals")
@@ -87,8 +91,18 @@ def _config(tmp_path: Path, knowledge: dict[str, Any] | None = None,
 
 
 def _knowledge(cfg: Path, *args: str) -> tuple[int, str, str]:
-    result = run_cli("--config", str(cfg), "knowledge", *args)
-    return result.returncode, result.stdout, result.stderr
+    """``appliance --config CFG knowledge ARGS`` in this process: exit code, stdout, stderr.
+
+    The same parser, handlers and exit codes as in a fresh interpreter (an argument
+    argparse refuses exits with 2); what they print is caught here.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli_main(["--config", str(cfg), "knowledge", *args])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, out.getvalue(), err.getvalue()
 
 
 def _top(retriever: Retriever, question: str, k: int = 3) -> list[tuple[str, str]]:

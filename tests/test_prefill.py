@@ -138,9 +138,9 @@ def test_a_voice_request_still_preempts_a_sensor_answer_with_prefill_on(
         mic.say(question)
         await seen.answered(2)
 
-    # 300 tokens: the story still runs while the question is spoken (about 50 tokens in here),
+    # 200 tokens: the story still runs while the question is spoken (about 50 tokens in here),
     # and it is written again whole after the voice answer (489 tokens at 600).
-    _, seen = _run(tmp_path, model_path, broker.port, interrupt, 300, rules)
+    _, seen = _run(tmp_path, model_path, broker.port, interrupt, 200, rules)
     ((request, running),) = seen.submitted
     assert running == "sensor"  # the voice request came while the sensor answer was written
     assert any(busy for _text, busy in seen.prefills)  # partials came meanwhile, and waited

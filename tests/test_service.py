@@ -24,9 +24,11 @@ def shared(module_start: Callable[..., ApplianceProcess]) -> ApplianceProcess:
     """One ``appliance run`` of the ``start`` fixture's device for the tests that only ask it.
 
     Each of them waits for its own answers, so it leaves the device idle for the next.
+    Its budget is 120 tokens (the sensor test's alerts), and it runs under a 1 s
+    systemd watchdog (the notify test), which the other tests do not see.
     """
-    app = module_start()
-    keep_notify_drained(app)  # it runs for several tests: its datagrams must not pile up
+    app = module_start({"llm": {"max_tokens": 120}}, WATCHDOG_USEC="1000000")
+    keep_notify_drained(app, record=True)  # it runs for several tests: datagrams must not pile up
     return app
 
 
@@ -121,7 +123,7 @@ def test_every_bad_input_gets_an_error_and_service_goes_on(
 
 
 def test_cancel_a_running_request(asker: Peer) -> None:
-    asker.publish(f"{BASE}/ask", json.dumps({"id": "long", "text": STORY, "max_tokens": 400}))
+    asker.publish(f"{BASE}/ask", json.dumps({"id": "long", "text": STORY, "max_tokens": 120}))
     asker.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     asker.publish(f"{BASE}/cmd/cancel", json.dumps({"id": "long"}))
     assert _answer(asker, "long").json()["finish_reason"] == "cancelled"
@@ -130,7 +132,7 @@ def test_cancel_a_running_request(asker: Peer) -> None:
 def test_broker_restart_during_generation_loses_no_answer(
         start: Callable[..., ApplianceProcess], peer: Peer, broker: Broker) -> None:
     app = start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "outage", "text": STORY, "max_tokens": 120}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "outage", "text": STORY, "max_tokens": 60}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     broker.stop()
     log = app.workdir / f"run-{app.runs}.log"
@@ -143,7 +145,7 @@ def test_broker_restart_during_generation_loses_no_answer(
 def test_worker_killed_mid_generation_is_restarted_and_answers(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
     app = start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "crash", "text": STORY, "max_tokens": 80}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "crash", "text": STORY, "max_tokens": 40}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     first_worker = app.worker_pid()
     os.kill(first_worker, signal.SIGKILL)
@@ -155,7 +157,7 @@ def test_worker_killed_mid_generation_is_restarted_and_answers(
 def test_supervisor_killed_with_a_journaled_request_answers_once(
         start: Callable[..., ApplianceProcess], peer: Peer) -> None:
     app = start()
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "once", "text": STORY, "max_tokens": 80}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "once", "text": STORY, "max_tokens": 40}))
     peer.wait_for(lambda m: m.topic == f"{BASE}/answer/stream")
     app.kill()
     assert peer.wait_for(lambda m: m.topic == f"{BASE}/status"
@@ -180,9 +182,8 @@ def test_sigterm_shuts_down_cleanly(start: Callable[..., ApplianceProcess], peer
     app.notify.wait_for("STOPPING=1", 5)
 
 
-def test_sensor_rules_threshold_and_burst(start: Callable[..., ApplianceProcess],
-                                          peer: Peer) -> None:
-    start({"llm": {"max_tokens": 120}})  # the alerts' budget too
+def test_sensor_rules_threshold_and_burst(asker: Peer) -> None:
+    peer = asker  # on the shared device: its budget of 120 tokens is the alerts' budget too
     peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 30}))
     peer.publish(f"{BASE}/event/greenhouse", json.dumps({"temperature": 45}))
     alert = peer.wait_for(lambda m: m.topic == f"{BASE}/alert").json()
@@ -204,15 +205,15 @@ def test_sensor_rules_threshold_and_burst(start: Callable[..., ApplianceProcess]
     assert max(depths) <= 1
 
 
-def test_systemd_notify_ready_status_and_watchdog(start: Callable[..., ApplianceProcess],
-                                                  peer: Peer) -> None:
-    app = start(WATCHDOG_USEC="1000000")
-    assert app.notify is not None
-    app.notify.wait_for("READY=1")
-    app.notify.wait_for("WATCHDOG=1", 5)
-    assert any(line.startswith("STATUS=") for d in app.notify.received
+def test_systemd_notify_ready_status_and_watchdog(shared: ApplianceProcess) -> None:
+    assert shared.notify is not None  # started with WATCHDOG_USEC=1000000
+    received = shared.notify.received  # filled by keep_notify_drained's thread
+    assert any("READY=1" in d.splitlines() for d in received)
+    mark = len(received)
+    eventually(lambda: any("WATCHDOG=1" in d.splitlines() for d in received[mark:]), 5,
+               "a WATCHDOG=1 within 5 s")
+    assert any(line.startswith("STATUS=") for d in received
                for line in d.splitlines())
-
 
 
 def _state_at(peer: Peer, level: str, after: int) -> dict[str, object]:
@@ -239,7 +240,7 @@ def test_thermal_ramp_end_to_end(start: Callable[..., ApplianceProcess], peer: P
     assert normal["max_tokens"] == 400
     warm_state = _state_at(peer, "warm", heat(72))  # warm costs parallelism, not threads
     assert warm_state["max_tokens"] == 400 and warm_state["n_threads"] == normal["n_threads"]
-    peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 40}))
+    peer.publish(f"{BASE}/ask", json.dumps({"id": "w", "text": STORY, "max_tokens": 8}))
     warm = _answer(peer, "w").json()
     assert warm["throttle_level"] == "warm" and warm["n_threads"] == normal["n_threads"]
     hot = _state_at(peer, "hot", heat(77))  # hot costs threads, not words

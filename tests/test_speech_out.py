@@ -78,7 +78,7 @@ def test_piper_voice_pulled_from_the_catalog_speaks_the_answer(tmp_path: Path,
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
         f"data_dir: {tmp_path / 'data'}\nllm:\n  model_path: {model_path}\n  temperature: 0\n"
-        f"  max_tokens: 40\n  n_ctx: 512\nvoice:\n  enabled: true\n"
+        f"  max_tokens: 16\n  n_ctx: 512\nvoice:\n  enabled: true\n"
         f"  model_path: {korean_model()}\n  grammar: [날씨, 온도]\n  tts: piper\n"
         "  tts_voice: joe\nmodels:\n  allow_unsigned_site_catalog: true\n")
     catalog = tmp_path / "catalog.yaml"

@@ -40,6 +40,7 @@ from tests.speech import (
     silence,
     speak,
 )
+from tests.voice_device import run_in_process
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 
@@ -52,7 +53,7 @@ def _voice_yaml(extra: str = "", tts_voice: str = "ko") -> str:
 def _listen_config(tmp_path: Path, model_path: Path, extra: str = "") -> Path:
     cfg = tmp_path / "listen.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\nllm:\n  model_path: {model_path}\n"
-                   "  temperature: 0\n  max_tokens: 40\n  n_ctx: 512\n  n_threads: 1\n"
+                   "  temperature: 0\n  max_tokens: 16\n  n_ctx: 512\n  n_threads: 1\n"
                    + _voice_yaml(extra))
     return cfg
 
@@ -220,38 +221,48 @@ def test_run_unplayable_speaker_is_an_error_and_answers_still_go_out(
 
 
 @pytest.mark.slow
-def test_run_speaks_the_answer_with_piper(start: Callable[..., ApplianceProcess], peer: Peer,
-                                         tmp_path: Path) -> None:
+def test_run_speaks_the_answer_with_piper(tmp_path: Path, model_path: Path, broker: Broker,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     played = tmp_path / "speaker.raw"  # ALSA's file plugin stands in for the sound card
     wav = sequence([speak("날씨", tmp_path / "a.wav")], tmp_path / "seq.wav")
-    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  tts: piper\n"
-                                  f"  output_device: \"file:'{played}',raw\"\n",
-                                  str(piper_voice())), **FAST_WAV)
-    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
-    assert answer["source"] == "voice"
-    speaking = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
-                             and m.json()["state"] == "speaking")
-    peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["state"] != "speaking"
-                  and peer.seen.index(m) > peer.seen.index(speaking))  # played out
+
+    def played_out(peer: Peer) -> None:
+        answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+        assert answer["source"] == "voice"
+        speaking = peer.wait_for(lambda m: m.topic == f"{BASE}/state"
+                                 and m.json()["state"] == "speaking")
+        peer.wait_for(lambda m: m.topic == f"{BASE}/state" and m.json()["state"] != "speaking"
+                      and peer.seen.index(m) > peer.seen.index(speaking))  # played out
+
+    peer = run_in_process(tmp_path, model_path, broker.port,
+                       _voice_yaml(f"  source: {wav}\n  tts: piper\n"
+                                   f"  output_device: \"file:'{played}',raw\"\n",
+                                   str(piper_voice())), monkeypatch, played_out)
     seconds = played.stat().st_size / (2 * 22050)  # piper's 16-bit mono at 22.05 kHz
     assert seconds > 0.5 and not [m for m in peer.seen if m.topic == f"{BASE}/error"]
 
 
 @pytest.mark.slow
-def test_run_wake_phrase_then_request(start: Callable[..., ApplianceProcess], peer: Peer,
-                                      tmp_path: Path) -> None:
+def test_run_wake_phrase_then_request(tmp_path: Path, model_path: Path, broker: Broker,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     parts = [speak(p, tmp_path / f"{i}.wav") for i, p in enumerate(["날씨", "안녕하세요", "온도"])]
     wav = sequence(parts, tmp_path / "seq.wav")
-    start(SHORT_ANSWERS, root=_voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
-                                  "  wake_phrase: 안녕하세요\n  keep_transcripts: true\n"),
-          **FAST_WAV)
-    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+    answers: list[dict[str, object]] = []
+
+    def answered(peer: Peer) -> None:
+        answers.append(peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json())
+        peer.drain(2)
+
+    peer = run_in_process(tmp_path, model_path, broker.port,
+                       _voice_yaml(f"  source: {wav}\n  tts: none\n  activation: wake\n"
+                                   "  wake_phrase: 안녕하세요\n  keep_transcripts: true\n"),
+                       monkeypatch, answered)
+    (answer,) = answers
     heard = [m.json()["text"] for m in peer.seen if m.topic == f"{BASE}/heard"]
     assert heard == ["날씨", "안녕하세요", "온도"]  # all heard, only the last one answered
-    peer.drain(2)
     assert len([m for m in peer.seen if m.topic == f"{BASE}/answer"]) == 1
     assert answer["source"] == "voice"
-    kept = (tmp_path / "data" / "transcripts.jsonl").read_text().splitlines()
+    kept = (tmp_path / "transcripts.jsonl").read_text().splitlines()
     assert [json.loads(line)["text"] for line in kept] == heard
 
 

@@ -8,14 +8,17 @@ show that a request follows the wake word.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from appliance import logs
 from appliance.config import load_settings
 from appliance.config.schema import VoiceSettings, WakeSettings
 from appliance.errors import ConfigError
@@ -25,16 +28,15 @@ from appliance.voice.recognizer import Heard, Recognizer
 from appliance.voice.wake import WakeWord, WakeWordError, check_wake
 from tests.conftest import BASE, run_cli
 from tests.helpers import eventually
-from tests.services import ApplianceProcess, Peer
+from tests.services import Broker, Peer
 from tests.speech import (
-    FAST_WAV,
     PHRASES,
-    SHORT_ANSWERS,
     korean_model,
     korean_vosk,
     piper_speak,
     silence,
 )
+from tests.voice_device import run_in_process
 
 GRAMMAR = "[" + ", ".join(PHRASES) + "]"
 QUESTION = "What is the weather like today?"
@@ -97,37 +99,51 @@ def test_vosk_hears_only_what_follows_the_wake_word(voices: dict[str, Path],
     assert asleep == []  # no wake word: vosk heard nothing at all
 
 
-def _log_lines(app: ApplianceProcess, until: str, timeout: float = 120) -> list[dict[str, object]]:
-    """The run's JSON log lines, once one of them is the event ``until``."""
-    path = app.workdir / f"run-{app.runs}.log"
-
-    def lines() -> list[dict[str, object]] | None:
-        found = [json.loads(line) for line in path.read_text().splitlines()
-                 if line.startswith("{")]
-        return found if any(line.get("event") == until for line in found) else None
-
-    return eventually(lines, timeout, f"{until!r} in {path}", 0.2)
-
-
 def _voice(wav: Path) -> str:
     return (f"voice:\n  enabled: true\n  model_path: {korean_model()}\n  grammar: {GRAMMAR}\n"
             f"  source: {wav}\n  tts: none\n  activation: wake\n"
             "  wake: {engine: micro, model: okay_nabu}\n")
 
 
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """The names of the events this process logs at info and above, as they are logged."""
+    names: list[str] = []
+
+    def sink(event: Mapping[str, Any]) -> None:
+        names.append(str(event.get("event")))
+
+    logs.configure("info", "json", io.StringIO())  # the autouse setup logs warnings only
+    logs.add_sink(sink)
+    yield names
+    logs.remove_sink(sink)
+
+
+def _until_ended(events: list[str]) -> list[str]:
+    """``events`` once the voice source has ended (a copy: logging goes on)."""
+    return eventually(lambda: list(events) if "voice_source_ended" in events else None, 120,
+                      "voice_source_ended logged", 0.2)
+
+
 @pytest.mark.slow
 def test_run_wakes_on_the_wake_word_and_answers_what_follows(
-        start: Callable[..., ApplianceProcess], peer: Peer, voices: dict[str, Path],
-        tmp_path: Path) -> None:
-    app = start(SHORT_ANSWERS, root=_voice(_stream(voices, tmp_path / "stream.wav",
-                                                             wake=True)), **FAST_WAV)
-    answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
-    assert answer["source"] == "voice" and answer["tokens"] > 0
-    events = [line["event"] for line in _log_lines(app, "voice_source_ended")]
+        broker: Broker, model_path: Path, voices: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, logged: list[str]) -> None:
+    ended: list[list[str]] = []
+
+    def answered(peer: Peer) -> None:
+        answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
+        assert answer["source"] == "voice" and answer["tokens"] > 0
+        ended.append(_until_ended(logged))
+        peer.drain(1)
+
+    peer = run_in_process(tmp_path, model_path, broker.port,
+                          _voice(_stream(voices, tmp_path / "stream.wav", wake=True)),
+                          monkeypatch, answered)
+    (events,) = ended
     assert "wake_word_ready" in events
     assert events.index("wake_word") < events.index("answer_ready")
     assert events.count("wake_word") == 1
-    peer.drain(1)
     heard = [m.json() for m in peer.seen if m.topic == f"{BASE}/heard"]
     assert len(heard) == 1  # the question before the wake word was never heard
     assert len([m for m in peer.seen if m.topic == f"{BASE}/answer"]) == 1
@@ -135,13 +151,19 @@ def test_run_wakes_on_the_wake_word_and_answers_what_follows(
 
 @pytest.mark.slow
 def test_run_without_the_wake_word_wakes_nothing(
-        start: Callable[..., ApplianceProcess], peer: Peer, voices: dict[str, Path],
-        tmp_path: Path) -> None:
-    app = start(SHORT_ANSWERS, root=_voice(_stream(voices, tmp_path / "asleep.wav",
-                                                             wake=False)), **FAST_WAV)
-    events = [line["event"] for line in _log_lines(app, "voice_source_ended")]
+        broker: Broker, model_path: Path, voices: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, logged: list[str]) -> None:
+    ended: list[list[str]] = []
+
+    def heard_out(peer: Peer) -> None:
+        ended.append(_until_ended(logged))
+        peer.drain(1)
+
+    peer = run_in_process(tmp_path, model_path, broker.port,
+                          _voice(_stream(voices, tmp_path / "asleep.wav", wake=False)),
+                          monkeypatch, heard_out)
+    (events,) = ended
     assert "wake_word_ready" in events and "wake_word" not in events
-    peer.drain(1)
     assert not [m for m in peer.seen if m.topic in (f"{BASE}/heard", f"{BASE}/answer")]
 
 

@@ -166,9 +166,15 @@ def _snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
 
 
 def _install(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``install.sh --root STAGE`` with the test model."""
+    """``install.sh --root STAGE`` with the test model.
+
+    pip does not compile the staged packages' 2,400 modules to bytecode (``PIP_COMPILE=0``,
+    the environment's spelling of ``--no-compile``): install.sh imports only a few of them
+    (to read the config), and compiling them all was a good part of the staging's CPU.
+    """
     return subprocess.run([*INSTALL, "--root", str(stage), "--model", "smollm2-135m-instruct-q4_1",
-                           *args], capture_output=True, text=True, check=False, timeout=900)
+                           *args], capture_output=True, text=True, check=False, timeout=900,
+                          env={**os.environ, "PIP_COMPILE": "0"})
 
 
 @pytest.fixture(scope="module")

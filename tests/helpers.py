@@ -91,7 +91,7 @@ def _plain(value: Any) -> Any:
 def llm_config(max_tokens: int = 48, n_ctx: int = 1024) -> dict[str, Any]:
     """The ``llm`` section every test uses: the test model, greedy decoding, one thread.
 
-    One decode thread, because the suite runs three test processes on two cores:
+    One decode thread, because the suite runs two test processes on two cores:
     llama.cpp's threads wait for each other by spinning, and two models of two
     threads each on two cores took 8 s instead of 0.16 s for a 22-token prompt.
     A test of the thread count itself sets ``n_threads`` again, and one of

@@ -86,11 +86,10 @@ class Api:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def log_events(self, since: int = 0) -> list[dict[str, Any]]:
-        """The log's JSON lines; ``since``: only those after the first ``since`` of them."""
+    def log_events(self) -> list[dict[str, Any]]:
         path = self.process.workdir / f"run-{self.process.runs}.log"
         return [json.loads(line) for line in path.read_text(errors="replace").splitlines()
-                if line.startswith("{")][since:]
+                if line.startswith("{")]
 
     def served(self) -> None:
         """A well-behaved client gets its answer (the real Ollama client, a short chat)."""
@@ -139,25 +138,11 @@ def openai_shaped(body: Any) -> dict[str, Any]:
     return error
 
 
-LIMITS = ("    max_connections: 20\n    header_timeout_s: 1\n    idle_timeout_s: 1\n"
-          "    body_timeout_s: 1\n")
-
-
-@pytest.fixture(scope="module")
-def shared(module_start: Callable[..., ApplianceProcess]) -> Api:
-    """One device for the tests without a token: an allowed origin, and :data:`LIMITS`.
-
-    Each reads only the log lines that came after it began, so none sees what
-    another did; clients that behave are far inside the limits.
-    """
-    return Api(module_start, "    allowed_origins: [http://webui.lan:8080]\n" + LIMITS)
-
-
 # --- item 4: CSRF and DNS rebinding --------------------------------------------------------------
 
-def test_cross_site_and_rebound_requests_are_refused_before_anything_runs(shared: Api) -> None:
-    api = shared
-    logged = len(api.log_events())
+def test_cross_site_and_rebound_requests_are_refused_before_anything_runs(
+        start: Callable[..., ApplianceProcess]) -> None:
+    api = Api(start, "    allowed_origins: [http://webui.lan:8080]\n")
     chat = {"model": MODEL, "messages": ASK, "stream": False, "options": {"num_predict": 4}}
     # A page's "simple" cross-site POSTs: text/plain (a fetch), a form (curl -d without -H).
     for kind in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded"):
@@ -179,7 +164,7 @@ def test_cross_site_and_rebound_requests_are_refused_before_anything_runs(shared
         assert rebound.status_code == 403, path
     assert openai_shaped(rebound.json())["code"] == "forbidden"
     # Nothing of that reached the model.
-    assert not [e for e in api.log_events(logged) if e.get("event") == "completed"]
+    assert not [e for e in api.log_events() if e.get("event") == "completed"]
     # Loopback names, the server's own origin and an allowed origin pass; the real clients too.
     for host in ("localhost", f"localhost:{api.port}", "127.0.0.2", f"[::1]:{api.port}",
                  socket.gethostname(), f"{socket.gethostname()}.local"):
@@ -202,9 +187,13 @@ def test_cross_site_and_rebound_requests_are_refused_before_anything_runs(shared
 
 # --- item 7: connections are capped and time out ------------------------------------------------
 
-def test_idle_and_slow_connections_are_capped_and_time_out(shared: Api) -> None:
-    api = shared
-    logged = len(api.log_events())
+LIMITS = ("    max_connections: 20\n    header_timeout_s: 1\n    idle_timeout_s: 1\n"
+          "    body_timeout_s: 1\n")
+
+
+def test_idle_and_slow_connections_are_capped_and_time_out(
+        start: Callable[..., ApplianceProcess]) -> None:
+    api = Api(start, LIMITS)
     rss_before = rss_bytes(api.pid)
     began = time.monotonic()
     # 70 connections (the cap and 50 more): silent ones, and slowloris heads.
@@ -228,7 +217,7 @@ def test_idle_and_slow_connections_are_capped_and_time_out(shared: Api) -> None:
     assert rss_bytes(api.pid) - rss_before < 50 * MiB
     # The refusals are counted, in at most one line every five seconds.
     def refusals() -> list[dict[str, Any]]:
-        return [e for e in api.log_events(logged) if e.get("event") == "http_refused"]
+        return [e for e in api.log_events() if e.get("event") == "http_refused"]
     eventually(lambda: sum(e.get("dropped_idle", 0) + e.get("slow_header", 0)
                            for e in refusals()) >= 70, 30, "70 refusals in the log")
     assert len(refusals()) <= 2 + (time.monotonic() - began) / 5
@@ -288,9 +277,8 @@ def test_a_gzip_bomb_is_refused_before_inflating_and_bounded_after(
 # --- smaller: client mistakes are 400s in the API's shape ---------------------------------------
 
 def test_client_mistakes_are_400s_in_the_apis_shape_never_internal_errors(
-        shared: Api) -> None:
-    api = shared
-    logged = len(api.log_events())
+        start: Callable[..., ApplianceProcess]) -> None:
+    api = Api(start)
     deep = b'{"model": "%s", "messages": %s%s}' % (MODEL.encode(), b"[" * 100_000,
                                                    b"]" * 100_000)
     nested = httpx.post(f"{api.url}/api/chat", content=deep, timeout=30,
@@ -322,7 +310,7 @@ def test_client_mistakes_are_400s_in_the_apis_shape_never_internal_errors(
         assert b"s3cret" not in raw and shape(body)
     # The service is unharmed: nothing failed inside, the next question is answered.
     api.served()
-    events = api.log_events(logged)
+    events = api.log_events()
     assert not [e for e in events if e.get("event") == "http_handler_failed"]
     assert not [e for e in events if e.get("level") == "error"
                 and ("http" in e.get("component", "") or "aiohttp" in e.get("component", ""))]

@@ -13,7 +13,7 @@ from llama_cpp.llama_grammar import LlamaGrammar
 
 from appliance.config.schema import DEFAULT_SYSTEM_PROMPT
 from appliance.errors import ModelError
-from appliance.llm import ChatRequest, Engine, decode_loop
+from appliance.llm import ChatRequest, Engine, sampler
 from appliance.llm.decode_loop import Generation, generate
 from appliance.llm.grammar import grammar_for
 from appliance.llm.lookup import PromptLookup
@@ -420,13 +420,13 @@ def test_a_grammar_far_from_the_model_reads_the_whole_vocabulary_and_still_match
     _primed(llm, tokens)
     theirs = _take(llm, llm.generate(tokens, reset=True, grammar=grammar, **GREEDY), 40)
     whole: list[bool] = []
-    pick = decode_loop._Sampler._pick
+    pick = sampler.Sampler._pick
 
     def counted(self: Any, logits: np.ndarray, *, with_grammar: bool) -> int:
         whole.append(with_grammar)
         return pick(self, logits, with_grammar=with_grammar)
 
-    monkeypatch.setattr(decode_loop._Sampler, "_pick", counted)
+    monkeypatch.setattr(sampler.Sampler, "_pick", counted)
     ours = _take(llm, generate(llm, tokens, grammar=grammar, **GREEDY), 40)
     assert ours == theirs
     assert json.loads(llm.detokenize(ours).decode())["code"] in ("qzxv", "wkjq")

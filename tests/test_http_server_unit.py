@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from appliance.api.errors import ApiError
 from appliance.api.http_checks import Doors
-from appliance.api.http_connections import Connection, Pool
+from appliance.api.http_connections import Connection, GuardedSite, Pool
+from appliance.bench.broker import free_port
 from appliance.config.schema_api import HttpSettings
 
 
@@ -46,3 +48,26 @@ def test_a_proxy_listed_by_its_address_in_allowed_hosts_is_served() -> None:
         doors.check(make_mocked_request("GET", "/", headers={"Host": host}))
     with pytest.raises(ApiError, match="does not serve that Host"):
         doors.check(make_mocked_request("GET", "/", headers={"Host": "10.1.2.4:8080"}))
+
+
+def test_a_silent_client_is_dropped_at_the_head_deadline_and_counted() -> None:
+    """The head's deadline is the connection's first, even when idle_timeout_s is shorter."""
+    assert asyncio.run(_silent_client(HttpSettings(header_timeout_s=0.3, idle_timeout_s=0.05))) \
+        == ["slow_header"]
+
+
+async def _silent_client(http: HttpSettings) -> list[str]:
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    pool = Pool(4, http)
+    kinds: list[str] = []
+    pool.refusals.warning = lambda kind, **_: kinds.append(kind)  # type: ignore[method-assign]
+    site = GuardedSite(runner, "127.0.0.1", free_port(), pool)
+    await site.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
+    finally:
+        await runner.cleanup()
+    return kinds

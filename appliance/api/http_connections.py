@@ -6,9 +6,10 @@ until the process runs out of file descriptors and the device's own files
 (espeak-ng, the thermal zone) fail to open. So every connection here is a
 :class:`Connection`:
 
-* it must send its first request head within ``header_timeout_s``; once
-  served, aiohttp's keep-alive timer closes it ``idle_timeout_s`` after its
-  last answer (a half-sent head then included);
+* it must send its first request head within ``header_timeout_s`` (that
+  deadline alone, whatever ``idle_timeout_s`` is); once served, aiohttp's
+  keep-alive timer closes it ``idle_timeout_s`` after its last answer (a
+  half-sent head then included);
 * the :class:`Pool` holds at most ``max_connections``: one more first drops
   the connection that has been idle longest (a slow or silent client, never
   one with a request in progress), so a well-behaved client is served even
@@ -112,6 +113,10 @@ class Connection(web.RequestHandler):
             _refuse(transport)  # never started: aiohttp knows nothing of it
             return
         super().connection_made(transport)
+        # aiohttp (3.10 on) also arms its keep-alive timer at connect, and would close a
+        # silent client at idle_timeout_s, uncounted. The first wait is the head's, and ours;
+        # keep_alive(True) cancels that timer and leaves keep-alive on for after an answer.
+        self.keep_alive(True)
         self._deadline = asyncio.get_running_loop().call_later(
             self.pool.http.header_timeout_s, self._head_too_slow)
 

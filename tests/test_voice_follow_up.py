@@ -277,6 +277,7 @@ def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Micr
     asked: list[Request] = []
     facts: list[tuple[float, dict[str, Any]]] = []
     heard: list[dict[str, Any]] = []
+    requests: list[str] = []  # what was heard of each request said
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -321,29 +322,39 @@ def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Micr
             assert off is not None
             return on, off
 
-        async def say(text: str) -> None:
-            """Say ``text`` in a pause of the speaker, and wait until vosk has finished with it.
+        async def say(text: str) -> str:
+            """Say ``text`` in a pause of the speaker; what vosk heard, once it has finished.
 
             In a pause: the test's speaker may still sound long after it said it
             had finished (see above), and vosk joins sounds that follow closely.
+            vosk may hear a word of the grammar more than was said ("온도 틀어" for
+            "온도", now and then, by where the sound falls in its chunks): what it
+            heard begins with what was said, and it is what the kiosk acts on.
             """
             before = len(heard)
             mic.say(said[text], in_a_pause=True)
-            await until(f"{text!r} heard", lambda: any(
-                h["text"] == text and not h.get("echo_guarded") for h in heard[before:]))
+
+            def heard_it() -> str | None:
+                return next((h["text"] for h in heard[before:]
+                             if h["text"].startswith(text) and not h.get("echo_guarded")), None)
+
+            await until(f"{text!r} heard", heard_it)
+            found = heard_it()
+            assert found is not None
+            return found
 
         voice.start()
         mic.hear_speaker(played)
         try:
             await say(WAKE)
-            await say("날씨")
+            requests.append(await say("날씨"))
             await until("the first request", lambda: len(asked) == 1)
             _, off = await played_out(0)
             await until("the window", lambda: fact_after("hearing", True, off))
             opened = fact_after("hearing", True, off)
             assert opened is not None
             assert facts[opened][0] - facts[off][0] >= ECHO_TAIL_S - 0.05  # not before it
-            await say("온도")  # a reply: no wake word
+            requests.append(await say("온도"))  # a reply: no wake word
             await until("the follow-up", lambda: len(asked) == 2)
             _, off = await played_out(off + 1)  # it asks again: let this window time out
             await until("the window", lambda: fact_after("hearing", True, off))
@@ -353,13 +364,14 @@ def test_spoken_follow_ups_never_hear_the_kiosk_itself(tmp_path: Path, mic: Micr
                         timeout=30)
             await say("날씨")  # too late: not addressed to us
             await say(WAKE)
-            await say("온도")
+            requests.append(await say("온도"))
             await until("the request after the wake word", lambda: len(asked) == 3)
             await played_out(off + 1)
         finally:
             voice.close()
     asyncio.run(scenario())
-    assert [r.text for r in asked] == ["날씨", "온도", "온도"]
+    assert [r.text for r in asked] == requests
+    assert [text.split()[0] for text in requests] == ["날씨", "온도", "온도"]
     first, reply, woken = (r.conversation for r in asked)
     assert first is not None and reply == first and woken not in (None, first)
     assert [h for h in heard if h.get("echo_guarded")]  # it heard itself, and knew it

@@ -17,7 +17,6 @@ from appliance import logs
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
 from appliance.llm import Engine
-from tests import scheduling
 from tests.helpers import (
     BASE,
     ROOT,
@@ -54,15 +53,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if unmarked:
         raise pytest.UsageError("tests that use slow fixtures must be marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
-    # Longest files first: --dist loadfile hands them out in collection order (with
-    # --no-loadscope-reorder; xdist's own order, most tests first, left a long file of two
-    # tests for last, alone on one worker).
-    items.sort(key=lambda item: -scheduling.seconds(item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """At most two CPU-heavy test files at once (see :mod:`tests.scheduling`)."""
-    return scheduling.make_scheduler(config, log)
+def _module_seconds(path: Path) -> dict[str, int]:
+    """``tests/data/module_seconds.txt``: how long each module took, by its path."""
+    rows = (line.split() for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#"))
+    return {module: int(seconds) for seconds, module in rows}
+
+
+MODULE_SECONDS = _module_seconds(Path(__file__).parent / "data" / "module_seconds.txt")
+"""Longest modules first: ``--dist loadfile`` hands them out in collection order (with
+``--no-loadscope-reorder``; xdist's own order, most tests first, left a long module of
+two tests for last, alone on one worker)."""
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import io
 import json
 import re
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,22 +125,36 @@ def _until_ended(events: list[str]) -> list[str]:
                       "voice_source_ended logged", 0.2)
 
 
+def _run_stream(tmp_path: Path, model_path: Path, broker: Broker, stream: Path,
+                monkeypatch: pytest.MonkeyPatch, logged: list[str],
+                first: Callable[[Peer], None] = lambda _peer: None) -> tuple[Peer, list[str]]:
+    """A device in this process hears ``stream``; its peer, and the events until the source ended.
+
+    ``first`` runs on the peer before the end is awaited (an answer to wait for).
+    """
+    ended: list[list[str]] = []
+
+    def action(peer: Peer) -> None:
+        first(peer)
+        ended.append(_until_ended(logged))
+        peer.drain(1)
+
+    peer = run_in_process(tmp_path, model_path, broker.port, _voice(stream), monkeypatch, action)
+    (events,) = ended
+    return peer, events
+
+
 @pytest.mark.slow
 def test_run_wakes_on_the_wake_word_and_answers_what_follows(
         broker: Broker, model_path: Path, voices: dict[str, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, logged: list[str]) -> None:
-    ended: list[list[str]] = []
-
     def answered(peer: Peer) -> None:
         answer = peer.wait_for(lambda m: m.topic == f"{BASE}/answer").json()
         assert answer["source"] == "voice" and answer["tokens"] > 0
-        ended.append(_until_ended(logged))
-        peer.drain(1)
 
-    peer = run_in_process(tmp_path, model_path, broker.port,
-                          _voice(_stream(voices, tmp_path / "stream.wav", wake=True)),
-                          monkeypatch, answered)
-    (events,) = ended
+    peer, events = _run_stream(tmp_path, model_path, broker,
+                               _stream(voices, tmp_path / "stream.wav", wake=True),
+                               monkeypatch, logged, answered)
     assert "wake_word_ready" in events
     assert events.index("wake_word") < events.index("answer_ready")
     assert events.count("wake_word") == 1
@@ -153,16 +167,9 @@ def test_run_wakes_on_the_wake_word_and_answers_what_follows(
 def test_run_without_the_wake_word_wakes_nothing(
         broker: Broker, model_path: Path, voices: dict[str, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, logged: list[str]) -> None:
-    ended: list[list[str]] = []
-
-    def heard_out(peer: Peer) -> None:
-        ended.append(_until_ended(logged))
-        peer.drain(1)
-
-    peer = run_in_process(tmp_path, model_path, broker.port,
-                          _voice(_stream(voices, tmp_path / "asleep.wav", wake=False)),
-                          monkeypatch, heard_out)
-    (events,) = ended
+    peer, events = _run_stream(tmp_path, model_path, broker,
+                               _stream(voices, tmp_path / "asleep.wav", wake=False),
+                               monkeypatch, logged)
     assert "wake_word_ready" in events and "wake_word" not in events
     assert not [m for m in peer.seen if m.topic in (f"{BASE}/heard", f"{BASE}/answer")]
 

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import TextIO
 
+from appliance.cli.arguments import positive_int
 from appliance.config import Settings
 from appliance.knowledge.errors import KnowledgeError
 
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     remove.set_defaults(handler=run_remove)
     search = cmds.add_parser("search", help="the passages that best answer a question")
     search.add_argument("query")
-    search.add_argument("--k", type=_positive, default=3, metavar="N", help="how many (default 3)")
+    search.add_argument("--k", type=positive_int, default=3, metavar="N",
+                        help="how many (default 3)")
     search.add_argument("--json", action="store_true",
                         help='print [{"doc", "section", "page"?, "score", "text"}, ...]')
     search.set_defaults(handler=run_search)
@@ -73,16 +75,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     from appliance.cli import load
 
     return load(args)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def run_add(args: argparse.Namespace) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench actions``."""
     p = cmds.add_parser("actions", help="grammar decoding speed, decision latency, fast path, "
                                         "decisions the model gets right")
-    p.add_argument("--rounds", type=int, default=3, help="rounds for the speed comparison")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds for the speed comparison")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)
 

@@ -7,12 +7,14 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench adapters``."""
     bench = cmds.add_parser("adapters", help="LoRA adapter switch cost, tokens/s and worker RSS")
-    bench.add_argument("--rounds", type=int, default=3, help="rounds over the question set")
+    bench.add_argument("--rounds", type=positive_int, default=3,
+                       help="rounds over the question set")
     bench.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.set_defaults(handler=run)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 TTFT_TARGET_MS = 10.0
 RATE_TARGET = 0.95
@@ -17,7 +18,7 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     """Add ``bench api``."""
     api = cmds.add_parser("api", help="what the HTTP and Wyoming APIs add to answers and "
                                       "transcription")
-    api.add_argument("--rounds", type=int, default=4, help="rounds over the question set")
+    api.add_argument("--rounds", type=positive_int, default=4, help="rounds over the question set")
     api.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
     api.add_argument("--speech-voice", metavar="VOICE",
                      help="espeak-ng voice that speaks the test phrases, in the speech model's "

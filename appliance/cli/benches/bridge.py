@@ -7,13 +7,15 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench bridge``."""
     bridge = cmds.add_parser("bridge", help="MQTT ingest rate and latency added to an ask")
     bridge.add_argument("--events", type=int, default=20000, help="sensor events to send")
-    bridge.add_argument("--rounds", type=int, default=4, help="rounds over the question set")
+    bridge.add_argument("--rounds", type=positive_int, default=4,
+                        help="rounds over the question set")
     bridge.add_argument("--fuzz", type=int, default=10000, help="hostile payloads to send")
     bridge.add_argument("--json", action="store_true", help="print the figures as JSON")
     bridge.set_defaults(handler=run)

@@ -8,6 +8,7 @@ import json
 import statistics
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,7 +18,7 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--consoles", type=int, default=3, help="consoles open at once")
     p.add_argument("--window", type=float, default=30.0,
                    help="seconds of CPU time measured with and without the consoles")
-    p.add_argument("--rounds", type=int, default=4,
+    p.add_argument("--rounds", type=positive_int, default=4,
                    help="rounds of questions, with and without the consoles open")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

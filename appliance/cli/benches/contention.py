@@ -9,14 +9,15 @@ import os
 from pathlib import Path
 
 from appliance.catalog import ResolvedModel, resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench contention``."""
     p = cmds.add_parser("contention", help="today's OpenMP wait and adaptive threads against the "
                                            "appliance as it was, idle, busy and with vosk")
-    p.add_argument("--rounds", type=int, default=8, help="rounds (one answer per side) per "
-                                                         "condition")
+    p.add_argument("--rounds", type=positive_int, default=8,
+                   help="rounds (one answer per side) per condition")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
     p.add_argument("--model", type=Path, help="a GGUF file instead of the configured model")
     p.add_argument("--no-speech", action="store_true", help="leave out the vosk condition")

@@ -11,13 +11,14 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench conversation``."""
     p = cmds.add_parser("conversation", help="a conversation's 4th turn: first token with the "
                                              "state the 3rd left, against from scratch")
-    p.add_argument("--rounds", type=int, default=3, help="conversations to time")
+    p.add_argument("--rounds", type=positive_int, default=3, help="conversations to time")
     p.add_argument("--max-tokens", type=int, default=32, help="tokens per answer")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)

@@ -7,13 +7,14 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench escalation``."""
     p = cmds.add_parser("escalation", help="remote TTFT through the appliance against direct, "
                                            "the confidence check, the fleet's spread")
-    p.add_argument("--rounds", type=int, default=3, help="rounds over the question set")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds over the question set")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)
 

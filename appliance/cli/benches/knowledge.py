@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -14,7 +15,7 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p = cmds.add_parser("knowledge", help="manual retrieval: hit rate, refusals, latency, "
                                           "build rate")
     p.add_argument("--chunks", type=int, default=10000, help="generated passages to time")
-    p.add_argument("--rounds", type=int, default=3, help="rounds over the question set")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds over the question set")
     p.add_argument("--lookup-prompts", type=int, default=8,
                    help="quoting prompts answered with and without prompt-lookup drafts "
                         "(0: skip)")

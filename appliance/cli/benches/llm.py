@@ -7,12 +7,13 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench llm``."""
     llm = cmds.add_parser("llm", help="engine tokens/s and prefix-cache time to first token")
-    llm.add_argument("--rounds", type=int, default=3, help="rounds over the question set")
+    llm.add_argument("--rounds", type=positive_int, default=3, help="rounds over the question set")
     llm.add_argument("--max-tokens", type=int, default=96, help="tokens per answer")
     llm.add_argument("--json", action="store_true", help="print the figures as JSON")
     llm.set_defaults(handler=run)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,7 +17,7 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     p.add_argument("--requests", type=int, default=4, choices=range(2, 9), metavar="2..8",
                    help="questions asked at once")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per answer")
-    p.add_argument("--rounds", type=int, default=5,
+    p.add_argument("--rounds", type=positive_int, default=5,
                    help="rounds of each measurement, interleaved; the best of each counts")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(handler=run)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.cli.arguments import positive_int
 from appliance.errors import UsageError
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
                    help="llama-server --parallel values (default 1,4)")
     p.add_argument("--clients", type=_levels, default=(1, 4, 8), metavar="N,N",
                    help="concurrent clients (default 1,4,8)")
-    p.add_argument("--rounds", type=int, default=6,
+    p.add_argument("--rounds", type=positive_int, default=6,
                    help="fresh questions (each with a follow-up) per server")
     p.add_argument("--waves", type=int, default=2, help="waves per concurrency level")
     p.add_argument("--max-tokens", type=int, default=96, help="tokens per answer")

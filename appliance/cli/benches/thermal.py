@@ -7,12 +7,13 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 
 
 def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``bench thermal``."""
     thermal = cmds.add_parser("thermal", help="watchdog CPU cost and heat-to-cut delay")
-    thermal.add_argument("--rounds", type=int, default=5, help="heat steps to time")
+    thermal.add_argument("--rounds", type=positive_int, default=5, help="heat steps to time")
     thermal.add_argument("--json", action="store_true", help="print the figures as JSON")
     thermal.set_defaults(handler=run)
 

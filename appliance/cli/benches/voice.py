@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 from appliance.catalog import resolve_llm
+from appliance.cli.arguments import positive_int
 from appliance.errors import UsageError
 
 
@@ -14,7 +15,8 @@ def register(cmds: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     """Add ``bench voice``."""
     voice = cmds.add_parser("voice", help="recognition real-time factor, wake word cost, "
                                           "spoken-answer latency, prefill")
-    voice.add_argument("--rounds", type=int, default=3, help="recognition and prefill rounds")
+    voice.add_argument("--rounds", type=positive_int, default=3,
+                       help="recognition and prefill rounds")
     voice.add_argument("--speech-voice", metavar="VOICE",
                        help="espeak-ng voice that speaks the test phrases, in the speech "
                             "model's language (default: voice.tts_voice for espeak-ng, else en)")

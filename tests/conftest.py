@@ -17,6 +17,7 @@ from appliance import logs
 from appliance.catalog import ResolvedModel
 from appliance.config import Settings, parse_settings
 from appliance.llm import Engine
+from tests import scheduling
 from tests.helpers import (
     BASE,
     ROOT,
@@ -54,6 +55,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("tests that use slow fixtures must be marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
     items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Outside the real-time lane, a worker runs at a lower priority (:mod:`tests.scheduling`)."""
+    scheduling.settle_priority(config)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook
+def pytest_configure_node(node: Any) -> None:
+    """Tell each xdist worker its priority (see :mod:`tests.scheduling`)."""
+    scheduling.configure_worker(node)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The real-time files on one lane, the rest on the others (see :mod:`tests.scheduling`)."""
+    return scheduling.make_scheduler(config, log)
 
 
 def _module_seconds(path: Path) -> dict[str, int]:

@@ -264,9 +264,16 @@ async def next_event(response: ClientResponse, name: str,
                 return data
 
 
-async def next_events(response: ClientResponse, name: str, count: int) -> list[dict[str, Any]]:
-    """The data of the next ``count`` SSE ``name`` events."""
-    return [await next_event(response, name) for _ in range(count)]
+async def next_events(response: ClientResponse, name: str, count: int,
+                      keep: Callable[[dict[str, Any]], bool] = lambda _: True,
+                      ) -> list[dict[str, Any]]:
+    """The data of the next ``count`` SSE ``name`` events that ``keep`` keeps."""
+    found: list[dict[str, Any]] = []
+    while len(found) < count:
+        data = await next_event(response, name)
+        if keep(data):
+            found.append(data)
+    return found
 
 
 async def lines(response: ClientResponse) -> AsyncIterator[dict[str, Any]]:

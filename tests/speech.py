@@ -12,6 +12,8 @@ second, and a cut (aplay killed) silences it at once, buffer and all.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import importlib.util
 import io
@@ -41,6 +43,8 @@ the wake word and its window too)."""
 PHRASES = ("멈춰", "안녕하세요", "날씨", "온도", "음악 틀어")
 RATE = 16000
 CHUNK_S = 0.1
+ECHO_BUFFER_S = 0.3
+"""How much of the speaker's sound the :class:`Microphone` holds before it hears any."""
 
 
 def korean_model() -> Path:
@@ -197,6 +201,12 @@ class Microphone:
                 self._deaf_until = self._said_at + len(self._said) + len(said)
             self._said.extend(said)
 
+    @property
+    def saying(self) -> bool:
+        """Whether what the test said (and its pauses) is still going into the stream."""
+        with self._lock:
+            return bool(self._said)
+
     def hear_speaker(self, played: Path, rate: int = 22050) -> None:
         """From now on, the microphone also hears what is played into ``played``."""
         self._speaker_rate, self._speaker = rate, played
@@ -213,6 +223,8 @@ class Microphone:
 
         samples = int(RATE * CHUNK_S)
         echo: deque[float] = deque()
+        primed = False  # the echo plays once ECHO_BUFFER_S of it is in: a sound card's buffer
+        quiet = 0  # reads in a row that found nothing new: the sink has stopped
         offset = 0
         resampler: Resampler | None = None
         started = self._started
@@ -220,7 +232,7 @@ class Microphone:
         try:
             while not self._closed.is_set():
                 chunk = np.zeros(samples)
-                speaker = self._speaker
+                speaker, new = self._speaker, b""
                 if speaker is not None and speaker.exists():
                     if resampler is None:
                         resampler = Resampler(self._speaker_rate)
@@ -237,7 +249,13 @@ class Microphone:
                     for i in range(begin, min(samples, begin + len(self._said))):
                         chunk[i] += self._said.popleft()
                     self._said_at = max(self._said_at, sent + samples) if self._said else 0
-                for i in range(min(samples, len(echo))):
+                # Played as a sound card plays, without gaps: this thread reads what the
+                # sink wrote in uneven lots on a busy CPU, and a gap in the echo makes vosk
+                # hear other words in it. What is left when the sink stops plays out.
+                quiet = 0 if new else quiet + 1
+                primed = bool(echo) and (primed or len(echo) >= ECHO_BUFFER_S * RATE
+                                         or quiet * CHUNK_S >= ECHO_BUFFER_S)
+                for i in range(min(samples, len(echo)) if primed else 0):
                     sound = echo.popleft()
                     if i >= deaf:
                         chunk[i] += sound
@@ -258,7 +276,14 @@ def stdin_microphone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Microphone]:
 
 
 def _sink(rate: int, played: Path) -> None:
-    """Play stdin in real time into ``played``; stop at once when aplay is killed."""
+    """Play stdin in real time into ``played``; stop at once when aplay is killed.
+
+    The pipe from aplay is cut to one page first: with Linux's 64 KiB, aplay would
+    finish, and the device report the end of speech, 1.5 s before the sound ends,
+    where a sound card drains first.
+    """
+    with contextlib.suppress(OSError):  # not a pipe (run by hand): nothing to cut
+        fcntl.fcntl(0, fcntl.F_SETPIPE_SZ, 4096)
     player = os.getppid()
     started, written = time.perf_counter(), 0
     with played.open("ab", buffering=0) as out:

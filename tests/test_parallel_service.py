@@ -44,11 +44,13 @@ def test_two_streams_are_answered_together(start: Callable[..., ApplianceProcess
     app = start({"llm": {"parallel": 2, "stream_interval_ms": 0},
                  "api": {"http": {"listen": f"127.0.0.1:{port}"}}})
     keep_notify_drained(app)
-    client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
-                                max_retries=0, timeout=120)
 
     async def both() -> list[tuple[list[float], str, str]]:
-        return await asyncio.gather(*(_stream(client, q) for q in QUESTIONS))
+        # closed on this loop: left to the garbage collector, the client's close would run
+        # after asyncio.run had closed the loop, and log an error into a later test
+        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                                      max_retries=0, timeout=120) as client:
+            return await asyncio.gather(*(_stream(client, q) for q in QUESTIONS))
 
     (first, text_a, finish_a), (second, text_b, finish_b) = asyncio.run(both())
     assert text_a and text_b and {finish_a, finish_b} <= {"length", "stop"}

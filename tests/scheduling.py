@@ -13,7 +13,8 @@ then any file. The other workers take every other file, in the collection's
 order (longest first), and run at a lower priority (:func:`settle_priority`,
 ``nice`` :data:`BULK_NICENESS`): the busy files get all the CPU that the
 real-time lane leaves idle, and none that it needs. A file that measures the
-CPU itself (:data:`ALONE`) runs last, on whichever worker is free, alone.
+CPU itself (:data:`ALONE`) runs last and alone: the first worker keeps it until
+the others have left.
 """
 
 from __future__ import annotations

@@ -231,6 +231,7 @@ def test_a_spoken_yes_answers_only_a_spoken_question(
             # vosk heard other words ("음악 음악 틀어" now and then, by where the sound
             # falls in its chunks): once the model has answered, the child says it again.
             await wait(site.wait_for, state("idle"), 90, site.seen.index(heard))
+        assert heard.topic == f"{BASE}/action", "vosk misheard the request three times"
         asked = heard.json()
         assert asked["source"] == "voice" and asked["verdict"] == "awaiting_confirmation"
         site.publish(f"{BASE}/cmd/act", json.dumps({"id": "op1", "name": "unlock"}))

@@ -39,6 +39,11 @@ setup_python() {
 run_tests() {
     local rc=0
     "$VENV/bin/ruff" check .
+    # The suite starts about 300 Python processes (services, model workers, the CLI), and
+    # each would compile what it imports: an editable install compiles nothing, and where
+    # PYTHONDONTWRITEBYTECODE is set, no process writes what it compiled. Half a second here
+    # saves about 0.1 CPU-second per process.
+    "$VENV/bin/python" -m compileall -q appliance tests/*.py
     # Each test file on one worker (module-scoped services stay per file), the longest first
     # (tests/data/module_seconds.txt). One worker more than CI's two cores: the files that
     # play speech in real time keep to one lane at normal priority, and the other two run

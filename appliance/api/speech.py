@@ -3,8 +3,9 @@
 The vosk model (``voice.model_path``) is loaded once, in a thread, while the
 server already answers ``describe``; each audio stream gets its own
 :class:`Transcription` (a recognizer and a converter, since both keep state).
-A stream that ended leaves its recognizer to the next one, reset: making one
-with a full language model takes about 80 ms of CPU, resetting one almost none.
+Its recognizer is made when its first audio has been converted: with a full
+language model that takes about 80 ms of CPU, which a stream that never sends
+any (or sends only what cannot be converted) does not cost.
 At most :data:`MAX_TRANSCRIPTIONS` streams are recognized at once, on a pool of
 as many threads, each with a bounded backlog of audio. The synthesizer
 (``voice.tts``) is loaded before the server listens, so that ``info`` can say
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import vosk
 from wyoming.audio import AudioChunk, AudioChunkConverter
@@ -85,16 +85,16 @@ class Transcription:
     than real time costs one vosk call per batch, not per chunk. At most
     :data:`MAX_QUEUED_BYTES` wait; beyond that :meth:`feed` waits for vosk,
     and the client's socket fills (TCP's own backpressure). Its slot is
-    given back when it is closed and vosk is done with it, with its
-    recognizer if vosk never failed on it (``release(reusable)``).
+    given back when it is closed and vosk is done with it.
     """
 
-    def __init__(self, recognizer: Recognizer, pool: ThreadPoolExecutor,
-                 release: Callable[[bool], None]) -> None:
-        self._recognizer = recognizer
+    def __init__(self, new_recognizer: Callable[[], Recognizer], pool: ThreadPoolExecutor,
+                 release: Callable[[], None]) -> None:
+        self._new_recognizer = new_recognizer
+        self._recognizer: Recognizer | None = None  # made with the first audio
         self._converter = AudioChunkConverter(rate=RATE, width=2, channels=1)
         self._pool = pool
-        self._release: Callable[[bool], None] | None = release
+        self._release: Callable[[], None] | None = release
         self._texts: list[str] = []
         self._waiting: list[AudioChunk] = []
         self._queued = 0
@@ -123,12 +123,8 @@ class Transcription:
                 await self._changed.wait()
             if self._failed is not None:
                 raise self._failed
-            last = asyncio.get_running_loop().run_in_executor(self._pool, self._last_words)
-            last.add_done_callback(partial(self._ran, 0))
-            self._running = last
-            # Shielded: if the client goes now, vosk still holds the recognizer until
-            # it is done, and only then is it given back (by _ran).
-            return await asyncio.shield(last)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, self._last_words)
         finally:
             self.close()
 
@@ -149,9 +145,13 @@ class Transcription:
 
     def _recognize(self, batch: list[AudioChunk]) -> None:
         pcm = b"".join(self._converter.convert(chunk).audio for chunk in batch)
+        if not pcm:
+            return
+        if self._recognizer is None:
+            self._recognizer = self._new_recognizer()
         self._texts += [h.text for h in self._recognizer.feed(pcm) if h.final]
 
-    def _ran(self, cost: int, done: asyncio.Future[Any]) -> None:
+    def _ran(self, cost: int, done: asyncio.Future[None]) -> None:
         self._running = None
         self._queued -= cost
         if not done.cancelled() and done.exception() is not None and self._failed is None:
@@ -163,12 +163,13 @@ class Transcription:
             self._next_batch()
 
     def _last_words(self) -> str:
-        self._texts += [h.text for h in self._recognizer.finish() if h.final]
+        if self._recognizer is not None:
+            self._texts += [h.text for h in self._recognizer.finish() if h.final]
         return " ".join(self._texts)
 
     def _give_back(self) -> None:
         if self._release is not None:
-            self._release(self._failed is None)
+            self._release()
             self._release = None
 
 
@@ -196,7 +197,6 @@ class Speech:
         self._synthesizer: Synthesizer | None = None
         self._slots = asyncio.Semaphore(MAX_TRANSCRIPTIONS)
         self._asr_pool = ThreadPoolExecutor(MAX_TRANSCRIPTIONS, thread_name_prefix="wyoming-asr")
-        self._idle: list[Recognizer] = []  # of streams that ended: one per slot at most
 
     @property
     def has_asr(self) -> bool:
@@ -247,27 +247,8 @@ class Speech:
         except TimeoutError:
             raise Busy(f"speech to text is busy: {MAX_TRANSCRIPTIONS} streams are being "
                        "transcribed; try again") from None
-        idle = self._idle.pop() if self._idle else None
-        try:
-            recognizer = await asyncio.get_running_loop().run_in_executor(
-                self._asr_pool, self._recognizer, model, idle)
-        except BaseException:
-            self._slots.release()
-            raise
-        return Transcription(recognizer, self._asr_pool, partial(self._give_back, recognizer))
-
-    def _recognizer(self, model: vosk.Model, idle: Recognizer | None) -> Recognizer:
-        """The recognizer of an ended stream, reset; or a new one (in a thread: both call vosk)."""
-        if idle is None:
-            return Recognizer.for_voice(model, self.settings.voice)
-        idle.reset()
-        return idle
-
-    def _give_back(self, recognizer: Recognizer, reusable: bool) -> None:
-        """A stream's slot, and its recognizer if vosk never failed on it."""
-        if reusable:
-            self._idle.append(recognizer)
-        self._slots.release()
+        return Transcription(partial(Recognizer.for_voice, model, self.settings.voice),
+                             self._asr_pool, self._slots.release)
 
     async def synthesize(self, text: str) -> Audio:
         """``text`` as speech (in a thread); raises :class:`SpeechError`."""

@@ -136,18 +136,6 @@ class Recognizer:
         self.max_bytes = int(max_utterance_s * RATE * 2)
         self.end_silence_s = end_silence_s
         self._settles = SETTLE_S < end_silence_s <= SETTLE_UP_TO_S
-        self._new_stream()
-
-    def reset(self) -> None:
-        """Ready for a new stream, as a new recognizer would be, whatever the last one left.
-
-        Reusing one is worth it: with a full language model (no grammar), making a
-        vosk recognizer takes about 80 ms of CPU on x86, and resetting one nothing.
-        """
-        self._kaldi.Reset()
-        self._new_stream()
-
-    def _new_stream(self) -> None:
         self._silence = SilenceTracker()
         self._fed = 0
         self._utterance = 0

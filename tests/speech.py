@@ -67,15 +67,17 @@ def korean_vosk() -> vosk.Model:
 
 
 def share_korean_vosk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process voice input (a supervisor's) hears with :func:`korean_vosk`.
+    """In-process speech (a supervisor's voice input, Wyoming's) hears with :func:`korean_vosk`.
 
     Any other model path is still loaded by the product's own ``load_model``.
     """
+    from appliance.api import speech
     from appliance.voice import service
 
-    load = service.load_model
-    monkeypatch.setattr(service, "load_model", lambda path: (
-        korean_vosk() if path == korean_model() else load(path)))
+    for module in (service, speech):
+        load = module.load_model
+        monkeypatch.setattr(module, "load_model", lambda path, load=load: (
+            korean_vosk() if path == korean_model() else load(path)))
 
 
 def speak(text: str, out: Path, rate: int | None = 16000, words_per_minute: int = 130) -> Path:

@@ -16,13 +16,12 @@ import pytest
 import vosk
 from wyoming.audio import AudioChunk
 
-from appliance.api import speech as wyoming_speech
 from appliance.api.speech import Speech, Transcription
 from appliance.config.loader import parse_settings
 from appliance.config.schema import VoiceSettings
 from appliance.voice.recognizer import Recognizer
 from tests.helpers import yaml_text
-from tests.speech import korean_model, korean_vosk, speak
+from tests.speech import korean_model, share_korean_vosk, speak
 
 pytestmark = pytest.mark.slow  # loads the Korean vosk model
 
@@ -46,7 +45,7 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[Recognizer]:
 @pytest.fixture
 def speech(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Speech:
     """Wyoming's speech with a full language model (no grammar), the worker's one model."""
-    monkeypatch.setattr(wyoming_speech, "load_model", lambda path: korean_vosk())
+    share_korean_vosk(monkeypatch)
     config = {"data_dir": tmp_path, "voice": {"model_path": korean_model(), "tts": "none"}}
     return Speech(parse_settings(yaml_text(config), "test.yaml"))
 

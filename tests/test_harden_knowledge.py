@@ -132,7 +132,7 @@ def index(home: Path, embedder: Embedder) -> Iterator[Path]:
     """An index of every test manual, with the embedding model's graph beside it."""
     path = home / "knowledge.sqlite3"
     built = KnowledgeIndex(path, embedder)
-    for doc in sorted(p for p in MANUALS.iterdir() if p.suffix != ".py"):
+    for doc in sorted(MANUALS.iterdir()):
         built.add(doc, max_file_mb=50)
     built.close()
     yield path

@@ -1,7 +1,7 @@
 """The knowledge index: readers, chunking, the FTS5 + embedding index, retrieval, the CLI.
 
 Everything runs for real: the manuals in tests/manuals (one per format, the PDF made with
-fpdf2 by tests/manuals/make_pump_pdf.py), the embedding model from its PyPI package, SQLite,
+fpdf2 by tests/make_pump_pdf.py), the embedding model from its PyPI package, SQLite,
 pypdf in its child process, and the ``appliance`` command's parser and handlers (in this
 process: a fresh interpreter costs ~0.5 CPU-s a command; tests/test_harden_knowledge.py runs
 ``appliance knowledge add`` in one).
@@ -40,7 +40,7 @@ from tests.helpers import write_config
 
 MANUALS = Path(__file__).with_name("manuals")
 QUESTIONS = yaml.safe_load(Path(__file__).with_name("knowledge_questions.yaml").read_text())
-DOCUMENTS = sorted(p for p in MANUALS.iterdir() if p.suffix != ".py")
+DOCUMENTS = sorted(MANUALS.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +274,7 @@ def test_pdf_without_outline_uses_numbered_headings_and_the_page_cap(tmp_path: P
 
 
 def test_the_committed_pump_pdf_is_what_its_script_writes(tmp_path: Path) -> None:
-    from tests.manuals.make_pump_pdf import build
+    from tests.make_pump_pdf import build
 
     assert build(tmp_path / "pump.pdf").read_bytes() == (MANUALS / "pump.pdf").read_bytes()
 

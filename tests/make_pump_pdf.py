@@ -1,8 +1,8 @@
-"""Write ``pump.pdf``, the AquaMax CP-750 pump manual, with fpdf2 (a test dependency).
+"""Write ``manuals/pump.pdf``, the AquaMax CP-750 pump manual, with fpdf2 (a test dependency).
 
 The PDF has an outline (bookmarks) for its sections and one chapter per page or more, so the
 readers' section paths and page numbers can be checked. Run it after changing the text:
-``python tests/manuals/make_pump_pdf.py`` (the output is byte-for-byte reproducible).
+``python tests/make_pump_pdf.py`` (the output is byte-for-byte reproducible).
 """
 
 from __future__ import annotations
@@ -139,4 +139,4 @@ def build(path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("pump.pdf"))
+    build(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "manuals/pump.pdf"))

@@ -222,3 +222,20 @@ async def read_until(client: Any, *types: str) -> list[Any]:
         events.append(event)
         if event.type in types:
             return events
+
+
+class LazyModule:
+    """A module imported when a test first uses it: ``openai = LazyModule("openai")``.
+
+    Each xdist worker imports every test module to collect it. A client library that
+    only a few tests use (openai, ollama, onnx, fpdf: 0.2 to 0.8 CPU-s each) is then
+    imported only by the worker that runs those tests, when the first of them does.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):  # what pytest asks of every module-level name it collects
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self._name), attr)

@@ -10,14 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ollama
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.bench.broker import free_port
-from tests.helpers import MODEL, eventually, keep_notify_drained, llm_config, write_config
+from tests.helpers import (
+    MODEL,
+    LazyModule,
+    eventually,
+    keep_notify_drained,
+    llm_config,
+    write_config,
+)
 from tests.services import ApplianceProcess, Broker
+
+ollama = LazyModule("ollama")
+openai = LazyModule("openai")
 
 pytestmark = pytest.mark.slow
 

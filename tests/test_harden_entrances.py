@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import ollama
 import pytest
 from wyoming.asr import Transcript
 from wyoming.client import AsyncTcpClient
@@ -30,9 +29,11 @@ from appliance.config import load_settings, parse_settings
 from appliance.service.action_desk import closed_entrances
 from appliance.service.supervisor import Supervisor
 from tests.conftest import BASE, _config
-from tests.helpers import MODEL, keep_notify_drained
+from tests.helpers import MODEL, LazyModule, keep_notify_drained
 from tests.services import ApplianceProcess, Broker, Message, Peer, run_supervisor
 from tests.speech import PHRASES, Microphone, korean_model, pcm_of, speak
+
+ollama = LazyModule("ollama")
 
 VALVE, PUMP, DOOR, MUSIC = "site/valve/set", "site/pump/set", "site/door/set", "site/music/set"
 ACTIONS = """actions:

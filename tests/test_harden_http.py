@@ -25,15 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ollama
-import openai
 import pytest
 
 from appliance.bench.broker import free_port
 from appliance.hardware import rss_bytes
 from tests.conftest import smollm2_path
-from tests.helpers import eventually
+from tests.helpers import LazyModule, eventually
 from tests.services import ApplianceProcess
+
+ollama = LazyModule("ollama")
+openai = LazyModule("openai")
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import ollama
-import openai
 import pytest
 
 from appliance.api import schema as schema_module
@@ -33,8 +31,11 @@ from appliance.hardware import rss_bytes
 from appliance.llm import grammar
 from appliance.llm.grammar import GrammarError, to_gbnf
 from tests.conftest import smollm2_path
-from tests.helpers import eventually
+from tests.helpers import LazyModule, eventually
 from tests.services import ApplianceProcess, NotifySocket
+
+ollama = LazyModule("ollama")
+openai = LazyModule("openai")
 
 MODEL = smollm2_path().stem
 

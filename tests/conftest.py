@@ -6,6 +6,7 @@ are re-exported for the modules that still import them from here.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("tests that use slow fixtures must be marked "
                                 "@pytest.mark.slow:\n  " + "\n  ".join(unmarked))
     items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Keep the cycle collector off what collection imported, and let it run less often.
+
+    A test process holds every test module, the package and its libraries: each
+    full collection scanned them all, and with the default thresholds the in-process
+    tests spent about 9 % of their CPU in the collector (4.3 of 48.7 CPU-s over the
+    knowledge, engine and lanes files; 0.4 with these). Cycles are still collected.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def pytest_configure(config: pytest.Config) -> None:

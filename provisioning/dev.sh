@@ -8,9 +8,9 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-# pip installs without compiling (7,000 modules, on one core: half its time); each
-# module is compiled once, by the first process that imports it, which writes its
-# bytecode for the others: the suite starts about 300 Python processes.
+# pip installs without compiling (7,000 modules on one core, half its time). Instead, the
+# first process to import a module writes its bytecode for the others (the test suite
+# starts about 300), which PYTHONDONTWRITEBYTECODE, set on some machines, would forbid.
 unset PYTHONDONTWRITEBYTECODE
 VENV=${APPLIANCE_VENV:-$ROOT/.venv}
 APT_PACKAGES=(python3-venv python3-pip python3-dev build-essential cmake mosquitto

@@ -31,8 +31,10 @@ setup_python() {
     fi
     if [ ! -x "$VENV/bin/pip" ]; then
         # The current pip, put in by the system's: ensurepip would install and compile an
-        # older pip and setuptools, only for the first to be replaced (3 s of 4.5).
-        python3 -m pip --python "$VENV/bin/python" install -q --no-compile pip
+        # older pip and setuptools, only for the first to be replaced (3 s of 4.5). A
+        # system pip older than 22.3 has no --python: ensurepip then.
+        python3 -m pip --python "$VENV/bin/python" install -q --no-compile pip ||
+            "$VENV/bin/python" -m ensurepip --upgrade --default-pip
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing Python packages (llama-cpp-python builds once, then pip's cache has it)"

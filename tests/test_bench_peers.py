@@ -15,9 +15,8 @@ import pytest
 
 from appliance.bench import llama_server
 from appliance.bench.llama_server import NativeBuildError, cached, ensure_llama_server
-from appliance.bench.peers import (
+from appliance.bench.peer_figures import (
     PeerFigures,
-    PeersBench,
     Stream,
     StreamParser,
     Wave,
@@ -26,6 +25,7 @@ from appliance.bench.peers import (
     percentile,
     ratio,
 )
+from appliance.bench.peers import PeersBench
 from appliance.cli import build_parser, main
 from appliance.cli.benches.peers import pairs, report, short
 from appliance.errors import ApplianceError

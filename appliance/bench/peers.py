@@ -1,15 +1,8 @@
 """``appliance bench peers``: the appliance against the servers a site would otherwise run.
 
-Every server is started once, with the same model file, ``n_ctx`` and threads, and
-all run side by side while one asyncio client (one process, no threads, so that it
-does not take the CPU it measures) talks to each in turn:
-
-* **us**: a private ``appliance run`` with the OpenAI API on a loopback port, once
-  with ``llm.parallel: 1`` and once with ``4``;
-* **llama-server**: llama.cpp's native server (:mod:`appliance.bench.llama_server`),
-  ``--parallel 1`` and ``--parallel 4``, with ``-c n_ctx x parallel`` so that each
-  slot holds ``n_ctx`` as each of our sequences does;
-* **llama_cpp.server**: llama-cpp-python's Python server.
+Every server (:mod:`appliance.bench.peer_servers`) is started once and all run side by
+side while one asyncio client (one process, no threads, so that it does not take the
+CPU it measures) talks to each in turn.
 
 Every request is ``/v1/chat/completions``, streamed, greedy (temperature 0, no
 repeat penalty: each server's own default differs), with a 300-token system
@@ -17,41 +10,41 @@ prompt and a question no server has seen (the system prompt is cached by all).
 The measurements go round the servers, each first in turn, so that drift and
 other load hit all alike:
 
-* a fresh question, then a follow-up that sends the first answer back as history:
-  time to first token (request sent to first content delta), tokens/s from the
-  first delta to the last, the whole stream's time;
-* 4 and 8 clients at once (1 client is the fresh question): tokens over the wall
-  time from the first request sent to the last answer's end, and the p95 first token;
+* a fresh question, then a follow-up that sends the first answer back as history;
+* 4 and 8 clients at once (1 client is the fresh question);
 * at the end, resident memory (ours: supervisor and model worker) and the CPU time
-  each server spent per generated token while measured.
+  each server spent while measured.
 
-Token counts: ``max_tokens`` is fixed, ``ignore_eos`` goes to the native server
-(the only one that honours it), and the questions ask for long answers, so that
-every server writes ``max_tokens`` (the report says how many answers stopped
-sooner). A count is the server's ``usage.completion_tokens`` where it sends one,
-else its content deltas (one per token in llama-cpp-python).
+What each figure means and how it is summed up is in :mod:`appliance.bench.peer_figures`.
+``max_tokens`` is fixed, ``ignore_eos`` goes to the native server (the only one that
+honours it), and the questions ask for long answers, so that every server writes
+``max_tokens`` (the report says how many answers stopped sooner).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import os
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from appliance.bench.api import SETTLE_S, wait_ready, worker_generations
-from appliance.bench.broker import LocalBroker, free_port
+from appliance.bench.api import SETTLE_S, worker_generations
+from appliance.bench.broker import LocalBroker
 from appliance.bench.console import cpu_seconds
-from appliance.bench.private_run import stop_process
+from appliance.bench.peer_figures import PeerFigures, Stream, StreamParser, Wave
+from appliance.bench.peer_servers import (
+    NATIVE,
+    OURS,
+    PYTHON,
+    Peer,
+    Setup,
+    start_peer,
+    wait_for_peer,
+)
 from appliance.errors import ApplianceError
 from appliance.hardware import rss_bytes
 
@@ -83,315 +76,6 @@ QUESTIONS = (
     "Describe a full day of cooking for a family dinner party.",
 )
 FOLLOW_UP = "Go on, tell me more about that."
-OURS, NATIVE, PYTHON = "us", "llama-server", "llama_cpp.server"
-READY_S = 300.0
-
-
-@dataclass(frozen=True)
-class Stream:
-    """One streamed answer as the client saw it (``perf_counter`` seconds)."""
-
-    sent: float
-    first: float | None
-    last: float
-    tokens: int
-    text: str
-    finish: str | None = None
-
-    @property
-    def ttft_ms(self) -> float:
-        """From the request sent to the first content delta."""
-        return ((self.first if self.first is not None else self.last) - self.sent) * 1000
-
-    @property
-    def total_s(self) -> float:
-        """From the request sent to the last line."""
-        return self.last - self.sent
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Generation speed: tokens after the first over the time after the first."""
-        span = self.last - self.first if self.first is not None else 0.0
-        return (self.tokens - 1) / span if self.tokens > 1 and span > 0 else 0.0
-
-
-@dataclass
-class StreamParser:
-    """Reads one OpenAI SSE stream: content deltas, the usage line, the finish reason."""
-
-    sent: float
-    first: float | None = None
-    last: float = 0.0
-    deltas: int = 0
-    usage: int | None = None
-    finish: str | None = None
-    parts: list[str] = field(default_factory=list)
-
-    def line(self, raw: bytes | str, now: float) -> None:
-        """Take one line of the stream, received at ``now``."""
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        text = text.strip()
-        if not text.startswith("data:"):
-            return
-        payload = text[5:].strip()
-        self.last = now
-        if payload == "[DONE]":
-            return
-        chunk = json.loads(payload)
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                self.first = now if self.first is None else self.first
-                self.deltas += 1
-                self.parts.append(content)
-            self.finish = choice.get("finish_reason") or self.finish
-        usage = chunk.get("usage")
-        if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-            self.usage = int(usage["completion_tokens"])
-
-    def done(self) -> Stream:
-        """The answer: tokens by the server's usage if it sent one, else its deltas."""
-        tokens = self.usage if self.usage is not None else self.deltas
-        return Stream(self.sent, self.first, self.last or self.sent, tokens,
-                      "".join(self.parts), self.finish)
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default); nan when empty."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * pct / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class Wave:
-    """``len(streams)`` requests sent at once."""
-
-    streams: tuple[Stream, ...]
-
-    @property
-    def wall_s(self) -> float:
-        return max(s.last for s in self.streams) - min(s.sent for s in self.streams)
-
-    @property
-    def tokens(self) -> int:
-        return sum(s.tokens for s in self.streams)
-
-
-def aggregate_rate(waves: Iterable[Wave]) -> float:
-    """Tokens per second of wall time over the waves, each wave timed from send to last end."""
-    found = list(waves)
-    wall = sum(w.wall_s for w in found)
-    return sum(w.tokens for w in found) / wall if wall > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Row:
-    """One figure of the report: its key, label, unit, and which way is better."""
-
-    key: str
-    label: str
-    unit: str
-    higher_wins: bool
-    ratio: bool = True
-
-
-def rows(clients: Sequence[int]) -> tuple[Row, ...]:
-    """The report's rows for the given concurrency levels (1 client: the fresh questions)."""
-    found = [Row("ttft_p50", "first token p50, fresh question", "ms", False),
-             Row("ttft_p95", "first token p95, fresh question", "ms", False),
-             Row("rate", "generation, one stream, p50", "tok/s", True),
-             Row("total", "one stream's total time, p50", "s", False),
-             Row("followup_p50", "follow-up first token p50", "ms", False)]
-    for n in clients:
-        found += [Row(f"agg_{n}", f"{n} client{'s' * (n > 1)}: aggregate", "tok/s", True),
-                  Row(f"ttft95_{n}", f"{n} client{'s' * (n > 1)}: first token p95", "ms",
-                      False)]
-    found += [Row("rss", "resident memory", "MB", False),
-              Row("cpu_ms_per_token", "CPU time per generated token", "ms", False),
-              Row("tokens", "tokens per answer, mean", "", False, ratio=False),
-              Row("short", "answers shorter than max_tokens", "", False, ratio=False)]
-    return tuple(found)
-
-
-@dataclass
-class PeerFigures:
-    """Everything measured on one server."""
-
-    name: str
-    fresh: list[Stream] = field(default_factory=list)
-    followups: list[Stream] = field(default_factory=list)
-    waves: dict[int, list[Wave]] = field(default_factory=dict)
-    rss: dict[str, int] = field(default_factory=dict)
-    cpu_s: float = 0.0
-    worker: list[tuple[float, float]] = field(default_factory=list)
-    """Ours: the worker's own (first token ms, tok/s) of each fresh question, from its log."""
-    ready_s: float = 0.0
-    """From starting the server to its model answering (all start together)."""
-
-    def figures(self, clients: Sequence[int], max_tokens: int) -> dict[str, float]:
-        """The row values (see :func:`rows`); nan where nothing was measured."""
-        fresh = self.fresh
-        every = [*fresh, *self.followups, *(s for ws in self.waves.values() for w in ws
-                                            for s in w.streams)]
-        tokens = sum(s.tokens for s in every)
-        out = {"ttft_p50": percentile([s.ttft_ms for s in fresh], 50),
-               "ttft_p95": percentile([s.ttft_ms for s in fresh], 95),
-               "rate": percentile([s.tokens_per_s for s in fresh], 50),
-               "total": percentile([s.total_s for s in fresh], 50),
-               "followup_p50": percentile([s.ttft_ms for s in self.followups], 50),
-               "rss": sum(self.rss.values()) / 1e6,
-               "cpu_ms_per_token": self.cpu_s * 1000 / tokens if tokens else math.nan,
-               "tokens": tokens / len(every) if every else math.nan,
-               "short": float(sum(s.tokens < max_tokens for s in every))}
-        for n in clients:
-            # One client is the fresh questions, each a wave of its own.
-            waves = [Wave((s,)) for s in fresh] if n == 1 else self.waves.get(n, [])
-            out[f"agg_{n}"] = aggregate_rate(waves) if waves else math.nan
-            out[f"ttft95_{n}"] = percentile([s.ttft_ms for w in waves for s in w.streams], 95)
-        return out
-
-
-def ratio(ours: float, theirs: float) -> float:
-    """Our figure over theirs; nan when either is missing or theirs is 0."""
-    if math.isnan(ours) or math.isnan(theirs) or theirs == 0:
-        return math.nan
-    return ours / theirs
-
-
-def ahead(value: float, higher_wins: bool) -> bool | None:
-    """Whether a ratio ours/theirs means we are ahead (a tie counts as ahead); None if nan."""
-    if math.isnan(value):
-        return None
-    return value >= 1.0 if higher_wins else value <= 1.0
-
-
-# --- the servers -------------------------------------------------------------------------
-
-
-@dataclass
-class Peer:
-    """One server under test: how to start it, and its process once started."""
-
-    kind: str
-    parallel: int = 1
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-    model_id: str = ""
-    ready_s: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.kind if self.kind == PYTHON else f"{self.kind} -np {self.parallel}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def pids(self) -> dict[str, int]:
-        """The processes whose memory and CPU count: ours has a supervisor and a worker."""
-        if self.proc is None:
-            return {}
-        if self.kind != OURS:
-            return {"server": self.proc.pid}
-        found = {"supervisor": self.proc.pid}
-        worker = python_child(self.proc.pid)
-        if worker is not None:
-            found["worker"] = worker
-        return found
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-
-
-def python_child(pid: int) -> int | None:
-    """The first Python child of ``pid`` (the service's model worker)."""
-    try:
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            if Path(f"/proc/{child}/comm").read_text().startswith("python"):
-                return int(child)
-    except OSError:
-        pass
-    return None
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every server is given alike."""
-
-    model: Path
-    n_ctx: int
-    threads: int
-    max_tokens: int
-
-
-def _start(peer: Peer, setup: Setup, work: Path, native: Path | None,
-           broker: LocalBroker | None) -> None:
-    peer.log = work / f"{peer.name.replace(' ', '')}.log"
-    host, port, t = "127.0.0.1", str(peer.port), str(setup.threads)
-    if peer.kind == OURS:
-        assert broker is not None
-        config = work / f"us-{peer.parallel}.yaml"
-        (work / "temp").write_text("51000\n")
-        config.write_text("\n".join([
-            f"device_id: bench-peers-{peer.parallel}",
-            f"data_dir: {work / f'data-{peer.parallel}'}",
-            "llm:", f"  model_path: {setup.model}", "  temperature: 0",
-            f"  n_ctx: {setup.n_ctx}", f"  n_threads: {t}", f"  n_threads_batch: {t}",
-            f"  parallel: {peer.parallel}", f"  max_tokens: {setup.max_tokens}",
-            "mqtt:", f"  port: {broker.port}", "  ask_rate_per_min: 100000",
-            "  queue_size: 1000", "  discovery: {enabled: false}",
-            "thermal:", f"  zone_path: {work / 'temp'}",
-            "api:", f"  http: {{listen: '{host}:{port}'}}"]) + "\n")
-        argv = [sys.executable, "-m", "appliance", "--config", str(config), "run"]
-    elif peer.kind == NATIVE:
-        assert native is not None
-        argv = [str(native), "-m", str(setup.model), "-c", str(setup.n_ctx * peer.parallel),
-                "-np", str(peer.parallel), "-t", t, "-tb", t, "--host", host, "--port", port,
-                "--no-webui"]
-    else:
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(setup.model),
-                "--n_ctx", str(setup.n_ctx), "--n_threads", t, "--n_threads_batch", t,
-                "--host", host, "--port", port, "--verbose", "False"]
-    peer.ready_s = time.monotonic()
-    peer.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=peer.log.open("wb"),
-                                 stdin=subprocess.DEVNULL)
-
-
-def _ready(peer: Peer) -> None:
-    assert peer.proc is not None and peer.log is not None
-    if peer.kind == OURS:
-        try:
-            wait_ready(peer.url, peer.proc, peer.log)
-        except RuntimeError as exc:
-            tail = peer.log.read_text(errors="replace")[-1500:]
-            raise ApplianceError(f"{peer.name}: {exc}\n{tail}") from exc
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
-        if peer.proc.poll() is not None:
-            raise ApplianceError(f"{peer.name} ended:\n"
-                                 + peer.log.read_text(errors="replace")[-2000:])
-        try:
-            response = httpx.get(f"{peer.url}/v1/models", timeout=5)
-            if response.status_code == 200 and response.json()["data"] and (
-                    peer.kind != NATIVE
-                    or httpx.get(f"{peer.url}/health", timeout=5).status_code == 200):
-                peer.model_id = response.json()["data"][0]["id"]
-                peer.ready_s = time.monotonic() - peer.ready_s
-                return
-        except (httpx.HTTPError, ValueError, KeyError, IndexError):
-            pass
-        time.sleep(0.2)
-    raise ApplianceError(f"{peer.name} did not load its model within {READY_S:.0f} s")
-
-
-# --- the client ----------------------------------------------------------------------------
 
 
 async def turn(session: object, peer: Peer, messages: list[dict[str, str]],
@@ -467,9 +151,9 @@ def run_peers_bench(model: Path, *, native: Path | None, native_note: str = "",
             broker.start()
         try:
             for peer in peers:
-                _start(peer, setup, work, native, broker)
+                start_peer(peer, setup, work, native, broker)
             for peer in peers:
-                _ready(peer)
+                wait_for_peer(peer)
             figures = asyncio.run(_measure(peers, setup, clients, rounds, waves))
         finally:
             for peer in peers:

@@ -1,6 +1,7 @@
 """``appliance bench peers``: us against llama.cpp's ``llama-server`` and llama-cpp-python's server.
 
-The measuring is in :mod:`appliance.bench.peers`, the native server's build in
+The measuring is in :mod:`appliance.bench.peers`, the figures and ratios in
+:mod:`appliance.bench.peer_figures`, the native server's build in
 :mod:`appliance.bench.llama_server`. The report prints one column per server and
 then the ratios ours/theirs per row: for a row where lower wins (times, memory,
 CPU) a ratio under 1 means we are ahead; where higher wins (tokens/s), over 1.
@@ -134,7 +135,7 @@ def _cell(value: float, unit: str) -> str:
 
 def report(r: PeersBench) -> list[str]:
     """The table, the ratios, the split of our first token, the load."""
-    from appliance.bench.peers import ahead, ratio, rows
+    from appliance.bench.peer_figures import ahead, ratio, rows
 
     names = [f.name for f in r.peers]
     values = {f.name: f.figures(r.clients, r.max_tokens) for f in r.peers}
@@ -185,7 +186,7 @@ def _memory(rss: dict[str, int]) -> str:
 
 def _split(r: PeersBench) -> list[str]:
     """Where our first token's time goes: the worker's own, and what the service adds."""
-    from appliance.bench.peers import percentile
+    from appliance.bench.peer_figures import percentile
 
     lines = []
     for f in r.peers:

@@ -8,7 +8,6 @@ none, or only audio that cannot be converted, costs none.
 from __future__ import annotations
 
 import asyncio
-import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from appliance.config.loader import parse_settings
 from appliance.config.schema import VoiceSettings
 from appliance.voice.recognizer import Recognizer
 from tests.helpers import yaml_text
-from tests.speech import korean_model, share_korean_vosk, speak
+from tests.speech import korean_model, pcm_of, share_korean_vosk, speak
 
 pytestmark = pytest.mark.slow  # loads the Korean vosk model
 
@@ -48,12 +47,6 @@ def speech(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Speech:
     share_korean_vosk(monkeypatch)
     config = {"data_dir": tmp_path, "voice": {"model_path": korean_model(), "tts": "none"}}
     return Speech(parse_settings(yaml_text(config), "test.yaml"))
-
-
-def _pcm(wav: Path) -> bytes:
-    with wave.open(str(wav)) as w:
-        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (16000, 2, 1)
-        return w.readframes(w.getnframes())
 
 
 async def _feed(transcription: Transcription, pcm: bytes, width: int = 2) -> None:
@@ -96,7 +89,7 @@ def test_audio_that_cannot_be_converted_makes_no_recognizer(speech: Speech,
 
 def test_a_stream_with_speech_makes_one_recognizer_and_is_heard(
         speech: Speech, made: list[Recognizer], tmp_path: Path) -> None:
-    pcm = _pcm(speak("안녕하세요", tmp_path / "hello.wav"))
+    pcm = pcm_of(speak("안녕하세요", tmp_path / "hello.wav"))
 
     async def spoken(transcription: Transcription) -> None:
         await _feed(transcription, pcm)
